@@ -1,0 +1,38 @@
+"""One exception class per failure, all under `MonitorError`; each builds its message from the
+offending value so that call sites stay short and messages stay consistent."""
+
+from __future__ import annotations
+
+
+class MonitorError(Exception):
+    """Root of every error docgen-monitor raises on purpose."""
+
+
+class ConfigError(MonitorError):
+    """The configuration is invalid; `problems` lists every one as `path: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class StoreError(MonitorError):
+    """The state store failed or holds something this version cannot read."""
+
+
+class UnsupportedStoreURL(StoreError):
+    def __init__(self, url: str) -> None:
+        scheme = url.split(":", 1)[0]
+        super().__init__(f"unsupported state url scheme {scheme!r} (expected sqlite:///PATH)")
+
+
+class SchemaTooNew(StoreError):
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(
+            f"store schema version {found} is newer than this build knows ({known}); upgrade"
+        )
+
+
+class UnknownNotifierType(MonitorError):
+    def __init__(self, type_name: str, known: list[str]) -> None:
+        super().__init__(f"unknown notifier type {type_name!r}; known: {', '.join(sorted(known))}")

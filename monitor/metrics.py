@@ -1,0 +1,87 @@
+"""Every metric, defined once, on a registry passed in (never the process-wide default), so that
+each test and each daemon instance has its own. No label ever carries a job or batch id."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from monitor import __version__
+
+_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.jobs = Gauge(
+            "box_docgen_jobs", "Jobs in the snapshot, by status.", ["status"], registry=r
+        )
+        self.job_transitions = Counter(
+            "box_docgen_job_transitions",
+            "Job status changes detected.",
+            ["from_status", "to_status"],
+            registry=r,
+        )
+        self.events = Counter(
+            "box_docgen_events", "Events emitted, by type.", ["type"], registry=r
+        )
+        self.unknown_statuses = Counter(
+            "box_docgen_unknown_status",
+            "Jobs seen with a status this build does not know (treated as non-terminal).",
+            registry=r,
+        )
+        self.poll_duration = Histogram(
+            "box_docgen_poll_duration_seconds",
+            "Wall time of one poll, by kind.",
+            ["kind"],
+            buckets=_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.polls = Counter(
+            "box_docgen_polls", "Polls finished, by kind and outcome.", ["kind", "outcome"],
+            registry=r,
+        )
+        self.poll_last_success = Gauge(
+            "box_docgen_poll_last_success_timestamp_seconds",
+            "Unix time the last complete sweep was committed.",
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "box_docgen_api_requests",
+            "HTTP requests to Box, by endpoint and status code ('error' when no answer).",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.api_request_duration = Histogram(
+            "box_docgen_api_request_duration_seconds",
+            "Wall time of one HTTP request to Box, by endpoint.",
+            ["endpoint"],
+            buckets=_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.api_retries = Counter(
+            "box_docgen_api_retries", "Box requests retried, by reason.", ["reason"], registry=r
+        )
+        self.notifications = Counter(
+            "box_docgen_notifications",
+            "Delivery attempts, by notifier and outcome (delivered, retry, dead).",
+            ["notifier", "outcome"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "box_docgen_outbox_pending",
+            "Events waiting for delivery (pending or in flight), by notifier.",
+            ["notifier"],
+            registry=r,
+        )
+        self.outbox_dead = Gauge(
+            "box_docgen_outbox_dead",
+            "Events that ran out of delivery attempts, by notifier.",
+            ["notifier"],
+            registry=r,
+        )
+        self.build_info = Info(
+            "box_docgen_monitor_build", "Version of docgen-monitor.", registry=r
+        )
+        self.build_info.info({"version": __version__})

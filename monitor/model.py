@@ -1,0 +1,138 @@
+"""The core vocabulary shared by diff, store, poller and notifiers: a job's observed state,
+an observation, and the events that changes become. Nothing here does I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TERMINAL_STATUSES = frozenset({"completed", "completed_with_error", "failed"})
+KNOWN_STATUSES = frozenset({"pending", "submitted"}) | TERMINAL_STATUSES
+
+
+def is_terminal(status: str) -> bool:
+    """Only Box's three outcome statuses are terminal; an unknown status never is."""
+    return status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """One job as the monitor last saw it: a snapshot row.
+
+    `seq` counts the changes recorded for the job, so that a job that goes back and forth
+    still gets a new event id for each real change while a replayed change keeps its id.
+    """
+
+    id: str
+    batch_id: str
+    status: str
+    template_file_id: str
+    output_type: str
+    output_file_id: str | None = None
+    created_at: str | None = None
+    created_by_id: str | None = None
+    seq: int = 0
+    first_seen_at: float = 0.0
+    changed_at: float = 0.0
+
+    def same_observation(self, other: JobState) -> bool:
+        """True when nothing Box reports about the job differs (bookkeeping fields ignored)."""
+        return (
+            self.status == other.status
+            and self.batch_id == other.batch_id
+            and self.output_file_id == other.output_file_id
+            and self.template_file_id == other.template_file_id
+            and self.output_type == other.output_type
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one poll saw. `complete` means the listing covers every job the user has, so a job
+    missing from it is gone; a partial observation (one batch, one job) can never declare that."""
+
+    jobs: tuple[JobState, ...]
+    complete: bool
+    observed_at: float  # unix seconds
+    kind: str = "sweep"
+
+
+class EventType(StrEnum):
+    JOB_DISCOVERED = "job.discovered"
+    JOB_STATUS_CHANGED = "job.status_changed"
+    JOB_STUCK = "job.stuck"
+    JOB_VANISHED = "job.vanished"
+    BATCH_COMPLETED = "batch.completed"
+
+
+class EventJob(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    batch_id: str
+    status: str | None
+    template_file_id: str
+    output_file_id: str | None
+    output_type: str
+    created_by_id: str | None = None
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    counts: dict[str, int]
+    duration_s: float | None = None
+
+
+class Event(BaseModel):
+    """A change worth telling someone about. `id` is stable: the same change always yields the
+    same id, which receivers use as an idempotency key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    type: EventType
+    detected_at: datetime
+    from_status: str | None = None
+    to_status: str | None = None
+    job: EventJob | None = None
+    batch: EventBatch | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def batch_id(self) -> str | None:
+        if self.job is not None:
+            return self.job.batch_id
+        return self.batch.id if self.batch is not None else None
+
+    @property
+    def template_file_id(self) -> str | None:
+        return self.job.template_file_id if self.job is not None else None
+
+    def wire(self) -> dict[str, Any]:
+        """The documented JSON body: `job` absent for batch events, `batch` only for batch ones."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type.value,
+            "detected_at": self.detected_at.isoformat().replace("+00:00", "Z"),
+            "from_status": self.from_status,
+            "to_status": self.to_status,
+        }
+        if self.job is not None:
+            body["job"] = {
+                "id": self.job.id,
+                "batch_id": self.job.batch_id,
+                "status": self.job.status,
+                "template_file_id": self.job.template_file_id,
+                "output_file_id": self.job.output_file_id,
+                "output_type": self.job.output_type,
+            }
+        if self.batch is not None:
+            body["batch"] = self.batch.model_dump(exclude_none=True)
+        body.update(self.extra)
+        return body
