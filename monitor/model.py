@@ -61,6 +61,14 @@ class Observation:
     kind: str = "sweep"
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotChanges:
+    """New or changed snapshot rows, and ids of jobs that left the snapshot."""
+
+    upserts: tuple[JobState, ...] = ()
+    removals: tuple[str, ...] = ()
+
+
 class EventType(StrEnum):
     JOB_DISCOVERED = "job.discovered"
     JOB_STATUS_CHANGED = "job.status_changed"

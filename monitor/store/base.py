@@ -12,7 +12,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
-from monitor.model import Event, JobState
+from monitor.model import Event, JobState, SnapshotChanges
 
 
 class OutboxState(StrEnum):
@@ -20,14 +20,6 @@ class OutboxState(StrEnum):
     CLAIMED = "claimed"
     DELIVERED = "delivered"
     DEAD = "dead"
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotChanges:
-    """New or changed snapshot rows, and ids of jobs that left the snapshot."""
-
-    upserts: tuple[JobState, ...] = ()
-    removals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
