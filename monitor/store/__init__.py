@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from monitor.errors import UnsupportedStoreURL
-from monitor.store.base import OutboxEntry, OutboxState, RoutedEvent, SnapshotChanges, Store
+from monitor.model import SnapshotChanges
+from monitor.store.base import OutboxEntry, OutboxState, RoutedEvent, Store
 
 __all__ = ["OutboxEntry", "OutboxState", "RoutedEvent", "SnapshotChanges", "Store", "open_store"]
 
