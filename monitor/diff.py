@@ -1,0 +1,190 @@
+"""snapshot + observation -> events. Pure: no I/O, no clock, no randomness, so it can be
+property-tested and replayed after a crash with the same result."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from monitor.model import (
+    Event,
+    EventBatch,
+    EventJob,
+    EventType,
+    JobState,
+    Observation,
+    SnapshotChanges,
+    is_terminal,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """The events an observation produces and the snapshot rows it changes."""
+
+    events: tuple[Event, ...]
+    changes: SnapshotChanges
+
+
+def discovered_id(job_id: str) -> str:
+    return f"{job_id}:discovered"
+
+
+def status_changed_id(job_id: str, seq: int, from_status: str, to_status: str) -> str:
+    # `seq` tells a job's second pending->submitted apart from its first; a replay keeps it.
+    return f"{job_id}:{seq}:{from_status}:{to_status}"
+
+
+def vanished_id(job_id: str, seq: int) -> str:
+    return f"{job_id}:{seq}:vanished"
+
+
+def batch_completed_id(batch_id: str, job_count: int) -> str:
+    return f"{batch_id}:completed:{job_count}"
+
+
+def diff(snapshot: Mapping[str, JobState], observation: Observation, now: float) -> Diff:
+    """Compare what was stored with what was seen.
+
+    `snapshot` must hold every stored job of each batch the observation touches (all jobs for a
+    complete sweep), so that `batch.completed` is judged on the whole batch. Only a complete
+    observation may declare a job vanished.
+    """
+    detected_at = datetime.fromtimestamp(now, UTC)
+    events: list[Event] = []
+    upserts: dict[str, JobState] = {}
+    seen: set[str] = set()
+
+    for job in observation.jobs:
+        if job.id in seen:
+            continue  # a listing that repeats a job across pages: the first sighting counts
+        seen.add(job.id)
+        old = snapshot.get(job.id)
+        if old is None:
+            new = replace(job, seq=1, first_seen_at=now, changed_at=now)
+            events.append(
+                _job_event(
+                    EventType.JOB_DISCOVERED,
+                    discovered_id(job.id),
+                    None,
+                    new,
+                    detected_at,
+                    new.status,
+                )
+            )
+        elif old.status != job.status:
+            new = replace(job, seq=old.seq + 1, first_seen_at=old.first_seen_at, changed_at=now)
+            event_id = status_changed_id(job.id, new.seq, old.status, job.status)
+            events.append(
+                _job_event(
+                    EventType.JOB_STATUS_CHANGED, event_id, old.status, new, detected_at, new.status
+                )
+            )
+        elif not old.same_observation(job):
+            # e.g. an output file id that appears without a status change: stored, not announced
+            new = replace(
+                job, seq=old.seq, first_seen_at=old.first_seen_at, changed_at=old.changed_at
+            )
+        else:
+            continue
+        upserts[job.id] = new
+
+    removals: list[str] = []
+    if observation.complete:
+        for job_id, old in snapshot.items():
+            if job_id not in seen:
+                removals.append(job_id)
+                gone = replace(old, seq=old.seq + 1)
+                events.append(
+                    _job_event(
+                        EventType.JOB_VANISHED,
+                        vanished_id(job_id, gone.seq),
+                        old.status,
+                        gone,
+                        detected_at,
+                        None,
+                    )
+                )
+
+    touched = {j.batch_id for j in upserts.values()}
+    touched |= {snapshot[i].batch_id for i in (*upserts, *removals) if i in snapshot}
+    events.extend(_completed_batches(snapshot, upserts, set(removals), touched, detected_at))
+    return Diff(tuple(events), SnapshotChanges(tuple(upserts.values()), tuple(removals)))
+
+
+def _completed_batches(
+    snapshot: Mapping[str, JobState],
+    upserts: Mapping[str, JobState],
+    removals: set[str],
+    touched: Iterable[str],
+    detected_at: datetime,
+) -> list[Event]:
+    """`batch.completed` for each touched batch that is now wholly terminal but was not before."""
+    before: dict[str, list[JobState]] = {b: [] for b in touched}
+    for job in snapshot.values():
+        if job.batch_id in before:
+            before[job.batch_id].append(job)
+    after: dict[str, list[JobState]] = {b: [] for b in touched}
+    for jobs in before.values():
+        for job in jobs:
+            final = upserts.get(job.id, job)
+            if job.id not in removals and final.batch_id == job.batch_id:
+                after[job.batch_id].append(final)
+    for job in upserts.values():
+        old = snapshot.get(job.id)
+        if old is None or old.batch_id != job.batch_id:
+            after[job.batch_id].append(job)  # new to this batch
+    events = []
+    for batch_id in sorted(touched):
+        old_jobs, new_jobs = before[batch_id], after[batch_id]
+        if not new_jobs or not all(is_terminal(j.status) for j in new_jobs):
+            continue
+        was_done = (
+            old_jobs
+            and len(old_jobs) == len(new_jobs)
+            and all(is_terminal(j.status) for j in old_jobs)
+        )
+        if was_done:
+            continue
+        counts = dict(sorted(Counter(j.status for j in new_jobs).items()))
+        started = min(j.first_seen_at for j in new_jobs)
+        finished = max(j.changed_at for j in new_jobs)
+        events.append(
+            Event(
+                id=batch_completed_id(batch_id, len(new_jobs)),
+                type=EventType.BATCH_COMPLETED,
+                detected_at=detected_at,
+                batch=EventBatch(
+                    id=batch_id, counts=counts, duration_s=max(0.0, finished - started)
+                ),
+            )
+        )
+    return events
+
+
+def _job_event(
+    type_: EventType,
+    event_id: str,
+    from_status: str | None,
+    job: JobState,
+    detected_at: datetime,
+    to_status: str | None,
+) -> Event:
+    return Event(
+        id=event_id,
+        type=type_,
+        detected_at=detected_at,
+        from_status=from_status,
+        to_status=to_status,
+        job=EventJob(
+            id=job.id,
+            batch_id=job.batch_id,
+            status=job.status,
+            template_file_id=job.template_file_id,
+            output_file_id=job.output_file_id,
+            output_type=job.output_type,
+            created_by_id=job.created_by_id,
+        ),
+    )
