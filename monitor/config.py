@@ -1,0 +1,347 @@
+"""Configuration: a YAML file, `${VAR}` expansion for secrets, environment overrides, validated by
+pydantic with `extra="forbid"`. Durations are converted to seconds here, once, at the edge.
+
+Every problem is reported with its path (`notifiers[0].url: ...`) in one `ConfigError`."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from monitor.errors import ConfigError
+from monitor.model import EventType
+
+ENV_PREFIX = "DOCGEN_MONITOR_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration_s(value: Any) -> float:
+    """`500ms`, `2s`, `5m`, `1h` or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 500ms, 2s, 5m or a number of seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNIT_S[m.group(2)]
+    raise ValueError(f"invalid duration {value!r}: expected e.g. 500ms, 2s, 5m or seconds")
+
+
+DurationS = Annotated[float, BeforeValidator(parse_duration_s), Field(ge=0)]
+PositiveDurationS = Annotated[float, BeforeValidator(parse_duration_s), Field(gt=0)]
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+StrList = Annotated[list[str] | None, BeforeValidator(_as_list)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DeveloperTokenAuthConfig(_Model):
+    method: Literal["developer_token"]
+    token: SecretStr
+
+
+class CCGAuthConfig(_Model):
+    method: Literal["ccg"]
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    subject_type: Literal["enterprise", "user"] = "enterprise"
+    subject_id: str = Field(min_length=1)
+
+
+AuthConfig = Annotated[DeveloperTokenAuthConfig | CCGAuthConfig, Field(discriminator="method")]
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class BoxConfig(_Model):
+    base_url: str = "https://api.box.com"
+    auth: AuthConfig
+    timeout: PositiveDurationS = 30.0
+    max_attempts: int = Field(5, ge=1, le=10)
+    page_size: int = Field(1000, ge=1, le=1000)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return _http_url(value)
+
+
+class PollConfig(_Model):
+    sweep_interval: PositiveDurationS = 60.0
+    max_backoff: PositiveDurationS = 600.0  # a failing sweep is retried less often, up to this
+
+
+class StateConfig(_Model):
+    url: str = "sqlite:///docgen-monitor.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith("sqlite:///") or value == "sqlite:///":
+            raise ValueError("expected sqlite:///relative/path or sqlite:////absolute/path")
+        return value
+
+
+class DeliveryConfig(_Model):
+    """Defaults for every notifier; a notifier may override `max_attempts` and `timeout`."""
+
+    max_attempts: int = Field(12, ge=1)
+    initial_backoff: PositiveDurationS = 1.0
+    max_backoff: PositiveDurationS = 300.0
+    timeout: PositiveDurationS = 10.0
+    drain_timeout: DurationS = 10.0
+
+
+class NotifierSpec(_Model):
+    """Name and type; the rest is checked against the type's own model (see `load_config`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    type: str = Field(min_length=1)
+
+
+class RouteMatch(_Model):
+    """Every key given must match; an absent key matches anything."""
+
+    type: list[EventType] | None = None
+    from_status: StrList = None
+    to_status: StrList = None
+    batch_id: StrList = None
+    template_id: StrList = None
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+class Route(_Model):
+    match: RouteMatch = RouteMatch()
+    notify: list[str] = Field(min_length=1)
+    continue_: bool = Field(False, alias="continue")
+
+
+class HttpConfig(_Model):
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Model):
+    box: BoxConfig
+    poll: PollConfig = PollConfig()
+    state: StateConfig = StateConfig()
+    baseline: Literal["silent", "notify"] = "silent"
+    notifiers: list[NotifierSpec] = []
+    routes: list[Route] = []
+    delivery: DeliveryConfig = DeliveryConfig()
+    http: HttpConfig = HttpConfig()
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Config:
+        problems = []
+        names = [n.name for n in self.notifiers]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                problems.append(f"notifiers[{i}].name: duplicate notifier name {name!r}")
+        for i, route in enumerate(self.routes):
+            for j, name in enumerate(route.notify):
+                if name not in names:
+                    problems.append(f"routes[{i}].notify[{j}]: no notifier named {name!r}")
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as JSON-able data with every secret masked."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("developer_token", "ccg") and out.endswith("auth"):
+            continue  # pydantic names the union member; the user wrote only `auth`
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = _path(tuple(err["loc"]))
+        if prefix:
+            path = prefix if path == "(top level)" else f"{prefix}.{path}"
+        ctx_err = err.get("ctx", {}).get("error")
+        if isinstance(ctx_err, ConfigError):
+            problems.extend(ctx_err.problems)
+            continue
+        problems.append(f"{path}: {err['msg']}")
+    return problems
+
+
+def expand_vars(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[str]]:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; list each unset variable."""
+    problems: list[str] = []
+    if isinstance(data, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) in env:
+                return env[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            problems.append(
+                f"{path or '(top level)'}: environment variable {m.group(1)} is not set"
+            )
+            return ""
+
+        return _VAR.sub(sub, data), problems
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out[key], sub_problems = expand_vars(value, env, f"{path}.{key}" if path else str(key))
+            problems += sub_problems
+        return out, problems
+    if isinstance(data, list):
+        items = []
+        for i, value in enumerate(data):
+            item, sub_problems = expand_vars(value, env, f"{path}[{i}]")
+            items.append(item)
+            problems += sub_problems
+        return items, problems
+    return data, problems
+
+
+def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """`DOCGEN_MONITOR_POLL__SWEEP_INTERVAL=5s` sets `poll.sweep_interval`; list items by index
+    (`DOCGEN_MONITOR_NOTIFIERS__0__URL`). Values are parsed as YAML scalars."""
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                index: int | str = int(part)
+            elif isinstance(node, dict):
+                index = part
+            else:
+                break  # a path that does not exist in a list: ignored, like a wrong index
+            if last:
+                node[index] = yaml.safe_load(env[key]) if env[key] else ""
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(part), dict | list):
+                    node[part] = {}
+                node = node[index]
+    return data
+
+
+def load_config(
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    notifier_models: Mapping[str, type[BaseModel]] | None = None,
+) -> Config:
+    """Read, expand, override and validate. Raises `ConfigError` listing every problem.
+
+    `notifier_models` maps a notifier type to its config model (from the notifier registry);
+    when given, each notifier entry is validated against its type's model too."""
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"(file): {path} is not valid YAML: {exc}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping of settings"])
+    data, problems = expand_vars(raw, env)
+    data = apply_env_overrides(data, env)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += validation_problems(exc)
+    except ConfigError as exc:
+        problems += exc.problems
+    if notifier_models is not None:
+        problems += _notifier_problems(data.get("notifiers"), notifier_models)
+    if problems or config is None:
+        raise ConfigError(sorted(set(problems), key=problems.index))
+    return config
+
+
+def _notifier_problems(specs: Any, models: Mapping[str, type[BaseModel]]) -> list[str]:
+    if not isinstance(specs, list):
+        return []
+    problems = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            continue  # already reported by the top-level model
+        model = models.get(spec["type"])
+        if model is None:
+            known = ", ".join(sorted(models))
+            problems.append(
+                f"notifiers[{i}].type: unknown notifier type {spec['type']!r} (known: {known})"
+            )
+            continue
+        try:
+            model.model_validate(spec)
+        except ValidationError as exc:
+            problems += validation_problems(exc, prefix=f"notifiers[{i}]")
+    return problems
