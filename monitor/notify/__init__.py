@@ -1,0 +1,1 @@
+"""Notifiers: the interface and registry (`base`), routing, delivery, and the built-ins."""

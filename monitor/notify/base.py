@@ -1,0 +1,104 @@
+"""The notifier axis: what a notifier declares, what `send` returns, and the registry that finds
+every notifier type through the entry point group `docgen_monitor.notifiers`.
+
+Built-ins are registered through that same group in pyproject.toml, exactly as a third-party
+package would register its own."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitor.config import NotifierSpec, PositiveDurationS
+from monitor.errors import UnknownNotifierType
+from monitor.model import Event
+
+ENTRY_POINT_GROUP = "docgen_monitor.notifiers"
+
+
+class NotifierConfig(BaseModel):
+    """Settings every notifier has; a notifier type subclasses this with its own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: str
+    max_attempts: int | None = Field(None, ge=1)  # None: the `delivery` default
+    timeout: PositiveDurationS | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """What a receiver said. `retry_after_s` is the receiver's own hint (Retry-After)."""
+
+    ok: bool
+    detail: str
+    retry_after_s: float | None = None
+
+    @classmethod
+    def delivered(cls, detail: str = "ok") -> DeliveryResult:
+        return cls(True, detail)
+
+    @classmethod
+    def failed(cls, detail: str, retry_after_s: float | None = None) -> DeliveryResult:
+        return cls(False, detail, retry_after_s)
+
+
+class Notifier(ABC):
+    """Sends events somewhere. Subclasses set `type_name` and `config_model`."""
+
+    type_name: ClassVar[str]
+    config_model: ClassVar[type[NotifierConfig]]
+
+    def __init__(self, config: NotifierConfig, *, timeout_s: float) -> None:
+        self.config = config
+        self.name = config.name
+        self.timeout_s = config.timeout if config.timeout is not None else timeout_s
+
+    @classmethod
+    def from_spec(cls, spec: NotifierSpec, *, timeout_s: float) -> Self:
+        return cls(cls.config_model.model_validate(spec.model_dump()), timeout_s=timeout_s)
+
+    async def start(self) -> None:  # noqa: B027 - optional hook: most notifiers need none
+        """Open connections; called once before the first `send`."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; idempotent."""
+
+    @abstractmethod
+    async def send(self, events: Sequence[Event]) -> DeliveryResult:
+        """Deliver `events` (one, unless the notifier groups). Never raises for a receiver's
+        failure: that is a `DeliveryResult.failed`, which the dispatcher retries."""
+
+
+class NotifierRegistry:
+    """Notifier types by name. Not a process-wide singleton: each daemon builds its own."""
+
+    def __init__(self, types: Mapping[str, type[Notifier]]) -> None:
+        self.types = dict(types)
+
+    @classmethod
+    def from_entry_points(cls, extra: Mapping[str, type[Notifier]] | None = None) -> Self:
+        types: dict[str, type[Notifier]] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            loaded: Any = ep.load()
+            if not (isinstance(loaded, type) and issubclass(loaded, Notifier)):
+                raise TypeError(f"entry point {ep.name!r} does not name a Notifier class")
+            types[ep.name] = loaded
+        types.update(extra or {})
+        return cls(types)
+
+    def config_models(self) -> dict[str, type[BaseModel]]:
+        return {name: t.config_model for name, t in self.types.items()}
+
+    def create(self, spec: NotifierSpec, *, timeout_s: float) -> Notifier:
+        try:
+            notifier_type = self.types[spec.type]
+        except KeyError:
+            raise UnknownNotifierType(spec.type, list(self.types)) from None
+        return notifier_type.from_spec(spec, timeout_s=timeout_s)

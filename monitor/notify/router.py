@@ -1,0 +1,34 @@
+"""Which notifiers an event goes to: the first matching route wins, unless it says `continue`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monitor.config import Route, RouteMatch
+from monitor.model import Event
+
+
+def matches(match: RouteMatch, event: Event) -> bool:
+    checks: list[tuple[Sequence[object] | None, object]] = [
+        (match.type, event.type),
+        (match.from_status, event.from_status),
+        (match.to_status, event.to_status),
+        (match.batch_id, event.batch_id),
+        (match.template_id, event.template_file_id),
+    ]
+    return all(wanted is None or actual in wanted for wanted, actual in checks)
+
+
+class Router:
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+
+    def route(self, event: Event) -> tuple[str, ...]:
+        """Notifier names for `event`, each once, in route order."""
+        names: list[str] = []
+        for route in self.routes:
+            if matches(route.match, event):
+                names += [n for n in route.notify if n not in names]
+                if not route.continue_:
+                    break
+        return tuple(names)

@@ -1,0 +1,115 @@
+"""`type: webhook`: one event per POST, signed with HMAC-SHA256 so receivers can trust it.
+
+Wire format (a contract other tools depend on): JSON body `Event.wire()`, headers
+`Idempotency-Key`, `X-Docgen-Monitor-Event`, `X-Docgen-Monitor-Timestamp` and
+`X-Docgen-Monitor-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<raw body>">`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+from typing import ClassVar, Literal
+
+import aiohttp
+import orjson
+from pydantic import Field, SecretStr, field_validator
+
+from monitor.model import Event
+from monitor.notify.base import DeliveryResult, Notifier, NotifierConfig
+
+
+class WebhookConfig(NotifierConfig):
+    type: Literal["webhook"] = "webhook"
+    url: SecretStr  # a URL may carry a token in its path or query: never logged
+    secret: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"v1={mac.hexdigest()}"
+
+
+def parse_retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date (RFC 9110); None when absent or garbled."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class WebhookNotifier(Notifier):
+    type_name: ClassVar[str] = "webhook"
+    config_model: ClassVar[type[NotifierConfig]] = WebhookConfig
+    config: WebhookConfig
+
+    def __init__(self, config: NotifierConfig, *, timeout_s: float) -> None:
+        super().__init__(config, timeout_s=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers={"User-Agent": "docgen-monitor"},
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, events: Sequence[Event]) -> DeliveryResult:
+        for event in events:
+            result = await self._post(event)
+            if not result.ok:
+                return result
+        return DeliveryResult.delivered(f"{len(events)} event(s) accepted")
+
+    async def _post(self, event: Event) -> DeliveryResult:
+        await self.start()
+        assert self._session is not None
+        body = orjson.dumps(event.wire())
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": event.id,
+            "X-Docgen-Monitor-Event": event.type.value,
+            "X-Docgen-Monitor-Timestamp": str(timestamp),
+            **self.config.headers,
+        }
+        if self.config.secret is not None:
+            headers["X-Docgen-Monitor-Signature"] = sign(
+                self.config.secret.get_secret_value(), timestamp, body
+            )
+        try:
+            async with self._session.post(
+                self.config.url.get_secret_value(), data=body, headers=headers
+            ) as resp:
+                text = (await resp.text(errors="replace"))[:200]
+                if 200 <= resp.status < 300:
+                    return DeliveryResult.delivered(f"HTTP {resp.status}")
+                return DeliveryResult.failed(
+                    f"HTTP {resp.status}: {text}",
+                    parse_retry_after_s(resp.headers.get("Retry-After")),
+                )
+        except TimeoutError:
+            return DeliveryResult.failed(f"no answer within {self.timeout_s:g}s")
+        except aiohttp.ClientError as exc:
+            # aiohttp's message can hold the URL; name only the failure's kind
+            return DeliveryResult.failed(f"connection failed: {type(exc).__name__}")
