@@ -23,9 +23,7 @@ class Metrics:
             ["from_status", "to_status"],
             registry=r,
         )
-        self.events = Counter(
-            "box_docgen_events", "Events emitted, by type.", ["type"], registry=r
-        )
+        self.events = Counter("box_docgen_events", "Events emitted, by type.", ["type"], registry=r)
         self.unknown_statuses = Counter(
             "box_docgen_unknown_status",
             "Jobs seen with a status this build does not know (treated as non-terminal).",
@@ -39,7 +37,9 @@ class Metrics:
             registry=r,
         )
         self.polls = Counter(
-            "box_docgen_polls", "Polls finished, by kind and outcome.", ["kind", "outcome"],
+            "box_docgen_polls",
+            "Polls finished, by kind and outcome.",
+            ["kind", "outcome"],
             registry=r,
         )
         self.poll_last_success = Gauge(
@@ -81,7 +81,5 @@ class Metrics:
             ["notifier"],
             registry=r,
         )
-        self.build_info = Info(
-            "box_docgen_monitor_build", "Version of docgen-monitor.", registry=r
-        )
+        self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)
         self.build_info.info({"version": __version__})
