@@ -1,0 +1,163 @@
+"""Box Doc Gen API models (version 2025.0), written from Box's OpenAPI spec
+(`/work/shared/box-api/openapi-docgen.json`, the schema authority).
+
+Each class names the schema it mirrors. Required fields follow the spec's `required` lists;
+everything else is optional. Two deliberate choices:
+
+- `status` is a plain `str`. Box may add a status; an unknown value is kept as it is (the poller
+  treats it as non-terminal) and is never a validation error.
+- `ClientError.code` is a plain `str`: Box documents codes (`rate_limit_exceeded`,
+  `invalid_api_version`, ...) that the spec's enum does not list.
+
+And one deviation: the spec lists no required field on the page envelopes, but a page without
+`entries` is treated as malformed here. Reading it as an empty page would let a sweep declare
+every job gone.
+
+Unknown fields are ignored, so that Box can add fields without breaking the monitor. The models
+hold no Python validators: page bodies are validated straight from bytes with
+`Model.model_validate_json(raw)`, which keeps the whole sweep inside pydantic-core.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+
+class BoxModel(BaseModel):
+    """Base of every Box model: unknown fields ignored, instances immutable."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# -- nested references ------------------------------------------------------------------------
+
+
+class FileReference(BoxModel):
+    """`FileReference`: a file by id."""
+
+    type: Literal["file"]
+    id: str
+
+
+class FileVersion(BoxModel):
+    """`FileVersion--Base`: a file version by id."""
+
+    id: str
+    type: Literal["file_version"]
+
+
+class UserRef(BoxModel):
+    """`User--Base`: a user by id."""
+
+    id: str
+    type: Literal["user"]
+
+
+class EnterpriseRef(BoxModel):
+    """`EnterpriseReference`: the spec requires neither field."""
+
+    id: str | None = None
+    type: Literal["enterprise"] | None = None
+
+
+class DocGenBatch(BoxModel):
+    """`DocGenBatch--Base`: what `POST /docgen_batches` answers, and a job's `batch`."""
+
+    id: str
+    type: Literal["docgen_batch"]
+
+
+class DocGenJobFailures(BoxModel):
+    """The `failures` object of a job: errors and warnings from document generation."""
+
+    errors: list[str]
+    warnings: list[str]
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+class DocGenJob(BoxModel):
+    """`DocGenJob` (standard variant): `GET /docgen_jobs/{id}` and the batch and template lists.
+
+    `output_file` and `output_file_version` stay `None` until the job completes.
+    """
+
+    id: str
+    type: Literal["docgen_job"]
+    batch: DocGenBatch
+    template_file: FileReference
+    template_file_version: FileVersion
+    output_file: FileReference | None = None
+    output_file_version: FileVersion | None = None
+    status: str
+    output_type: str
+    failures: DocGenJobFailures | None = None
+
+
+class DocGenJobFull(DocGenJob):
+    """`DocGenJob--Full`: the entries of `GET /docgen_jobs`. `created_at` is an unparsed string
+    (the spec declares no format)."""
+
+    created_at: str | None = None
+    created_by: UserRef
+    enterprise: EnterpriseRef
+    source: str
+
+
+class DocGenJobs(BoxModel):
+    """`DocGenJobs`: one page of `GET /docgen_batch_jobs/{batch_id}`. The last page has a
+    `next_marker` that is `None` or empty."""
+
+    entries: list[DocGenJob]
+    limit: int | None = None
+    next_marker: str | None = None
+    prev_marker: str | None = None
+
+
+class DocGenJobsFull(BoxModel):
+    """`DocGenJobs--Full`: one page of `GET /docgen_jobs`."""
+
+    entries: list[DocGenJobFull]
+    limit: int | None = None
+    next_marker: str | None = None
+    prev_marker: str | None = None
+
+
+# -- errors and tokens -----------------------------------------------------------------------
+
+
+class ClientError(BoxModel):
+    """`ClientError`: the JSON body of most 4xx and some 5xx answers. The spec requires no
+    field, and `code` is not checked against the spec's enum."""
+
+    type: str | None = None
+    status: int | None = None
+    code: str | None = None
+    message: str | None = None
+    context_info: dict[str, Any] | None = None
+    help_url: str | None = None
+    request_id: str | None = None
+
+
+class OAuth2Error(BoxModel):
+    """`OAuth2Error`: the body of a refused `POST /oauth2/token`."""
+
+    error: str | None = None
+    error_description: str | None = None
+
+
+class AccessToken(BoxModel):
+    """`AccessToken`: a successful `POST /oauth2/token`. The spec requires no field; a client
+    relies only on `access_token` and `expires_in`. `token_type` and `issued_token_type` are
+    plain strings because Box's own examples disagree with the spec's enums. The tokens are
+    `SecretStr` so that no repr or log line can show them."""
+
+    access_token: SecretStr | None = None
+    expires_in: int | None = None
+    token_type: str | None = None
+    restricted_to: list[Any] | None = None
+    refresh_token: SecretStr | None = None
+    issued_token_type: str | None = None
