@@ -1,0 +1,169 @@
+"""`docgen-monitor`: run, demo, simulate, once, check-config.
+
+Exit codes: 0 clean stop, 2 configuration error (every problem listed with its path), 1 any
+other failure."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import structlog
+
+from monitor import __version__
+from monitor.config import Config, load_config
+from monitor.errors import ConfigError, MonitorError
+from monitor.logging import configure_logging
+from monitor.notify.base import NotifierRegistry
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+log = structlog.get_logger("monitor.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="docgen-monitor", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"docgen-monitor {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon until SIGTERM or SIGINT")
+    run.add_argument("--config", required=True, type=Path)
+
+    once = sub.add_parser("once", help="one sweep; print its events as JSON lines; exit")
+    once.add_argument("--config", required=True, type=Path)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file", type=Path)
+
+    demo = sub.add_parser("demo", help="run against a built-in simulator; no setup needed")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
+    demo.add_argument("--port", type=int, default=0, help="metrics port (default: a free one)")
+
+    sim = sub.add_parser("simulate", help="serve the Box Doc Gen simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8900)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--token",
+        action="append",
+        default=None,
+        help="developer token to accept (repeatable; default dev-token)",
+    )
+    sim.add_argument(
+        "--stream-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start a batch every SECONDS (a steady, realistic stream)",
+    )
+    sim.add_argument("--stream-jobs", type=int, default=5, help="jobs per streamed batch")
+    sim.add_argument("--seed-jobs", type=int, default=0, help="historic jobs created at start")
+    return p
+
+
+def load(path: Path, registry: NotifierRegistry) -> Config:
+    return load_config(path, notifier_models=registry.config_models())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    registry = NotifierRegistry.from_entry_points()
+    try:
+        if args.command == "check-config":
+            config = load(args.file, registry)
+            print(
+                f"{args.file}: OK ({len(config.notifiers)} notifier(s), "
+                f"{len(config.routes)} route(s))"
+            )
+            return EXIT_OK
+        if args.command == "simulate":
+            configure_logging()
+            return _simulate(args)
+        if args.command == "demo":
+            from monitor.demo import run_demo
+
+            configure_logging(level="warning")
+            return asyncio.run(run_demo(args.duration, args.port, registry))
+        config = load(args.config, registry)
+        configure_logging(config.log.level, config.log.format)
+        if args.command == "once":
+            return asyncio.run(_once(config, registry))
+        return asyncio.run(_run(config, registry))
+    except ConfigError as exc:
+        print(f"docgen-monitor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MonitorError as exc:
+        log.error("fatal", error=str(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _run(config: Config, registry: NotifierRegistry) -> int:
+    from monitor.daemon import Daemon
+
+    async with Daemon(config, registry=registry) as daemon:
+        daemon.install_signal_handlers()
+        log.info("daemon_running", metrics_url=f"{daemon.web.url}/metrics")
+        await daemon.wait_stopped()
+    return EXIT_OK
+
+
+async def _once(config: Config, registry: NotifierRegistry) -> int:
+    from monitor.daemon import make_box_client
+    from monitor.metrics import Metrics
+    from monitor.notify.router import Router
+    from monitor.poller import Poller
+    from monitor.store import open_store
+
+    metrics = Metrics()
+    auth, box = make_box_client(config.box, metrics)
+    async with open_store(config.state.url) as store, box:
+        try:
+            poller = Poller(
+                box,
+                store,
+                Router(config.routes),
+                metrics,
+                baseline=config.baseline,
+                page_size=config.box.page_size,
+            )
+            result = await poller.sweep()
+        finally:
+            await auth.aclose()
+    for event in result.events:
+        sys.stdout.write(orjson.dumps(event.wire()).decode() + "\n")
+    if result.baseline:
+        print(
+            f"baseline recorded: {result.jobs_seen} job(s); later changes become events",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from monitor.simulator import SimulatorConfig, serve_forever
+    from monitor.simulator.config import SteadyStreamConfig
+
+    stream = None
+    if args.stream_every:
+        stream = SteadyStreamConfig(every_s=args.stream_every, jobs_per_batch=args.stream_jobs)
+    tokens = [SecretStr(t) for t in (args.token or ["dev-token"])]
+    config = SimulatorConfig(seed=args.seed, developer_tokens=tokens, stream=stream)
+    asyncio.run(serve_forever(config, args.host, args.port, seed_jobs=args.seed_jobs))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

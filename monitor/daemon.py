@@ -1,0 +1,284 @@
+"""Wiring and lifecycle. Every component registers its own teardown on one AsyncExitStack as it
+starts, so a failure half-way through start-up still closes what was opened. Stopping has three
+steps: stop taking new work (scheduler, sweeps), drain deliveries within a deadline, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from enum import Enum
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth
+from monitor.box.client import BoxClient
+from monitor.config import BoxConfig, CCGAuthConfig, Config
+from monitor.errors import MonitorError
+from monitor.metrics import Metrics
+from monitor.notify.base import Notifier, NotifierRegistry
+from monitor.notify.dispatcher import Dispatcher
+from monitor.notify.router import Router
+from monitor.poller import Poller
+from monitor.store import open_store
+from monitor.store.base import OutboxState, Store
+from monitor.web import WebServer, build_app
+
+log = structlog.get_logger(__name__)
+
+GAUGE_REFRESH_S = 5.0
+
+
+class RunState(Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def make_auth(box: BoxConfig, metrics: Metrics | None) -> Auth:
+    if isinstance(box.auth, CCGAuthConfig):
+        return CCGAuth(
+            f"{box.base_url}/oauth2/token",
+            box.auth.client_id,
+            box.auth.client_secret,
+            box.auth.subject_type,
+            box.auth.subject_id,
+            timeout_s=box.timeout,
+            metrics=metrics,
+        )
+    return DeveloperTokenAuth(box.auth.token)
+
+
+def make_box_client(box: BoxConfig, metrics: Metrics | None) -> tuple[Auth, BoxClient]:
+    auth = make_auth(box, metrics)
+    client = BoxClient(
+        box.base_url,
+        auth,
+        metrics=metrics,
+        timeout_s=box.timeout,
+        max_attempts=box.max_attempts,
+        page_size=box.page_size,
+    )
+    return auth, client
+
+
+class Daemon:
+    """The running monitor: `async with Daemon(config) as d: await d.wait_stopped()`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: NotifierRegistry | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.registry = registry or NotifierRegistry.from_entry_points()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.state = RunState.NEW
+        self._stack = AsyncExitStack()
+        self._stop = asyncio.Event()
+        self._sweep_task: asyncio.Task[Any] | None = None
+        self._sweep_failures = 0
+        self._next_sweep_at = 0.0
+        self._last_error: str | None = None
+        self.last_success_at: float | None = None
+        self.store: Store
+        self.poller: Poller
+        self.dispatcher: Dispatcher
+        self.web: WebServer
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self.state is not RunState.NEW:
+            raise RuntimeError(f"cannot start a daemon that is {self.state.value}")
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            self.state = RunState.STOPPED
+            raise
+        self.state = RunState.RUNNING
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.state is RunState.RUNNING:
+            log.info("daemon_stopping")
+            await self._stack.aclose()
+            self.state = RunState.STOPPED
+            log.info("daemon_stopped")
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.store = open_store(cfg.state.url)
+        await self.store.open()
+        self._stack.push_async_callback(self.store.close)
+
+        auth, box = make_box_client(cfg.box, self.metrics)
+        self._stack.push_async_callback(auth.aclose)
+        await self._stack.enter_async_context(box)
+
+        notifiers: dict[str, Notifier] = {}
+        for spec in cfg.notifiers:
+            notifier = self.registry.create(spec, timeout_s=cfg.delivery.timeout)
+            await notifier.start()
+            self._stack.push_async_callback(notifier.close)
+            notifiers[spec.name] = notifier
+
+        self.dispatcher = Dispatcher(self.store, notifiers, cfg.delivery, self.metrics)
+        self.dispatcher.start()
+        self._stack.push_async_callback(self.dispatcher.stop, cfg.delivery.drain_timeout)
+
+        self.poller = Poller(
+            box,
+            self.store,
+            Router(cfg.routes),
+            self.metrics,
+            baseline=cfg.baseline,
+            page_size=cfg.box.page_size,
+            on_commit=self.dispatcher.wake,
+            clock=self.clock,
+        )
+        self.last_success_at = _float_or_none(await self.store.get_meta("last_sweep_at"))
+        await self.poller.refresh_job_gauge()
+
+        self.web = WebServer(
+            build_app(self.metrics.registry, self.readiness), cfg.http.host, cfg.http.port
+        )
+        await self.web.start()
+        self._stack.push_async_callback(self.web.close)
+        log.info("http_listening", url=self.web.url)
+
+        gauges = asyncio.create_task(self._refresh_gauges(), name="gauges")
+        self._stack.push_async_callback(_cancel, gauges)
+
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._sweep_tick,
+            "interval",
+            seconds=cfg.poll.sweep_interval,
+            id="sweep",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+            misfire_grace_time=None,
+        )
+        scheduler.start()
+        self._stack.push_async_callback(self._stop_polling, scheduler)
+
+    async def _stop_polling(self, scheduler: AsyncIOScheduler) -> None:
+        scheduler.shutdown(wait=False)
+        if self._sweep_task is not None and not self._sweep_task.done():
+            # An unfinished sweep has committed nothing; its commit, if started, is shielded.
+            await _cancel(self._sweep_task)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    # -- polling --------------------------------------------------------------------------
+
+    async def _sweep_tick(self) -> None:
+        if self.clock() < self._next_sweep_at:
+            return  # backing off after failures
+        self._sweep_task = asyncio.current_task()
+        started = time.perf_counter()
+        try:
+            await self.poller.sweep()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._sweep_failed(exc, time.perf_counter() - started)
+        else:
+            self._sweep_failures = 0
+            self._next_sweep_at = 0.0
+            self._last_error = None
+            self.last_success_at = self.clock()
+            self.metrics.polls.labels("sweep", "ok").inc()
+        finally:
+            self._sweep_task = None
+
+    def _sweep_failed(self, exc: Exception, duration_s: float) -> None:
+        interval = self.config.poll.sweep_interval
+        self._sweep_failures += 1
+        delay_s = min(self.config.poll.max_backoff, interval * 2 ** (self._sweep_failures - 1))
+        # run again at the first tick at or after the delay
+        self._next_sweep_at = self.clock() + delay_s - interval / 2
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self.metrics.polls.labels("sweep", "error").inc()
+        self.metrics.poll_duration.labels("sweep").observe(duration_s)
+        log.error(
+            "sweep_failed",
+            error=self._last_error,
+            failures=self._sweep_failures,
+            next_try_in_s=round(delay_s, 1),
+            exc_info=not isinstance(exc, MonitorError),
+        )
+
+    # -- health ---------------------------------------------------------------------------
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        details: dict[str, Any] = {}
+        try:
+            await self.store.ping()
+            details["store"] = "ok"
+        except Exception as exc:
+            details["store"] = f"error: {type(exc).__name__}"
+        max_age_s = 3 * self.config.poll.sweep_interval
+        if self.last_success_at is None:
+            details["last_sweep"] = "none yet"
+            fresh = False
+        else:
+            age_s = self.clock() - self.last_success_at
+            details["last_sweep_age_s"] = round(age_s, 3)
+            fresh = age_s <= max_age_s
+        details["max_sweep_age_s"] = max_age_s
+        if self._last_error is not None:
+            details["last_error"] = self._last_error
+        return details["store"] == "ok" and fresh, details
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            try:
+                counts = await self.store.outbox_counts()
+                for name in self.dispatcher.notifiers:
+                    by_state = counts.get(name, {})
+                    waiting = by_state.get(OutboxState.PENDING, 0)
+                    waiting += by_state.get(OutboxState.CLAIMED, 0)
+                    self.metrics.outbox_pending.labels(name).set(waiting)
+                    self.metrics.outbox_dead.labels(name).set(by_state.get(OutboxState.DEAD, 0))
+            except Exception:
+                log.exception("gauge_refresh_failed")
+            await asyncio.sleep(GAUGE_REFRESH_S)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _float_or_none(value: str | None) -> float | None:
+    return float(value) if value is not None else None
