@@ -45,20 +45,20 @@ async def run_demo(duration_s: float | None, http_port: int, registry: NotifierR
         stream=SteadyStreamConfig(every_s=4.0, jobs_per_batch=4),
     )
     with tempfile.TemporaryDirectory(prefix="docgen-monitor-demo-") as tmp:
-        async with await start_simulator(sim_config) as sim:
-            async with Daemon(
-                demo_config(sim.url, Path(tmp), http_port), registry=registry
-            ) as daemon:
-                print(f"docgen-monitor demo: simulated Box at {sim.url}", flush=True)
-                print(
-                    f"metrics: {daemon.web.url}/metrics   readiness: {daemon.web.url}/readyz",
-                    flush=True,
-                )
-                print("events appear below as batches move (Ctrl-C to stop)", flush=True)
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, daemon.request_stop)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(daemon.wait_stopped(), duration_s)
+        async with (
+            await start_simulator(sim_config) as sim,
+            Daemon(demo_config(sim.url, Path(tmp), http_port), registry=registry) as daemon,
+        ):
+            print(f"docgen-monitor demo: simulated Box at {sim.url}", flush=True)
+            print(
+                f"metrics: {daemon.web.url}/metrics   readiness: {daemon.web.url}/readyz",
+                flush=True,
+            )
+            print("events appear below as batches move (Ctrl-C to stop)", flush=True)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, daemon.request_stop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(daemon.wait_stopped(), duration_s)
     print("docgen-monitor demo: stopped", file=sys.stderr)
     return 0
