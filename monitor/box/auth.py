@@ -1,0 +1,287 @@
+"""How the client gets a bearer token: a developer token, or a server-side grant (CCG now, JWT
+later) that posts to `/oauth2/token` and caches the answer until shortly before it expires.
+
+The client asks `token()` before each attempt and, after a 401, calls `invalidate(token)` with
+the token that failed and asks again, once. Auth objects never log or raise a token or secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, Self
+
+import aiohttp
+import structlog
+from pydantic import SecretStr, ValidationError
+
+from monitor.box import _http
+from monitor.box.errors import (
+    BoxAuthError,
+    BoxBadResponse,
+    BoxRateLimited,
+    BoxServerError,
+)
+from monitor.box.models import AccessToken, OAuth2Error
+from monitor.metrics import Metrics
+
+__all__ = ["Auth", "CCGAuth", "DeveloperTokenAuth", "TokenGrantAuth", "token_url"]
+
+log = structlog.get_logger(__name__)
+
+TOKEN_ENDPOINT = "/oauth2/token"  # noqa: S105 - a route, not a secret
+#: Box's documented lifetime, used if a token answer leaves `expires_in` out.
+_DEFAULT_EXPIRES_IN_S = 3600
+#: Refresh this long before expiry: 60 s, or 10 % of a shorter lifetime.
+_MAX_EXPIRY_MARGIN_S = 60.0
+_EXPIRY_MARGIN_FRACTION = 0.1
+
+
+def token_url(base_url: str) -> str:
+    """The token endpoint for an API base URL: `https://api.box.com` -> `.../oauth2/token`
+    (no `/2.0` prefix)."""
+    return base_url.rstrip("/") + TOKEN_ENDPOINT
+
+
+class Auth(ABC):
+    """Where bearer tokens come from."""
+
+    #: False when `invalidate` cannot produce a different token: a 401 is then final.
+    can_refresh: ClassVar[bool] = True
+
+    @abstractmethod
+    async def token(self) -> str:
+        """A bearer token that is believed valid."""
+
+    @abstractmethod
+    async def invalidate(self, token: str) -> None:
+        """Box refused `token` (401): forget it, unless it has already been replaced."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most auths hold nothing
+        """Release whatever the auth holds (a session it created)."""
+
+
+class DeveloperTokenAuth(Auth):
+    """A developer token from the Box console: valid for 60 minutes, cannot be refreshed."""
+
+    can_refresh = False
+
+    def __init__(self, token: SecretStr) -> None:
+        self._token = token
+
+    async def token(self) -> str:
+        return self._token.get_secret_value()
+
+    async def invalidate(self, token: str) -> None:
+        """Nothing to do: a developer token cannot be renewed by code."""
+
+    def __repr__(self) -> str:
+        return "DeveloperTokenAuth(token=SecretStr('**********'))"
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedToken:
+    value: str
+    refresh_at: float  # on the auth's clock
+
+
+class TokenGrantAuth(Auth):
+    """A grant posted to `/oauth2/token` whose answer is cached until shortly before
+    `expires_in` runs out. Subclasses say which form fields to post (`_grant_form`) and which
+    values must never appear in an error (`_secrets`).
+
+    Concurrent callers share one refresh: the fetch runs under a lock, and a caller that finds a
+    fresh token after waiting for the lock uses it. `invalidate` only forgets the token if it is
+    still the current one, so a caller whose token was already replaced triggers no second fetch.
+
+    One call to `token()` makes at most one HTTP attempt. A 429, 5xx, timeout or broken answer
+    raises the same retryable errors the client raises for API calls, so the client's retry
+    loop (backoff, `max_attempts`) covers the token endpoint as well. A refused grant
+    (400/401/403) raises `BoxAuthError`, which is not retried.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout_s: float = 30.0,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self._token_url = token_url
+        self._session = session
+        self._owns_session = session is None
+        self._timeout_s = timeout_s
+        self._metrics = metrics
+        self._clock = clock
+        self._cached: _CachedToken | None = None
+        self._lock = asyncio.Lock()
+
+    @abstractmethod
+    async def _grant_form(self) -> dict[str, str]:
+        """The form fields of one token request (JWT builds a fresh assertion each time)."""
+
+    @abstractmethod
+    def _secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in an error message."""
+
+    async def token(self) -> str:
+        cached = self._fresh()
+        if cached is not None:
+            return cached
+        async with self._lock:
+            cached = self._fresh()  # another caller may have refreshed while we waited
+            if cached is not None:
+                return cached
+            self._cached = await self._fetch()
+            return self._cached.value
+
+    async def invalidate(self, token: str) -> None:
+        if self._cached is not None and self._cached.value == token:
+            self._cached = None
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _fresh(self) -> str | None:
+        cached = self._cached
+        if cached is not None and self._clock() < cached.refresh_at:
+            return cached.value
+        return None
+
+    async def _fetch(self) -> _CachedToken:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        form = await self._grant_form()
+        path = TOKEN_ENDPOINT
+        raw = await _http.send(
+            self._session,
+            "POST",
+            self._token_url,
+            endpoint=TOKEN_ENDPOINT,
+            path=path,
+            timeout_s=self._timeout_s,
+            metrics=self._metrics,
+            headers={"Accept": "application/json"},
+            data=form,  # aiohttp sends a dict as application/x-www-form-urlencoded
+        )
+        status = raw.status
+        if status == 200:
+            return self._accept(raw)
+        if status == 429:
+            raise BoxRateLimited(
+                "POST",
+                path,
+                TOKEN_ENDPOINT,
+                status,
+                _http.client_error(raw.body),
+                retry_after_s=_http.parse_retry_after(raw.headers),
+            )
+        if status >= 500:
+            raise BoxServerError(
+                "POST",
+                path,
+                TOKEN_ENDPOINT,
+                status,
+                _http.client_error(raw.body),
+                retry_after_s=_http.parse_retry_after(raw.headers),
+            )
+        if 400 <= status < 500:
+            err = _oauth2_error(raw.body)
+            exc = BoxAuthError(status, err, redact=self._secrets())
+            log.warning(
+                "box_token_refused", endpoint=TOKEN_ENDPOINT, status=status, error=exc.error
+            )
+            raise exc
+        raise BoxBadResponse("POST", path, TOKEN_ENDPOINT, status, "unexpected status")
+
+    def _accept(self, raw: _http.RawResponse) -> _CachedToken:
+        try:
+            answer = AccessToken.model_validate_json(raw.body)
+        except ValidationError as exc:
+            raise BoxBadResponse(
+                "POST", TOKEN_ENDPOINT, TOKEN_ENDPOINT, raw.status, _http.describe(exc)
+            ) from None
+        if answer.access_token is None or not answer.access_token.get_secret_value():
+            raise BoxBadResponse(
+                "POST", TOKEN_ENDPOINT, TOKEN_ENDPOINT, raw.status, "no access_token in answer"
+            )
+        expires_in = answer.expires_in if answer.expires_in is not None else _DEFAULT_EXPIRES_IN_S
+        margin = min(_MAX_EXPIRY_MARGIN_S, max(0, expires_in) * _EXPIRY_MARGIN_FRACTION)
+        log.info("box_token_issued", endpoint=TOKEN_ENDPOINT, expires_in_s=expires_in)
+        refresh_at = self._clock() + expires_in - margin
+        return _CachedToken(answer.access_token.get_secret_value(), refresh_at)
+
+
+class CCGAuth(TokenGrantAuth):
+    """Client Credentials Grant: the app's client id and secret, acting as the enterprise's
+    Service Account (`subject_type="enterprise"`, `subject_id` = enterprise id) or as a user
+    (`subject_type="user"`). CCG answers carry no refresh token; renewing repeats the grant."""
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: SecretStr,
+        subject_type: str,
+        subject_id: str,
+        session: aiohttp.ClientSession | None = None,
+        timeout_s: float = 30.0,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if subject_type not in ("enterprise", "user"):
+            raise ValueError(f"subject_type must be 'enterprise' or 'user', got {subject_type!r}")
+        super().__init__(
+            token_url, session=session, timeout_s=timeout_s, metrics=metrics, clock=clock
+        )
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.subject_type = subject_type
+        self.subject_id = subject_id
+
+    async def _grant_form(self) -> dict[str, str]:
+        return {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self._client_secret.get_secret_value(),
+            "box_subject_type": self.subject_type,
+            "box_subject_id": self.subject_id,
+        }
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._client_secret.get_secret_value(),)
+
+    def __repr__(self) -> str:
+        return (
+            f"CCGAuth(token_url={self._token_url!r}, client_id={self.client_id!r}, "
+            f"subject_type={self.subject_type!r}, subject_id={self.subject_id!r})"
+        )
+
+
+def _oauth2_error(body: bytes) -> OAuth2Error | None:
+    try:
+        return OAuth2Error.model_validate_json(body) if body else None
+    except ValidationError:
+        return None
