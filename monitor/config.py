@@ -203,8 +203,14 @@ class Config(_Model):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The configuration as JSON-able data with every secret masked."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The configuration as JSON-able data with every secret masked. Notifier settings not
+        yet checked against their type's model are masked whole: nothing says they are safe."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for rendered, spec in zip(data["notifiers"], self.notifiers, strict=True):
+            if type(spec) is NotifierSpec:
+                for key in spec.model_extra or {}:
+                    rendered[key] = "**********"
+        return data
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -293,7 +299,7 @@ def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[st
 def load_config(
     path: str | Path,
     env: Mapping[str, str] | None = None,
-    notifier_models: Mapping[str, type[BaseModel]] | None = None,
+    notifier_models: Mapping[str, type[NotifierSpec]] | None = None,
 ) -> Config:
     """Read, expand, override and validate. Raises `ConfigError` listing every problem.
 
@@ -319,17 +325,25 @@ def load_config(
         problems += validation_problems(exc)
     except ConfigError as exc:
         problems += exc.problems
+    typed: list[NotifierSpec] = []
     if notifier_models is not None:
-        problems += _notifier_problems(data.get("notifiers"), notifier_models)
+        typed, notifier_problems = _typed_notifiers(data.get("notifiers"), notifier_models)
+        problems += notifier_problems
     if problems or config is None:
         raise ConfigError(sorted(set(problems), key=problems.index))
+    if notifier_models is not None:
+        config = config.model_copy(update={"notifiers": typed})
     return config
 
 
-def _notifier_problems(specs: Any, models: Mapping[str, type[BaseModel]]) -> list[str]:
+def _typed_notifiers(
+    specs: Any, models: Mapping[str, type[NotifierSpec]]
+) -> tuple[list[NotifierSpec], list[str]]:
+    """Each notifier entry validated by its type's own model (which knows its secrets)."""
     if not isinstance(specs, list):
-        return []
-    problems = []
+        return [], []
+    typed: list[NotifierSpec] = []
+    problems: list[str] = []
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
             continue  # already reported by the top-level model
@@ -341,7 +355,7 @@ def _notifier_problems(specs: Any, models: Mapping[str, type[BaseModel]]) -> lis
             )
             continue
         try:
-            model.model_validate(spec)
+            typed.append(model.model_validate(spec))
         except ValidationError as exc:
             problems += validation_problems(exc, prefix=f"notifiers[{i}]")
-    return problems
+    return typed, problems

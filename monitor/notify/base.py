@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from monitor.config import NotifierSpec, PositiveDurationS
 from monitor.errors import UnknownNotifierType
@@ -21,13 +21,10 @@ from monitor.model import Event
 ENTRY_POINT_GROUP = "docgen_monitor.notifiers"
 
 
-class NotifierConfig(BaseModel):
+class NotifierConfig(NotifierSpec):
     """Settings every notifier has; a notifier type subclasses this with its own fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    type: str
     max_attempts: int | None = Field(None, ge=1)  # None: the `delivery` default
     timeout: PositiveDurationS | None = None
 
@@ -93,7 +90,7 @@ class NotifierRegistry:
         types.update(extra or {})
         return cls(types)
 
-    def config_models(self) -> dict[str, type[BaseModel]]:
+    def config_models(self) -> dict[str, type[NotifierSpec]]:
         return {name: t.config_model for name, t in self.types.items()}
 
     def create(self, spec: NotifierSpec, *, timeout_s: float) -> Notifier:

@@ -1,0 +1,94 @@
+"""A real webhook receiver on loopback for tests: verifies every signature, records every
+delivery, and can be told to fail (status, Retry-After) or to stall."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Delivery:
+    event_id: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    received_at: float
+
+
+@dataclass
+class WebhookReceiver:
+    secret: str | None = "s3cret"
+    deliveries: list[Delivery] = field(default_factory=list)
+    bad_signatures: int = 0
+    fail_status: int | None = None  # answer this instead of 200 while set
+    fail_remaining: int = 0  # ...or only for this many requests
+    retry_after: str | None = None
+    stall_s: float = 0.0
+    _runner: web.AppRunner | None = None
+    url: str = ""
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self, port: int = 0) -> WebhookReceiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{bound}/hook"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        if self.stall_s:
+            await asyncio.sleep(self.stall_s)
+        if self.fail_remaining > 0 or self.fail_status is not None:
+            self.fail_remaining = max(0, self.fail_remaining - 1)
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            return web.Response(status=self.fail_status or 500, text="nope", headers=headers)
+        if self.secret is not None:
+            ts = request.headers["X-Docgen-Monitor-Timestamp"]
+            expected = "v1=" + hmac.new(self.secret.encode(), f"{ts}.".encode() + raw,
+                                        hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, request.headers.get(
+                    "X-Docgen-Monitor-Signature", "")):
+                self.bad_signatures += 1
+                return web.Response(status=401, text="bad signature")
+        body = orjson.loads(raw)
+        self.deliveries.append(Delivery(request.headers["Idempotency-Key"],
+                                        dict(request.headers), body, time.time()))
+        self._changed.set()
+        return web.Response(status=204)
+
+    def ids(self) -> set[str]:
+        return {d.event_id for d in self.deliveries}
+
+    def events(self) -> dict[str, dict[str, Any]]:
+        """Unique events by id (a repeat delivery is the same event)."""
+        return {d.event_id: d.body for d in self.deliveries}
+
+    async def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> None:
+        """Wait until `predicate(self)` is true, or fail after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"receiver condition not met within {timeout_s}s "
+                                     f"({len(self.deliveries)} deliveries)")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
