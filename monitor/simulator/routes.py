@@ -1,0 +1,260 @@
+"""The Box routes: POST /oauth2/token and the Doc Gen job endpoints, with the checks Box makes
+before it answers (box-version, then the bearer token) and Box's error shapes when they fail."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from monitor.simulator import faults, paging, wire
+from monitor.simulator.auth import ISSUED_TOKEN_TYPE, GrantError, Principal
+from monitor.simulator.jobs import JobView
+from monitor.simulator.state import STATE_KEY, SimulatorState
+
+BOX_VERSION = "2025.0"
+VERSION_HELP_URL = "https://developer.box.com/reference/error-codes/invalid-api-version"
+DOCGEN_ROUTES = frozenset({"create_batch", "list_jobs", "get_job", "batch_jobs"})
+UNMATCHED = "unmatched"
+PRINCIPAL_KEY = web.RequestKey("docgen_simulator_principal", Principal)
+
+_VERSION_SHAPE = re.compile(r"\d{4}\.\d+")
+
+
+def box_version_problem(value: str | None) -> str | None:
+    """Box's documented message for a box-version header it refuses, or None when it is fine."""
+    if value is None:
+        return "Missing required box-version header."
+    value = value.strip()
+    if not value:
+        return "Invalid (empty) API version specified in 'box-version' header."
+    if "," in value:
+        return "Multiple API versions specified in 'box-version' header."
+    if value == BOX_VERSION:
+        return None
+    if _VERSION_SHAPE.fullmatch(value):
+        return "Unsupported API version specified in 'box-version' header."
+    return "Invalid API version specified in 'box-version' header."
+
+
+def _unauthorized(with_token: bool) -> web.Response:
+    challenge = 'Bearer realm="Service"'
+    if with_token:
+        challenge += (
+            ', error="invalid_token", error_description="The access token provided is invalid."'
+        )
+    return wire.client_error(
+        401, "unauthorized", "Unauthorized", headers={"WWW-Authenticate": challenge}
+    )
+
+
+def _bearer_token(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _route_name(request: web.Request) -> str | None:
+    """The Box route a request matched, UNMATCHED for an unknown Box URL, None for /_sim."""
+    name = request.match_info.route.name
+    if name is not None and name.startswith("sim_"):
+        return None
+    if request.path.startswith("/_sim/") or request.path == "/_sim":
+        return None
+    return name if name is not None else UNMATCHED
+
+
+@web.middleware
+async def box_middleware(request: web.Request, handler: faults.Handler) -> web.StreamResponse:
+    """Count, inject faults, then check the box-version header and the bearer token. Faults
+    come first: Box's rate limiter and gateways answer before the API looks at a request."""
+    route = _route_name(request)
+    if route is None:
+        return await handler(request)
+    state = request.app[STATE_KEY]
+    try:
+        if route == UNMATCHED:
+            response = await _unmatched(request, handler)
+        else:
+            draw = state.faults.draw(route)
+            response = await faults.apply(draw, request, _gate(route, handler))
+    except web.HTTPException as exc:
+        state.stats.record(route, exc.status)
+        raise
+    state.stats.record(route, response.status)
+    return response
+
+
+def _gate(route: str, handler: faults.Handler) -> faults.Handler:
+    async def gated(request: web.Request) -> web.StreamResponse:
+        if route not in DOCGEN_ROUTES:
+            return await handler(request)
+        problem = box_version_problem(request.headers.get("box-version"))
+        if problem is not None:
+            return wire.client_error(400, "invalid_api_version", problem, help_url=VERSION_HELP_URL)
+        token = _bearer_token(request)
+        principal = request.app[STATE_KEY].tokens.authenticate(token) if token else None
+        if principal is None:
+            return _unauthorized(with_token=token is not None)
+        request[PRINCIPAL_KEY] = principal
+        return await handler(request)
+
+    return gated
+
+
+async def _unmatched(request: web.Request, handler: faults.Handler) -> web.StreamResponse:
+    """An unknown Box URL gets Box's ClientError, not aiohttp's plain-text page."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        return wire.client_error(405, "method_not_allowed", "Method Not Allowed")
+    except web.HTTPNotFound:
+        return wire.client_error(404, "not_found", "Not Found")
+
+
+def _not_found(name: str, value: str, kind: str) -> web.Response:
+    return wire.client_error(
+        404,
+        "not_found",
+        "Not Found",
+        context_info={
+            "errors": [
+                {
+                    "reason": "invalid_parameter",
+                    "name": name,
+                    "message": f"Invalid value '{value}'. '{kind}' with value '{value}' not found",
+                }
+            ]
+        },
+    )
+
+
+def _bad_request(errors: list[dict[str, str]]) -> web.Response:
+    return wire.client_error(400, "bad_request", "Bad Request", context_info={"errors": errors})
+
+
+def _parameter_error(error: ErrorDetails) -> dict[str, str]:
+    """One pydantic error in Box's context_info terms."""
+    return {
+        "reason": "missing_parameter" if error["type"] == "missing" else "invalid_parameter",
+        "name": ".".join(str(part) for part in error["loc"]) or "body",
+        "message": error["msg"],
+    }
+
+
+def _page_error(exc: paging.BadPageRequest) -> web.Response:
+    return _bad_request([{"reason": "invalid_parameter", "name": exc.name, "message": str(exc)}])
+
+
+# ------------------------------------------------------------------------- handlers
+
+
+async def post_token(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    form = await request.post()
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    try:
+        token, expires_in_s = state.tokens.grant(fields)
+    except GrantError as exc:
+        return wire.oauth2_error(exc.error, exc.description)
+    return wire.json_response(
+        {
+            "access_token": token,
+            "expires_in": expires_in_s,
+            "token_type": "bearer",
+            "restricted_to": [],
+            "issued_token_type": ISSUED_TOKEN_TYPE,
+        }
+    )
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        raw: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _bad_request(
+            [{"reason": "invalid_request_body", "name": "body", "message": "Invalid JSON body."}]
+        )
+    try:
+        body = wire.DocGenBatchCreateRequest.model_validate(raw)
+    except ValidationError as exc:
+        return _bad_request([_parameter_error(e) for e in exc.errors()])
+    batch = state.start_batch(
+        len(body.document_generation_data),
+        template_file_id=body.file.id,
+        template_file_version_id=body.file_version.id if body.file_version else None,
+        output_type=body.output_type,
+        created_by_id=request[PRINCIPAL_KEY].user_id,
+    )
+    return wire.json_response({"id": str(batch.id), "type": "docgen_batch"}, status=202)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    job = request.app[STATE_KEY].find_job(job_id)
+    if job is None:
+        return _not_found("job_id", job_id, "job")
+    return wire.json_response(wire.job_standard(job))
+
+
+def _views(state: SimulatorState, rows: list[int]) -> list[JobView]:
+    now_s = state.now()
+    return [state.jobs.view(row, now_s) for row in rows]
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    scope = "jobs"
+    try:
+        page = paging.parse_page(
+            scope, marker=request.query.get("marker"), limit=request.query.get("limit")
+        )
+    except paging.BadPageRequest as exc:
+        return _page_error(exc)
+    rows, more = state.jobs.page(after_id=page.after_id, limit=page.limit, batch=None)
+    offset_min = state.config.created_at_utc_offset_min
+    enterprise_id = state.config.enterprise_id
+    entries = [
+        wire.job_full(
+            job,
+            enterprise_id=enterprise_id,
+            created_at=wire.created_at_text(job.batch.created_at_s, offset_min),
+        )
+        for job in _views(state, rows)
+    ]
+    next_marker = paging.encode_marker(scope, state.jobs.ids[rows[-1]]) if more and rows else None
+    return wire.json_response(wire.job_page(entries, limit=page.limit, next_marker=next_marker))
+
+
+async def list_batch_jobs(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    batch_id = request.match_info["batch_id"]
+    batch = state.find_batch(batch_id)
+    if batch is None:
+        return _not_found("batch_id", batch_id, "batch")
+    scope = f"batch:{batch.id}"
+    try:
+        page = paging.parse_page(
+            scope, marker=request.query.get("marker"), limit=request.query.get("limit")
+        )
+    except paging.BadPageRequest as exc:
+        return _page_error(exc)
+    rows, more = state.jobs.page(after_id=page.after_id, limit=page.limit, batch=batch)
+    entries = [wire.job_standard(job) for job in _views(state, rows)]
+    next_marker = paging.encode_marker(scope, state.jobs.ids[rows[-1]]) if more and rows else None
+    return wire.json_response(wire.job_page(entries, limit=page.limit, next_marker=next_marker))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/oauth2/token", post_token, name="token")
+    app.router.add_post("/2.0/docgen_batches", post_batch, name="create_batch")
+    app.router.add_get("/2.0/docgen_jobs", list_jobs, name="list_jobs", allow_head=False)
+    app.router.add_get("/2.0/docgen_jobs/{job_id}", get_job, name="get_job", allow_head=False)
+    app.router.add_get(
+        "/2.0/docgen_batch_jobs/{batch_id}", list_batch_jobs, name="batch_jobs", allow_head=False
+    )
