@@ -1,0 +1,213 @@
+"""Webhook wire format and the dispatcher's retry/dead-letter behaviour, over real sockets with
+a real receiver and the real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from monitor.config import DeliveryConfig, NotifierSpec
+from monitor.metrics import Metrics
+from monitor.model import Event, EventJob, EventType, SnapshotChanges
+from monitor.notify.base import NotifierRegistry
+from monitor.notify.dispatcher import Dispatcher, backoff_s
+from monitor.notify.webhook import WebhookNotifier, parse_retry_after_s, sign
+from monitor.store import open_store
+from monitor.store.base import OutboxState, RoutedEvent, Store
+from tests.receiver import WebhookReceiver
+
+FAST = DeliveryConfig(max_attempts=3, initial_backoff=0.05, max_backoff=0.2, timeout=2.0)
+
+
+def event(n: int = 1, to_status: str = "failed") -> Event:
+    return Event(
+        id=f"j{n}:2:submitted:{to_status}", type=EventType.JOB_STATUS_CHANGED,
+        detected_at=datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
+        from_status="submitted", to_status=to_status,
+        job=EventJob(id=f"j{n}", batch_id="b1", status=to_status, template_file_id="t1",
+                     output_file_id=None, output_type="pdf"),
+    )
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    r = await WebhookReceiver().start()
+    yield r
+    await r.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(f"sqlite:///{tmp_path / 'state.db'}") as s:
+        yield s
+
+
+def webhook(url: str, secret: str | None = "s3cret", **extra: object) -> WebhookNotifier:
+    spec = NotifierSpec.model_validate({"name": "sink", "type": "webhook", "url": url,
+                                        **({"secret": secret} if secret else {}), **extra})
+    notifier = NotifierRegistry.from_entry_points().create(spec, timeout_s=2.0)
+    assert isinstance(notifier, WebhookNotifier)
+    return notifier
+
+
+async def test_webhook_posts_the_documented_wire_format(receiver: WebhookReceiver) -> None:
+    notifier = webhook(receiver.url)
+    try:
+        result = await notifier.send([event()])
+    finally:
+        await notifier.close()
+    assert result.ok, result.detail
+    (delivery,) = receiver.deliveries
+    assert receiver.bad_signatures == 0
+    h = delivery.headers
+    assert h["Content-Type"] == "application/json"
+    assert h["Idempotency-Key"] == "j1:2:submitted:failed"
+    assert h["X-Docgen-Monitor-Event"] == "job.status_changed"
+    assert abs(int(h["X-Docgen-Monitor-Timestamp"]) - time.time()) < 60
+    assert delivery.body == {
+        "id": "j1:2:submitted:failed", "type": "job.status_changed",
+        "detected_at": "2026-11-28T12:00:00Z", "from_status": "submitted", "to_status": "failed",
+        "job": {"id": "j1", "batch_id": "b1", "status": "failed", "template_file_id": "t1",
+                "output_file_id": None, "output_type": "pdf"},
+    }
+
+
+def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    body = b'{"a":1}'
+    expected = hmac.new(b"k", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign("k", 1_700_000_000, body) == f"v1={expected}"
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(500, None), (429, "7"), (503, "2")])
+async def test_a_non_2xx_answer_is_a_failure_carrying_retry_after(
+    receiver: WebhookReceiver, status: int, retry_after: str | None
+) -> None:
+    receiver.fail_status, receiver.retry_after = status, retry_after
+    notifier = webhook(receiver.url)
+    try:
+        result = await notifier.send([event()])
+    finally:
+        await notifier.close()
+    assert not result.ok
+    assert result.detail.startswith(f"HTTP {status}")
+    assert result.retry_after_s == (float(retry_after) if retry_after else None)
+
+
+async def test_a_refused_connection_and_a_timeout_are_failures_without_the_url() -> None:
+    notifier = webhook("http://127.0.0.1:9/secret-path-token")
+    try:
+        result = await notifier.send([event()])
+    finally:
+        await notifier.close()
+    assert not result.ok
+    assert "secret-path-token" not in result.detail
+    slow = await WebhookReceiver(stall_s=3).start()
+    notifier = webhook(slow.url, timeout="200ms")
+    try:
+        result = await notifier.send([event()])
+    finally:
+        await notifier.close()
+        await slow.close()
+    assert not result.ok and "no answer within 0.2s" in result.detail
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    assert parse_retry_after_s("120") == 120.0
+    assert parse_retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after_s("soon") is None
+
+
+def test_backoff_grows_exponentially_and_honours_retry_after() -> None:
+    cfg = DeliveryConfig(initial_backoff=1, max_backoff=30)
+    assert [backoff_s(n, cfg, None, rng=lambda: 0.5) for n in (1, 2, 3, 6, 9)] == [
+        1.0, 2.0, 4.0, 30.0, 30.0]
+    assert backoff_s(1, cfg, 12.0, rng=lambda: 0.5) == 12.0
+
+
+async def _commit(store: Store, *events: Event) -> None:
+    await store.commit(SnapshotChanges(), [RoutedEvent(e, ("sink",)) for e in events])
+
+
+async def _wait_state(store: Store, state: OutboxState, n: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts = (await store.outbox_counts()).get("sink", {})
+        if counts.get(state, 0) == n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"outbox never reached {n} {state}: {await store.outbox_counts()}")
+
+
+async def test_dispatcher_retries_until_the_receiver_recovers(
+    store: Store, receiver: WebhookReceiver
+) -> None:
+    receiver.fail_remaining = 2
+    metrics = Metrics()
+    notifier = webhook(receiver.url)
+    dispatcher = Dispatcher(store, {"sink": notifier}, FAST, metrics)
+    await _commit(store, event(1), event(2))
+    dispatcher.start()
+    try:
+        await receiver.wait_for(lambda r: r.ids() == {event(1).id, event(2).id}, 10)
+        await _wait_state(store, OutboxState.DELIVERED, 2)
+    finally:
+        await dispatcher.stop(2)
+        await notifier.close()
+    assert metrics.notifications.labels("sink", "retry")._value.get() == 2
+    assert metrics.notifications.labels("sink", "delivered")._value.get() == 2
+
+
+async def test_dispatcher_dead_letters_after_max_attempts_and_logs_it(
+    store: Store, receiver: WebhookReceiver
+) -> None:
+    receiver.fail_status = 500
+    metrics = Metrics()
+    notifier = webhook(receiver.url)
+    dispatcher = Dispatcher(store, {"sink": notifier}, FAST, metrics)
+    await _commit(store, event(1))
+    with capture_logs() as logs:
+        dispatcher.start()
+        try:
+            await _wait_state(store, OutboxState.DEAD, 1)
+        finally:
+            await dispatcher.stop(2)
+            await notifier.close()
+    (dead,) = await store.list_outbox(OutboxState.DEAD)
+    assert dead.attempts == 3 and dead.last_error is not None
+    assert dead.last_error.startswith("HTTP 500")
+    assert metrics.notifications.labels("sink", "dead")._value.get() == 1
+    dead_logs = [e for e in logs if e["event"] == "event_dead"]
+    assert dead_logs and dead_logs[0]["notifier"] == "sink"
+    assert dead_logs[0]["event_id"] == event(1).id
+    assert all("s3cret" not in str(e) and receiver.url not in str(e) for e in logs)
+
+
+async def test_a_stalled_receiver_does_not_block_another_notifier(
+    store: Store, receiver: WebhookReceiver
+) -> None:
+    slow = await WebhookReceiver(stall_s=5).start()
+    fast_spec = NotifierSpec.model_validate({"name": "fast", "type": "webhook",
+                                             "url": receiver.url, "secret": "s3cret"})
+    registry = NotifierRegistry.from_entry_points()
+    notifiers = {"sink": webhook(slow.url), "fast": registry.create(fast_spec, timeout_s=10)}
+    dispatcher = Dispatcher(store, notifiers, FAST, Metrics())
+    await store.commit(SnapshotChanges(), [RoutedEvent(event(1), ("sink", "fast"))])
+    dispatcher.start()
+    try:
+        await receiver.wait_for(lambda r: len(r.ids()) == 1, 3)
+    finally:
+        await dispatcher.stop(0.1)
+        for n in notifiers.values():
+            await n.close()
+        await slow.close()
+    counts = await store.outbox_counts()
+    assert counts["fast"].get(OutboxState.DELIVERED) == 1
+    assert counts["sink"].get(OutboxState.DELIVERED, 0) == 0
