@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,15 +154,29 @@ async def _once(config: Config, registry: NotifierRegistry) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from pydantic import SecretStr
 
-    from monitor.simulator import SimulatorConfig, serve_forever
-    from monitor.simulator.config import SteadyStreamConfig
+    from monitor.simulator import SimulatorConfig, SteadyStreamConfig, start_simulator
 
     stream = None
     if args.stream_every:
         stream = SteadyStreamConfig(every_s=args.stream_every, jobs_per_batch=args.stream_jobs)
     tokens = [SecretStr(t) for t in (args.token or ["dev-token"])]
     config = SimulatorConfig(seed=args.seed, developer_tokens=tokens, stream=stream)
-    asyncio.run(serve_forever(config, args.host, args.port, seed_jobs=args.seed_jobs))
+
+    async def serve() -> None:
+        async with await start_simulator(config, args.host, args.port) as sim:
+            if args.seed_jobs:
+                sim.state.seed_history(args.seed_jobs)
+            log.info(
+                "simulator_listening", url=sim.url, seed=args.seed, historic_jobs=args.seed_jobs
+            )
+            print(sim.url, flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+
+    asyncio.run(serve())
     return EXIT_OK
 
 

@@ -208,7 +208,8 @@ class Daemon:
         try:
             await self.poller.sweep()
         except asyncio.CancelledError:
-            raise
+            log.info("sweep_cancelled")  # stopping: nothing was committed, nothing is lost
+            return
         except Exception as exc:
             self._sweep_failed(exc, time.perf_counter() - started)
         else:

@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from monitor.config import Config
 from monitor.daemon import Daemon
 from monitor.notify.base import NotifierRegistry
@@ -40,7 +42,7 @@ def demo_config(box_url: str, state_dir: Path, http_port: int) -> Config:
 async def run_demo(duration_s: float | None, http_port: int, registry: NotifierRegistry) -> int:
     sim_config = SimulatorConfig(
         seed=7,
-        developer_tokens=[DEMO_TOKEN],  # type: ignore[list-item]
+        developer_tokens=[SecretStr(DEMO_TOKEN)],
         timeline=TimelineConfig(submitted_after_s=1.0, min_duration_s=2.0, max_duration_s=8.0),
         stream=SteadyStreamConfig(every_s=4.0, jobs_per_batch=4),
     )
