@@ -93,7 +93,9 @@ class Dispatcher:
 
     async def _worker(self, notifier: Notifier) -> None:
         wake = self._wake[notifier.name]
-        lease_s = notifier.timeout_s * 2 + 30
+        # One worker per notifier owns its claims, so an expired lease cannot put a second
+        # sender on a row; the lease only decides how soon a crashed process's rows come back.
+        lease_s = notifier.timeout_s + 5
         while not self._stopping:
             wake.clear()
             try:

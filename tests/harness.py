@@ -1,0 +1,153 @@
+"""End-to-end helpers: the daemon as a real subprocess, a config writer, and a client for the
+simulator's control API. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+TOKEN = "e2e-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_config(path: Path, *, box_url: str, hook_url: str, http_port: int,
+                 **overrides: Any) -> Path:
+    config: dict[str, Any] = {
+        "box": {"base_url": box_url, "auth": {"method": "developer_token", "token": TOKEN},
+                "timeout": "3s"},
+        "poll": {"sweep_interval": "500ms", "max_backoff": "2s"},
+        "state": {"url": f"sqlite:///{path.parent / 'state.db'}"},
+        "baseline": "silent",
+        "notifiers": [{"name": "sink", "type": "webhook", "url": hook_url, "secret": "s3cret"}],
+        "routes": [{"match": {}, "notify": ["sink"]}],
+        "delivery": {"initial_backoff": "100ms", "max_backoff": "1s", "max_attempts": 1000,
+                     "timeout": "3s", "drain_timeout": "3s"},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "log": {"level": "info", "format": "json"},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float,
+                     what: str, interval_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+class DaemonProcess:
+    """`docgen-monitor run --config FILE` in a subprocess, its logs in files beside the config."""
+
+    def __init__(self, config_path: Path, http_port: int) -> None:
+        self.config_path = config_path
+        self.base_url = f"http://127.0.0.1:{http_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.config_path.parent / f"daemon-{self.runs}.log"
+
+    def start(self) -> None:
+        self.runs += 1
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "run", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.get(
+            self.base_url + path, timeout=aiohttp.ClientTimeout(total=3)
+        ) as resp:
+            return resp.status, await resp.text()
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
+        async def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                status, _ = await self.get("/readyz")
+            except aiohttp.ClientError:
+                return False
+            return status == 200
+
+        await wait_until(ready, timeout_s, "daemon /readyz")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        """Signal the daemon and wait for its exit code without blocking the event loop, which
+        still serves the receiver and the simulator the daemon talks to while it drains."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return await asyncio.to_thread(self.proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            logs = self.logs()
+            raise AssertionError(f"daemon did not stop within {timeout_s}s:\n{logs}") from None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join((self.config_path.parent / f"daemon-{i}.log").read_text(errors="replace")
+                         for i in range(1, self.runs + 1))
+
+    def ensure_stopped(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class SimControl:
+    """The simulator's /_sim control API."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+        self.base_url = base_url
+        self.session = session
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        async with self.session.request(method, self.base_url + path, json=body) as resp:
+            assert resp.status < 300, f"{method} {path}: {resp.status} {await resp.text()}"
+            return await resp.json() if resp.status != 204 else None
+
+    async def start_batch(self, jobs: int, **kw: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("POST", "/_sim/batches", {"jobs": jobs, **kw})
+        return result
+
+    async def jobs(self) -> dict[str, dict[str, Any]]:
+        body = await self.call("GET", "/_sim/jobs")
+        return {j["id"]: j for j in body["entries"]}
+
+    async def fault(self, **kw: Any) -> None:
+        await self.call("POST", "/_sim/faults", kw)
+
+    async def clear_faults(self) -> None:
+        await self.call("DELETE", "/_sim/faults")

@@ -1,0 +1,255 @@
+"""End to end over real sockets: the simulator, `docgen-monitor run` as a subprocess, and a
+webhook receiver that checks every signature. Every change must arrive, each with exactly one
+event id, through crashes and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
+from tests.harness import TOKEN, DaemonProcess, SimControl, free_port, wait_until, write_config
+from tests.receiver import WebhookReceiver
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"completed", "completed_with_error", "failed"}
+
+
+@dataclass
+class World:
+    sim: RunningSimulator
+    control: SimControl
+    receiver: WebhookReceiver
+    daemon: DaemonProcess
+    config_path: Path
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    sim_config = SimulatorConfig(
+        seed=42, developer_tokens=[SecretStr(TOKEN)],
+        timeline=TimelineConfig(submitted_after_s=0.3, min_duration_s=1.0, max_duration_s=4.0),
+    )
+    receiver = await WebhookReceiver().start()
+    sim = await start_simulator(sim_config)
+    session = aiohttp.ClientSession()
+    port = free_port()
+    config_path = write_config(tmp_path / "config.yaml", box_url=sim.url,
+                               hook_url=receiver.url, http_port=port)
+    daemon = DaemonProcess(config_path, port)
+    try:
+        yield World(sim, SimControl(sim.url, session), receiver, daemon, config_path)
+    finally:
+        daemon.ensure_stopped()
+        await session.close()
+        await sim.close()
+        await receiver.close()
+
+
+def change_key(event: dict[str, Any]) -> tuple[str | None, ...]:
+    if event["type"] == "batch.completed":
+        return ("batch.completed", event["batch"]["id"])
+    return (event["type"], event["job"]["id"], event["from_status"], event["to_status"])
+
+
+def check_delivered(events: dict[str, dict[str, Any]], sim_jobs: dict[str, dict[str, Any]],
+                    batch_ids: set[str]) -> list[str]:
+    """What is still missing or wrong; empty when every change has arrived exactly once."""
+    problems: list[str] = []
+    ids_per_change: dict[tuple[str | None, ...], set[str]] = defaultdict(set)
+    per_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    completed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event_id, event in events.items():
+        ids_per_change[change_key(event)].add(event_id)
+        if event["type"] == "batch.completed":
+            completed[event["batch"]["id"]].append(event)
+        else:
+            per_job[event["job"]["id"]].append(event)
+        if event["type"] == "job.vanished":
+            problems.append(f"job {event['job']['id']} falsely reported vanished")
+    for key, ids in ids_per_change.items():
+        if len(ids) > 1:
+            problems.append(f"change {key} has {len(ids)} ids: {sorted(ids)}")
+    for job_id, job in sim_jobs.items():
+        if job["batch_id"] not in batch_ids:
+            continue
+        evs = per_job.get(job_id, [])
+        found = [e for e in evs if e["type"] == "job.discovered"]
+        if len(found) != 1:
+            problems.append(f"job {job_id}: {len(found)} discovered events")
+            continue
+        status = found[0]["to_status"]
+        steps = {e["from_status"]: e["to_status"] for e in evs
+                 if e["type"] == "job.status_changed"}
+        while status in steps:
+            status = steps.pop(status)
+        if status != job["status"] or steps:
+            problems.append(f"job {job_id}: chain ends at {status}, Box says {job['status']}")
+    for batch_id in batch_ids:
+        jobs = [j for j in sim_jobs.values() if j["batch_id"] == batch_id]
+        if not all(j["status"] in TERMINAL for j in jobs):
+            problems.append(f"batch {batch_id} still running in the simulator")
+            continue
+        evs = completed.get(batch_id, [])
+        if len(evs) != 1:
+            problems.append(f"batch {batch_id}: {len(evs)} batch.completed events")
+        elif evs[0]["batch"]["counts"] != dict(Counter(j["status"] for j in jobs)):
+            problems.append(f"batch {batch_id}: counts {evs[0]['batch']['counts']}")
+    return problems
+
+
+async def wait_all_delivered(w: World, batch_ids: set[str], timeout_s: float = 60) -> None:
+    last: list[str] = []
+
+    async def done() -> bool:
+        nonlocal last
+        last = check_delivered(w.receiver.events(), await w.control.jobs(), batch_ids)
+        return not last
+
+    try:
+        await wait_until(done, timeout_s, "every change delivered", interval_s=0.3)
+    except AssertionError:
+        raise AssertionError(f"{last[:10]}\n--- daemon log tail ---\n"
+                             f"{w.daemon.logs()[-4000:]}") from None
+
+
+async def start_batches(w: World, n_batches: int, jobs_each: int) -> set[str]:
+    batch_ids = set()
+    for i in range(n_batches):
+        outcomes = {"completed": 0.7, "completed_with_error": 0.15, "failed": 0.15}
+        body = await w.control.start_batch(jobs_each, outcomes=outcomes,
+                                           output_type="pdf" if i % 2 else "docx")
+        batch_ids.add(body["batch_id"])
+    return batch_ids
+
+
+async def test_every_change_of_200_jobs_in_10_batches_arrives_once(world: World) -> None:
+    w = world
+    await w.control.call("POST", "/_sim/seed", {"count": 500})  # history: the silent baseline
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    batch_ids = await start_batches(w, 10, 20)
+    await wait_all_delivered(w, batch_ids)
+    assert w.receiver.bad_signatures == 0
+    assert len(w.receiver.events()) >= 200 * 2 + 10
+    historic = {j for j, v in (await w.control.jobs()).items() if v["batch_id"] not in batch_ids}
+    assert not historic & {e["job"]["id"] for e in w.receiver.events().values() if "job" in e}
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_sigkill_mid_scenario_loses_nothing_and_mints_no_second_id(world: World) -> None:
+    w = world
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    batch_ids = await start_batches(w, 10, 20)
+    await w.receiver.wait_for(lambda r: len(r.ids()) >= 150, 30)
+    w.daemon.kill()
+    delivered_before = w.receiver.ids()
+    await asyncio.sleep(1.0)  # jobs keep moving while the daemon is down
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    await wait_all_delivered(w, batch_ids)
+    assert delivered_before <= w.receiver.ids()
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_faults_at_box_and_receiver_lose_nothing_and_vanish_nothing(world: World) -> None:
+    w = world
+    await w.control.call("POST", "/_sim/seed", {"count": 3000})  # several pages per sweep
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    w.receiver.fail_remaining = 40  # the receiver answers 500 for a while
+    for fault in (
+        {"route": "list_jobs", "kind": "429", "count": 4, "retry_after_s": 1},
+        {"route": "list_jobs", "kind": "500", "rate": 0.15},
+        {"route": "list_jobs", "kind": "502", "count": 2},
+        {"route": "list_jobs", "kind": "malformed", "count": 2},
+        {"route": "list_jobs", "kind": "truncated", "count": 2},
+        {"route": "list_jobs", "kind": "schema", "count": 2},
+        {"route": "list_jobs", "kind": "latency", "rate": 0.1, "latency_s": 0.3},
+    ):
+        await w.control.fault(**fault)
+    batch_ids = await start_batches(w, 10, 20)
+    await wait_all_delivered(w, batch_ids, timeout_s=90)
+    stats = await w.control.call("GET", "/_sim/stats")
+    codes = stats["requests"]["list_jobs"]
+    assert int(codes.get("429", 0)) >= 4 and int(codes.get("500", 0)) >= 1
+    status, metrics = await w.daemon.get("/metrics")
+    assert status == 200
+    assert 'box_docgen_api_requests_total{code="429",endpoint="/2.0/docgen_jobs"}' in metrics
+    await w.control.clear_faults()
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_a_receiver_that_is_down_gets_everything_when_it_is_back(world: World) -> None:
+    w = world
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    w.receiver.fail_status = 503
+    batch_ids = await start_batches(w, 2, 10)
+    await wait_until(lambda: _all_terminal(w, batch_ids), 30, "batches to finish")
+    await asyncio.sleep(1.0)  # several delivery attempts fail meanwhile
+    assert w.receiver.ids() == set()
+    w.receiver.fail_status = None
+    await wait_all_delivered(w, batch_ids)
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def _all_terminal(w: World, batch_ids: set[str]) -> bool:
+    jobs = await w.control.jobs()
+    return all(j["status"] in TERMINAL for j in jobs.values() if j["batch_id"] in batch_ids)
+
+
+async def test_wrong_credentials_keep_the_daemon_up_but_not_ready(world: World) -> None:
+    w = world
+    text = w.config_path.read_text().replace(TOKEN, "wrong-token")
+    w.config_path.write_text(text)
+    w.daemon.start()
+
+    async def logged_unauthorized() -> bool:
+        return "sweep_failed" in w.daemon.logs() and "401" in w.daemon.logs()
+
+    await wait_until(logged_unauthorized, 20, "a clear log line about the 401")
+    status, body = await w.daemon.get("/readyz")
+    assert status == 503 and "BoxUnauthorized" in body
+    assert (await w.daemon.get("/healthz"))[0] == 200
+    assert w.daemon.proc is not None and w.daemon.proc.poll() is None
+    assert "wrong-token" not in w.daemon.logs()
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+async def test_live_metrics_pass_promtool_check_metrics(world: World) -> None:
+    w = world
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    batch_ids = await start_batches(w, 2, 5)
+    await wait_all_delivered(w, batch_ids)
+    status, text = await w.daemon.get("/metrics")
+    assert status == 200
+    for name in ("box_docgen_jobs{", "box_docgen_job_transitions_total{",
+                 "box_docgen_poll_duration_seconds_bucket{", "box_docgen_api_requests_total{",
+                 "box_docgen_poll_last_success_timestamp_seconds ",
+                 "box_docgen_api_request_duration_seconds_bucket{",
+                 "box_docgen_notifications_total{", "box_docgen_outbox_pending{",
+                 "box_docgen_monitor_build_info{"):
+        assert name in text, name
+    proc = await asyncio.create_subprocess_exec(
+        "promtool", "check", "metrics", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(text.encode()), 30)
+    assert proc.returncode == 0, out.decode()
+    assert out.decode().strip() == ""
+    assert await w.daemon.stop(signal.SIGTERM) == 0
