@@ -79,6 +79,12 @@ async def _parse(model: type[Body], request: web.Request) -> Body:
         ) from None
 
 
+class NotFound(Exception):
+    def __init__(self, **what: str) -> None:
+        self.what = what
+        super().__init__(f"not found: {what}")
+
+
 def _error(status: int, error: str, **extra: Any) -> web.Response:
     return json_response({"error": error, **extra}, status=status)
 
@@ -120,6 +126,8 @@ async def control_errors(request: web.Request, handler: Any) -> web.StreamRespon
         response: web.StreamResponse = await handler(request)
     except BadBody as exc:
         return _error(400, "invalid_body", details=exc.details)
+    except NotFound as exc:
+        return _error(404, "not_found", **exc.what)
     return response
 
 
@@ -165,10 +173,7 @@ def _job_or_404(request: web.Request) -> JobView:
     job_id = request.match_info["job_id"]
     job = _state(request).find_job(job_id)
     if job is None:
-        raise web.HTTPNotFound(
-            body=orjson.dumps({"error": "not_found", "job_id": job_id}),
-            content_type="application/json",
-        )
+        raise NotFound(job_id=job_id)
     return job
 
 
@@ -199,7 +204,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     if batch_id is not None:
         batch = state.find_batch(batch_id)
         if batch is None:
-            return _error(404, "not_found", batch_id=batch_id)
+            raise NotFound(batch_id=batch_id)
     status = request.query.get("status")
     now_s = state.now()
     views = (state.jobs.view(row, now_s) for row in state.jobs.live_rows(batch))
@@ -243,7 +248,7 @@ async def clear_faults(request: web.Request) -> web.Response:
 async def delete_fault(request: web.Request) -> web.Response:
     fault_id = request.match_info["fault_id"]
     if not _state(request).faults.remove(fault_id):
-        return _error(404, "not_found", fault_id=fault_id)
+        raise NotFound(fault_id=fault_id)
     return web.Response(status=204)
 
 
