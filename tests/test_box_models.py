@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from monitor.box.models import (
     AccessToken,
@@ -227,7 +227,7 @@ def test_malformed_or_truncated_json_is_a_validation_error(body: bytes) -> None:
 
 
 def test_batch_parses() -> None:
-    batch = DocGenBatch.model_validate_json(b'{"id": "12345", "type": "docgen_batch"}')
+    batch = TypeAdapter(DocGenBatch).validate_json(b'{"id": "12345", "type": "docgen_batch"}')
 
     assert batch.id == "12345"
 
@@ -328,11 +328,11 @@ def _example(spec: dict[str, Any], node: dict[str, Any]) -> Any:
         ("AccessToken", AccessToken),
     ],
 )
-def test_example_built_from_the_spec_parses(schema: str, model: type[BaseModel]) -> None:
+def test_example_built_from_the_spec_parses(schema: str, model: type[Any]) -> None:
     spec = json.loads(SPEC_PATH.read_text())
     example = _example(spec, spec["components"]["schemas"][schema])
 
-    model.model_validate_json(raw(example))
+    TypeAdapter(model).validate_json(raw(example))
 
 
 @pytest.mark.skipif(not SPEC_PATH.exists(), reason="Box OpenAPI spec not available")
@@ -340,7 +340,7 @@ def test_example_built_from_the_spec_parses(schema: str, model: type[BaseModel])
     ("schema", "model"),
     [("DocGenJob", DocGenJob), ("DocGenJob--Full", DocGenJobFull)],
 )
-def test_required_fields_match_the_spec(schema: str, model: type[BaseModel]) -> None:
+def test_required_fields_match_the_spec(schema: str, model: type[Any]) -> None:
     spec = json.loads(SPEC_PATH.read_text())
 
     def required_of(node: dict[str, Any]) -> set[str]:

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from yarl import URL
 
 from monitor import __version__
@@ -65,10 +65,14 @@ EP_BATCHES = "/2.0/docgen_batches"
 
 _USER_AGENT = f"docgen-monitor/{__version__}"
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 P = TypeVar("P", DocGenJobs, DocGenJobsFull)
 
 Sleep = Callable[[float], Awaitable[None]]
+
+# The batch reference is a pydantic dataclass (it is nested in every job), so it validates
+# through an adapter.
+_BATCH = TypeAdapter(DocGenBatch)
 
 
 class BoxClient:
@@ -155,7 +159,8 @@ class BoxClient:
     async def get_job(self, job_id: str) -> DocGenJob:
         """One job (`GET /2.0/docgen_jobs/{job_id}`); `BoxNotFound` if Box does not know it."""
         path = f"/2.0/docgen_jobs/{_segment(job_id)}"
-        return await self._call("GET", EP_JOB, path, DocGenJob, log=self._log.bind(job_id=job_id))
+        log = self._log.bind(job_id=job_id)
+        return await self._call("GET", EP_JOB, path, DocGenJob.model_validate_json, log=log)
 
     async def create_batch(
         self,
@@ -182,7 +187,7 @@ class BoxClient:
             "POST",
             EP_BATCHES,
             "/2.0/docgen_batches",
-            DocGenBatch,
+            _BATCH.validate_json,
             body=orjson.dumps(body),
             ok=(200, 202),
             idempotent=False,
@@ -205,7 +210,9 @@ class BoxClient:
         seen: set[str] = set()
         while True:
             params = {"limit": limit} if marker is None else {"limit": limit, "marker": marker}
-            page = await self._call("GET", endpoint, path, model, params=params, log=log)
+            page = await self._call(
+                "GET", endpoint, path, model.model_validate_json, params=params, log=log
+            )
             yield page
             marker = page.next_marker
             if not marker:
@@ -228,14 +235,14 @@ class BoxClient:
         method: str,
         endpoint: str,
         path: str,
-        model: type[M],
+        parse: Callable[[bytes], T],
         *,
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
         ok: tuple[int, ...] = (200,),
         idempotent: bool = True,
         log: Any,
-    ) -> M:
+    ) -> T:
         session = self._ensure_session()
         url = URL(self._base_url + path, encoded=True)
         refreshed = False
@@ -257,7 +264,7 @@ class BoxClient:
                     params=params,
                     data=body,
                 )
-                return _parse(raw, method, path, endpoint, model, ok)
+                return _parse(raw, method, path, endpoint, parse, ok)
             except BoxUnauthorized as exc:
                 if refreshed or not self._auth.can_refresh or attempt >= self._max_attempts:
                     raise _final_unauthorized(
@@ -318,13 +325,13 @@ def _parse(
     method: str,
     path: str,
     endpoint: str,
-    model: type[M],
+    parse: Callable[[bytes], T],
     ok: tuple[int, ...],
-) -> M:
+) -> T:
     status = raw.status
     if status in ok:
         try:
-            return model.model_validate_json(raw.body)
+            return parse(raw.body)
         except ValidationError as exc:
             raise BoxBadResponse(method, path, endpoint, status, _http.describe(exc)) from None
     if status < 400:

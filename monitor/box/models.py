@@ -16,6 +16,11 @@ every job gone.
 Unknown fields are ignored, so that Box can add fields without breaking the monitor. The models
 hold no Python validators: page bodies are validated straight from bytes with
 `Model.model_validate_json(raw)`, which keeps the whole sweep inside pydantic-core.
+
+The small nested references (file, file version, batch, user, enterprise, failures) are frozen
+pydantic dataclasses with `__slots__` rather than `BaseModel`s: a page of 1000 jobs holds 8000 of
+them, and a slotted object with no `__dict__` and no fields-set costs about half as much to build
+and to garbage-collect. They read the same way (`job.batch.id`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic.dataclasses import dataclass
+
+_REF_CONFIG = ConfigDict(extra="ignore")
 
 
 class BoxModel(BaseModel):
-    """Base of every Box model: unknown fields ignored, instances immutable."""
+    """Base of the Box models: unknown fields ignored, instances immutable."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -34,42 +42,48 @@ class BoxModel(BaseModel):
 # -- nested references ------------------------------------------------------------------------
 
 
-class FileReference(BoxModel):
+@dataclass(frozen=True, slots=True, kw_only=True, config=_REF_CONFIG)
+class FileReference:
     """`FileReference`: a file by id."""
 
     type: Literal["file"]
     id: str
 
 
-class FileVersion(BoxModel):
+@dataclass(frozen=True, slots=True, kw_only=True, config=_REF_CONFIG)
+class FileVersion:
     """`FileVersion--Base`: a file version by id."""
 
     id: str
     type: Literal["file_version"]
 
 
-class UserRef(BoxModel):
+@dataclass(frozen=True, slots=True, kw_only=True, config=_REF_CONFIG)
+class UserRef:
     """`User--Base`: a user by id."""
 
     id: str
     type: Literal["user"]
 
 
-class EnterpriseRef(BoxModel):
+@dataclass(frozen=True, slots=True, kw_only=True, config=_REF_CONFIG)
+class EnterpriseRef:
     """`EnterpriseReference`: the spec requires neither field."""
 
     id: str | None = None
     type: Literal["enterprise"] | None = None
 
 
-class DocGenBatch(BoxModel):
+@dataclass(frozen=True, slots=True, kw_only=True, config=_REF_CONFIG)
+class DocGenBatch:
     """`DocGenBatch--Base`: what `POST /docgen_batches` answers, and a job's `batch`."""
 
     id: str
     type: Literal["docgen_batch"]
 
 
-class DocGenJobFailures(BoxModel):
+@dataclass(frozen=True, slots=True, kw_only=True, config=_REF_CONFIG)
+class DocGenJobFailures:
     """The `failures` object of a job: errors and warnings from document generation."""
 
     errors: list[str]
