@@ -165,7 +165,7 @@ async def start_batch(request: web.Request) -> web.Response:
         errors=body.errors,
         warnings=body.warnings,
     )
-    ids = state.jobs.ids[batch.first : batch.first + batch.count]
+    ids = state.jobs.batch_job_ids(batch)
     return json_response({"batch_id": str(batch.id), "job_ids": [str(i) for i in ids]})
 
 

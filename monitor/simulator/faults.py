@@ -23,8 +23,6 @@ from monitor.simulator import wire
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-BOX_ROUTES = ("token", "create_batch", "list_jobs", "get_job", "batch_jobs")
-
 RATE_LIMIT_HELP_URL = (
     "https://developer.box.com/guides/api-calls/permissions-and-errors/rate-limits/"
 )

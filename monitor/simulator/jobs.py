@@ -154,7 +154,7 @@ class JobTable:
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
-        self.ids = array("q")
+        self._ids = array("q")
         self._batch_row = array("l")  # index into self.batches
         self._submitted_at_s = array("d")
         self._finished_at_s = array("d")
@@ -201,7 +201,7 @@ class JobTable:
         self._next_batch_id += 1 + rng.randrange(50)
         batch = Batch(
             batch_id=self._next_batch_id,
-            first=len(self.ids),
+            first=len(self._ids),
             count=plan.count,
             created_at_s=created_at_s,
             template_file_id=template_file_id,
@@ -225,7 +225,7 @@ class JobTable:
             job_id += 1 + int(random_() * 7)
             ids.append(job_id)
         self._next_job_id = job_id
-        self.ids.extend(ids)
+        self._ids.extend(ids)
 
         submitted_at_s = created_at_s + plan.submitted_after_s
         span_s = plan.max_duration_s - plan.min_duration_s
@@ -259,7 +259,7 @@ class JobTable:
         self._flags[row] |= _PINNED
         if before != status:
             batch = self.batch_of(row)
-            self._pin_log.append(Transition(now_s, self.ids[row], batch.id, before, status))
+            self._pin_log.append(Transition(now_s, self._ids[row], batch.id, before, status))
 
     def delete(self, row: int, now_s: float) -> None:
         if not self._flags[row] & _DELETED:
@@ -271,13 +271,17 @@ class JobTable:
 
     def find(self, job_id: int) -> int | None:
         """The row of a live job, or None."""
-        row = bisect_left(self.ids, job_id)
-        if row < len(self.ids) and self.ids[row] == job_id and not self._flags[row] & _DELETED:
+        row = bisect_left(self._ids, job_id)
+        if row < len(self._ids) and self._ids[row] == job_id and not self._flags[row] & _DELETED:
             return row
         return None
 
     def batch(self, batch_id: int) -> Batch | None:
         return self._batch_by_id.get(batch_id)
+
+    def batch_job_ids(self, batch: Batch) -> list[int]:
+        """Every job id the batch was created with, deleted ones included."""
+        return self._ids[batch.first : batch.first + batch.count].tolist()
 
     def batch_of(self, row: int) -> Batch:
         return self.batches[self._batch_row[row]]
@@ -297,7 +301,7 @@ class JobTable:
         pin = self._pins.get(row) if self._flags[row] & _PINNED else None
         return JobView(
             row=row,
-            id=self.ids[row],
+            id=self._ids[row],
             batch=batch,
             status=status,
             failures=self._failures(row, status, batch, pin),
@@ -310,7 +314,7 @@ class JobTable:
     def _failures(self, row: int, status: str, batch: Batch, pin: Pin | None) -> Failures | None:
         if pin is not None and (pin.errors is not None or pin.warnings is not None):
             return Failures(pin.errors or (), pin.warnings or ())
-        job_id = self.ids[row]
+        job_id = self._ids[row]
         if status == FAILED:
             return Failures(batch.errors or (failure_texts.error_for(job_id),), ())
         if status == COMPLETED_WITH_ERROR:
@@ -322,8 +326,8 @@ class JobTable:
     ) -> tuple[list[int], bool]:
         """Up to `limit` live rows with id > after_id (in one batch, or all), and whether more
         live rows follow."""
-        lo, hi = (batch.first, batch.first + batch.count) if batch else (0, len(self.ids))
-        row = lo if after_id is None else bisect_right(self.ids, after_id, lo, hi)
+        lo, hi = (batch.first, batch.first + batch.count) if batch else (0, len(self._ids))
+        row = lo if after_id is None else bisect_right(self._ids, after_id, lo, hi)
         flags = self._flags
         rows: list[int] = []
         while row < hi and len(rows) < limit:
@@ -335,7 +339,7 @@ class JobTable:
         return rows, row < hi
 
     def live_rows(self, batch: Batch | None = None) -> Iterator[int]:
-        lo, hi = (batch.first, batch.first + batch.count) if batch else (0, len(self.ids))
+        lo, hi = (batch.first, batch.first + batch.count) if batch else (0, len(self._ids))
         flags = self._flags
         return (row for row in range(lo, hi) if not flags[row] & _DELETED)
 
@@ -365,7 +369,7 @@ class JobTable:
                 submitted_at_s = self._submitted_at_s[row]
                 if submitted_at_s > cut_s:
                     continue
-                job_id = self.ids[row]
+                job_id = self._ids[row]
                 natural.append(Transition(submitted_at_s, job_id, batch.id, PENDING, SUBMITTED))
                 finished_at_s = self._finished_at_s[row]
                 if finished_at_s <= cut_s:

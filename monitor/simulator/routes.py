@@ -13,8 +13,8 @@ from pydantic_core import ErrorDetails
 
 from monitor.simulator import faults, paging, wire
 from monitor.simulator.auth import ISSUED_TOKEN_TYPE, GrantError, Principal
-from monitor.simulator.jobs import JobView
-from monitor.simulator.state import STATE_KEY, SimulatorState
+from monitor.simulator.jobs import Batch, JobView
+from monitor.simulator.state import STATE_KEY
 
 BOX_VERSION = "2025.0"
 VERSION_HELP_URL = "https://developer.box.com/reference/error-codes/invalid-api-version"
@@ -60,11 +60,9 @@ def _bearer_token(request: web.Request) -> str | None:
 
 def _route_name(request: web.Request) -> str | None:
     """The Box route a request matched, UNMATCHED for an unknown Box URL, None for /_sim."""
-    name = request.match_info.route.name
-    if name is not None and name.startswith("sim_"):
-        return None
     if request.path.startswith("/_sim/") or request.path == "/_sim":
         return None
+    name = request.match_info.route.name
     return name if name is not None else UNMATCHED
 
 
@@ -202,52 +200,51 @@ async def get_job(request: web.Request) -> web.Response:
     return wire.json_response(wire.job_standard(job))
 
 
-def _views(state: SimulatorState, rows: list[int]) -> list[JobView]:
+def _page(
+    request: web.Request, scope: str, batch: Batch | None
+) -> tuple[int, list[JobView], str | None]:
+    """(applied limit, the page's jobs as of now, next_marker) for one listing."""
+    state = request.app[STATE_KEY]
+    page = paging.parse_page(
+        scope, marker=request.query.get("marker"), limit=request.query.get("limit")
+    )
+    rows, more = state.jobs.page(after_id=page.after_id, limit=page.limit, batch=batch)
     now_s = state.now()
-    return [state.jobs.view(row, now_s) for row in rows]
+    views = [state.jobs.view(row, now_s) for row in rows]
+    next_marker = paging.encode_marker(scope, views[-1].id) if more and views else None
+    return page.limit, views, next_marker
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    scope = "jobs"
+    config = request.app[STATE_KEY].config
     try:
-        page = paging.parse_page(
-            scope, marker=request.query.get("marker"), limit=request.query.get("limit")
-        )
+        limit, views, next_marker = _page(request, "jobs", None)
     except paging.BadPageRequest as exc:
         return _page_error(exc)
-    rows, more = state.jobs.page(after_id=page.after_id, limit=page.limit, batch=None)
-    offset_min = state.config.created_at_utc_offset_min
-    enterprise_id = state.config.enterprise_id
     entries = [
         wire.job_full(
             job,
-            enterprise_id=enterprise_id,
-            created_at=wire.created_at_text(job.batch.created_at_s, offset_min),
+            enterprise_id=config.enterprise_id,
+            created_at=wire.created_at_text(
+                job.batch.created_at_s, config.created_at_utc_offset_min
+            ),
         )
-        for job in _views(state, rows)
+        for job in views
     ]
-    next_marker = paging.encode_marker(scope, state.jobs.ids[rows[-1]]) if more and rows else None
-    return wire.json_response(wire.job_page(entries, limit=page.limit, next_marker=next_marker))
+    return wire.json_response(wire.job_page(entries, limit=limit, next_marker=next_marker))
 
 
 async def list_batch_jobs(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
     batch_id = request.match_info["batch_id"]
-    batch = state.find_batch(batch_id)
+    batch = request.app[STATE_KEY].find_batch(batch_id)
     if batch is None:
         return _not_found("batch_id", batch_id, "batch")
-    scope = f"batch:{batch.id}"
     try:
-        page = paging.parse_page(
-            scope, marker=request.query.get("marker"), limit=request.query.get("limit")
-        )
+        limit, views, next_marker = _page(request, f"batch:{batch.id}", batch)
     except paging.BadPageRequest as exc:
         return _page_error(exc)
-    rows, more = state.jobs.page(after_id=page.after_id, limit=page.limit, batch=batch)
-    entries = [wire.job_standard(job) for job in _views(state, rows)]
-    next_marker = paging.encode_marker(scope, state.jobs.ids[rows[-1]]) if more and rows else None
-    return wire.json_response(wire.job_page(entries, limit=page.limit, next_marker=next_marker))
+    entries = [wire.job_standard(job) for job in views]
+    return wire.json_response(wire.job_page(entries, limit=limit, next_marker=next_marker))
 
 
 def add_routes(app: web.Application) -> None:

@@ -36,11 +36,15 @@ class RunningSimulator:
 
     def __init__(self, runner: web.AppRunner, url: str, state: SimulatorState) -> None:
         self._runner = runner
+        self._closed = False
         self.url = url
         self.state = state
 
     async def close(self) -> None:
-        await self._runner.cleanup()
+        """Stop listening and run the app's cleanup; a second call does nothing."""
+        if not self._closed:
+            self._closed = True
+            await self._runner.cleanup()
 
     async def __aenter__(self) -> RunningSimulator:
         return self

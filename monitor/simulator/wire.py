@@ -4,6 +4,7 @@ POST /docgen_batches request model."""
 
 from __future__ import annotations
 
+import functools
 import secrets
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
@@ -59,8 +60,10 @@ def oauth2_error(error: str, description: str, *, status: int = 400) -> web.Resp
     return json_response({"error": error, "error_description": description}, status=status)
 
 
+@functools.lru_cache(maxsize=4096)
 def created_at_text(at_s: float, utc_offset_min: int) -> str:
-    """RFC 3339 with a local offset and whole seconds, like Box's `2022-05-11T10:56:11-07:00`."""
+    """RFC 3339 with a local offset and whole seconds, like Box's `2022-05-11T10:56:11-07:00`.
+    Cached: the jobs of a batch share their creation time, and a page holds whole batches."""
     zone = timezone(timedelta(minutes=utc_offset_min)) if utc_offset_min else UTC
     text = datetime.fromtimestamp(int(at_s), tz=zone).isoformat()
     return text.replace("+00:00", "Z") if not utc_offset_min else text
