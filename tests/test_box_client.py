@@ -281,6 +281,19 @@ async def test_create_batch_then_list_its_jobs(control: Control, make_client: Ma
     assert {job.output_type for job in jobs} == {"pdf"}
 
 
+async def test_stopping_a_sweep_early_makes_no_further_request(
+    control: Control, make_client: MakeClient
+) -> None:
+    await control.seed(30)
+
+    pages = make_client(page_size=10).iter_job_pages()
+    async for _ in pages:
+        break
+    await pages.aclose()
+
+    assert await control.requests("list_jobs") == {"200": 1}
+
+
 async def test_batch_listing_follows_every_page(control: Control, make_client: MakeClient) -> None:
     created = await control.batch(25)
 
@@ -639,10 +652,14 @@ async def test_default_is_five_attempts(
 ) -> None:
     await control.fault("get_job", "502")
 
-    with pytest.raises(BoxServerError):
+    with capture_logs() as logs, pytest.raises(BoxServerError):
         await make_client().get_job("1")
 
     assert await control.requests("get_job") == {"502": 5}
+    retries = [e for e in logs if e["event"] == "box_request_retry"]
+    assert [e["attempt"] for e in retries] == [1, 2, 3, 4]
+    assert all(e["job_id"] == "1" for e in retries)
+    assert all(e["endpoint"] == "/2.0/docgen_jobs/{job_id}" for e in retries)
 
 
 async def test_rate_limit_exhausted_carries_retry_after(

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -140,12 +141,15 @@ class BoxClient:
 
     # -- the operations ----------------------------------------------------------------------
 
-    async def iter_job_pages(self, page_size: int | None = None) -> AsyncIterator[DocGenJobsFull]:
+    async def iter_job_pages(
+        self, page_size: int | None = None
+    ) -> AsyncGenerator[DocGenJobsFull, None]:
         """Every job of the calling user, page by page (`GET /2.0/docgen_jobs`). A failure part
         way raises: the caller must treat what it has seen as a partial listing."""
         pages = self._pages(EP_JOBS, "/2.0/docgen_jobs", DocGenJobsFull, page_size, self._log)
-        async for page in pages:
-            yield page
+        async with aclosing(pages):  # a caller that stops early closes the inner generator too
+            async for page in pages:
+                yield page
 
     async def list_batch_jobs(self, batch_id: str) -> list[DocGenJob]:
         """Every job of one batch, all pages (`GET /2.0/docgen_batch_jobs/{batch_id}`)."""
@@ -203,7 +207,7 @@ class BoxClient:
         model: type[P],
         page_size: int | None,
         log: Any,
-    ) -> AsyncIterator[P]:
+    ) -> AsyncGenerator[P, None]:
         """Follow `next_marker` until it is `None` or empty."""
         limit = str(self._page_size if page_size is None else _clamp_page_size(page_size))
         marker: str | None = None
