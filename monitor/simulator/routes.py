@@ -88,6 +88,9 @@ async def box_middleware(request: web.Request, handler: faults.Handler) -> web.S
 
 
 def _gate(route: str, handler: faults.Handler) -> faults.Handler:
+    """The handler behind Box's checks: box-version first (an unversioned call never reaches
+    Doc Gen), then the bearer token. The token route has neither."""
+
     async def gated(request: web.Request) -> web.StreamResponse:
         if route not in DOCGEN_ROUTES:
             return await handler(request)
