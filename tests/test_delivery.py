@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from monitor.config import DeliveryConfig, NotifierSpec
@@ -173,7 +174,7 @@ async def test_dispatcher_dead_letters_after_max_attempts_and_logs_it(
     notifier = webhook(receiver.url)
     dispatcher = Dispatcher(store, {"sink": notifier}, FAST, metrics)
     await _commit(store, event(1))
-    with capture_logs() as logs:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         dispatcher.start()
         try:
             await _wait_state(store, OutboxState.DEAD, 1)

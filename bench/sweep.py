@@ -1,0 +1,158 @@
+"""Benchmark: one full sweep of N simulator jobs (run by hand, not in the test suite).
+
+    python bench/sweep.py --jobs 100000
+
+The simulator runs in its own process (`docgen-monitor simulate`), so the figures here are the
+monitor's alone. Reported per scenario: wall time, Box requests, jobs per second, and the peak
+RSS of this process, for
+  - baseline: the first sweep on an empty store (fetch, validate, diff, commit N rows);
+  - steady:   a second sweep where nothing changed (fetch, validate, diff, no rows written);
+  - bare:     an aiohttp + orjson loop that only fetches and parses the pages (the floor).
+Each scenario runs in a fresh subprocess so that its peak RSS is its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+TOKEN = "bench-token"  # noqa: S105 - the local simulator's throwaway token
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def monitor_sweep(url: str, state_dir: str) -> dict[str, float]:
+    from pydantic import SecretStr
+
+    from monitor.box.auth import DeveloperTokenAuth
+    from monitor.box.client import BoxClient
+    from monitor.metrics import Metrics
+    from monitor.notify.router import Router
+    from monitor.poller import Poller
+    from monitor.store import open_store
+
+    async with (
+        open_store(f"sqlite:///{state_dir}/state.db") as store,
+        BoxClient(url, DeveloperTokenAuth(SecretStr(TOKEN)), timeout_s=60) as box,
+    ):
+        poller = Poller(box, store, Router([]), Metrics(), page_size=1000)
+        t0 = time.perf_counter()
+        result = await poller.sweep()
+        wall_s = time.perf_counter() - t0
+    return {
+        "wall_s": wall_s,
+        "requests": result.requests,
+        "jobs": result.jobs_seen,
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+async def bare_loop(url: str) -> dict[str, float]:
+    import aiohttp
+    import orjson
+
+    headers = {"Authorization": f"Bearer {TOKEN}", "box-version": "2025.0"}
+    t0 = time.perf_counter()
+    jobs = requests = 0
+    marker = None
+    async with aiohttp.ClientSession() as session:
+        while True:
+            params = {"limit": "1000", **({"marker": marker} if marker else {})}
+            async with session.get(
+                f"{url}/2.0/docgen_jobs", params=params, headers=headers
+            ) as resp:
+                page = orjson.loads(await resp.read())
+            requests += 1
+            jobs += len(page["entries"])
+            marker = page.get("next_marker")
+            if not marker:
+                break
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "requests": requests,
+        "jobs": jobs,
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+def child(kind: str, url: str, state_dir: str) -> None:
+    if kind == "monitor":
+        out = asyncio.run(monitor_sweep(url, state_dir))
+    else:
+        out = asyncio.run(bare_loop(url))
+    print(json.dumps(out))
+
+
+def run_child(kind: str, url: str, state_dir: str = "") -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--url", url, "--state-dir", state_dir],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--port", type=int, default=8911)
+    parser.add_argument("--child", choices=["monitor", "bare"])
+    parser.add_argument("--url")
+    parser.add_argument("--state-dir", default="")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.url, args.state_dir)
+        return
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor.cli",
+            "simulate",
+            "--port",
+            str(args.port),
+            "--seed-jobs",
+            str(args.jobs),
+            "--token",
+            TOKEN,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert sim.stdout is not None
+        url = sim.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise SystemExit(f"simulator did not start: {url!r}")
+        with tempfile.TemporaryDirectory() as state_dir:
+            baseline = run_child("monitor", url, state_dir)  # empty store: the baseline
+            steady = run_child("monitor", url, state_dir)  # same store, nothing changed
+        bare = run_child("bare", url)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=30)
+    print(f"one sweep of {args.jobs:,} simulator jobs (page size 1000, loopback, SQLite store)")
+    print(f"{'scenario':<10} {'wall s':>8} {'requests':>9} {'jobs/s':>10} {'peak RSS MB':>12}")
+    for name, r in (("baseline", baseline), ("steady", steady), ("bare", bare)):
+        print(
+            f"{name:<10} {r['wall_s']:>8.2f} {r['requests']:>9.0f} "
+            f"{r['jobs'] / r['wall_s']:>10,.0f} {r['rss_mb']:>12.0f}"
+        )
+    print(f"steady sweep vs bare fetch+parse loop: {bare['wall_s'] / steady['wall_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
