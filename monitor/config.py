@@ -330,10 +330,19 @@ def load_config(
         typed, notifier_problems = _typed_notifiers(data.get("notifiers"), notifier_models)
         problems += notifier_problems
     if problems or config is None:
-        raise ConfigError(sorted(set(problems), key=problems.index))
+        raise ConfigError(_without_follow_ups(problems))
     if notifier_models is not None:
         config = config.model_copy(update={"notifiers": typed})
     return config
+
+
+def _without_follow_ups(problems: list[str]) -> list[str]:
+    """Once a path is reported as an unset variable, what its empty value fails is noise."""
+    unset = {p.split(": ", 1)[0] for p in problems if ": environment variable " in p}
+    kept = [
+        p for p in problems if ": environment variable " in p or p.split(": ", 1)[0] not in unset
+    ]
+    return sorted(set(kept), key=kept.index)
 
 
 def _typed_notifiers(
