@@ -14,6 +14,10 @@ from typing import Self
 
 from monitor.model import Event, JobState, SnapshotChanges
 
+# `mark_failed` keeps at most this many characters of an error text (receivers' error bodies
+# are untrusted and unbounded).
+MAX_ERROR_CHARS = 500
+
 
 class OutboxState(StrEnum):
     PENDING = "pending"
@@ -32,7 +36,10 @@ class RoutedEvent:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """One (event, notifier) row of the outbox."""
+    """One (event, notifier) row of the outbox.
+
+    `attempts` counts delivery attempts made: each `mark_failed` and the `mark_delivered` adds
+    one; `requeue_dead` resets it. `last_error` is the latest failure, kept after a retry."""
 
     event: Event
     notifier: str
@@ -43,7 +50,11 @@ class OutboxEntry:
 
 
 class Store(ABC):
-    """Async, single-process view of the durable state. Open with `async with`."""
+    """Async, single-process view of the durable state. Open with `async with`.
+
+    Every method but `open` and `close` raises `StoreError` when the store is not open or the
+    backend fails. Writes are shielded from the caller's cancellation: the caller gets
+    `CancelledError` at once, while the transaction still commits or rolls back whole."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -59,11 +70,12 @@ class Store(ABC):
 
     @abstractmethod
     async def open(self) -> None:
-        """Connect and migrate the schema to the current version."""
+        """Connect and migrate the schema to the current version, one transaction per step.
+        Raises `SchemaTooNew` (leaving nothing open) for a schema written by a newer build."""
 
     @abstractmethod
     async def close(self) -> None:
-        """Close every connection; idempotent."""
+        """Wait for in-flight writes, then close every connection; idempotent."""
 
     @abstractmethod
     async def ping(self) -> None:
@@ -93,8 +105,10 @@ class Store(ABC):
     ) -> int:
         """In ONE transaction: apply `changes`, append each event to the events table and one
         pending outbox row per (event, notifier), and set `meta` keys. An event whose id is
-        already stored is skipped (never a second row for one change). Returns the number of
-        outbox rows added."""
+        already stored is skipped (never a second row for one change, even when routed to
+        other notifiers). Outbox rows are due at once (`next_attempt_at = now`); `now` defaults
+        to the current time. Returns the number of outbox rows added. On any failure (for
+        example an empty notifier name) raises `StoreError` and nothing is written."""
 
     @abstractmethod
     async def get_meta(self, key: str) -> str | None:
@@ -107,39 +121,46 @@ class Store(ABC):
         self, notifier: str, now: float, limit: int, lease_s: float
     ) -> list[OutboxEntry]:
         """Mark up to `limit` due rows of `notifier` as claimed until `now + lease_s` and return
-        them, oldest event first. Due: pending with `next_attempt_at <= now`, or claimed with an
-        expired lease (a crashed sender's work)."""
+        them, oldest event first (commit time, then the order given to `commit`). Due: pending
+        with `next_attempt_at <= now`, or claimed with an expired lease, `claimed_until <= now`
+        (a crashed sender's work). Claiming does not count as an attempt."""
 
     @abstractmethod
     async def mark_delivered(self, event_id: str, notifier: str) -> None:
-        """The receiver accepted the event."""
+        """The receiver accepted the event (whatever the row's state: a late success after the
+        lease expired, or after it went dead, is still the truth). No-op for an unknown row."""
 
     @abstractmethod
     async def mark_failed(
         self, event_id: str, notifier: str, error: str, next_attempt_at: float | None
     ) -> None:
-        """One more failed attempt; pending again at `next_attempt_at`, or dead when None."""
+        """One more failed attempt; pending again at `next_attempt_at`, or dead when None.
+        `error` is kept truncated to `MAX_ERROR_CHARS`. Ignored for a delivered or dead row."""
 
     @abstractmethod
     async def next_due_at(self, notifier: str) -> float | None:
-        """Earliest `next_attempt_at` (or lease expiry) among undelivered rows, or None."""
+        """Earliest `next_attempt_at` of pending rows or lease expiry of claimed rows (dead
+        rows are never due), or None when there is none."""
 
     @abstractmethod
     async def outbox_counts(self) -> dict[str, dict[OutboxState, int]]:
-        """Rows per notifier and state."""
+        """Rows per notifier and state; every state is present (0 when none) for a notifier
+        that has any row."""
 
     @abstractmethod
     async def list_outbox(
         self, state: OutboxState, notifier: str | None = None, limit: int = 1000
     ) -> list[OutboxEntry]:
-        """Rows in `state`, oldest first, optionally for one notifier."""
+        """Up to `limit` rows in `state`, oldest event first, optionally for one notifier."""
 
     @abstractmethod
     async def requeue_dead(
         self, now: float, event_id: str | None = None, notifier: str | None = None
     ) -> int:
-        """Make dead rows pending again with attempts reset; returns how many."""
+        """Make dead rows (all, or those of one event and/or one notifier) pending again, due at
+        `now`, with attempts reset; returns how many."""
 
     @abstractmethod
     async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
-        """Delete dead rows; returns how many."""
+        """Delete dead rows (all, or those of one event and/or one notifier); returns how many.
+        The event stays recorded, so a replay of its id still mints no new row."""

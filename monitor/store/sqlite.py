@@ -1,0 +1,496 @@
+"""The default state store: one SQLite file, reached through aiosqlite.
+
+One connection serves the whole process. SQLite allows one writer at a time and a connection has
+one transaction at a time, so every operation takes `_lock`: without it a read issued by another
+task between two statements of a commit would see that commit's uncommitted rows. Writes run as
+one `BEGIN IMMEDIATE ... COMMIT` each, inside a task the caller's cancellation cannot reach
+(`asyncio.shield`), so a commit either lands whole or rolls back whole; `close()` waits for them.
+
+Durability: WAL journal with `synchronous=FULL`. NORMAL would be safe for consistency (WAL never
+tears a transaction) but may lose the last commits on power loss. For the snapshot that heals
+itself (the next sweep re-detects the change), but the outbox is the record of what is owed:
+events minted for an intermediate status the next sweep can no longer see (the job has moved on)
+would be lost, and lost `delivered` marks would re-send. FULL costs one WAL fsync per
+transaction, which at one commit per poll and one mark per delivery is noise.
+
+Retention (not implemented): delivered outbox rows and their events are kept for the audit and
+dead-letter commands and grow by one row per event per notifier. A prune of delivered rows and of
+events older than some days that have no undelivered row would be safe, because an event id can
+only be re-minted while its change is not yet in the snapshot, i.e. within a crash window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import aiosqlite
+import structlog
+
+from monitor.errors import SchemaTooNew, StoreError
+from monitor.model import Event, JobState, SnapshotChanges
+from monitor.store.base import MAX_ERROR_CHARS, OutboxEntry, OutboxState, RoutedEvent, Store
+
+_T = TypeVar("_T")
+_log = structlog.get_logger(__name__)
+
+BUSY_TIMEOUT_S = 5.0
+# SQLite builds before 3.32 cap bound parameters at 999 per statement.
+_IN_CHUNK = 500
+
+Migration = tuple[str, ...]
+
+# Ordered schema steps; step i takes the schema from version i to version i + 1, in one
+# transaction. Never edit a released step: append a new one.
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        """CREATE TABLE jobs (
+            id               TEXT PRIMARY KEY,
+            batch_id         TEXT NOT NULL,
+            status           TEXT NOT NULL,
+            template_file_id TEXT NOT NULL,
+            output_type      TEXT NOT NULL,
+            output_file_id   TEXT,
+            created_at       TEXT,
+            created_by_id    TEXT,
+            seq              INTEGER NOT NULL,
+            first_seen_at    REAL NOT NULL,
+            changed_at       REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX jobs_batch_id ON jobs (batch_id)",
+        # seq orders events by insertion (AUTOINCREMENT: never reused, so always increasing).
+        """CREATE TABLE events (
+            seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+            id         TEXT NOT NULL UNIQUE,
+            type       TEXT NOT NULL,
+            batch_id   TEXT,
+            payload    TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX events_batch_id ON events (batch_id)",
+        """CREATE TABLE outbox (
+            event_id        TEXT NOT NULL REFERENCES events (id),
+            notifier        TEXT NOT NULL CHECK (notifier <> ''),
+            state           TEXT NOT NULL
+                            CHECK (state IN ('pending', 'claimed', 'delivered', 'dead')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            claimed_until   REAL,
+            last_error      TEXT,
+            updated_at      REAL NOT NULL,
+            PRIMARY KEY (event_id, notifier)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX outbox_due ON outbox (notifier, state, next_attempt_at)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    ),
+)
+
+_SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL
+)"""
+
+# Column order is JobState's field order, so a row is `JobState(*row)`. A field added to JobState
+# without a migration fails loudly at the first commit ("no column named ...").
+_JOB_COLUMNS = tuple(f.name for f in fields(JobState))
+_JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"  # noqa: S608 (constant names)
+_JOB_UPSERT = (
+    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant names)
+    f"VALUES ({', '.join('?' for _ in _JOB_COLUMNS)}) "
+    f"ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
+)
+_EVENT_INSERT = (
+    "INSERT INTO events (id, type, batch_id, payload, created_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+# Only events inserted by this transaction (seq above the pre-insert maximum) get outbox rows:
+# a replayed event id never gets a second row. The WHERE clause also resolves SQLite's
+# INSERT ... SELECT ... ON CONFLICT parsing ambiguity.
+_OUTBOX_INSERT = (
+    "INSERT INTO outbox (event_id, notifier, state, attempts, next_attempt_at, updated_at) "
+    "SELECT id, ?, 'pending', 0, ?, ? FROM events WHERE id = ? AND seq > ? "
+    "ON CONFLICT (event_id, notifier) DO NOTHING"
+)
+_META_UPSERT = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_ENTRY_COLUMNS = "e.payload, o.notifier, o.state, o.attempts, o.next_attempt_at, o.last_error"
+_ENTRY_FROM = "FROM outbox o JOIN events e ON e.id = o.event_id"
+_OLDEST_FIRST = "ORDER BY e.created_at, e.seq, o.notifier"
+
+
+def _entry(row: Any, state: OutboxState | None = None) -> OutboxEntry:
+    payload, notifier, row_state, attempts, next_attempt_at, last_error = row
+    return OutboxEntry(
+        event=Event.model_validate_json(payload),
+        notifier=notifier,
+        state=state if state is not None else OutboxState(row_state),
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        last_error=last_error,
+    )
+
+
+def _truncate(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
+
+
+class SQLiteStore(Store):
+    """The state in one SQLite file at `path` (parent directories are created on open)."""
+
+    migrations: ClassVar[tuple[Migration, ...]] = MIGRATIONS
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: aiosqlite.Connection | None = None
+        self._closing = False
+        self._lock = asyncio.Lock()
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            raise StoreError(f"{self!r} is already open")
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open sqlite store at {self.path!r}: {exc}") from exc
+        try:
+            await self._configure(conn)
+            await self._migrate(conn)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open sqlite store at {self.path!r}: {exc}") from exc
+            raise
+        self._conn = conn
+        self._closing = False
+
+    @staticmethod
+    async def _configure(conn: aiosqlite.Connection) -> None:
+        # busy_timeout first: switching to WAL needs a lock another process may hold.
+        await conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        # Persistent in the file; ":memory:" answers "memory" and that is fine.
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")  # why: see the module docstring
+        await conn.execute("PRAGMA foreign_keys = ON")
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        known = len(self.migrations)
+        while True:
+            # IMMEDIATE: two processes opening one file at once must not both migrate.
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.execute(_SCHEMA_VERSION_TABLE)
+                async with conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+                ) as cur:
+                    row = await cur.fetchone()
+                version = int(row[0]) if row is not None else 0
+                if version > known:
+                    raise SchemaTooNew(version, known)
+                if version == known:
+                    await conn.commit()
+                    return
+                for statement in self.migrations[version]:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version + 1, time.time()),
+                )
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+            _log.info("store.migrated", path=self.path, schema_version=version + 1)
+
+    async def close(self) -> None:
+        if self._conn is None:
+            return
+        self._closing = True  # refuse new work; let shielded writes finish
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+    async def ping(self) -> None:
+        # No lock: SELECT 1 reads nothing another task's transaction could have half-written.
+        conn = self._open_conn()
+        try:
+            async with conn.execute("SELECT 1") as cur:
+                await cur.fetchone()
+        except (sqlite3.Error, ValueError) as exc:
+            raise StoreError(f"sqlite store at {self.path!r} does not answer: {exc}") from exc
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _open_conn(self) -> aiosqlite.Connection:
+        if self._conn is None or self._closing:
+            raise StoreError(f"{self!r} is not open")
+        return self._conn
+
+    async def _read(self, op: str, fn: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
+        conn = self._open_conn()
+        async with self._lock:
+            try:
+                return await fn(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite store {op} failed: {exc}") from exc
+
+    async def _write(self, op: str, fn: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
+        """Run `fn` in one IMMEDIATE transaction that the caller's cancellation cannot tear: the
+        caller sees CancelledError at once, the transaction still commits or rolls back whole."""
+        conn = self._open_conn()
+        task = asyncio.ensure_future(self._transaction(op, conn, fn))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._log_abandoned_failure)
+            raise
+
+    def _log_abandoned_failure(self, task: asyncio.Task[Any]) -> None:
+        # Its caller was cancelled, so nobody else will hear that this write failed.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.error("store.write_failed_after_cancel", path=self.path, error=str(exc))
+
+    async def _transaction(
+        self,
+        op: str,
+        conn: aiosqlite.Connection,
+        fn: Callable[[aiosqlite.Connection], Awaitable[_T]],
+    ) -> _T:
+        async with self._lock:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                result = await fn(conn)
+                await conn.commit()
+            except BaseException as exc:
+                # Queued on the connection's thread before any await, so it runs even if this
+                # task is cancelled while waiting for it.
+                await conn.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"sqlite store {op} failed: {exc}") from exc
+                raise
+            return result
+
+    # -- snapshot ---------------------------------------------------------------------------
+
+    async def load_snapshot(self) -> dict[str, JobState]:
+        async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
+            async with conn.execute(_JOB_SELECT) as cur:
+                rows = await cur.fetchall()
+            return {row[0]: JobState(*row) for row in rows}
+
+        return await self._read("load_snapshot", fn)
+
+    async def load_batches(self, batch_ids: Iterable[str]) -> dict[str, JobState]:
+        ids = sorted(set(batch_ids))
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
+            jobs: dict[str, JobState] = {}
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                sql = f"{_JOB_SELECT} WHERE batch_id IN ({marks})"
+                async with conn.execute(sql, chunk) as cur:
+                    for row in await cur.fetchall():
+                        jobs[row[0]] = JobState(*row)
+            return jobs
+
+        return await self._read("load_batches", fn)
+
+    async def status_counts(self) -> dict[str, int]:
+        async def fn(conn: aiosqlite.Connection) -> dict[str, int]:
+            async with conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status") as cur:
+                return {status: count for status, count in await cur.fetchall()}
+
+        return await self._read("status_counts", fn)
+
+    async def commit(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> int:
+        at = time.time() if now is None else now
+        # Serialised before the transaction: nothing below depends on the database.
+        job_rows = [tuple(getattr(job, c) for c in _JOB_COLUMNS) for job in changes.upserts]
+        event_rows = [
+            (r.event.id, r.event.type.value, r.event.batch_id, r.event.model_dump_json(), at)
+            for r in events
+        ]
+        meta_rows = list((meta or {}).items())
+
+        async def fn(conn: aiosqlite.Connection) -> int:
+            if job_rows:
+                await conn.executemany(_JOB_UPSERT, job_rows)
+            if changes.removals:
+                await conn.executemany(
+                    "DELETE FROM jobs WHERE id = ?", [(i,) for i in changes.removals]
+                )
+            added = 0
+            if event_rows:
+                async with conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as cur:
+                    row = await cur.fetchone()
+                max_seq = row[0] if row is not None else 0
+                await conn.executemany(_EVENT_INSERT, event_rows)
+                outbox_rows = [
+                    (notifier, at, at, r.event.id, max_seq)
+                    for r in events
+                    for notifier in r.notifiers
+                ]
+                if outbox_rows:
+                    cur = await conn.executemany(_OUTBOX_INSERT, outbox_rows)
+                    added = cur.rowcount
+            if meta_rows:
+                await conn.executemany(_META_UPSERT, meta_rows)
+            return added
+
+        return await self._write("commit", fn)
+
+    async def get_meta(self, key: str) -> str | None:
+        async def fn(conn: aiosqlite.Connection) -> str | None:
+            async with conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+                row = await cur.fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read("get_meta", fn)
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def claim_due(
+        self, notifier: str, now: float, limit: int, lease_s: float
+    ) -> list[OutboxEntry]:
+        if limit <= 0:
+            return []
+
+        async def fn(conn: aiosqlite.Connection) -> list[OutboxEntry]:
+            sql = (
+                f"SELECT {_ENTRY_COLUMNS}, o.event_id {_ENTRY_FROM} WHERE o.notifier = ? AND ("
+                "(o.state = 'pending' AND o.next_attempt_at <= ?)"
+                " OR (o.state = 'claimed' AND o.claimed_until <= ?)"
+                f") {_OLDEST_FIRST} LIMIT ?"
+            )
+            async with conn.execute(sql, (notifier, now, now, limit)) as cur:
+                rows = list(await cur.fetchall())
+            await conn.executemany(
+                "UPDATE outbox SET state = 'claimed', claimed_until = ?, updated_at = ? "
+                "WHERE event_id = ? AND notifier = ?",
+                [(now + lease_s, now, row[6], notifier) for row in rows],
+            )
+            return [_entry(row[:6], OutboxState.CLAIMED) for row in rows]
+
+        return await self._write("claim_due", fn)
+
+    async def mark_delivered(self, event_id: str, notifier: str) -> None:
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
+                "claimed_until = NULL, updated_at = ? "
+                "WHERE event_id = ? AND notifier = ? AND state <> 'delivered'",
+                (time.time(), event_id, notifier),
+            )
+
+        await self._write("mark_delivered", fn)
+
+    async def mark_failed(
+        self, event_id: str, notifier: str, error: str, next_attempt_at: float | None
+    ) -> None:
+        state = OutboxState.DEAD if next_attempt_at is None else OutboxState.PENDING
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = COALESCE(?, next_attempt_at), claimed_until = NULL, "
+                "updated_at = ? "
+                "WHERE event_id = ? AND notifier = ? AND state IN ('pending', 'claimed')",
+                (state.value, _truncate(error), next_attempt_at, now, event_id, notifier),
+            )
+
+        await self._write("mark_failed", fn)
+
+    async def next_due_at(self, notifier: str) -> float | None:
+        async def fn(conn: aiosqlite.Connection) -> float | None:
+            async with conn.execute(
+                "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at "
+                "ELSE claimed_until END) FROM outbox "
+                "WHERE notifier = ? AND state IN ('pending', 'claimed')",
+                (notifier,),
+            ) as cur:
+                row = await cur.fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._read("next_due_at", fn)
+
+    async def outbox_counts(self) -> dict[str, dict[OutboxState, int]]:
+        async def fn(conn: aiosqlite.Connection) -> dict[str, dict[OutboxState, int]]:
+            counts: dict[str, dict[OutboxState, int]] = {}
+            async with conn.execute(
+                "SELECT notifier, state, COUNT(*) FROM outbox GROUP BY notifier, state"
+            ) as cur:
+                for notifier, state, count in await cur.fetchall():
+                    per_state = counts.setdefault(notifier, dict.fromkeys(OutboxState, 0))
+                    per_state[OutboxState(state)] = count
+            return counts
+
+        return await self._read("outbox_counts", fn)
+
+    async def list_outbox(
+        self, state: OutboxState, notifier: str | None = None, limit: int = 1000
+    ) -> list[OutboxEntry]:
+        async def fn(conn: aiosqlite.Connection) -> list[OutboxEntry]:
+            sql = (
+                f"SELECT {_ENTRY_COLUMNS} {_ENTRY_FROM} "
+                "WHERE o.state = ? AND (? IS NULL OR o.notifier = ?) "
+                f"{_OLDEST_FIRST} LIMIT ?"
+            )
+            async with conn.execute(sql, (state.value, notifier, notifier, limit)) as cur:
+                return [_entry(row) for row in await cur.fetchall()]
+
+        return await self._read("list_outbox", fn)
+
+    async def requeue_dead(
+        self, now: float, event_id: str | None = None, notifier: str | None = None
+    ) -> int:
+        async def fn(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+                "claimed_until = NULL, updated_at = ? "
+                "WHERE state = 'dead' AND (? IS NULL OR event_id = ?) "
+                "AND (? IS NULL OR notifier = ?)",
+                (now, now, event_id, event_id, notifier, notifier),
+            )
+            return cur.rowcount
+
+        return await self._write("requeue_dead", fn)
+
+    async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
+        # The event row stays: its id must keep blocking a replay from minting new rows.
+        async def fn(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "DELETE FROM outbox WHERE state = 'dead' AND (? IS NULL OR event_id = ?) "
+                "AND (? IS NULL OR notifier = ?)",
+                (event_id, event_id, notifier, notifier),
+            )
+            return cur.rowcount
+
+        return await self._write("drop_dead", fn)
