@@ -1,0 +1,35 @@
+"""Shared fixtures. Each section belongs to one axis; add yours in its own section."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from monitor.store.base import Store
+from tests.store_fixtures import BACKENDS, StoreBackend
+
+# -- store: backends for the contract suite -------------------------------------------------
+# `store_backend` is the factory: it builds stores on this test's database, closes everything
+# it built, then fails the test if any connection is still open. `store` is one opened store.
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda make: make.name)  # type: ignore[attr-defined]
+async def store_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StoreBackend]:
+    backend: StoreBackend = request.param(tmp_path)
+    yield backend
+    await backend.aclose()
+    assert backend.open_connections() == 0, f"{backend.name}: a connection was left open"
+
+
+@pytest.fixture
+async def store(store_backend: StoreBackend) -> Store:
+    store = store_backend.build()
+    await store.open()
+    return store
+
+
+# -- end of store section -------------------------------------------------------------------

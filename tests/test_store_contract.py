@@ -1,0 +1,658 @@
+"""The `Store` contract: every backend passes this suite unchanged.
+
+Tests speak only the `Store` interface (no SQL, no paths); the `store_backend` fixture in
+`tests/conftest.py` runs each test over every backend in `tests/store_fixtures.py` on a fresh
+database and fails the test if a connection is left open afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from monitor.errors import SchemaTooNew, StoreError
+from monitor.model import Event, EventBatch, EventJob, EventType, JobState, SnapshotChanges
+from monitor.store.base import MAX_ERROR_CHARS, OutboxState, RoutedEvent, Store
+from tests.store_fixtures import StoreBackend
+
+T0 = 1_800_000_000.0
+LEASE_S = 30.0
+ZERO_COUNTS = dict.fromkeys(OutboxState, 0)
+
+
+def job(job_id: str, batch_id: str = "b1", status: str = "pending", **kw: object) -> JobState:
+    return JobState(
+        id=job_id, batch_id=batch_id, status=status, template_file_id="t1", output_type="pdf", **kw
+    )  # type: ignore[arg-type]
+
+
+def event(event_id: str, batch_id: str = "b1") -> Event:
+    job_id = event_id.split(":")[0]
+    return Event(
+        id=event_id,
+        type=EventType.JOB_STATUS_CHANGED,
+        detected_at=datetime(2027, 1, 15, 12, 0, tzinfo=UTC),
+        from_status="pending",
+        to_status="completed",
+        job=EventJob(
+            id=job_id,
+            batch_id=batch_id,
+            status="completed",
+            template_file_id="t1",
+            output_file_id=None,
+            output_type="pdf",
+        ),
+    )
+
+
+def routed(event_id: str, *notifiers: str) -> RoutedEvent:
+    return RoutedEvent(event(event_id), notifiers)
+
+
+async def emit(
+    store: Store, *event_ids: str, notifiers: tuple[str, ...] = ("slack",), now: float = T0
+) -> int:
+    """Commit events only (no snapshot change), each routed to `notifiers`."""
+    return await store.commit(
+        SnapshotChanges(), [routed(e, *notifiers) for e in event_ids], now=now
+    )
+
+
+async def dead_row(store: Store, event_id: str, notifier: str = "slack") -> None:
+    """Commit an event and take its row for `notifier` to the dead state."""
+    await store.commit(SnapshotChanges(), [routed(event_id, notifier)], now=T0)
+    await store.mark_failed(event_id, notifier, "gone for good", None)
+
+
+def ids(entries: list[object]) -> list[str]:
+    return [e.event.id for e in entries]  # type: ignore[attr-defined]
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+async def test_ping_answers_while_open_and_raises_store_error_after_close(store: Store) -> None:
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.ping()
+
+
+async def test_close_is_idempotent(store: Store) -> None:
+    await store.close()
+    await store.close()
+
+
+async def test_every_operation_on_an_unopened_or_closed_store_raises_store_error(
+    store_backend: StoreBackend,
+) -> None:
+    for store in (store_backend.build(), store_backend.build()):
+        if store is store_backend.built[1]:
+            await store.open()
+            await store.close()
+        with pytest.raises(StoreError):
+            await store.load_snapshot()
+        with pytest.raises(StoreError):
+            await store.commit(SnapshotChanges(upserts=(job("j1"),)), [])
+        with pytest.raises(StoreError):
+            await store.claim_due("slack", T0, 10, LEASE_S)
+        with pytest.raises(StoreError):
+            await store.get_meta("k")
+
+
+async def test_async_with_opens_and_closes(store_backend: StoreBackend) -> None:
+    async with store_backend.build() as store:
+        await store.ping()
+    with pytest.raises(StoreError):
+        await store.ping()
+
+
+# -- schema -----------------------------------------------------------------------------------
+
+
+async def test_open_migrates_an_empty_database(store_backend: StoreBackend) -> None:
+    """A database that exists but holds nothing (an empty file, an empty schema) is set up."""
+    store_backend.prepare_empty()
+    async with store_backend.build() as store:
+        assert await store.load_snapshot() == {}
+        assert await store.commit(SnapshotChanges(upserts=(job("j1"),)), [routed("e1", "a")]) == 1
+        assert list(await store.load_snapshot()) == ["j1"]
+
+
+async def test_open_upgrades_a_database_left_by_the_previous_build(
+    store_backend: StoreBackend,
+) -> None:
+    """The previous build's database is migrated in place and keeps what it held."""
+    async with store_backend.build(schema_delta=-1) as older:
+        if store_backend.schema_version > 1:
+            await older.commit(SnapshotChanges(upserts=(job("j0"),)), [])
+    async with store_backend.build() as store:
+        await store.commit(SnapshotChanges(upserts=(job("j1"),)), [routed("e1", "a")])
+    async with store_backend.build() as store:
+        expected = {"j0", "j1"} if store_backend.schema_version > 1 else {"j1"}
+        assert set(await store.load_snapshot()) == expected
+        assert ids(await store.list_outbox(OutboxState.PENDING)) == ["e1"]
+
+
+async def test_a_database_written_by_a_newer_build_is_refused(
+    store_backend: StoreBackend,
+) -> None:
+    """Opening refuses with SchemaTooNew, names both versions, and leaves nothing open."""
+    async with store_backend.build(schema_delta=1) as newer:
+        await newer.commit(SnapshotChanges(upserts=(job("j1"),)), [])
+    store = store_backend.build()
+    with pytest.raises(SchemaTooNew) as refused:
+        await store.open()
+    known = store_backend.schema_version
+    assert f"version {known + 1} is newer" in str(refused.value)
+    assert f"({known})" in str(refused.value)
+    with pytest.raises(StoreError):
+        await store.ping()
+
+
+# -- snapshot ---------------------------------------------------------------------------------
+
+
+async def test_job_state_round_trips_every_field_including_none_and_unicode(store: Store) -> None:
+    full = JobState(
+        id="jöb-1 ✓",
+        batch_id="bätch-1",
+        status="completed_with_error",
+        template_file_id="tmpl-ü",
+        output_type="docx",
+        output_file_id="out-日本",
+        created_at="2027-01-15T12:00:00.123456+09:00",
+        created_by_id="ユーザー",
+        seq=7,
+        first_seen_at=T0 + 0.123456,
+        changed_at=T0 + 99.654321,
+    )
+    sparse = JobState(
+        id="j2",
+        batch_id="b2",
+        status="a-status-this-build-does-not-know",
+        template_file_id="t",
+        output_type="pdf",
+    )
+    await store.commit(SnapshotChanges(upserts=(full, sparse)), [])
+    assert await store.load_snapshot() == {full.id: full, sparse.id: sparse}
+
+
+async def test_commit_upsert_replaces_a_changed_row(store: Store) -> None:
+    before = job("j1", status="pending", seq=1)
+    after = replace(before, status="completed", output_file_id="f9", seq=2, changed_at=T0)
+    await store.commit(SnapshotChanges(upserts=(before,)), [])
+    await store.commit(SnapshotChanges(upserts=(after,)), [])
+    assert await store.load_snapshot() == {"j1": after}
+
+
+async def test_commit_removals_delete_jobs_and_ignore_unknown_ids(store: Store) -> None:
+    await store.commit(SnapshotChanges(upserts=(job("j1"), job("j2"), job("j3"))), [])
+    await store.commit(SnapshotChanges(removals=("j1", "j3", "never-seen")), [])
+    assert list(await store.load_snapshot()) == ["j2"]
+
+
+async def test_load_batches_returns_every_job_of_the_given_batches_only(store: Store) -> None:
+    """Asked for more batches than fit in one query, it still answers for every one of them."""
+    jobs = tuple(job(f"j{i}", batch_id=f"b{i % 1500}") for i in range(3000))
+    await store.commit(SnapshotChanges(upserts=jobs), [])
+    wanted = {f"b{i}" for i in range(0, 1500, 2)} | {"unknown-batch"}
+    loaded = await store.load_batches(iter(wanted))
+    assert loaded == {j.id: j for j in jobs if j.batch_id in wanted}
+    assert len(loaded) == 1500
+    assert await store.load_batches([]) == {}
+
+
+async def test_status_counts_counts_snapshot_jobs_per_status(store: Store) -> None:
+    assert await store.status_counts() == {}
+    statuses = ["pending", "pending", "failed", "brand_new_status"]
+    jobs = tuple(job(f"j{i}", status=s) for i, s in enumerate(statuses))
+    await store.commit(SnapshotChanges(upserts=jobs), [])
+    assert await store.status_counts() == {"pending": 2, "failed": 1, "brand_new_status": 1}
+
+
+# -- meta -------------------------------------------------------------------------------------
+
+
+async def test_meta_is_set_by_commit_and_overwritten_by_a_later_one(store: Store) -> None:
+    assert await store.get_meta("baseline_at") is None
+    await store.commit(SnapshotChanges(), [], meta={"baseline_at": "1", "note": "ünï ✓"})
+    await store.commit(SnapshotChanges(), [], meta={"baseline_at": "2"})
+    assert await store.get_meta("baseline_at") == "2"
+    assert await store.get_meta("note") == "ünï ✓"
+    assert await store.get_meta("never-set") is None
+
+
+# -- commit: events and the outbox -----------------------------------------------------------
+
+
+async def test_event_round_trips_every_field_through_the_outbox(store: Store) -> None:
+    job_event = Event(
+        id="jöb-1:pending:failed",
+        type=EventType.JOB_STATUS_CHANGED,
+        detected_at=datetime(2027, 1, 15, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=9))),
+        from_status="pending",
+        to_status="failed",
+        job=EventJob(
+            id="jöb-1",
+            batch_id="bätch",
+            status="failed",
+            template_file_id="tmpl",
+            output_file_id=None,
+            output_type="pdf",
+            created_by_id="ユーザー",
+        ),
+        extra={"reason": "<b>ünïcødé</b> @channel", "nested": {"n": [1, 2.5, None, True]}},
+    )
+    batch_event = Event(
+        id="bätch:completed",
+        type=EventType.BATCH_COMPLETED,
+        detected_at=datetime(2027, 1, 15, 12, 0, tzinfo=UTC),
+        batch=EventBatch(id="bätch", counts={"completed": 3, "failed": 1}, duration_s=12.5),
+    )
+    await store.commit(
+        SnapshotChanges(),
+        [RoutedEvent(job_event, ("slack",)), RoutedEvent(batch_event, ("slack",))],
+    )
+    claimed = await store.claim_due("slack", T0 + 1e9, 10, LEASE_S)
+    assert [c.event for c in claimed] == [job_event, batch_event]
+    listed = await store.list_outbox(OutboxState.CLAIMED)
+    assert [e.event for e in listed] == [job_event, batch_event]
+
+
+async def test_commit_adds_one_pending_row_per_event_and_notifier_and_returns_their_number(
+    store: Store,
+) -> None:
+    added = await store.commit(
+        SnapshotChanges(), [routed("e1", "slack", "audit"), routed("e2", "audit")], now=T0
+    )
+    assert added == 3
+    pending = await store.list_outbox(OutboxState.PENDING)
+    assert [(p.event.id, p.notifier) for p in pending] == [
+        ("e1", "audit"),
+        ("e1", "slack"),
+        ("e2", "audit"),
+    ]
+    assert all(p.attempts == 0 and p.last_error is None for p in pending)
+    assert all(p.next_attempt_at == T0 for p in pending)
+
+
+async def test_replayed_event_id_never_yields_a_second_outbox_row(store: Store) -> None:
+    """A replay after a crash re-commits the same event id: nothing new, even for new notifiers."""
+    assert await emit(store, "e1", notifiers=("slack",)) == 1
+    claimed = await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_delivered("e1", claimed[0].notifier)
+    assert await emit(store, "e1", notifiers=("slack", "audit")) == 0
+    assert await store.outbox_counts() == {"slack": {**ZERO_COUNTS, OutboxState.DELIVERED: 1}}
+    assert await store.claim_due("slack", T0 + 1e6, 10, LEASE_S) == []
+
+
+async def test_same_event_twice_in_one_commit_yields_one_row_per_notifier(store: Store) -> None:
+    added = await store.commit(
+        SnapshotChanges(), [routed("e1", "slack"), routed("e1", "slack", "audit")]
+    )
+    assert added == 2
+    counts = await store.outbox_counts()
+    assert counts == {n: {**ZERO_COUNTS, OutboxState.PENDING: 1} for n in ("slack", "audit")}
+
+
+async def test_event_routed_to_no_notifier_is_recorded_and_never_gets_rows_later(
+    store: Store,
+) -> None:
+    assert await emit(store, "e1", notifiers=()) == 0
+    assert await emit(store, "e1", notifiers=("slack",)) == 0
+    assert await store.outbox_counts() == {}
+
+
+async def test_commit_is_atomic_when_a_row_is_rejected_midway(store: Store) -> None:
+    """An outbox row with an empty notifier name fails the commit after its snapshot rows,
+    removals and events were written: all of it is rolled back, meta included."""
+    j1, j2 = job("j1", status="pending"), job("j2")
+    await store.commit(
+        SnapshotChanges(upserts=(j1, j2)), [routed("e0", "slack")], meta={"k": "old"}, now=T0
+    )
+    with pytest.raises(StoreError):
+        await store.commit(
+            SnapshotChanges(upserts=(replace(j1, status="failed"), job("j3")), removals=("j2",)),
+            [routed("e1", "slack"), routed("e2", "slack", "")],
+            meta={"k": "new", "k2": "x"},
+            now=T0 + 1,
+        )
+    assert await store.load_snapshot() == {"j1": j1, "j2": j2}
+    assert (await store.get_meta("k"), await store.get_meta("k2")) == ("old", None)
+    assert await store.outbox_counts() == {"slack": {**ZERO_COUNTS, OutboxState.PENDING: 1}}
+    # The rejected commit's events were not recorded either: they can still be committed.
+    assert await emit(store, "e1", "e2") == 2
+    # And the store is usable after the failure.
+    await store.ping()
+
+
+async def test_commit_cancelled_mid_flight_still_lands_whole(
+    store_backend: StoreBackend, store: Store
+) -> None:
+    """Cancelling the caller mid-commit raises CancelledError in the caller, yet the commit is
+    recorded whole (never half): the snapshot, its events and meta are all there."""
+    jobs = tuple(job(f"j{i:05d}", batch_id=f"b{i // 100}") for i in range(20_000))
+    task = asyncio.create_task(
+        store.commit(
+            SnapshotChanges(upserts=jobs), [routed("e1", "slack")], meta={"k": "v"}, now=T0
+        )
+    )
+    for _ in range(3):  # let the transaction start; 20,000 rows keep it busy well beyond this
+        await asyncio.sleep(0)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.close()
+    async with store_backend.build() as reopened:
+        assert len(await reopened.load_snapshot()) == len(jobs)
+        assert await reopened.get_meta("k") == "v"
+        assert ids(await reopened.list_outbox(OutboxState.PENDING)) == ["e1"]
+
+
+async def test_close_waits_for_a_commit_in_flight(store: Store) -> None:
+    jobs = tuple(job(f"j{i:05d}") for i in range(5_000))
+    task = asyncio.create_task(store.commit(SnapshotChanges(upserts=jobs), [routed("e1", "slack")]))
+    await asyncio.sleep(0)
+    await store.close()
+    assert task.done()
+    assert task.result() == 1
+
+
+async def test_readers_never_see_a_commit_in_flight(store: Store) -> None:
+    """Reads racing a commit that ends up rolled back never see any of its rows."""
+    jobs = tuple(job(f"j{i:05d}") for i in range(20_000))
+    commit = asyncio.create_task(
+        store.commit(SnapshotChanges(upserts=jobs), [routed("e1", "slack", "")], meta={"k": "v"})
+    )
+    seen: list[object] = []
+    while not commit.done():
+        seen += [await store.load_snapshot(), await store.status_counts()]
+        seen += [await store.get_meta("k"), await store.outbox_counts()]
+    with pytest.raises(StoreError):
+        await commit
+    assert len(seen) >= 4
+    assert all(observation in ({}, None) for observation in seen)
+
+
+# -- outbox: claiming -------------------------------------------------------------------------
+
+
+async def test_claim_due_returns_rows_oldest_event_first(store: Store) -> None:
+    """Oldest by commit time, then in the order the events were given to commit (not by id)."""
+    await emit(store, "e-c", "e-a", now=T0)
+    await emit(store, "e-b", now=T0 + 5)
+    claimed = await store.claim_due("slack", T0 + 10, 10, LEASE_S)
+    assert ids(claimed) == ["e-c", "e-a", "e-b"]
+    assert all(c.state is OutboxState.CLAIMED and c.notifier == "slack" for c in claimed)
+
+
+async def test_claim_due_takes_at_most_limit_rows(store: Store) -> None:
+    await emit(store, "e1", "e2", "e3", "e4", "e5")
+    assert ids(await store.claim_due("slack", T0, 2, LEASE_S)) == ["e1", "e2"]
+    assert ids(await store.claim_due("slack", T0, 2, LEASE_S)) == ["e3", "e4"]
+    assert await store.claim_due("slack", T0, 0, LEASE_S) == []
+    assert ids(await store.claim_due("slack", T0, 2, LEASE_S)) == ["e5"]
+
+
+async def test_claim_due_only_claims_rows_of_its_notifier(store: Store) -> None:
+    await emit(store, "e1", notifiers=("slack", "audit"))
+    assert [c.notifier for c in await store.claim_due("slack", T0, 10, LEASE_S)] == ["slack"]
+    await store.mark_delivered("e1", "slack")
+    audit = await store.claim_due("audit", T0, 10, LEASE_S)
+    assert [(c.event.id, c.notifier) for c in audit] == [("e1", "audit")]
+    assert await store.claim_due("nobody", T0, 10, LEASE_S) == []
+
+
+async def test_row_is_not_due_before_its_next_attempt_at(store: Store) -> None:
+    await emit(store, "e1", now=T0)
+    assert await store.claim_due("slack", T0 - 0.001, 10, LEASE_S) == []
+    assert ids(await store.claim_due("slack", T0, 10, LEASE_S)) == ["e1"]
+
+
+async def test_claimed_row_is_not_claimed_again_until_its_lease_expires(store: Store) -> None:
+    """An expired lease (a crashed sender) makes the row due again; claiming is not an attempt."""
+    await emit(store, "e1")
+    assert ids(await store.claim_due("slack", T0, 10, LEASE_S)) == ["e1"]
+    assert await store.claim_due("slack", T0 + LEASE_S - 0.001, 10, LEASE_S) == []
+    assert await store.next_due_at("slack") == T0 + LEASE_S
+    again = await store.claim_due("slack", T0 + LEASE_S, 10, LEASE_S)
+    assert ids(again) == ["e1"]
+    assert again[0].attempts == 0
+    assert await store.next_due_at("slack") == T0 + 2 * LEASE_S
+
+
+async def test_delivered_row_is_never_claimed_again(store: Store) -> None:
+    await emit(store, "e1")
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_delivered("e1", "slack")
+    assert await store.claim_due("slack", T0 + 1e6, 10, LEASE_S) == []
+    assert await store.next_due_at("slack") is None
+    delivered = await store.list_outbox(OutboxState.DELIVERED)
+    assert [(d.event.id, d.attempts, d.last_error) for d in delivered] == [("e1", 1, None)]
+
+
+async def test_concurrent_claims_never_hand_out_one_row_twice(store: Store) -> None:
+    await emit(store, *(f"e{i:02d}" for i in range(10)))
+    claims = await asyncio.gather(*(store.claim_due("slack", T0, 3, LEASE_S) for _ in range(5)))
+    claimed = [event_id for claim in claims for event_id in ids(claim)]
+    assert sorted(claimed) == [f"e{i:02d}" for i in range(10)]
+
+
+# -- outbox: failures, retries, dead letters --------------------------------------------------
+
+
+async def test_failed_row_is_retried_only_from_its_next_attempt_at(store: Store) -> None:
+    await emit(store, "e1")
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_failed("e1", "slack", "HTTP 503 ünï", T0 + 60)
+    [pending] = await store.list_outbox(OutboxState.PENDING)
+    assert (pending.attempts, pending.last_error, pending.next_attempt_at) == (
+        1,
+        "HTTP 503 ünï",
+        T0 + 60,
+    )
+    assert await store.next_due_at("slack") == T0 + 60
+    assert await store.claim_due("slack", T0 + 59.999, 10, LEASE_S) == []
+    [retry] = await store.claim_due("slack", T0 + 60, 10, LEASE_S)
+    assert (retry.attempts, retry.last_error) == (1, "HTTP 503 ünï")
+
+
+async def test_failed_row_without_retry_time_goes_dead_and_is_never_due(store: Store) -> None:
+    await emit(store, "e1")
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_failed("e1", "slack", "first", T0 + 1)
+    await store.claim_due("slack", T0 + 1, 10, LEASE_S)
+    await store.mark_failed("e1", "slack", "last", None)
+    [dead] = await store.list_outbox(OutboxState.DEAD)
+    assert (dead.event.id, dead.attempts, dead.last_error) == ("e1", 2, "last")
+    assert await store.claim_due("slack", T0 + 1e9, 10, LEASE_S) == []
+    assert await store.next_due_at("slack") is None
+    assert await store.outbox_counts() == {"slack": {**ZERO_COUNTS, OutboxState.DEAD: 1}}
+
+
+async def test_mark_failed_keeps_a_bounded_prefix_of_a_long_error(store: Store) -> None:
+    await emit(store, "e1")
+    await store.mark_failed("e1", "slack", "é" * 100_000, T0 + 1)
+    [row] = await store.list_outbox(OutboxState.PENDING)
+    assert row.last_error is not None
+    assert 0 < len(row.last_error) <= MAX_ERROR_CHARS
+    assert row.last_error.startswith("é" * (MAX_ERROR_CHARS // 2))
+
+
+async def test_mark_failed_never_undoes_a_delivery(store: Store) -> None:
+    """A late failure report for a row another attempt delivered leaves it delivered."""
+    await emit(store, "e1")
+    await store.mark_delivered("e1", "slack")
+    await store.mark_failed("e1", "slack", "late", T0 + 1)
+    await store.mark_failed("e1", "slack", "later", None)
+    assert ids(await store.list_outbox(OutboxState.DELIVERED)) == ["e1"]
+
+
+async def test_mark_delivered_wins_over_dead(store: Store) -> None:
+    """A success reported after the row went dead (a slow first attempt) is the truth."""
+    await dead_row(store, "e1")
+    await store.mark_delivered("e1", "slack")
+    assert await store.outbox_counts() == {"slack": {**ZERO_COUNTS, OutboxState.DELIVERED: 1}}
+
+
+async def test_marking_an_unknown_row_changes_nothing(store: Store) -> None:
+    await emit(store, "e1")
+    await store.mark_delivered("nope", "slack")
+    await store.mark_failed("e1", "audit", "x", None)
+    assert await store.outbox_counts() == {"slack": {**ZERO_COUNTS, OutboxState.PENDING: 1}}
+
+
+async def test_next_due_at_is_the_earliest_retry_or_lease_expiry(store: Store) -> None:
+    assert await store.next_due_at("slack") is None
+    await emit(store, "e1", "e2", "e3", now=T0)
+    await store.claim_due("slack", T0, 1, LEASE_S)  # e1 claimed until T0 + 30
+    await store.mark_failed("e2", "slack", "x", T0 + 100)
+    await store.mark_failed("e3", "slack", "x", None)
+    assert await store.next_due_at("slack") == T0 + LEASE_S
+    await store.mark_failed("e1", "slack", "x", T0 + 200)
+    assert await store.next_due_at("slack") == T0 + 100
+    assert await store.next_due_at("audit") is None
+
+
+async def test_outbox_counts_lists_every_state_per_notifier(store: Store) -> None:
+    assert await store.outbox_counts() == {}
+    await emit(store, "e1", "e2", "e3", "e4", notifiers=("slack", "audit"))
+    await store.claim_due("slack", T0, 1, LEASE_S)
+    await store.mark_delivered("e2", "slack")
+    await store.mark_failed("e3", "slack", "x", None)
+    assert await store.outbox_counts() == {
+        "slack": {
+            OutboxState.PENDING: 1,
+            OutboxState.CLAIMED: 1,
+            OutboxState.DELIVERED: 1,
+            OutboxState.DEAD: 1,
+        },
+        "audit": {**ZERO_COUNTS, OutboxState.PENDING: 4},
+    }
+
+
+async def test_list_outbox_filters_by_state_and_notifier_oldest_first_up_to_limit(
+    store: Store,
+) -> None:
+    await emit(store, "e3", now=T0)
+    await emit(store, "e1", "e2", now=T0 + 1)
+    await emit(store, "e0", notifiers=("audit",), now=T0 + 2)
+    await store.mark_failed("e2", "slack", "x", None)
+    pending = await store.list_outbox(OutboxState.PENDING)
+    assert [(p.event.id, p.notifier, p.state) for p in pending] == [
+        ("e3", "slack", OutboxState.PENDING),
+        ("e1", "slack", OutboxState.PENDING),
+        ("e0", "audit", OutboxState.PENDING),
+    ]
+    assert ids(await store.list_outbox(OutboxState.PENDING, notifier="slack")) == ["e3", "e1"]
+    assert ids(await store.list_outbox(OutboxState.PENDING, limit=1)) == ["e3"]
+    assert ids(await store.list_outbox(OutboxState.DEAD)) == ["e2"]
+    assert await store.list_outbox(OutboxState.DEAD, notifier="audit") == []
+
+
+async def test_requeue_dead_makes_dead_rows_pending_now_with_attempts_reset(store: Store) -> None:
+    await emit(store, "e1", notifiers=("slack", "audit"))
+    await dead_row(store, "e2")
+    await emit(store, "e3")  # pending: untouched by requeue
+    for row in ("e1", "slack"), ("e1", "audit"):
+        await store.mark_failed(*row, "x", None)
+    assert await store.requeue_dead(T0 + 50, event_id="e1", notifier="slack") == 1
+    assert await store.requeue_dead(T0 + 60, notifier="audit") == 1
+    assert await store.requeue_dead(T0 + 70) == 1
+    assert await store.requeue_dead(T0 + 80) == 0
+    pending = await store.list_outbox(OutboxState.PENDING)
+    assert sorted((p.event.id, p.notifier, p.attempts, p.next_attempt_at) for p in pending) == [
+        ("e1", "audit", 0, T0 + 60),
+        ("e1", "slack", 0, T0 + 50),
+        ("e2", "slack", 0, T0 + 70),
+        ("e3", "slack", 0, T0),
+    ]
+    assert ids(await store.claim_due("slack", T0 + 70, 10, LEASE_S)) == ["e1", "e2", "e3"]
+
+
+async def test_drop_dead_deletes_only_dead_rows_and_the_event_stays_known(store: Store) -> None:
+    """Dropped rows are gone for good: replaying their event id still mints nothing."""
+    await emit(store, "e1")
+    await emit(store, "e2", notifiers=("slack", "audit"))
+    await emit(store, "e3")
+    for row in ("e1", "slack"), ("e2", "slack"), ("e2", "audit"):
+        await store.mark_failed(*row, "x", None)
+    assert await store.drop_dead(event_id="e2", notifier="audit") == 1
+    assert await store.drop_dead(event_id="e1") == 1
+    assert await store.drop_dead(notifier="audit") == 0
+    assert await store.drop_dead() == 1
+    assert await store.outbox_counts() == {"slack": {**ZERO_COUNTS, OutboxState.PENDING: 1}}
+    assert await emit(store, "e1", "e2", notifiers=("slack", "audit")) == 0
+
+
+# -- durability and volume --------------------------------------------------------------------
+
+
+async def test_reopening_the_database_sees_everything_committed(
+    store_backend: StoreBackend, store: Store
+) -> None:
+    jobs = (job("j1", status="completed", seq=3, output_file_id="f"), job("j2", batch_id="b2"))
+    await store.commit(
+        SnapshotChanges(upserts=jobs),
+        [routed("e1", "slack", "audit"), routed("e2", "slack"), routed("e3", "slack")],
+        meta={"baseline_at": str(T0)},
+        now=T0,
+    )
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_delivered("e1", "slack")
+    await store.mark_failed("e2", "slack", "boom", T0 + 60)
+    await store.close()
+
+    async with store_backend.build() as reopened:
+        assert await reopened.load_snapshot() == {j.id: j for j in jobs}
+        assert await reopened.get_meta("baseline_at") == str(T0)
+        assert await reopened.outbox_counts() == {
+            "slack": {
+                **ZERO_COUNTS,
+                OutboxState.DELIVERED: 1,
+                OutboxState.PENDING: 1,
+                OutboxState.CLAIMED: 1,
+            },
+            "audit": {**ZERO_COUNTS, OutboxState.PENDING: 1},
+        }
+        [failed] = await reopened.list_outbox(OutboxState.PENDING, notifier="slack")
+        assert (failed.event, failed.attempts, failed.last_error) == (event("e2"), 1, "boom")
+        assert await reopened.next_due_at("slack") == T0 + LEASE_S
+        assert await emit(reopened, "e1", "e2", "e3", notifiers=("slack", "audit")) == 0
+
+
+async def test_a_baseline_of_100000_jobs_commits_and_loads_back(
+    store_backend: StoreBackend, store: Store
+) -> None:
+    """A first sweep of a large account: one commit, then every job back, by batch and after
+    reopening; then half of them leave in one commit."""
+    statuses = ("pending", "submitted", "completed", "completed_with_error", "failed")
+    jobs = tuple(
+        job(
+            f"job-{i:06d}",
+            batch_id=f"batch-{i // 100:04d}",
+            status=statuses[i % 5],
+            output_file_id=None if i % 3 else f"file-{i}",
+            seq=1,
+            first_seen_at=T0,
+        )
+        for i in range(100_000)
+    )
+    await store.commit(SnapshotChanges(upserts=jobs), [], meta={"baseline_at": str(T0)}, now=T0)
+
+    snapshot = await store.load_snapshot()
+    assert len(snapshot) == 100_000
+    assert snapshot["job-054321"] == jobs[54_321]
+    assert await store.status_counts() == dict.fromkeys(statuses, 20_000)
+    batches = await store.load_batches(f"batch-{b:04d}" for b in range(0, 1000, 3))
+    assert len(batches) == 334 * 100
+
+    await store.commit(SnapshotChanges(removals=tuple(j.id for j in jobs[::2])), [])
+    await store.close()
+    async with store_backend.build() as reopened:
+        assert len(await reopened.load_snapshot()) == 50_000
+        assert sum((await reopened.status_counts()).values()) == 50_000
