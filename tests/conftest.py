@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from monitor.store.base import Store
-from tests.store_fixtures import BACKENDS, StoreBackend
+
+try:  # `python -m pytest` from the repository root, as the README says
+    from tests.store_fixtures import BACKENDS, StoreBackend
+except ModuleNotFoundError:  # plain `pytest`: only tests/ itself is on sys.path
+    from store_fixtures import BACKENDS, StoreBackend  # type: ignore[no-redef]
 
 # -- store: backends for the contract suite -------------------------------------------------
 # `store_backend` is the factory: it builds stores on this test's database, closes everything

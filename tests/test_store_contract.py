@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import pytest
 
 from monitor.errors import SchemaTooNew, StoreError
 from monitor.model import Event, EventBatch, EventJob, EventType, JobState, SnapshotChanges
 from monitor.store.base import MAX_ERROR_CHARS, OutboxState, RoutedEvent, Store
-from tests.store_fixtures import StoreBackend
+
+if TYPE_CHECKING:  # the fixture supplies it; no runtime import keeps plain `pytest` working
+    from tests.store_fixtures import StoreBackend
 
 T0 = 1_800_000_000.0
 LEASE_S = 30.0
