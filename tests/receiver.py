@@ -4,6 +4,7 @@ delivery, and can be told to fail (status, Retry-After) or to stall."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import time
@@ -88,7 +89,5 @@ class WebhookReceiver:
                 raise AssertionError(f"receiver condition not met within {timeout_s}s "
                                      f"({len(self.deliveries)} deliveries)")
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
