@@ -46,17 +46,22 @@ def batch_completed_id(batch_id: str, job_count: int) -> str:
 
 
 def diff(snapshot: Mapping[str, JobState], observation: Observation, now: float) -> Diff:
-    """Compare what was stored with what was seen.
+    """Compare what was stored with what was seen: the changed rows and the events they make.
 
     `snapshot` must hold every stored job of each batch the observation touches (all jobs for a
     complete sweep), so that `batch.completed` is judged on the whole batch. Only a complete
     observation may declare a job vanished.
     """
-    detected_at = datetime.fromtimestamp(now, UTC)
-    events: list[Event] = []
+    changes = snapshot_changes(snapshot, observation, now)
+    return Diff(events_for(snapshot, changes, now), changes)
+
+
+def snapshot_changes(
+    snapshot: Mapping[str, JobState], observation: Observation, now: float
+) -> SnapshotChanges:
+    """The rows to write. A silent baseline stops here: it records, it announces nothing."""
     upserts: dict[str, JobState] = {}
     seen: set[str] = set()
-
     for job in observation.jobs:
         if job.id in seen:
             continue  # a listing that repeats a job across pages: the first sighting counts
@@ -64,24 +69,8 @@ def diff(snapshot: Mapping[str, JobState], observation: Observation, now: float)
         old = snapshot.get(job.id)
         if old is None:
             new = replace(job, seq=1, first_seen_at=now, changed_at=now)
-            events.append(
-                _job_event(
-                    EventType.JOB_DISCOVERED,
-                    discovered_id(job.id),
-                    None,
-                    new,
-                    detected_at,
-                    new.status,
-                )
-            )
         elif old.status != job.status:
             new = replace(job, seq=old.seq + 1, first_seen_at=old.first_seen_at, changed_at=now)
-            event_id = status_changed_id(job.id, new.seq, old.status, job.status)
-            events.append(
-                _job_event(
-                    EventType.JOB_STATUS_CHANGED, event_id, old.status, new, detected_at, new.status
-                )
-            )
         elif not old.same_observation(job):
             # e.g. an output file id that appears without a status change: stored, not announced
             new = replace(
@@ -90,28 +79,56 @@ def diff(snapshot: Mapping[str, JobState], observation: Observation, now: float)
         else:
             continue
         upserts[job.id] = new
+    removals = tuple(i for i in snapshot if i not in seen) if observation.complete else ()
+    return SnapshotChanges(tuple(upserts.values()), removals)
 
-    removals: list[str] = []
-    if observation.complete:
-        for job_id, old in snapshot.items():
-            if job_id not in seen:
-                removals.append(job_id)
-                gone = replace(old, seq=old.seq + 1)
-                events.append(
-                    _job_event(
-                        EventType.JOB_VANISHED,
-                        vanished_id(job_id, gone.seq),
-                        old.status,
-                        gone,
-                        detected_at,
-                        None,
-                    )
+
+def events_for(
+    snapshot: Mapping[str, JobState], changes: SnapshotChanges, now: float
+) -> tuple[Event, ...]:
+    """The events that `changes` to `snapshot` amount to, in observation order."""
+    detected_at = datetime.fromtimestamp(now, UTC)
+    events: list[Event] = []
+    for new in changes.upserts:
+        old = snapshot.get(new.id)
+        if old is None:
+            events.append(
+                _job_event(
+                    EventType.JOB_DISCOVERED,
+                    discovered_id(new.id),
+                    None,
+                    new,
+                    detected_at,
+                    new.status,
                 )
-
-    touched = {j.batch_id for j in upserts.values()}
-    touched |= {snapshot[i].batch_id for i in (*upserts, *removals) if i in snapshot}
-    events.extend(_completed_batches(snapshot, upserts, set(removals), touched, detected_at))
-    return Diff(tuple(events), SnapshotChanges(tuple(upserts.values()), tuple(removals)))
+            )
+        elif old.status != new.status:
+            event_id = status_changed_id(new.id, new.seq, old.status, new.status)
+            events.append(
+                _job_event(
+                    EventType.JOB_STATUS_CHANGED, event_id, old.status, new, detected_at, new.status
+                )
+            )
+    for job_id in changes.removals:
+        old = snapshot[job_id]
+        gone = replace(old, seq=old.seq + 1)
+        events.append(
+            _job_event(
+                EventType.JOB_VANISHED,
+                vanished_id(job_id, gone.seq),
+                old.status,
+                gone,
+                detected_at,
+                None,
+            )
+        )
+    upserts = {j.id: j for j in changes.upserts}
+    touched = {j.batch_id for j in changes.upserts}
+    touched |= {snapshot[i].batch_id for i in (*upserts, *changes.removals) if i in snapshot}
+    events.extend(
+        _completed_batches(snapshot, upserts, set(changes.removals), touched, detected_at)
+    )
+    return tuple(events)
 
 
 def _completed_batches(

@@ -14,7 +14,7 @@ import structlog
 
 from monitor.box.client import BoxClient
 from monitor.box.models import DocGenJobFull
-from monitor.diff import diff
+from monitor.diff import events_for, snapshot_changes
 from monitor.metrics import Metrics
 from monitor.model import KNOWN_STATUSES, Event, EventType, JobState, Observation
 from monitor.notify.router import Router
@@ -82,16 +82,16 @@ class Poller:
         now = self.clock()
         self._note_unknown_statuses(jobs)
         snapshot = await self.store.load_snapshot()
-        result = diff(snapshot, Observation(tuple(jobs), complete=True, observed_at=now), now)
+        observation = Observation(tuple(jobs), complete=True, observed_at=now)
+        changes = snapshot_changes(snapshot, observation, now)
         meta = {META_LAST_SWEEP_AT: repr(now)}
         first = await self.store.get_meta(META_BASELINE_AT) is None
-        events = result.events
         if first:
             meta[META_BASELINE_AT] = repr(now)
-            if self.baseline == "silent":
-                events = ()
+        silent = first and self.baseline == "silent"
+        events = () if silent else events_for(snapshot, changes, now)
         routed = [RoutedEvent(e, self.router.route(e)) for e in events]
-        await self.store.commit(result.changes, routed, meta=meta, now=now)
+        await self.store.commit(changes, routed, meta=meta, now=now)
         self._count(events)
         await self.refresh_job_gauge()
         self.metrics.poll_duration.labels("sweep").observe(time.perf_counter() - started)
@@ -107,7 +107,7 @@ class Poller:
         )
         if routed:
             self.on_commit()
-        return SweepResult(events, len(jobs), requests, first and self.baseline == "silent")
+        return SweepResult(events, len(jobs), requests, silent)
 
     async def refresh_job_gauge(self) -> None:
         counts = await self.store.status_counts()
