@@ -1,0 +1,165 @@
+"""The notifier axis: routing, the registry fed by entry points (a third-party plugin included),
+and what every registered notifier declares."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from io import StringIO
+from pathlib import Path
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from monitor.config import NotifierSpec, Route
+from monitor.errors import UnknownNotifierType
+from monitor.model import Event, EventBatch, EventJob, EventType
+from monitor.notify.base import Notifier, NotifierConfig, NotifierRegistry
+from monitor.notify.console import ConsoleConfig, ConsoleNotifier
+from monitor.notify.router import Router
+
+WHEN = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
+
+
+def job_event(to_status: str = "failed", batch_id: str = "b1", template: str = "t1") -> Event:
+    return Event(
+        id=f"j1:2:submitted:{to_status}", type=EventType.JOB_STATUS_CHANGED, detected_at=WHEN,
+        from_status="submitted", to_status=to_status,
+        job=EventJob(id="j1", batch_id=batch_id, status=to_status, template_file_id=template,
+                     output_file_id=None, output_type="pdf"),
+    )
+
+
+BATCH_EVENT = Event(id="b1:completed:3", type=EventType.BATCH_COMPLETED, detected_at=WHEN,
+                    batch=EventBatch(id="b1", counts={"completed": 2, "failed": 1},
+                                     duration_s=12.5))
+
+
+def routes(*specs: dict[str, object]) -> Router:
+    return Router([Route.model_validate(s) for s in specs])
+
+
+@pytest.mark.parametrize(("match", "expected"), [
+    ({}, True),
+    ({"type": "job.status_changed"}, True),
+    ({"type": ["batch.completed"]}, False),
+    ({"to_status": ["failed", "completed_with_error"]}, True),
+    ({"to_status": "completed"}, False),
+    ({"from_status": "submitted"}, True),
+    ({"batch_id": "b2"}, False),
+    ({"template_id": ["t1"], "to_status": "failed"}, True),
+    ({"template_id": ["t1"], "to_status": "completed"}, False),
+])
+def test_a_route_matches_when_every_given_key_matches(match: dict[str, object],
+                                                      expected: bool) -> None:
+    router = routes({"match": match, "notify": ["a"]})
+    assert router.route(job_event()) == (("a",) if expected else ())
+
+
+def test_first_matching_route_wins_unless_it_says_continue() -> None:
+    router = routes(
+        {"match": {"to_status": "failed"}, "notify": ["oncall"], "continue": True},
+        {"match": {"to_status": "failed"}, "notify": ["chat", "oncall"]},
+        {"match": {}, "notify": ["audit"]},
+    )
+    assert router.route(job_event("failed")) == ("oncall", "chat")
+    assert router.route(job_event("completed")) == ("audit",)
+    assert router.route(BATCH_EVENT) == ("audit",)
+
+
+def test_built_ins_are_registered_through_the_entry_point_group() -> None:
+    registry = NotifierRegistry.from_entry_points()
+    assert {"webhook", "console"} <= set(registry.types)
+
+
+def test_every_registered_notifier_declares_its_type_and_a_strict_config_model() -> None:
+    for name, notifier_type in NotifierRegistry.from_entry_points().types.items():
+        assert issubclass(notifier_type, Notifier)
+        assert notifier_type.type_name == name
+        model = notifier_type.config_model
+        assert issubclass(model, NotifierConfig)
+        assert model.model_config.get("extra") == "forbid"
+        for field_name, field in model.model_fields.items():
+            if any(w in field_name for w in ("secret", "token", "password", "url")):
+                assert "SecretStr" in str(field.annotation), f"{name}.{field_name}"
+
+
+def test_an_unknown_type_is_refused_by_name() -> None:
+    registry = NotifierRegistry.from_entry_points()
+    with pytest.raises(UnknownNotifierType, match="unknown notifier type 'pager'"):
+        registry.create(NotifierSpec(name="x", type="pager"), timeout_s=1)
+
+
+@pytest.fixture
+def third_party_plugin(tmp_path: Path) -> Iterator[None]:
+    """An installed distribution in miniature: a module and a dist-info whose entry_points.txt
+    names it under `docgen_monitor.notifiers`, found by importlib.metadata on sys.path."""
+    (tmp_path / "pager_plugin.py").write_text(textwrap.dedent('''
+        from typing import ClassVar, Literal
+        from pydantic import SecretStr
+        from monitor.notify.base import DeliveryResult, Notifier, NotifierConfig
+
+        class PagerConfig(NotifierConfig):
+            type: Literal["pager"] = "pager"
+            routing_key: SecretStr
+
+        class PagerNotifier(Notifier):
+            type_name: ClassVar[str] = "pager"
+            config_model: ClassVar[type[NotifierConfig]] = PagerConfig
+            sent: ClassVar[list[str]] = []
+
+            async def send(self, events):
+                self.sent.extend(e.id for e in events)
+                return DeliveryResult.delivered("paged")
+    '''))
+    dist = tmp_path / "pager_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pager-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[docgen_monitor.notifiers]\npager = pager_plugin:PagerNotifier\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("pager_plugin", None)
+
+
+@pytest.mark.usefixtures("third_party_plugin")
+async def test_a_third_party_plugin_is_found_configured_and_sent_through() -> None:
+    registry = NotifierRegistry.from_entry_points()
+    assert "pager" in registry.types
+    spec = NotifierSpec.model_validate({"name": "p", "type": "pager", "routing_key": "rk-1"})
+    notifier = registry.create(spec, timeout_s=1)
+    assert notifier.config.routing_key == SecretStr("rk-1")  # type: ignore[attr-defined]
+    result = await notifier.send([job_event()])
+    assert result.ok and result.detail == "paged"
+    assert type(notifier).sent == [job_event().id]  # type: ignore[attr-defined]
+
+
+async def test_console_prints_one_readable_line_per_event() -> None:
+    out = StringIO()
+    notifier = ConsoleNotifier(ConsoleConfig(name="c"),
+                               timeout_s=1, stream=out)
+    await notifier.send([job_event(), BATCH_EVENT])
+    assert out.getvalue().splitlines() == [
+        "09:30:00 job j1 (batch b1, pdf) submitted -> failed",
+        "09:30:00 batch b1 completed in 12.5s: 2 completed, 1 failed",
+    ]
+
+
+async def test_console_json_format_prints_the_wire_body() -> None:
+    out = StringIO()
+    spec = NotifierSpec.model_validate({"name": "c", "type": "console", "format": "json"})
+    notifier = NotifierRegistry.from_entry_points().create(spec, timeout_s=1)
+    assert isinstance(notifier, ConsoleNotifier)
+    notifier.stream = out
+    await notifier.send([BATCH_EVENT])
+    assert orjson.loads(out.getvalue()) == {
+        "id": "b1:completed:3", "type": "batch.completed", "detected_at": "2026-11-28T09:30:00Z",
+        "from_status": None, "to_status": None,
+        "batch": {"id": "b1", "counts": {"completed": 2, "failed": 1}, "duration_s": 12.5},
+    }
