@@ -189,15 +189,7 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Config:
-        problems = []
-        names = [n.name for n in self.notifiers]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                problems.append(f"notifiers[{i}].name: duplicate notifier name {name!r}")
-        for i, route in enumerate(self.routes):
-            for j, name in enumerate(route.notify):
-                if name not in names:
-                    problems.append(f"routes[{i}].notify[{j}]: no notifier named {name!r}")
+        problems = reference_problems(self.model_dump(include={"notifiers", "routes"}))
         if problems:
             raise ConfigError(problems)
         return self
@@ -211,6 +203,26 @@ class Config(_Model):
                 for key in spec.model_extra or {}:
                     rendered[key] = "**********"
         return data
+
+
+def reference_problems(data: Mapping[str, Any]) -> list[str]:
+    """Duplicate notifier names and routes naming no notifier. Works on raw data too, so it is
+    reported alongside every other problem, not only once the rest validates."""
+    notifiers = data.get("notifiers") or []
+    routes = data.get("routes") or []
+    if not isinstance(notifiers, list) or not isinstance(routes, list):
+        return []
+    names = [n.get("name") if isinstance(n, Mapping) else None for n in notifiers]
+    problems = []
+    for i, name in enumerate(names):
+        if name is not None and name in names[:i]:
+            problems.append(f"notifiers[{i}].name: duplicate notifier name {name!r}")
+    for i, route in enumerate(routes):
+        notify = route.get("notify") if isinstance(route, Mapping) else None
+        for j, name in enumerate(notify if isinstance(notify, list) else []):
+            if name not in names:
+                problems.append(f"routes[{i}].notify[{j}]: no notifier named {name!r}")
+    return problems
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -319,12 +331,13 @@ def load_config(
     data, problems = expand_vars(raw, env)
     data = apply_env_overrides(data, env)
     config: Config | None = None
+    problems += reference_problems(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         problems += validation_problems(exc)
-    except ConfigError as exc:
-        problems += exc.problems
+    except ConfigError:
+        pass  # the same reference problems, already listed above
     typed: list[NotifierSpec] = []
     if notifier_models is not None:
         typed, notifier_problems = _typed_notifiers(data.get("notifiers"), notifier_models)
