@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -167,6 +168,9 @@ class Daemon:
         gauges = asyncio.create_task(self._refresh_gauges(), name="gauges")
         self._stack.push_async_callback(_cancel, gauges)
 
+        # A tick skipped because the last sweep is still running is expected under load; the
+        # sweep's own logs and metrics tell that story, APScheduler's warning would only repeat it.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
             self._sweep_tick,
