@@ -439,7 +439,7 @@ async def test_late_401_for_an_already_replaced_token_does_not_renew_again(
     client = make_client(make_ccg())
     await client.get_job(created["job_ids"][0])
     await control.revoke_tokens()
-    await control.fault("list_jobs", "latency", count=1, latency_s=0.3)
+    await control.fault("list_jobs", "latency", count=1, latency_s=0.6)
 
     slow = asyncio.create_task(sweep(client))  # sent with the old token, refused late
     await asyncio.sleep(0.05)
