@@ -28,13 +28,13 @@ from monitor.errors import ConfigError
 from monitor.model import EventType
 
 ENV_PREFIX = "DOCGEN_MONITOR_"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def parse_duration_s(value: Any) -> float:
-    """`500ms`, `2s`, `5m`, `1h` or a plain number of seconds -> seconds."""
+    """`500ms`, `2s`, `5m`, `1h`, `7d` or a plain number of seconds -> seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 500ms, 2s, 5m or a number of seconds")
     if isinstance(value, int | float):
@@ -119,6 +119,7 @@ class DeliveryConfig(_Model):
     max_backoff: PositiveDurationS = 300.0
     timeout: PositiveDurationS = 10.0
     drain_timeout: DurationS = 10.0
+    retention: DurationS = 7 * 86400.0  # delivered events older than this are pruned; 0: never
 
 
 class NotifierSpec(_Model):

@@ -35,6 +35,7 @@ from monitor.web import WebServer, build_app
 log = structlog.get_logger(__name__)
 
 GAUGE_REFRESH_S = 5.0
+PRUNE_EVERY_S = 3600.0
 
 
 class RunState(Enum):
@@ -167,6 +168,9 @@ class Daemon:
 
         gauges = asyncio.create_task(self._refresh_gauges(), name="gauges")
         self._stack.push_async_callback(_cancel, gauges)
+        if cfg.delivery.retention > 0:
+            pruner = asyncio.create_task(self._prune_forever(cfg.delivery.retention), name="prune")
+            self._stack.push_async_callback(_cancel, pruner)
 
         # A tick skipped because the last sweep is still running is expected under load; the
         # sweep's own logs and metrics tell that story, APScheduler's warning would only repeat it.
@@ -277,6 +281,17 @@ class Daemon:
             except Exception:
                 log.exception("gauge_refresh_failed")
             await asyncio.sleep(GAUGE_REFRESH_S)
+
+    async def _prune_forever(self, retention_s: float) -> None:
+        """Delivered history older than the retention goes, hourly, so the store stays bounded."""
+        while True:
+            try:
+                pruned = await self.store.prune(self.clock() - retention_s)
+                if pruned:
+                    log.info("outbox_pruned", events=pruned, retention_s=retention_s)
+            except Exception:
+                log.exception("prune_failed")
+            await asyncio.sleep(PRUNE_EVERY_S)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

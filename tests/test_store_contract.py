@@ -592,6 +592,24 @@ async def test_drop_dead_deletes_only_dead_rows_and_the_event_stays_known(store:
     assert await emit(store, "e1", "e2", notifiers=("slack", "audit")) == 0
 
 
+async def test_prune_removes_old_delivered_rows_and_events_nothing_still_owed(
+    store: Store,
+) -> None:
+    """Only what every notifier has received goes; pending and dead rows keep their event."""
+    await emit(store, "e1", "e2", "e3", notifiers=("slack", "audit"))
+    for notifier in ("slack", "audit"):
+        await store.mark_delivered("e1", notifier)
+    await store.mark_delivered("e2", "slack")
+    await store.mark_failed("e3", "slack", "x", None)
+    assert await store.prune(before=T0 + 86_400) == 1
+    assert await store.outbox_counts() == {
+        "slack": {**ZERO_COUNTS, OutboxState.DEAD: 1},
+        "audit": {**ZERO_COUNTS, OutboxState.PENDING: 2},
+    }
+    assert ids(await store.list_outbox(OutboxState.PENDING, "audit")) == ["e2", "e3"]
+    assert await emit(store, "e2", "e3", notifiers=("slack", "audit")) == 0
+
+
 # -- durability and volume --------------------------------------------------------------------
 
 

@@ -161,6 +161,12 @@ class Store(ABC):
         `now`, with attempts reset; returns how many."""
 
     @abstractmethod
+    async def prune(self, before: float) -> int:
+        """Delete delivered outbox rows last updated before `before`, then events created before
+        it that no outbox row refers to; returns the events deleted. Safe: an event id can only
+        be minted again while its change is missing from the snapshot, a window of seconds."""
+
+    @abstractmethod
     async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
         """Delete dead rows (all, or those of one event and/or one notifier); returns how many.
         The event stays recorded, so a replay of its id still mints no new row."""

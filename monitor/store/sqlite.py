@@ -13,10 +13,9 @@ events minted for an intermediate status the next sweep can no longer see (the j
 would be lost, and lost `delivered` marks would re-send. FULL costs one WAL fsync per
 transaction, which at one commit per poll and one mark per delivery is noise.
 
-Retention (not implemented): delivered outbox rows and their events are kept for the audit and
-dead-letter commands and grow by one row per event per notifier. A prune of delivered rows and of
-events older than some days that have no undelivered row would be safe, because an event id can
-only be re-minted while its change is not yet in the snapshot, i.e. within a crash window.
+Retention: delivered outbox rows and their events are kept for the audit and dead-letter commands
+until `prune` removes those older than the configured retention. That is safe because an event id
+can only be re-minted while its change is not yet in the snapshot, i.e. within a crash window.
 """
 
 from __future__ import annotations
@@ -494,3 +493,17 @@ class SQLiteStore(Store):
             return cur.rowcount
 
         return await self._write("drop_dead", fn)
+
+    async def prune(self, before: float) -> int:
+        async def fn(conn: aiosqlite.Connection) -> int:
+            await conn.execute(
+                "DELETE FROM outbox WHERE state = 'delivered' AND updated_at < ?", (before,)
+            )
+            cur = await conn.execute(
+                "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM outbox o WHERE o.event_id = events.id)",
+                (before,),
+            )
+            return cur.rowcount
+
+        return await self._write("prune", fn)
