@@ -28,6 +28,7 @@ class WebhookReceiver:
     secret: str | None = "s3cret"
     deliveries: list[Delivery] = field(default_factory=list)
     bad_signatures: int = 0
+    refused: int = 0  # requests answered with a failure status on purpose
     fail_status: int | None = None  # answer this instead of 200 while set
     fail_remaining: int = 0  # ...or only for this many requests
     retry_after: str | None = None
@@ -57,6 +58,8 @@ class WebhookReceiver:
             await asyncio.sleep(self.stall_s)
         if self.fail_remaining > 0 or self.fail_status is not None:
             self.fail_remaining = max(0, self.fail_remaining - 1)
+            self.refused += 1
+            self._changed.set()
             headers = {"Retry-After": self.retry_after} if self.retry_after else {}
             return web.Response(status=self.fail_status or 500, text="nope", headers=headers)
         if self.secret is not None:

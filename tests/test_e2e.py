@@ -157,7 +157,13 @@ async def test_sigkill_mid_scenario_loses_nothing_and_mints_no_second_id(world: 
     await w.receiver.wait_for(lambda r: len(r.ids()) >= 150, 30)
     w.daemon.kill()
     delivered_before = w.receiver.ids()
-    await asyncio.sleep(1.0)  # jobs keep moving while the daemon is down
+    moved_before = len((await w.control.call("GET", "/_sim/transitions"))["entries"])
+
+    async def jobs_moved_while_down() -> bool:
+        entries = (await w.control.call("GET", "/_sim/transitions"))["entries"]
+        return len(entries) >= moved_before + 20
+
+    await wait_until(jobs_moved_while_down, 20, "jobs to move while the daemon is down")
     w.daemon.start()
     await w.daemon.wait_ready()
     await wait_all_delivered(w, batch_ids)
@@ -200,7 +206,7 @@ async def test_a_receiver_that_is_down_gets_everything_when_it_is_back(world: Wo
     w.receiver.fail_status = 503
     batch_ids = await start_batches(w, 2, 10)
     await wait_until(lambda: _all_terminal(w, batch_ids), 30, "batches to finish")
-    await asyncio.sleep(1.0)  # several delivery attempts fail meanwhile
+    await w.receiver.wait_for(lambda r: r.refused >= 5, 30)  # retries keep failing meanwhile
     assert w.receiver.ids() == set()
     w.receiver.fail_status = None
     await wait_all_delivered(w, batch_ids)
