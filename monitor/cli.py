@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"docgen-monitor {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the daemon until SIGTERM or SIGINT")
+    run = sub.add_parser(
+        "run", help="run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the config"
+    )
     run.add_argument("--config", required=True, type=Path)
 
     once = sub.add_parser("once", help="one sweep; print its events as JSON lines; exit")
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.log.level, config.log.format)
         if args.command == "once":
             return asyncio.run(_once(config, registry))
-        return asyncio.run(_run(config, registry))
+        return asyncio.run(_run(config, registry, args.config))
     except ConfigError as exc:
         print(f"docgen-monitor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -109,11 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-async def _run(config: Config, registry: NotifierRegistry) -> int:
+async def _run(config: Config, registry: NotifierRegistry, path: Path) -> int:
     from monitor.daemon import Daemon
 
     async with Daemon(config, registry=registry) as daemon:
-        daemon.install_signal_handlers()
+        daemon.install_signal_handlers(reload=lambda: load(path, registry))
         log.info("daemon_running", metrics_url=f"{daemon.web.url}/metrics")
         await daemon.wait_stopped()
     return EXIT_OK

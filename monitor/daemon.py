@@ -1,6 +1,9 @@
 """Wiring and lifecycle. Every component registers its own teardown on one AsyncExitStack as it
 starts, so a failure half-way through start-up still closes what was opened. Stopping has three
-steps: stop taking new work (scheduler, sweeps), drain deliveries within a deadline, close."""
+steps: stop taking new work (scheduler, sweeps), drain deliveries within a deadline, close.
+
+`reload()` (SIGHUP) swaps notifiers, routes and delivery settings as a unit; every other section
+holds open connections, files or sockets and changes only on a restart."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from enum import Enum
@@ -22,7 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth
 from monitor.box.client import BoxClient
 from monitor.config import BoxConfig, CCGAuthConfig, Config
-from monitor.errors import MonitorError
+from monitor.errors import ConfigError, MonitorError
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier, NotifierRegistry
 from monitor.notify.dispatcher import Dispatcher
@@ -36,6 +39,8 @@ log = structlog.get_logger(__name__)
 
 GAUGE_REFRESH_S = 5.0
 PRUNE_EVERY_S = 3600.0
+# What a reload may change; every other top-level section differs only through a restart.
+LIVE_SECTIONS = frozenset({"notifiers", "routes", "delivery"})
 
 
 class RunState(Enum):
@@ -94,6 +99,10 @@ class Daemon:
         self._next_sweep_at = 0.0
         self._last_error: str | None = None
         self.last_success_at: float | None = None
+        self._notifiers: dict[str, Notifier] = {}
+        # A reload swaps several parts; stopping waits for one in progress instead of racing it.
+        self._reload_lock = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task[bool]] = set()
         self.store: Store
         self.poller: Poller
         self.dispatcher: Dispatcher
@@ -121,8 +130,9 @@ class Daemon:
     ) -> None:
         if self.state is RunState.RUNNING:
             log.info("daemon_stopping")
-            await self._stack.aclose()
-            self.state = RunState.STOPPED
+            async with self._reload_lock:
+                self.state = RunState.STOPPED
+                await self._stack.aclose()
             log.info("daemon_stopped")
 
     async def _start(self) -> None:
@@ -135,16 +145,10 @@ class Daemon:
         self._stack.push_async_callback(auth.aclose)
         await self._stack.enter_async_context(box)
 
-        notifiers: dict[str, Notifier] = {}
-        for spec in cfg.notifiers:
-            notifier = self.registry.create(spec, timeout_s=cfg.delivery.timeout)
-            await notifier.start()
-            self._stack.push_async_callback(notifier.close)
-            notifiers[spec.name] = notifier
-
-        self.dispatcher = Dispatcher(self.store, notifiers, cfg.delivery, self.metrics)
+        self._notifiers = await self._open_notifiers(cfg)
+        self.dispatcher = Dispatcher(self.store, self._notifiers, cfg.delivery, self.metrics)
         self.dispatcher.start()
-        self._stack.push_async_callback(self.dispatcher.stop, cfg.delivery.drain_timeout)
+        self._stack.push_async_callback(self._stop_delivery)
 
         self.poller = Poller(
             box,
@@ -201,10 +205,99 @@ class Daemon:
     async def wait_stopped(self) -> None:
         await self._stop.wait()
 
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self, reload: Callable[[], Config] | None = None) -> None:
+        """SIGTERM and SIGINT stop; SIGHUP calls `reload` for a new config and applies it."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, self._reload_soon, reload)
+
+    # -- delivery and live reconfiguration ------------------------------------------------
+
+    async def _open_notifiers(self, config: Config) -> dict[str, Notifier]:
+        """Every notifier of `config`, started; if one fails, those already started close."""
+        opened: dict[str, Notifier] = {}
+        try:
+            for spec in config.notifiers:
+                notifier = self.registry.create(spec, timeout_s=config.delivery.timeout)
+                await notifier.start()
+                opened[spec.name] = notifier
+        except BaseException:
+            await _close_all(opened.values())
+            raise
+        return opened
+
+    async def _stop_delivery(self) -> None:
+        await self.dispatcher.stop(self.config.delivery.drain_timeout)
+        await _close_all(self._notifiers.values())
+
+    def _reload_soon(self, load: Callable[[], Config]) -> None:
+        task = asyncio.create_task(self._reload_from(load), name="reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    async def _reload_from(self, load: Callable[[], Config]) -> bool:
+        log.info("config_reload_requested")
+        try:
+            new = load()
+        except ConfigError as exc:
+            log.error("config_reload_rejected", problems=exc.problems, kept="running config")
+            return False
+        return await self.reload(new)
+
+    async def reload(self, new: Config) -> bool:
+        """Apply `new` if it differs only in notifiers, routes and delivery: start the new
+        notifiers, route by the new rules, drain the old dispatcher, start a new one. Anything
+        refused or failing leaves the running configuration exactly as it was."""
+        async with self._reload_lock:
+            if self.state is not RunState.RUNNING:
+                log.warning("config_reload_ignored", reason=f"daemon is {self.state.value}")
+                return False
+            fixed = [
+                name
+                for name in type(new).model_fields
+                if name not in LIVE_SECTIONS and getattr(new, name) != getattr(self.config, name)
+            ]
+            if fixed:
+                log.error(
+                    "config_reload_refused",
+                    reason="these settings change only on a restart",
+                    settings=fixed,
+                    kept="running config",
+                )
+                return False
+            try:
+                notifiers = await self._open_notifiers(new)
+            except Exception as exc:
+                log.error(
+                    "config_reload_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    kept="running config",
+                )
+                return False
+            old_notifiers, old_delivery = self._notifiers, self.config.delivery
+            # Rows routed to a notifier now wait in the outbox until its worker starts below.
+            self.poller.router = Router(new.routes)
+            await self.dispatcher.stop(old_delivery.drain_timeout)
+            await _close_all(old_notifiers.values())
+            self._notifiers = notifiers
+            self.dispatcher = Dispatcher(self.store, notifiers, new.delivery, self.metrics)
+            self.dispatcher.start()
+            self.poller.on_commit = self.dispatcher.wake
+            self.config = new
+            for name in old_notifiers.keys() - notifiers.keys():
+                for gauge in (self.metrics.outbox_pending, self.metrics.outbox_dead):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(name)
+            log.info(
+                "config_reloaded",
+                notifiers=sorted(notifiers),
+                added=sorted(notifiers.keys() - old_notifiers.keys()),
+                removed=sorted(old_notifiers.keys() - notifiers.keys()),
+                routes=len(new.routes),
+            )
+            return True
 
     # -- polling --------------------------------------------------------------------------
 
@@ -292,6 +385,14 @@ class Daemon:
             except Exception:
                 log.exception("prune_failed")
             await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def _close_all(notifiers: Iterable[Notifier]) -> None:
+    for notifier in notifiers:
+        try:
+            await notifier.close()
+        except Exception:
+            log.exception("notifier_close_failed", notifier=notifier.name)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -1,0 +1,144 @@
+"""SIGHUP re-reads the configuration of a running daemon (a real subprocess, real sockets):
+notifiers and routes change without a restart; a broken or restart-only change is refused, logged
+with its reasons, and the running configuration keeps delivering."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
+from tests.harness import TOKEN, DaemonProcess, SimControl, free_port, wait_until, write_config
+from tests.receiver import WebhookReceiver
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Setup:
+    sim: RunningSimulator
+    control: SimControl
+    first: WebhookReceiver
+    second: WebhookReceiver
+    daemon: DaemonProcess
+    config_path: Path
+    http_port: int
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    sim_config = SimulatorConfig(
+        seed=7, developer_tokens=[SecretStr(TOKEN)],
+        timeline=TimelineConfig(submitted_after_s=0.2, min_duration_s=0.5, max_duration_s=1.0),
+    )
+    first = await WebhookReceiver().start()
+    second = await WebhookReceiver(secret="other-secret").start()
+    sim = await start_simulator(sim_config)
+    session = aiohttp.ClientSession()
+    port = free_port()
+    config_path = write_config(tmp_path / "config.yaml", box_url=sim.url, hook_url=first.url,
+                               http_port=port)
+    daemon = DaemonProcess(config_path, port)
+    try:
+        yield Setup(sim, SimControl(sim.url, session), first, second, daemon, config_path, port)
+    finally:
+        daemon.ensure_stopped()
+        await session.close()
+        await sim.close()
+        await first.close()
+        await second.close()
+
+
+def log_events(daemon: DaemonProcess, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in daemon.logs().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == name:
+                found.append(entry)
+    return found
+
+
+async def reload(s: Setup, config: dict[str, Any], outcome: str) -> dict[str, Any]:
+    """Write `config`, send SIGHUP, return the daemon's log line that answers it."""
+    before = len(log_events(s.daemon, outcome))
+    s.config_path.write_text(yaml.safe_dump(config))
+    assert s.daemon.proc is not None
+    s.daemon.proc.send_signal(signal.SIGHUP)
+
+    async def answered() -> bool:
+        return len(log_events(s.daemon, outcome)) > before
+
+    await wait_until(answered, 15, f"log line {outcome}")
+    return log_events(s.daemon, outcome)[-1]
+
+
+async def discovered_by(receiver: WebhookReceiver, job_ids: list[str]) -> bool:
+    seen = {d.body["job"]["id"] for d in receiver.deliveries
+            if d.body["type"] == "job.discovered"}
+    return set(job_ids) <= seen
+
+
+async def test_a_notifier_added_by_sighup_receives_the_next_event(setup: Setup) -> None:
+    s = setup
+    s.daemon.start()
+    await s.daemon.wait_ready()
+    config = yaml.safe_load(s.config_path.read_text())
+    config["notifiers"].append(
+        {"name": "second", "type": "webhook", "url": s.second.url, "secret": "other-secret"})
+    config["routes"] = [{"match": {}, "notify": ["sink", "second"]}]
+
+    line = await reload(s, config, "config_reloaded")
+
+    assert line["added"] == ["second"] and line["notifiers"] == ["second", "sink"]
+    batch = await s.control.start_batch(3)
+    await wait_until(lambda: discovered_by(s.second, batch["job_ids"]), 20,
+                     "the new notifier to receive the batch")
+    await wait_until(lambda: discovered_by(s.first, batch["job_ids"]), 20,
+                     "the old notifier to keep receiving")
+    assert s.second.bad_signatures == 0  # signed with the new notifier's own secret
+    assert await s.daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_a_broken_or_restart_only_reload_changes_nothing(setup: Setup) -> None:
+    s = setup
+    s.daemon.start()
+    await s.daemon.wait_ready()
+    good = yaml.safe_load(s.config_path.read_text())
+
+    broken = {**good,
+              "notifiers": [*good["notifiers"], {"name": "second", "type": "webhook"}],
+              "routes": [{"match": {}, "notify": ["sink", "second", "nowhere"]}],
+              "poll": {"sweep_interval": "-1s"}}
+    line = await reload(s, broken, "config_reload_rejected")
+    problems = "\n".join(line["problems"])
+    for path in ("notifiers[1].url:", "routes[0].notify[2]: no notifier named 'nowhere'",
+                 "poll.sweep_interval:"):
+        assert path in problems, problems
+    assert line["kept"] == "running config"
+
+    moved = {**good,
+             "http": {"listen": f"127.0.0.1:{free_port()}"},
+             "notifiers": [*good["notifiers"], {"name": "second", "type": "webhook",
+                                                "url": s.second.url, "secret": "other-secret"}],
+             "routes": [{"match": {}, "notify": ["second"]}]}
+    line = await reload(s, moved, "config_reload_refused")
+    assert line["settings"] == ["http"]
+
+    batch = await s.control.start_batch(3)
+    await wait_until(lambda: discovered_by(s.first, batch["job_ids"]), 20,
+                     "the running config to keep delivering")
+    status, _ = await s.daemon.get("/healthz")  # still on the port it started with
+    assert status == 200
+    assert s.second.deliveries == []
+    assert log_events(s.daemon, "config_reloaded") == []
+    assert await s.daemon.stop(signal.SIGTERM) == 0
