@@ -1,6 +1,7 @@
 """deploy/prometheus: the rules pass `promtool check rules` and their unit tests, every alert is
 tested firing and not firing and reads only series the daemon exports, and a real Prometheus
-scraping a real daemon raises the failure-ratio alert when the simulator fails most jobs."""
+scraping a real daemon raises the failure-ratio alert when the simulator fails most jobs (and
+answers every query of the Grafana dashboard)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from monitor.simulator import SimulatorConfig, start_simulator
 from tests.harness import TOKEN, DaemonProcess, SimControl, free_port, wait_until, write_config
 from tests.promql import SCRAPE_SERIES, exported_series, series_names
 from tests.receiver import WebhookReceiver
+from tests.test_deploy_grafana import for_prometheus, queries
 
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "rules.yaml"
@@ -210,6 +212,11 @@ async def test_a_real_prometheus_scrapes_the_daemon_and_raises_the_failure_ratio
             session, "/api/v1/query",
             query=f'sum(box_docgen_job_transitions_total{{job="{JOB}",to_status="failed"}})')
         assert float(data["result"][0]["value"][1]) >= 10
+
+        # Every dashboard query runs on the scraped data; all but the 429 panel have some.
+        for title, expr in queries():
+            data = await prometheus.api(session, "/api/v1/query", query=for_prometheus(expr))
+            assert data["result"] or title == "Rate limited (429)", (title, expr)
         rules = await prometheus.api(session, "/api/v1/rules")
         loaded = {r["name"] for g in rules["groups"] for r in g["rules"]}
         assert loaded == {rule["alert"] for rule in alert_rules()}
