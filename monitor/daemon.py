@@ -244,6 +244,9 @@ class Daemon:
         except ConfigError as exc:
             log.error("config_reload_rejected", problems=exc.problems, kept="running config")
             return False
+        except Exception:
+            log.exception("config_reload_failed", kept="running config")
+            return False
         return await self.reload(new)
 
     async def reload(self, new: Config) -> bool:

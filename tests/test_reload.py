@@ -4,18 +4,25 @@ with its reasons, and the running configuration keeps delivering."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
+from monitor.config import load_config
+from monitor.daemon import Daemon
+from monitor.model import Event
+from monitor.notify.base import DeliveryResult, Notifier, NotifierConfig, NotifierRegistry
 from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
 from tests.harness import TOKEN, DaemonProcess, SimControl, free_port, wait_until, write_config
 from tests.receiver import WebhookReceiver
@@ -142,3 +149,55 @@ async def test_a_broken_or_restart_only_reload_changes_nothing(setup: Setup) -> 
     assert s.second.deliveries == []
     assert log_events(s.daemon, "config_reloaded") == []
     assert await s.daemon.stop(signal.SIGTERM) == 0
+
+
+# -- in process: what a subprocess cannot show ---------------------------------------------
+
+
+class UnreachableNotifier(Notifier):
+    """A plugin whose start fails, as one that logs in to a server that is down would."""
+
+    type_name: ClassVar[str] = "unreachable"
+    config_model: ClassVar[type[NotifierConfig]] = NotifierConfig
+
+    async def start(self) -> None:
+        raise ConnectionRefusedError("smtp.internal:587 refused the connection")
+
+    async def send(self, events: Sequence[Event]) -> DeliveryResult:
+        raise AssertionError("never started, never sent")
+
+
+async def test_reload_keeps_everything_when_a_new_notifier_fails_to_start(
+    tmp_path: Path
+) -> None:
+    registry = NotifierRegistry.from_entry_points(extra={"unreachable": UnreachableNotifier})
+    receiver = await WebhookReceiver().start()
+    sim = await start_simulator(SimulatorConfig(seed=1, developer_tokens=[SecretStr(TOKEN)]))
+    path = write_config(tmp_path / "config.yaml", box_url=sim.url, hook_url=receiver.url,
+                        http_port=0)
+    load = functools.partial(load_config, path, notifier_models=registry.config_models())
+    try:
+        async with Daemon(load(), registry=registry) as daemon:
+            running, dispatcher = daemon.config, daemon.dispatcher
+            raw = yaml.safe_load(path.read_text())
+            raw["notifiers"].append({"name": "mail", "type": "unreachable"})
+            raw["routes"] = [{"match": {}, "notify": ["sink", "mail"]}]
+            path.write_text(yaml.safe_dump(raw))
+            with capture_logs() as logs:
+                assert await daemon.reload(load()) is False
+            assert daemon.config is running and daemon.dispatcher is dispatcher
+            (failed,) = [e for e in logs if e["event"] == "config_reload_failed"]
+            assert "ConnectionRefusedError" in failed["error"]
+
+            raw["notifiers"] = [{"name": "out", "type": "console"}]
+            raw["routes"] = [{"match": {}, "notify": ["out"]}]
+            path.write_text(yaml.safe_dump(raw))
+            daemon.metrics.outbox_pending.labels("sink").set(3)
+            assert await daemon.reload(load()) is True
+            assert list(daemon.dispatcher.notifiers) == ["out"]
+            assert daemon.poller.router.routes == tuple(daemon.config.routes)
+            exposed = generate_latest(daemon.metrics.registry).decode()
+            assert 'notifier="sink"' not in exposed  # a removed notifier leaves no stale gauge
+    finally:
+        await sim.close()
+        await receiver.close()
