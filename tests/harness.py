@@ -151,3 +151,32 @@ class SimControl:
 
     async def clear_faults(self) -> None:
         await self.call("DELETE", "/_sim/faults")
+
+
+async def command_passes(argv: list[str], timeout_s: float = 10.0) -> bool:
+    """Run a check command (a container HEALTHCHECK, say); True when it exits 0."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    return await asyncio.wait_for(proc.wait(), timeout_s) == 0
+
+
+async def run_until_healthy(argv: list[str], check: list[str], log_path: Path,
+                            timeout_s: float = 30.0, cwd: Path | None = None) -> int:
+    """Start `argv`, wait until `check` passes while it runs, then SIGTERM it; its exit code."""
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=subprocess.STDOUT,
+                                                    cwd=cwd)
+    try:
+        async def healthy() -> bool:
+            if proc.returncode is not None:
+                logs = await asyncio.to_thread(log_path.read_text)
+                raise AssertionError(f"{argv[0]} exited {proc.returncode}:\n{logs}")
+            return await command_passes(check)
+
+        await wait_until(healthy, timeout_s, f"{' '.join(check)} to pass", interval_s=0.3)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
+    assert proc.returncode is not None
+    return proc.returncode

@@ -4,7 +4,6 @@ monitor config the daemon accepts, and whose simulator command really starts a s
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import yaml
 
 from monitor.config import load_config
 from monitor.notify.base import NotifierRegistry
-from tests.harness import free_port, wait_until
+from tests.harness import free_port, run_until_healthy
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -97,7 +96,9 @@ def test_the_monitor_config_is_valid_and_the_services_find_each_other() -> None:
     assert home.startswith(provider["options"]["path"] + "/") and home in grafana_binds
 
 
-async def test_the_simulator_service_command_starts_a_simulator_its_healthcheck_sees() -> None:
+async def test_the_simulator_service_command_starts_a_simulator_its_healthcheck_sees(
+    tmp_path: Path
+) -> None:
     """The service's command, as the image's entrypoint would run it (loopback and a free port
     in place of 0.0.0.0:8900), passes the service's own healthcheck."""
     service = services()["simulator"]
@@ -107,18 +108,6 @@ async def test_the_simulator_service_command_starts_a_simulator_its_healthcheck_
     args[args.index("--port") + 1] = str(port)
     check = [sys.executable if a == "python" else a.replace(":8900/", f":{port}/")
              for a in service["healthcheck"]["test"][1:]]
-    sim = await asyncio.create_subprocess_exec(sys.executable, "-m", "monitor.cli", *args,
-                                               stdout=asyncio.subprocess.DEVNULL,
-                                               stderr=asyncio.subprocess.DEVNULL)
-    try:
-        async def healthy() -> bool:
-            assert sim.returncode is None, "the simulator exited"
-            proc = await asyncio.create_subprocess_exec(*check, stderr=asyncio.subprocess.DEVNULL)
-            return await asyncio.wait_for(proc.wait(), 10) == 0
-
-        await wait_until(healthy, 30, "the simulator service's healthcheck", interval_s=0.3)
-    finally:
-        if sim.returncode is None:
-            sim.terminate()
-        await asyncio.wait_for(sim.wait(), 20)
-    assert sim.returncode == 0
+    code = await run_until_healthy([sys.executable, "-m", "monitor.cli", *args], check,
+                                   tmp_path / "simulator.log")
+    assert code == 0

@@ -4,7 +4,6 @@ builds, installs into a clean environment, and runs (console script, plugins, th
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import json
 import shlex
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import free_port, wait_until
+from tests.harness import command_passes, free_port, run_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -219,23 +218,7 @@ async def test_the_healthcheck_command_passes_against_the_installed_daemon(
     command = [str(installed / "python"), *command[1:]]
     command[-1] = command[-1].replace(":9464/", f":{port}/")
 
-    async def healthcheck() -> int:
-        proc = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.DEVNULL)
-        return await asyncio.wait_for(proc.wait(), 10)
-
-    with (tmp_path / "daemon.log").open("wb") as log:
-        daemon = await asyncio.create_subprocess_exec(
-            str(installed / "docgen-monitor"), "run", "--config", str(config),
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        async def healthy() -> bool:
-            assert daemon.returncode is None, (tmp_path / "daemon.log").read_text()
-            return await healthcheck() == 0
-
-        await wait_until(healthy, 30, "the HEALTHCHECK command to pass", interval_s=0.3)
-    finally:
-        if daemon.returncode is None:
-            daemon.terminate()
-        await asyncio.wait_for(daemon.wait(), 20)
-    assert daemon.returncode == 0
-    assert await healthcheck() != 0  # and it fails once nothing answers
+    argv = [str(installed / "docgen-monitor"), "run", "--config", str(config)]
+    code = await run_until_healthy(argv, command, tmp_path / "daemon.log", cwd=tmp_path)
+    assert code == 0
+    assert not await command_passes(command)  # and it fails once nothing answers
