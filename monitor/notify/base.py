@@ -7,43 +7,80 @@ package would register its own."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field
 
-from monitor.config import NotifierSpec, PositiveDurationS
+from monitor.config import DurationS, NotifierSpec, PositiveDurationS
 from monitor.errors import UnknownNotifierType
 from monitor.model import Event
+
+if TYPE_CHECKING:
+    from monitor.store.base import Store
 
 ENTRY_POINT_GROUP = "docgen_monitor.notifiers"
 
 
+GroupField = Literal["batch", "template", "to_status"]
+
+
 class NotifierConfig(NotifierSpec):
-    """Settings every notifier has; a notifier type subclasses this with its own fields."""
+    """Settings every notifier has; a notifier type subclasses this with its own fields.
+
+    Grouping, as Alertmanager users know it: with `group_by` set (a list, possibly empty for
+    one group of everything), events are sent together per group: the first time
+    `group_wait` after the group's oldest event, then at most once per `group_interval`.
+    `group_by: null` (the default for webhook and console) sends one event per `send`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_attempts: int | None = Field(None, ge=1)  # None: the `delivery` default
     timeout: PositiveDurationS | None = None
+    group_by: list[GroupField] | None = None
+    group_wait: DurationS = 0.0
+    group_interval: DurationS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    """What a receiver said. `retry_after_s` is the receiver's own hint (Retry-After)."""
+    """What a receiver said about the events of one `send`.
+
+    `retry_after_s` is the receiver's own hint (Retry-After); `rate_limited` says the receiver
+    throttled us, so the retry does not count as a failed attempt. `held` names events the
+    notifier chose not to send yet (sent with a later group); `settled` names events that
+    were delivered although the whole send failed (a partial success must not repeat)."""
 
     ok: bool
     detail: str
     retry_after_s: float | None = None
+    rate_limited: bool = False
+    held: frozenset[str] = frozenset()
+    settled: frozenset[str] = frozenset()
 
     @classmethod
-    def delivered(cls, detail: str = "ok") -> DeliveryResult:
-        return cls(True, detail)
+    def delivered(cls, detail: str = "ok", held: Iterable[str] = ()) -> DeliveryResult:
+        return cls(True, detail, held=frozenset(held))
 
     @classmethod
-    def failed(cls, detail: str, retry_after_s: float | None = None) -> DeliveryResult:
-        return cls(False, detail, retry_after_s)
+    def failed(
+        cls,
+        detail: str,
+        retry_after_s: float | None = None,
+        *,
+        rate_limited: bool = False,
+        settled: Iterable[str] = (),
+        held: Iterable[str] = (),
+    ) -> DeliveryResult:
+        return cls(
+            False,
+            detail,
+            retry_after_s,
+            rate_limited=rate_limited,
+            held=frozenset(held),
+            settled=frozenset(settled),
+        )
 
 
 class Notifier(ABC):
@@ -56,6 +93,11 @@ class Notifier(ABC):
         self.config = config
         self.name = config.name
         self.timeout_s = config.timeout if config.timeout is not None else timeout_s
+        self.store: Store | None = None
+
+    def attach(self, store: Store) -> None:
+        """The state store, for notifiers that keep state (Slack threads, batch counts)."""
+        self.store = store
 
     @classmethod
     def from_spec(cls, spec: NotifierSpec, *, timeout_s: float) -> Self:

@@ -49,6 +49,14 @@ class OutboxEntry:
     last_error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadRef:
+    """Where a batch's parent chat message lives: channel id and the message's `ts`."""
+
+    channel: str
+    ts: str
+
+
 class Store(ABC):
     """Async, single-process view of the durable state. Open with `async with`.
 
@@ -170,3 +178,28 @@ class Store(ABC):
     async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
         """Delete dead rows (all, or those of one event and/or one notifier); returns how many.
         The event stays recorded, so a replay of its id still mints no new row."""
+
+    # -- notifications ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def defer(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        """Put claimed or pending rows back to pending, due at `until`, without counting an
+        attempt (a group not yet due, events a notifier holds back, a receiver's rate limit).
+        Ignored for delivered or dead rows."""
+
+    @abstractmethod
+    async def get_thread(self, notifier: str, batch_id: str) -> ThreadRef | None:
+        """The parent message `notifier` posted for `batch_id`, or None."""
+
+    @abstractmethod
+    async def save_thread(self, notifier: str, batch_id: str, thread: ThreadRef) -> ThreadRef:
+        """Record the parent message of a batch; the first one recorded wins and is returned
+        (a batch never gets a second parent)."""
+
+    @abstractmethod
+    async def group_flushed_at(self, notifier: str, group_key: str) -> float | None:
+        """When `notifier` last sent the group `group_key`, or None if never."""
+
+    @abstractmethod
+    async def set_group_flushed(self, notifier: str, group_key: str, at: float) -> None:
+        """Record that `notifier` sent the group `group_key` at `at`."""
