@@ -109,6 +109,11 @@ class Notifier(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; idempotent."""
 
+    def check_templates(self) -> list[str]:
+        """Render every template this notifier uses against sample events; one problem per
+        template that fails (`check-config` refuses them). Notifiers without templates: []."""
+        return []
+
     @abstractmethod
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
         """Deliver `events` (one, unless the notifier groups). Never raises for a receiver's
