@@ -276,5 +276,5 @@ def test_config_needs_exactly_one_mode() -> None:
     registry = NotifierRegistry.from_entry_points()
     for settings in ({}, {"token": "x"}, {"token": "x", "channel": "C1", "webhook_url": "http://h"}):
         spec = NotifierSpec.model_validate({"name": "s", "type": "slack", **settings})
-        with pytest.raises(ValueError, match="token|webhook_url"):
+        with pytest.raises(ValueError, match=r"token|webhook_url"):
             registry.create(spec, timeout_s=1)
