@@ -130,4 +130,4 @@ async def test_check_config_refuses_a_broken_template(tmp_path: Path) -> None:
     assert "xoxb-secret" not in err
     (templates / "slack_parent.j2").write_text("{{ batch.id }}: {{ batch.done }}")
     code, out, err = await run_cli("check-config", str(path))
-    assert code == 0, err
+    assert (code, out) == (0, f"{path}: OK (1 notifier(s), 1 route(s))\n"), err
