@@ -638,6 +638,16 @@ async def test_defer_never_revives_a_delivered_or_dead_row(store: Store) -> None
     assert await store.next_due_at("slack") is None
 
 
+async def test_release_claims_makes_one_notifiers_claimed_rows_due_now(store: Store) -> None:
+    await emit(store, "e1", "e2", "e3", notifiers=("slack", "mail"))
+    await store.claim_due("slack", T0, 2, LEASE_S)
+    await store.claim_due("mail", T0, 10, LEASE_S)
+    assert await store.release_claims("slack", T0 + 1) == 2
+    again = await store.claim_due("slack", T0 + 1, 10, LEASE_S)
+    assert ids(again) == ["e1", "e2", "e3"] and [r.attempts for r in again] == [0, 0, 0]
+    assert await store.claim_due("mail", T0 + 1, 10, LEASE_S) == []  # untouched
+
+
 async def test_a_batch_thread_is_saved_once_and_the_first_wins(store: Store) -> None:
     assert await store.get_thread("slack", "b1") is None
     first = ThreadRef("C1", "1800000000.000100")

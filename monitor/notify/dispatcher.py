@@ -102,6 +102,13 @@ class Dispatcher:
         # sender on a row; the lease only decides how soon a crashed process's rows come back.
         lease_s = notifier.timeout_s + 5
         grouped = notifier.config.group_by is not None
+        if grouped:
+            # Rows a crashed process still held would come back only after their lease, and
+            # a group flushed without them would be split (a second digest mail).
+            try:
+                await self.store.release_claims(notifier.name, self.clock())
+            except Exception:
+                log.exception("release_claims_failed", notifier=notifier.name)
         # A group is judged on all its due rows at once: claim enough to see a whole batch.
         limit = max(self.claim_limit, GROUP_CLAIM_LIMIT) if grouped else self.claim_limit
         while not self._stopping:
@@ -205,11 +212,15 @@ class Dispatcher:
             self.metrics.notifications.labels(notifier.name, "retry").inc(len(failed))
             log.warning("rate_limited", events=len(failed), retry_in_s=delay_s)
             return
+        # One retry time for the whole send, so that a group comes back together (a digest
+        # split by jitter would become several mails).
+        attempts = max(r.attempts for r in failed) + 1
+        retry_at = now + backoff_s(attempts, self.config, result.retry_after_s)
         for row in failed:
-            await self._record_failure(notifier, row, result)
+            await self._record_failure(notifier, row, result, retry_at)
 
     async def _record_failure(
-        self, notifier: Notifier, row: OutboxEntry, result: DeliveryResult
+        self, notifier: Notifier, row: OutboxEntry, result: DeliveryResult, retry_at: float
     ) -> None:
         attempts = row.attempts + 1
         if attempts >= self._max_attempts(notifier):
@@ -217,17 +228,14 @@ class Dispatcher:
             self.metrics.notifications.labels(notifier.name, "dead").inc()
             log.error("event_dead", event_id=row.event.id, attempts=attempts, error=result.detail)
             return
-        delay_s = backoff_s(attempts, self.config, result.retry_after_s)
-        await self.store.mark_failed(
-            row.event.id, notifier.name, result.detail, self.clock() + delay_s
-        )
+        await self.store.mark_failed(row.event.id, notifier.name, result.detail, retry_at)
         self.metrics.notifications.labels(notifier.name, "retry").inc()
         log.warning(
             "event_delivery_failed",
             event_id=row.event.id,
             attempts=attempts,
             error=result.detail,
-            retry_in_s=round(delay_s, 3),
+            retry_in_s=round(retry_at - self.clock(), 3),
         )
 
 

@@ -114,7 +114,11 @@ def format_duration(seconds: float) -> str:
 
 
 def is_failure(event: Event) -> bool:
-    return event.type is EventType.JOB_STATUS_CHANGED and event.to_status in FAILED_STATUSES
+    """A job that reached a failed outcome, including one first seen already failed."""
+    return (
+        event.type in (EventType.JOB_STATUS_CHANGED, EventType.JOB_DISCOVERED)
+        and event.to_status in FAILED_STATUSES
+    )
 
 
 def failed_job(event: Event) -> FailedJob:

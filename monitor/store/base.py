@@ -203,3 +203,9 @@ class Store(ABC):
     @abstractmethod
     async def set_group_flushed(self, notifier: str, group_key: str, at: float) -> None:
         """Record that `notifier` sent the group `group_key` at `at`."""
+
+    @abstractmethod
+    async def release_claims(self, notifier: str, now: float) -> int:
+        """Make every claimed row of `notifier` pending, due at `now`, without counting an
+        attempt: at start-up, the claims of a process that died are released at once instead
+        of after their lease. Returns how many."""

@@ -617,3 +617,14 @@ class SQLiteStore(Store):
             )
 
         await self._write("set_group_flushed", fn)
+
+    async def release_claims(self, notifier: str, now: float) -> int:
+        async def fn(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "UPDATE outbox SET state = 'pending', next_attempt_at = ?, claimed_until = NULL, "
+                "updated_at = ? WHERE notifier = ? AND state = 'claimed'",
+                (now, now, notifier),
+            )
+            return cur.rowcount
+
+        return await self._write("release_claims", fn)
