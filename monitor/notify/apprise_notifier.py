@@ -9,7 +9,6 @@ Each group flush becomes one notification: title and body from the plain-text ma
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -18,7 +17,7 @@ from pydantic import Field, SecretStr
 from monitor.config import DurationS
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, GroupField, Notifier, NotifierConfig
-from monitor.notify.render import Templates, batch_view, sample_events
+from monitor.notify.render import Templates, by_batch, load_batch_view, sample_context
 
 MISSING = "apprise is not installed: pip install 'docgen-monitor[apprise]'"
 
@@ -44,23 +43,19 @@ class AppriseNotifier(Notifier):
     def check_templates(self) -> list[str]:
         if importlib.util.find_spec("apprise") is None:
             return [MISSING]
-        view = batch_view("sample-batch", (), sample_events(time.time()), time.time())
-        return self.templates.check(
-            [("text", "email_subject.j2"), ("text", "email_body.txt.j2")], view.context()
-        )
+        names = [("text", "email_subject.j2"), ("text", "email_body.txt.j2")]
+        return self.templates.check(names, sample_context())
 
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
         try:
             import apprise
         except ImportError:
             return DeliveryResult.failed(MISSING)
-        by_batch: dict[str, list[Event]] = {}
-        for event in events:
-            by_batch.setdefault(event.batch_id or "", []).append(event)
+        groups = by_batch(events)
         settled: set[str] = set()
-        for batch_id, batch_events in by_batch.items():
-            jobs = (await self.store.load_batches([batch_id])).values() if self.store else ()
-            context = batch_view(batch_id, jobs, batch_events, time.time()).context()
+        for batch_id, batch_events in groups.items():
+            view = await load_batch_view(self.store, batch_id, batch_events)
+            context = view.context()
             client: Any = apprise.Apprise()
             for url in self.config.urls:
                 client.add(url.get_secret_value())
@@ -72,4 +67,4 @@ class AppriseNotifier(Notifier):
                 # Apprise logs the per-service cause; its URLs are secrets, so none here.
                 return DeliveryResult.failed("apprise: a service refused", settled=settled)
             settled |= {e.id for e in batch_events}
-        return DeliveryResult.delivered(f"{len(by_batch)} notification(s)")
+        return DeliveryResult.delivered(f"{len(groups)} notification(s)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
+import aiohttp
 from pydantic import ConfigDict, Field
 
 from monitor.config import DurationS, NotifierSpec, PositiveDurationS
@@ -118,6 +119,31 @@ class Notifier(ABC):
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
         """Deliver `events` (one, unless the notifier groups). Never raises for a receiver's
         failure: that is a `DeliveryResult.failed`, which the dispatcher retries."""
+
+
+class HttpNotifier(Notifier):
+    """A notifier that talks HTTP: one aiohttp session for its lifetime, opened on first use."""
+
+    def __init__(self, config: NotifierConfig, *, timeout_s: float) -> None:
+        super().__init__(config, timeout_s=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers={"User-Agent": "docgen-monitor"},
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def session(self) -> aiohttp.ClientSession:
+        await self.start()
+        assert self._session is not None
+        return self._session
 
 
 class NotifierRegistry:

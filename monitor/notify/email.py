@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from monitor.config import DurationS
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, GroupField, Notifier, NotifierConfig
-from monitor.notify.render import Templates, batch_view, cap, sample_events
+from monitor.notify.render import Templates, by_batch, cap, load_batch_view, sample_context
 
 
 class SmtpConfig(BaseModel):
@@ -70,24 +70,19 @@ class EmailNotifier(Notifier):
         self.domain = self.config.from_.rpartition("@")[2] or "docgen-monitor"
 
     def check_templates(self) -> list[str]:
-        view = batch_view("sample-batch", (), sample_events(time.time()), time.time())
         names = [("text", "email_subject.j2"), ("text", "email_body.txt.j2"),
                  ("html", "email_body.html.j2")]
-        return self.templates.check(names, view.context())
+        return self.templates.check(names, sample_context())
 
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
-        by_batch: dict[str, list[Event]] = {}
-        for event in events:
-            by_batch.setdefault(event.batch_id or "", []).append(event)
+        groups = by_batch(events)
         held: set[str] = set()
         settled: set[str] = set()
         sent = 0
-        for batch_id, batch_events in by_batch.items():
-            jobs = (await self.store.load_batches([batch_id])).values() if self.store else ()
-            now = time.time()
-            view = batch_view(batch_id, jobs, batch_events, now)
+        for batch_id, batch_events in groups.items():
+            view = await load_batch_view(self.store, batch_id, batch_events)
             oldest = min(e.detected_at.timestamp() for e in batch_events)
-            waiting = now - oldest < self.config.digest_max_wait
+            waiting = time.time() - oldest < self.config.digest_max_wait
             if self.config.digest == "batch" and not view.complete and waiting:
                 held |= {e.id for e in batch_events}
                 continue

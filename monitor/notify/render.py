@@ -13,16 +13,20 @@ configuration should not be able to run code). Template variables are documented
 from __future__ import annotations
 
 import html
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from monitor.model import Event, EventType, JobState, is_terminal
+
+if TYPE_CHECKING:
+    from monitor.store.base import Store
 
 MAX_TEXT_CHARS = 300  # one untrusted text (an error message) in a message
 MAX_TEXTS_PER_JOB = 3
@@ -217,6 +221,28 @@ class Templates:
             except TemplateError as exc:
                 problems.append(f"template {name}: {type(exc).__name__}: {exc}")
         return problems
+
+
+async def load_batch_view(
+    store: Store | None, batch_id: str, events: Sequence[Event]
+) -> BatchView:
+    """`batch_view` over the batch's stored snapshot rows (none without a store)."""
+    jobs = (await store.load_batches([batch_id])).values() if store is not None else ()
+    return batch_view(batch_id, jobs, events, time.time())
+
+
+def by_batch(events: Sequence[Event]) -> dict[str, list[Event]]:
+    """Events by batch id, in order (a message is about one batch)."""
+    out: dict[str, list[Event]] = {}
+    for event in events:
+        out.setdefault(event.batch_id or "", []).append(event)
+    return out
+
+
+def sample_context(**extra: Any) -> dict[str, Any]:
+    """The template context of the sample batch: what `check-config` renders against."""
+    now = time.time()
+    return batch_view("sample-batch", (), sample_events(now), now).context(**extra)
 
 
 def sample_events(now: float) -> list[Event]:

@@ -31,15 +31,16 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from monitor.config import DurationS
 from monitor.model import Event
-from monitor.notify.base import DeliveryResult, GroupField, Notifier, NotifierConfig
+from monitor.notify.base import DeliveryResult, GroupField, HttpNotifier, NotifierConfig
 from monitor.notify.render import (
     BatchView,
     Templates,
-    batch_view,
+    by_batch,
     cap,
     escape_mrkdwn,
     is_failure,
-    sample_events,
+    load_batch_view,
+    sample_context,
 )
 from monitor.notify.webhook import parse_retry_after_s
 from monitor.store.base import ThreadRef
@@ -97,7 +98,7 @@ def section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": cap(text, MAX_SECTION_CHARS)}}
 
 
-class SlackNotifier(Notifier):
+class SlackNotifier(HttpNotifier):
     type_name: ClassVar[str] = "slack"
     config_model: ClassVar[type[NotifierConfig]] = SlackConfig
     config: SlackConfig
@@ -105,7 +106,6 @@ class SlackNotifier(Notifier):
     def __init__(self, config: NotifierConfig, *, timeout_s: float) -> None:
         super().__init__(config, timeout_s=timeout_s)
         self.templates = Templates(self.config.template_dir)
-        self._session: aiohttp.ClientSession | None = None
         self._last_post_at = 0.0
         self._last_parent: dict[str, str] = {}  # batch id -> text last written (skip no-ops)
         self.calls = 0
@@ -114,38 +114,21 @@ class SlackNotifier(Notifier):
     def bot(self) -> bool:
         return self.config.token is not None
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                headers={"User-Agent": "docgen-monitor"},
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
     def check_templates(self) -> list[str]:
-        view = batch_view("sample-batch", (), sample_events(time.time()), time.time())
+        context = sample_context(max_failures=1)
         names = ["slack_title.j2", "slack_parent.j2", "slack_summary.j2"]
-        problems = self.templates.check(
-            [("mrkdwn", n) for n in names], view.context(max_failures=1)
-        )
-        for job in view.failures:
+        problems = self.templates.check([("mrkdwn", n) for n in names], context)
+        for job in context["failures"]:
             problems += self.templates.check([("mrkdwn", "slack_failure.j2")], {"job": job})
         return problems
 
     # -- sending ----------------------------------------------------------------------------
 
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
-        by_batch: dict[str, list[Event]] = {}
-        for event in events:
-            by_batch.setdefault(event.batch_id or "", []).append(event)
         settled: set[str] = set()
         held: set[str] = set()
         details = []
-        for batch_id, batch_events in by_batch.items():
+        for batch_id, batch_events in by_batch(events).items():
             try:
                 if self.bot:
                     held |= await self._bot_batch(batch_id, batch_events, settled)
@@ -163,13 +146,9 @@ class SlackNotifier(Notifier):
             details.append(batch_id)
         return DeliveryResult.delivered(f"batch(es) {', '.join(details)}", held=held)
 
-    async def _views(self, batch_id: str, events: Sequence[Event]) -> BatchView:
-        jobs = (await self.store.load_batches([batch_id])).values() if self.store else ()
-        return batch_view(batch_id, jobs, events, time.time())
-
     async def _bot_batch(self, batch_id: str, events: list[Event], settled: set[str]) -> set[str]:
         """Parent post or edit, then thread replies; returns the failures held for later."""
-        view = await self._views(batch_id, events)
+        view = await load_batch_view(self.store, batch_id, events)
         context = view.context()
         title = cap(self.templates.render("mrkdwn", "slack_title.j2", context), MAX_HEADER_CHARS)
         body = self.templates.render("mrkdwn", "slack_parent.j2", context)
@@ -226,7 +205,7 @@ class SlackNotifier(Notifier):
         )
 
     async def _summary(self, batch_id: str, events: list[Event]) -> None:
-        view = await self._views(batch_id, events)
+        view = await load_batch_view(self.store, batch_id, events)
         context = view.context(max_failures=self.config.max_failures_in_summary)
         text = cap(self.templates.render("mrkdwn", "slack_summary.j2", context), MAX_TEXT_CHARS)
         assert self.config.webhook_url is not None
@@ -258,14 +237,13 @@ class SlackNotifier(Notifier):
         return answer
 
     async def _post(self, url: str, payload: dict[str, Any], token: str | None) -> Any:
-        await self.start()
-        assert self._session is not None
+        session = await self.session()
         self.calls += 1
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            async with self._session.post(url, data=orjson.dumps(payload), headers=headers) as r:
+            async with session.post(url, data=orjson.dumps(payload), headers=headers) as r:
                 raw = await r.read()
                 retry_after = parse_retry_after_s(r.headers.get("Retry-After"))
                 if r.status == 429:
