@@ -8,6 +8,7 @@ Used by the notifier tests and the e2e test; lives in tests/ because the product
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -60,6 +61,8 @@ class FakeSlack:
     throttle_next: int = 0
     throttle_retry_after: int = 1
     fail_next: int = 0
+    # The next call answers only after this many seconds (past a client's timeout).
+    delay_next_s: float = 0.0
     _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _post_times: dict[str, list[float]] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
@@ -106,9 +109,15 @@ class FakeSlack:
 
     # -- Web API ----------------------------------------------------------------------------
 
+    async def _delay(self) -> None:
+        if self.delay_next_s > 0:
+            delay_s, self.delay_next_s = self.delay_next_s, 0.0
+            await asyncio.sleep(delay_s)
+
     async def _web_api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         body = await request.read()
+        await self._delay()
         args: dict[str, Any] = {}
         status, answer, headers = 200, None, {}
         try:
@@ -282,6 +291,7 @@ class FakeSlack:
     async def _webhook(self, request: web.Request) -> web.StreamResponse:
         path = "/".join(request.match_info[k] for k in ("team", "hook", "secret"))
         body = await request.read()
+        await self._delay()
         status, text, headers = 200, "ok", {}
         args: dict[str, Any] = {}
         try:

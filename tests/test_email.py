@@ -3,6 +3,7 @@ standard library."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -97,16 +98,31 @@ async def test_window_digest_sends_what_the_group_holds(smtp: SmtpSink, store: S
         ({"port": "closed"}, "smtp: SMTPConnectError"),
         ({"starttls": True}, "smtp: SMTPException"),  # the server offers no STARTTLS
         ({"tls": True}, "smtp: SMTPConnect"),  # implicit TLS against a plain server
+        ({"port": "silent"}, "smtp: SMTPConnectTimeoutError"),  # accepts, never greets
     ],
 )
 async def test_smtp_failures_are_results_never_exceptions(
     smtp: SmtpSink, smtp_settings: dict[str, Any], detail: str
 ) -> None:
-    port = free_port() if smtp_settings.get("port") == "closed" else smtp.port
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_greet(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    silent = await asyncio.start_server(never_greet, "127.0.0.1", 0)
+    ports = {"closed": free_port(), "silent": silent.sockets[0].getsockname()[1]}
+    port = ports.get(str(smtp_settings.get("port")), smtp.port)
     settings = {"host": "127.0.0.1", "port": port, "starttls": False, "tls": False,
                 **{k: v for k, v in smtp_settings.items() if k != "port"}}
-    notifier = mailer(None, port, smtp=settings, digest="window")
-    result = await notifier.send([completed("b1", {"completed": 1})])
+    notifier = mailer(None, port, smtp=settings, digest="window", timeout="0.5s")
+    try:
+        result = await notifier.send([completed("b1", {"completed": 1})])
+    finally:
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()
+        silent.close()
+        await silent.wait_closed()
     assert not result.ok
     assert result.detail.startswith(detail), result.detail
     assert smtp.received() == []

@@ -210,39 +210,50 @@ async def test_huge_and_numerous_failures_stay_within_slack_limits(
     assert "… and 2 more" in section_texts(replies[0].blocks)[0]
 
 
-@pytest.mark.parametrize(
-    ("fault", "detail", "limited"),
-    [
-        ("throttle", "rate limited (HTTP 429)", True),
-        ("fail", "HTTP 500", False),
-        ("bad_token", "chat.postMessage: invalid_auth", False),
-        ("refused", "connection failed: ClientConnectorError", False),
-    ],
-)
+FAULTS = [
+    ("throttle", "rate limited (HTTP 429)", True),
+    ("fail", "HTTP 500", False),
+    ("timeout", "no answer within 0.5s", False),
+    ("refused", "connection failed: ClientConnectorError", False),
+]
+
+
+@pytest.mark.parametrize("mode", ["bot", "webhook"])
+@pytest.mark.parametrize(("fault", "detail", "limited"), FAULTS)
 async def test_transport_failures_are_results_never_exceptions(
-    slack: FakeSlack, store: Store, fault: str, detail: str, limited: bool
+    slack: FakeSlack, store: Store, mode: str, fault: str, detail: str, limited: bool
 ) -> None:
     await store.commit(SnapshotChanges(upserts=(job(1),)), [])
-    settings: dict[str, Any] = {}
-    if fault == "throttle":
-        slack.throttle_next = 1
-    elif fault == "fail":
-        slack.fail_next = 1
-    elif fault == "bad_token":
-        settings["token"] = "xoxb-wrong"
-    elif fault == "refused":
-        settings["api_url"] = f"http://127.0.0.1:{free_port()}/api/"
-    notifier = make(store, **{"token": "xoxb-test", "channel": CHANNEL,
-                              "api_url": slack.api_url, **settings})
+    url = slack.url if fault != "refused" else f"http://127.0.0.1:{free_port()}"
+    settings: dict[str, Any] = {"timeout": "0.5s"}
+    if mode == "bot":
+        settings |= {"token": "xoxb-test", "channel": CHANNEL, "api_url": f"{url}/api/"}
+    else:
+        settings["webhook_url"] = f"{url}/services/T000/B000/XXXX"
+    slack.throttle_next = int(fault == "throttle")
+    slack.fail_next = int(fault == "fail")
+    slack.delay_next_s = 1.5 if fault == "timeout" else 0.0
+    notifier = make(store, **settings)
     try:
         result = await notifier.send([changed(job(1), "pending")])
     finally:
         await notifier.close()
     assert not result.ok
-    assert result.detail.startswith(detail)
+    assert result.detail.startswith(detail), result.detail
     assert result.rate_limited is limited
     assert (result.retry_after_s == 1.0) is limited
+    assert not result.settled
     assert await store.get_thread("team-slack", "b1") is None
+    assert "XXXX" not in result.detail and "xoxb" not in result.detail
+
+
+async def test_a_revoked_token_is_a_failed_delivery(slack: FakeSlack, store: Store) -> None:
+    notifier = make(store, token="xoxb-wrong", channel=CHANNEL, api_url=slack.api_url)
+    try:
+        result = await notifier.send([changed(job(1))])
+    finally:
+        await notifier.close()
+    assert (result.ok, result.detail) == (False, "chat.postMessage: invalid_auth")
 
 
 async def test_webhook_mode_posts_one_escaped_summary_per_send(

@@ -668,6 +668,23 @@ async def test_group_flush_times_are_kept_per_notifier_and_group(store: Store) -
     assert await store.group_flushed_at("slack", "batch=b2") is None
 
 
+async def test_prune_forgets_old_threads_and_groups_only(store: Store) -> None:
+    import time
+
+    now = time.time()
+    await store.save_thread("slack", "b1", ThreadRef("C1", "1.000001"))
+    await store.set_group_flushed("slack", "old", now - 100)
+    await store.set_group_flushed("slack", "new", now + 100)
+    await store.prune(before=now - 3600)
+    assert await store.get_thread("slack", "b1") == ThreadRef("C1", "1.000001")
+    assert await store.group_flushed_at("slack", "old") == now - 100
+    await store.prune(before=now)
+    assert await store.group_flushed_at("slack", "old") is None
+    assert await store.group_flushed_at("slack", "new") == now + 100
+    await store.prune(before=now + 3600)
+    assert await store.get_thread("slack", "b1") is None
+
+
 async def test_threads_and_groups_survive_reopening(
     store_backend: StoreBackend, store: Store
 ) -> None:

@@ -186,6 +186,8 @@ class SlackNotifier(HttpNotifier):
             chunk = failures[start : start + per]
             await self._reply(thread, view, chunk)
             settled |= {e.id for e in chunk}
+        if view.complete:
+            self._last_parent.pop(batch_id, None)  # bounded: only batches still running
         return {e.id for e in failures[cut:]}
 
     async def _reply(self, thread: ThreadRef, view: BatchView, chunk: list[Event]) -> None:

@@ -172,7 +172,8 @@ class Store(ABC):
     async def prune(self, before: float) -> int:
         """Delete delivered outbox rows last updated before `before`, then events created before
         it that no outbox row refers to; returns the events deleted. Safe: an event id can only
-        be minted again while its change is missing from the snapshot, a window of seconds."""
+        be minted again while its change is missing from the snapshot, a window of seconds.
+        Batch threads saved and groups last flushed before `before` go too."""
 
     @abstractmethod
     async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:

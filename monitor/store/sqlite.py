@@ -549,7 +549,11 @@ class SQLiteStore(Store):
                 "(SELECT 1 FROM outbox o WHERE o.event_id = events.id)",
                 (before,),
             )
-            return cur.rowcount
+            pruned = cur.rowcount
+            # Notification bookkeeping of long-finished batches (schema v2).
+            await conn.execute("DELETE FROM threads WHERE created_at < ?", (before,))
+            await conn.execute("DELETE FROM notify_groups WHERE last_flush_at < ?", (before,))
+            return pruned
 
         return await self._write("prune", fn)
 
