@@ -648,6 +648,17 @@ async def test_release_claims_makes_one_notifiers_claimed_rows_due_now(store: St
     assert await store.claim_due("mail", T0 + 1, 10, LEASE_S) == []  # untouched
 
 
+async def test_mark_delivered_many_marks_each_row_once(store: Store) -> None:
+    await emit(store, "e1", "e2", "e3")
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_delivered_many("slack", ["e1", "e2", "unknown"])
+    await store.mark_delivered_many("slack", ["e1"])  # again: no second attempt counted
+    await store.mark_delivered_many("slack", [])
+    delivered = await store.list_outbox(OutboxState.DELIVERED)
+    assert [(d.event.id, d.attempts) for d in delivered] == [("e1", 1), ("e2", 1)]
+    assert ids(await store.list_outbox(OutboxState.CLAIMED)) == ["e3"]
+
+
 async def test_a_batch_thread_is_saved_once_and_the_first_wins(store: Store) -> None:
     assert await store.get_thread("slack", "b1") is None
     first = ThreadRef("C1", "1800000000.000100")

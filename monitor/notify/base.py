@@ -110,6 +110,13 @@ class Notifier(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; idempotent."""
 
+    async def settle(self, event_ids: Iterable[str]) -> None:
+        """Record at once that these events reached the receiver, before `send` returns: a
+        send of several steps (a Slack parent, then thread replies) must not repeat its
+        finished steps after a crash. The dispatcher's own mark later is a no-op for them."""
+        if self.store is not None:
+            await self.store.mark_delivered_many(self.name, list(event_ids))
+
     def check_templates(self) -> list[str]:
         """Render every template this notifier uses against sample events; one problem per
         template that fails (`check-config` refuses them). Notifiers without templates: []."""

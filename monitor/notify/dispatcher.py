@@ -195,10 +195,9 @@ class Dispatcher:
             await self.store.defer(notifier.name, [r.event.id for r in held], now + hold_s)
         sent = [r for r in rows if r.event.id not in result.held]
         delivered = sent if result.ok else [r for r in sent if r.event.id in result.settled]
-        for row in delivered:
-            await self.store.mark_delivered(row.event.id, notifier.name)
-            self.metrics.notifications.labels(notifier.name, "delivered").inc()
+        await self.store.mark_delivered_many(notifier.name, [r.event.id for r in delivered])
         if delivered:
+            self.metrics.notifications.labels(notifier.name, "delivered").inc(len(delivered))
             log.info("events_delivered", count=len(delivered), detail=result.detail)
         if group is not None and (delivered or held):
             await self.store.set_group_flushed(notifier.name, group, now)

@@ -175,7 +175,9 @@ class SlackNotifier(HttpNotifier):
             )
             self._last_parent[batch_id] = text
         failures = [e for e in events if is_failure(e)]
-        settled |= {e.id for e in events if not is_failure(e)}
+        shown = {e.id for e in events if not is_failure(e)}
+        await self.settle(shown)
+        settled |= shown
         # Replies carry `failures_per_reply` jobs; a short remainder waits for company unless
         # the batch is done or the oldest failure has waited `reply_wait`.
         per = self.config.failures_per_reply
@@ -185,6 +187,7 @@ class SlackNotifier(HttpNotifier):
         for start in range(0, cut, per):
             chunk = failures[start : start + per]
             await self._reply(thread, view, chunk)
+            await self.settle(e.id for e in chunk)
             settled |= {e.id for e in chunk}
         if view.complete:
             self._last_parent.pop(batch_id, None)  # bounded: only batches still running

@@ -210,3 +210,7 @@ class Store(ABC):
         """Make every claimed row of `notifier` pending, due at `now`, without counting an
         attempt: at start-up, the claims of a process that died are released at once instead
         of after their lease. Returns how many."""
+
+    @abstractmethod
+    async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
+        """`mark_delivered` for each of `event_ids`, in one transaction (a group's events)."""

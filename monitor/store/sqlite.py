@@ -445,15 +445,7 @@ class SQLiteStore(Store):
         return await self._write("claim_due", fn)
 
     async def mark_delivered(self, event_id: str, notifier: str) -> None:
-        async def fn(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
-                "claimed_until = NULL, updated_at = ? "
-                "WHERE event_id = ? AND notifier = ? AND state <> 'delivered'",
-                (time.time(), event_id, notifier),
-            )
-
-        await self._write("mark_delivered", fn)
+        await self.mark_delivered_many(notifier, [event_id])
 
     async def mark_failed(
         self, event_id: str, notifier: str, error: str, next_attempt_at: float | None
@@ -632,3 +624,17 @@ class SQLiteStore(Store):
             return cur.rowcount
 
         return await self._write("release_claims", fn)
+
+    async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
+                "claimed_until = NULL, updated_at = ? "
+                "WHERE event_id = ? AND notifier = ? AND state <> 'delivered'",
+                [(now, event_id, notifier) for event_id in event_ids],
+            )
+
+        if event_ids:
+            await self._write("mark_delivered", fn)
