@@ -18,7 +18,7 @@ from monitor.notify.email import EmailNotifier
 from monitor.store import open_store
 from monitor.store.base import Store
 from tests.harness import free_port
-from tests.smtp_sink import SmtpSink, parts
+from tests.smtp_sink import SmtpSink, make_cert, parts
 from tests.test_slack import INJECTIONS, changed, completed, job
 
 
@@ -126,6 +126,30 @@ async def test_smtp_failures_are_results_never_exceptions(
     assert not result.ok
     assert result.detail.startswith(detail), result.detail
     assert smtp.received() == []
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_tls_relays_with_auth_get_the_mail(tmp_path: Path, mode: str) -> None:
+    cert = make_cert(tmp_path)
+    sink = SmtpSink(tls=mode, cert=cert, credentials=("docgen", "s3cret")).start()
+    try:
+        settings = {"host": "127.0.0.1", "port": sink.port, "starttls": mode == "starttls",
+                    "tls": mode == "implicit", "username": "docgen", "password": "s3cret",
+                    "ca_file": str(cert[0])}
+        notifier = mailer(None, sink.port, smtp=settings, digest="window")
+        result = await notifier.send([completed("b1", {"completed": 1})])
+        assert result.ok, result.detail
+        wrong = mailer(None, sink.port, smtp={**settings, "password": "nope"}, digest="window")
+        refused = await wrong.send([completed("b1", {"completed": 1})])
+        assert not refused.ok and "nope" not in refused.detail
+        untrusted = mailer(None, sink.port, smtp={**settings, "ca_file": None},
+                           digest="window")
+        tls_error = await untrusted.send([completed("b1", {"completed": 1})])
+        assert not tls_error.ok  # a certificate nobody vouches for is refused
+    finally:
+        sink.stop()
+    [mail] = sink.received()
+    assert mail["Subject"].startswith("[docgen-monitor] Batch b1")
 
 
 def test_check_templates_refuses_a_broken_template(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ class SmtpConfig(BaseModel):
     tls: bool = False  # implicit TLS from the first byte (port 465)
     username: str | None = None
     password: SecretStr | None = None
+    ca_file: str | None = None  # a private CA that signed the relay's certificate
 
     @model_validator(mode="after")
     def _one_tls(self) -> SmtpConfig:
@@ -128,5 +129,6 @@ class EmailNotifier(Notifier):
             start_tls=smtp.starttls,
             username=smtp.username,
             password=smtp.password.get_secret_value() if smtp.password else None,
+            cert_bundle=smtp.ca_file,
             timeout=self.timeout_s,
         )
