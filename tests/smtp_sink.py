@@ -8,8 +8,8 @@ import email.policy
 import ssl
 import subprocess
 import threading
-from pathlib import Path
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
