@@ -50,6 +50,7 @@ MAX_TEXT_CHARS = 4000  # top-level `text` (chat.update's documented msg_too_long
 MAX_SECTION_CHARS = 3000
 MAX_HEADER_CHARS = 150
 MAX_BLOCKS = 50
+UPDATE_INTERVAL_S = 1.2  # chat.update: Tier 3, 50 a minute
 
 
 class SlackError(Exception):
@@ -106,7 +107,7 @@ class SlackNotifier(HttpNotifier):
     def __init__(self, config: NotifierConfig, *, timeout_s: float) -> None:
         super().__init__(config, timeout_s=timeout_s)
         self.templates = Templates(self.config.template_dir)
-        self._last_post_at = 0.0
+        self._last_call_at: dict[str, float] = {}  # Web API method -> monotonic time
         self._last_parent: dict[str, str] = {}  # batch id -> text last written (skip no-ops)
         self.calls = 0
 
@@ -162,7 +163,6 @@ class SlackNotifier(HttpNotifier):
             answer = await self._api(
                 "chat.postMessage",
                 {"channel": self.config.channel, "text": text, "blocks": blocks},
-                post=True,
             )
             thread = ThreadRef(str(answer["channel"]), str(answer["ts"]))
             if self.store is not None:
@@ -206,7 +206,6 @@ class SlackNotifier(HttpNotifier):
         await self._api(
             "chat.postMessage",
             {"channel": thread.channel, "thread_ts": thread.ts, "text": text, "blocks": blocks},
-            post=True,
         )
 
     async def _summary(self, batch_id: str, events: list[Event]) -> None:
@@ -219,16 +218,17 @@ class SlackNotifier(HttpNotifier):
 
     # -- transport --------------------------------------------------------------------------
 
-    async def _pace(self) -> None:
-        """Slack allows about one message per second per channel (and per webhook)."""
-        wait_s = self._last_post_at + self.config.post_interval - time.monotonic()
+    async def _pace(self, method: str = "chat.postMessage") -> None:
+        """Slack allows about one message per second per channel (and per webhook), and
+        chat.update is Tier 3 (about 50 a minute per token), whatever the number of batches."""
+        interval_s = self.config.post_interval if method != "chat.update" else UPDATE_INTERVAL_S
+        wait_s = self._last_call_at.get(method, 0.0) + interval_s - time.monotonic()
         if wait_s > 0:
             await asyncio.sleep(wait_s)
-        self._last_post_at = time.monotonic()
+        self._last_call_at[method] = time.monotonic()
 
-    async def _api(self, method: str, payload: dict[str, Any], post: bool = False) -> Any:
-        if post:
-            await self._pace()
+    async def _api(self, method: str, payload: dict[str, Any]) -> Any:
+        await self._pace(method)
         payload = {**payload, "unfurl_links": False, "unfurl_media": False}
         if method == "chat.update":
             del payload["unfurl_links"], payload["unfurl_media"]
