@@ -8,7 +8,7 @@ untrusted text is also capped, so one giant error cannot push a message over Sla
 
 Templates run in Jinja2's `SandboxedEnvironment` (a template file is configuration, and
 configuration should not be able to run code). Template variables are documented in
-`docs/templates.md`."""
+`docs/notifications.md`."""
 
 from __future__ import annotations
 
