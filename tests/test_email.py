@@ -82,6 +82,20 @@ async def test_a_batch_digest_waits_for_completion_then_is_one_threaded_multipar
     assert "<li><code>&lt;!channel&gt; render failed</code></li>" in html
 
 
+async def test_a_completed_batch_split_across_sends_gets_one_whole_digest(
+    smtp: SmtpSink, store: Store
+) -> None:
+    bad = [replace(job(n), status="failed", errors=(f"error of j{n}",)) for n in range(3)]
+    await store.commit(SnapshotChanges(upserts=tuple(bad)), [])
+    notifier = mailer(store, smtp.port)
+    first = await notifier.send([changed(bad[0])])  # a claim that saw one row of the batch
+    later = await notifier.send([changed(bad[1]), changed(bad[2])])
+    assert first.ok and later.ok and not first.held and not later.held
+    [mail] = smtp.received()
+    text, _ = parts(mail)
+    assert all(f"    error of j{n}\n" in text for n in range(3))  # the whole batch, once
+
+
 async def test_window_digest_sends_what_the_group_holds(smtp: SmtpSink, store: Store) -> None:
     notifier = mailer(store, smtp.port, digest="window", group_by=[])
     done = replace(job(1), status="completed")

@@ -87,6 +87,13 @@ class EmailNotifier(Notifier):
             if self.config.digest == "batch" and not view.complete and waiting:
                 held |= {e.id for e in batch_events}
                 continue
+            # A complete batch's digest shows the whole batch from the snapshot, so rows that
+            # come late (a claim split the group) need no second mail.
+            marker = f"digest-sent:{batch_id}"
+            final = self.config.digest == "batch" and view.complete
+            if final and self.store and await self.store.group_flushed_at(self.name, marker):
+                settled |= {e.id for e in batch_events}
+                continue
             try:
                 await self._mail(self.message(view.context(), batch_id, batch_events))
             except (aiosmtplib.SMTPException, OSError) as exc:
@@ -94,6 +101,8 @@ class EmailNotifier(Notifier):
                     f"smtp: {type(exc).__name__}: {cap(str(exc), 200)}", settled=settled,
                     held=held,
                 )
+            if final and self.store is not None:
+                await self.store.set_group_flushed(self.name, marker, time.time())
             settled |= {e.id for e in batch_events}
             sent += 1
         return DeliveryResult.delivered(f"{sent} mail(s)", held=held)

@@ -71,8 +71,8 @@ class FailedJob:
 
 @dataclass(frozen=True, slots=True)
 class BatchView:
-    """One batch as a message shows it: counts from the stored snapshot (the truth, whatever
-    events this message carries), failures from the events being sent."""
+    """One batch as a message shows it: counts and failures from the stored snapshot (the
+    truth, whatever events this message carries)."""
 
     id: str
     counts: dict[str, int]
@@ -126,29 +126,50 @@ def is_failure(event: Event) -> bool:
 
 
 def failed_job(event: Event) -> FailedJob:
+    """The failed job an event announces, with its texts as the event carries them."""
     assert event.job is not None
     job = event.job
-    texts = job.errors + job.warnings
+    return _failed(job.id, event.to_status or "", job.errors, job.warnings, job.output_type,
+                   job.template_file_id, job.created_by_id)
+
+
+def _failed(
+    job_id: str,
+    status: str,
+    errors: tuple[str, ...],
+    warnings: tuple[str, ...],
+    output_type: str,
+    template_file_id: str,
+    created_by_id: str | None,
+) -> FailedJob:
+    kept_warnings = max(MAX_TEXTS_PER_JOB - len(errors), 0)
     return FailedJob(
-        id=job.id,
-        status=event.to_status or "",
-        errors=tuple(cap(t) for t in job.errors[:MAX_TEXTS_PER_JOB]),
-        warnings=tuple(cap(t) for t in job.warnings[: max(MAX_TEXTS_PER_JOB - len(job.errors), 0)]),
-        output_type=job.output_type,
-        template_file_id=job.template_file_id,
-        created_by_id=job.created_by_id,
-        more_texts=max(len(texts) - MAX_TEXTS_PER_JOB, 0),
+        id=job_id,
+        status=status,
+        errors=tuple(cap(t) for t in errors[:MAX_TEXTS_PER_JOB]),
+        warnings=tuple(cap(t) for t in warnings[:kept_warnings]),
+        output_type=output_type,
+        template_file_id=template_file_id,
+        created_by_id=created_by_id,
+        more_texts=max(len(errors) + len(warnings) - MAX_TEXTS_PER_JOB, 0),
     )
 
 
 def batch_view(
     batch_id: str, jobs: Iterable[JobState], events: Sequence[Event], now: float
 ) -> BatchView:
-    """The view of `batch_id` from its snapshot rows; from the events alone when the snapshot
-    has none (a sample event from `test-notify`)."""
-    rows = [j for j in jobs if j.batch_id == batch_id]
+    """The view of `batch_id` from its snapshot rows (failures too: a digest is whole however
+    the batch's events were split into sends); from the events alone when the snapshot has none
+    (a sample event from `test-notify`)."""
+    rows = sorted((j for j in jobs if j.batch_id == batch_id), key=lambda j: j.id)
     failures = tuple(failed_job(e) for e in events if is_failure(e))
     if rows:
+        failures = tuple(
+            _failed(j.id, j.status, j.errors, j.warnings, j.output_type, j.template_file_id,
+                    j.created_by_id)
+            for j in rows
+            if j.status in FAILED_STATUSES
+        )
         counts = Counter(j.status for j in rows)
         complete = all(is_terminal(j.status) for j in rows)
         started = min(j.first_seen_at for j in rows)

@@ -38,6 +38,7 @@ from monitor.notify.render import (
     by_batch,
     cap,
     escape_mrkdwn,
+    failed_job,
     is_failure,
     load_batch_view,
     sample_context,
@@ -194,11 +195,10 @@ class SlackNotifier(HttpNotifier):
         return {e.id for e in failures[cut:]}
 
     async def _reply(self, thread: ThreadRef, view: BatchView, chunk: list[Event]) -> None:
-        by_id = {j.id: j for j in view.failures}
+        # The jobs these events announce: each failure reaches the thread exactly once.
         parts = [
-            self.templates.render("mrkdwn", "slack_failure.j2", {"job": by_id[e.job.id]})
+            self.templates.render("mrkdwn", "slack_failure.j2", {"job": failed_job(e)})
             for e in chunk
-            if e.job is not None
         ]
         blocks = [section(p) for p in parts[:MAX_BLOCKS]]
         text = cap(f"{len(parts)} failed job(s) in batch {escape_mrkdwn(view.id)}:\n"
