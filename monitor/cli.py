@@ -1,4 +1,4 @@
-"""`docgen-monitor`: run, demo, simulate, once, check-config.
+"""`docgen-monitor`: run, demo, simulate, once, check-config, test-notify, dead-letters.
 
 Exit codes: 0 clean stop, 2 configuration error (every problem listed with its path), 1 any
 other failure."""
@@ -42,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
 
+    test = sub.add_parser(
+        "test-notify", help="send a sample event through one notifier; print its answer"
+    )
+    test.add_argument("--config", required=True, type=Path)
+    test.add_argument("name", help="the notifier's name in the configuration")
+
+    dead = sub.add_parser("dead-letters", help="list, retry or drop events out of attempts")
+    dead.add_argument("action", choices=("list", "retry", "drop"))
+    dead.add_argument("--config", required=True, type=Path)
+    dead.add_argument("--notifier", default=None, help="only this notifier's rows")
+    dead.add_argument("--event", default=None, help="only this event id")
+
     demo = sub.add_parser("demo", help="run against a built-in simulator; no setup needed")
     demo.add_argument(
         "--duration",
@@ -83,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             config = load(args.file, registry)
+            template_problems(config, registry)
             print(
                 f"{args.file}: OK ({len(config.notifiers)} notifier(s), "
                 f"{len(config.routes)} route(s))"
@@ -100,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.log.level, config.log.format)
         if args.command == "once":
             return asyncio.run(_once(config, registry))
+        if args.command == "test-notify":
+            return asyncio.run(_test_notify(config, registry, args.name))
+        if args.command == "dead-letters":
+            return asyncio.run(_dead_letters(config, args.action, args.notifier, args.event))
         return asyncio.run(_run(config, registry, args.config))
     except ConfigError as exc:
         print(f"docgen-monitor: {exc}", file=sys.stderr)
@@ -109,6 +126,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def template_problems(config: Config, registry: NotifierRegistry) -> None:
+    """Render every notifier's templates against sample events; raise listing each failure."""
+    problems = []
+    for i, spec in enumerate(config.notifiers):
+        notifier = registry.create(spec, timeout_s=config.delivery.timeout)
+        problems += [f"notifiers[{i}] ({spec.name}): {p}" for p in notifier.check_templates()]
+    if problems:
+        raise ConfigError(problems)
+
+
+async def _test_notify(config: Config, registry: NotifierRegistry, name: str) -> int:
+    """A sample batch (one failure whose texts try every injection) through one notifier, with
+    a throw-away in-memory store so nothing of the sample reaches the real state."""
+    import time
+
+    from monitor.notify.render import sample_events
+    from monitor.store.sqlite import SQLiteStore
+
+    spec = next((n for n in config.notifiers if n.name == name), None)
+    if spec is None:
+        known = ", ".join(n.name for n in config.notifiers) or "none"
+        raise ConfigError([f"test-notify: no notifier named {name!r} (configured: {known})"])
+    notifier = registry.create(spec, timeout_s=config.delivery.timeout)
+    async with SQLiteStore(":memory:") as scratch:
+        notifier.attach(scratch)
+        try:
+            await notifier.start()
+            result = await notifier.send(sample_events(time.time()))
+        finally:
+            await notifier.close()
+    status = "delivered" if result.ok else "FAILED"
+    print(f"{name} ({spec.type}): {status}: {result.detail}")
+    return EXIT_OK if result.ok else EXIT_FAILURE
+
+
+async def _dead_letters(
+    config: Config, action: str, notifier: str | None, event_id: str | None
+) -> int:
+    import time
+
+    from monitor.store import OutboxState, open_store
+
+    async with open_store(config.state.url) as store:
+        if action == "retry":
+            n = await store.requeue_dead(time.time(), event_id=event_id, notifier=notifier)
+            print(f"{n} dead letter(s) queued again")
+        elif action == "drop":
+            n = await store.drop_dead(event_id=event_id, notifier=notifier)
+            print(f"{n} dead letter(s) dropped")
+        else:
+            for row in await store.list_outbox(OutboxState.DEAD, notifier=notifier, limit=100_000):
+                if event_id is not None and row.event.id != event_id:
+                    continue
+                line = {
+                    "event_id": row.event.id,
+                    "notifier": row.notifier,
+                    "type": row.event.type.value,
+                    "batch_id": row.event.batch_id,
+                    "attempts": row.attempts,
+                    "last_error": row.last_error,
+                }
+                sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    return EXIT_OK
 
 
 async def _run(config: Config, registry: NotifierRegistry, path: Path) -> int:

@@ -139,6 +139,8 @@ class RouteMatch(_Model):
     to_status: StrList = None
     batch_id: StrList = None
     template_id: StrList = None
+    output_type: StrList = None
+    creator: StrList = None  # the job's created_by user id
 
     @field_validator("type", mode="before")
     @classmethod

@@ -203,5 +203,7 @@ def _job_event(
             output_file_id=job.output_file_id,
             output_type=job.output_type,
             created_by_id=job.created_by_id,
+            errors=job.errors,
+            warnings=job.warnings,
         ),
     )

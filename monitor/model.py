@@ -38,6 +38,9 @@ class JobState:
     seq: int = 0
     first_seen_at: float = 0.0
     changed_at: float = 0.0
+    # Box's `failures` texts (untrusted: written by whoever built the template and data).
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def same_observation(self, other: JobState) -> bool:
         """True when nothing Box reports about the job differs (bookkeeping fields ignored)."""
@@ -47,6 +50,8 @@ class JobState:
             and self.output_file_id == other.output_file_id
             and self.template_file_id == other.template_file_id
             and self.output_type == other.output_type
+            and self.errors == other.errors
+            and self.warnings == other.warnings
         )
 
 
@@ -87,6 +92,8 @@ class EventJob(BaseModel):
     output_file_id: str | None
     output_type: str
     created_by_id: str | None = None
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 class EventBatch(BaseModel):
@@ -123,7 +130,9 @@ class Event(BaseModel):
         return self.job.template_file_id if self.job is not None else None
 
     def wire(self) -> dict[str, Any]:
-        """The documented JSON body: `job` absent for batch events, `batch` only for batch ones."""
+        """The documented JSON body: `job` absent for batch events, `batch` only for batch ones.
+        Added keys (receivers ignore unknown keys): `job.created_by_id` and `job.failures`
+        (`{"errors": [...], "warnings": [...]}`, or null when Box reported none)."""
         body: dict[str, Any] = {
             "id": self.id,
             "type": self.type.value,
@@ -139,6 +148,12 @@ class Event(BaseModel):
                 "template_file_id": self.job.template_file_id,
                 "output_file_id": self.job.output_file_id,
                 "output_type": self.job.output_type,
+                "created_by_id": self.job.created_by_id,
+                "failures": (
+                    {"errors": list(self.job.errors), "warnings": list(self.job.warnings)}
+                    if self.job.errors or self.job.warnings
+                    else None
+                ),
             }
         if self.batch is not None:
             body["batch"] = self.batch.model_dump(exclude_none=True)

@@ -36,6 +36,8 @@ def job_state(job: DocGenJobFull) -> JobState:
         output_file_id=job.output_file.id if job.output_file is not None else None,
         created_at=job.created_at,
         created_by_id=job.created_by.id,
+        errors=tuple(job.failures.errors) if job.failures is not None else (),
+        warnings=tuple(job.failures.warnings) if job.failures is not None else (),
     )
 
 

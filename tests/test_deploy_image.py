@@ -188,13 +188,13 @@ def test_the_installed_package_validates_the_config_the_image_ships(
     """check-config resolves the built-in notifier types through the wheel's entry points."""
     env = {"PATH": "/usr/bin:/bin", "BOX_CLIENT_ID": "id", "BOX_CLIENT_SECRET": "secret",
            "BOX_ENTERPRISE_ID": "1", "AUDIT_WEBHOOK_URL": "https://hooks.example.com/docgen",
-           "AUDIT_WEBHOOK_SECRET": "s"}
+           "AUDIT_WEBHOOK_SECRET": "s", "SLACK_BOT_TOKEN": "xoxb-1", "SMTP_PASSWORD": "p"}
     (copy,) = [a for a in final("COPY") if a.endswith("/etc/docgen-monitor/config.yaml")]
     result = subprocess.run([str(installed / "docgen-monitor"), "check-config",
                              str(ROOT / copy.split()[0])], capture_output=True, text=True,
                             timeout=60, env=env, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
-    assert "OK (2 notifier(s), 2 route(s))" in result.stdout
+    assert "OK (4 notifier(s), 3 route(s))" in result.stdout
     bare = subprocess.run([str(installed / "docgen-monitor"), "check-config",
                            str(ROOT / copy.split()[0])], capture_output=True, text=True,
                           timeout=60, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, check=False)

@@ -15,7 +15,7 @@ import pytest
 
 from monitor.errors import SchemaTooNew, StoreError
 from monitor.model import Event, EventBatch, EventJob, EventType, JobState, SnapshotChanges
-from monitor.store.base import MAX_ERROR_CHARS, OutboxState, RoutedEvent, Store
+from monitor.store.base import MAX_ERROR_CHARS, OutboxState, RoutedEvent, Store, ThreadRef
 
 if TYPE_CHECKING:  # the fixture supplies it; no runtime import keeps plain `pytest` working
     from tests.store_fixtures import StoreBackend
@@ -128,15 +128,16 @@ async def test_open_upgrades_a_database_left_by_the_previous_build(
     store_backend: StoreBackend,
 ) -> None:
     """The previous build's database is migrated in place and keeps what it held."""
+    # The older build writes only an event: this build's job rows carry columns it lacks.
     async with store_backend.build(schema_delta=-1) as older:
         if store_backend.schema_version > 1:
-            await older.commit(SnapshotChanges(upserts=(job("j0"),)), [])
+            await older.commit(SnapshotChanges(), [routed("e0", "a")])
     async with store_backend.build() as store:
         await store.commit(SnapshotChanges(upserts=(job("j1"),)), [routed("e1", "a")])
     async with store_backend.build() as store:
-        expected = {"j0", "j1"} if store_backend.schema_version > 1 else {"j1"}
-        assert set(await store.load_snapshot()) == expected
-        assert ids(await store.list_outbox(OutboxState.PENDING)) == ["e1"]
+        assert set(await store.load_snapshot()) == {"j1"}
+        expected = ["e0", "e1"] if store_backend.schema_version > 1 else ["e1"]
+        assert ids(await store.list_outbox(OutboxState.PENDING)) == expected
 
 
 async def test_a_database_written_by_a_newer_build_is_refused(
@@ -171,6 +172,8 @@ async def test_job_state_round_trips_every_field_including_none_and_unicode(stor
         seq=7,
         first_seen_at=T0 + 0.123456,
         changed_at=T0 + 99.654321,
+        errors=("Tag <!channel> has no value", "ünï & \"quoted\""),
+        warnings=("w1",),
     )
     sparse = JobState(
         id="j2",
@@ -608,6 +611,100 @@ async def test_prune_removes_old_delivered_rows_and_events_nothing_still_owed(
     }
     assert ids(await store.list_outbox(OutboxState.PENDING, "audit")) == ["e2", "e3"]
     assert await emit(store, "e2", "e3", notifiers=("slack", "audit")) == 0
+
+
+# -- notifications: deferral, threads, groups -------------------------------------------------
+
+
+async def test_defer_puts_claimed_rows_back_due_later_without_an_attempt(store: Store) -> None:
+    await emit(store, "e1", "e2", "e3")
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.defer("slack", ["e1", "e2"], T0 + 10)  # e3 stays claimed until T0 + LEASE_S
+    assert await store.next_due_at("slack") == T0 + 10
+    assert ids(await store.claim_due("slack", T0 + 9.999, 10, LEASE_S)) == []
+    again = await store.claim_due("slack", T0 + 10, 10, LEASE_S)
+    assert ids(again) == ["e1", "e2"]
+    assert [r.attempts for r in again] == [0, 0]
+
+
+async def test_defer_never_revives_a_delivered_or_dead_row(store: Store) -> None:
+    await emit(store, "e1", "e2")
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_delivered("e1", "slack")
+    await store.mark_failed("e2", "slack", "gone", None)
+    await store.defer("slack", ["e1", "e2", "unknown"], T0 + 1)
+    assert ids(await store.list_outbox(OutboxState.DELIVERED)) == ["e1"]
+    assert ids(await store.list_outbox(OutboxState.DEAD)) == ["e2"]
+    assert await store.next_due_at("slack") is None
+
+
+async def test_release_claims_makes_one_notifiers_claimed_rows_due_now(store: Store) -> None:
+    await emit(store, "e1", "e2", "e3", notifiers=("slack", "mail"))
+    await store.claim_due("slack", T0, 2, LEASE_S)
+    await store.claim_due("mail", T0, 10, LEASE_S)
+    assert await store.release_claims("slack", T0 + 1) == 2
+    again = await store.claim_due("slack", T0 + 1, 10, LEASE_S)
+    assert ids(again) == ["e1", "e2", "e3"] and [r.attempts for r in again] == [0, 0, 0]
+    assert await store.claim_due("mail", T0 + 1, 10, LEASE_S) == []  # untouched
+
+
+async def test_mark_delivered_many_marks_each_row_once(store: Store) -> None:
+    await emit(store, "e1", "e2", "e3")
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_delivered_many("slack", ["e1", "e2", "unknown"])
+    await store.mark_delivered_many("slack", ["e1"])  # again: no second attempt counted
+    await store.mark_delivered_many("slack", [])
+    delivered = await store.list_outbox(OutboxState.DELIVERED)
+    assert [(d.event.id, d.attempts) for d in delivered] == [("e1", 1), ("e2", 1)]
+    assert ids(await store.list_outbox(OutboxState.CLAIMED)) == ["e3"]
+
+
+async def test_a_batch_thread_is_saved_once_and_the_first_wins(store: Store) -> None:
+    assert await store.get_thread("slack", "b1") is None
+    first = ThreadRef("C1", "1800000000.000100")
+    assert await store.save_thread("slack", "b1", first) == first
+    assert await store.save_thread("slack", "b1", ThreadRef("C1", "1800000000.000200")) == first
+    assert await store.get_thread("slack", "b1") == first
+    assert await store.get_thread("other", "b1") is None
+    assert await store.get_thread("slack", "b2") is None
+
+
+async def test_group_flush_times_are_kept_per_notifier_and_group(store: Store) -> None:
+    assert await store.group_flushed_at("slack", "batch=b1") is None
+    await store.set_group_flushed("slack", "batch=b1", T0)
+    await store.set_group_flushed("slack", "batch=b1", T0 + 5)
+    await store.set_group_flushed("mail", "batch=b1", T0 + 1)
+    assert await store.group_flushed_at("slack", "batch=b1") == T0 + 5
+    assert await store.group_flushed_at("mail", "batch=b1") == T0 + 1
+    assert await store.group_flushed_at("slack", "batch=b2") is None
+
+
+async def test_prune_forgets_old_threads_and_groups_only(store: Store) -> None:
+    import time
+
+    now = time.time()
+    await store.save_thread("slack", "b1", ThreadRef("C1", "1.000001"))
+    await store.set_group_flushed("slack", "old", now - 100)
+    await store.set_group_flushed("slack", "new", now + 100)
+    await store.prune(before=now - 3600)
+    assert await store.get_thread("slack", "b1") == ThreadRef("C1", "1.000001")
+    assert await store.group_flushed_at("slack", "old") == now - 100
+    await store.prune(before=now)
+    assert await store.group_flushed_at("slack", "old") is None
+    assert await store.group_flushed_at("slack", "new") == now + 100
+    await store.prune(before=now + 3600)
+    assert await store.get_thread("slack", "b1") is None
+
+
+async def test_threads_and_groups_survive_reopening(
+    store_backend: StoreBackend, store: Store
+) -> None:
+    await store.save_thread("slack", "b1", ThreadRef("C1", "1.000001"))
+    await store.set_group_flushed("slack", "batch=b1", T0)
+    await store.close()
+    async with store_backend.build() as reopened:
+        assert await reopened.get_thread("slack", "b1") == ThreadRef("C1", "1.000001")
+        assert await reopened.group_flushed_at("slack", "batch=b1") == T0
 
 
 # -- durability and volume --------------------------------------------------------------------

@@ -7,43 +7,81 @@ package would register its own."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
+import aiohttp
 from pydantic import ConfigDict, Field
 
-from monitor.config import NotifierSpec, PositiveDurationS
+from monitor.config import DurationS, NotifierSpec, PositiveDurationS
 from monitor.errors import UnknownNotifierType
 from monitor.model import Event
+
+if TYPE_CHECKING:
+    from monitor.store.base import Store
 
 ENTRY_POINT_GROUP = "docgen_monitor.notifiers"
 
 
+GroupField = Literal["batch", "template", "to_status"]
+
+
 class NotifierConfig(NotifierSpec):
-    """Settings every notifier has; a notifier type subclasses this with its own fields."""
+    """Settings every notifier has; a notifier type subclasses this with its own fields.
+
+    Grouping, as Alertmanager users know it: with `group_by` set (a list, possibly empty for
+    one group of everything), events are sent together per group: the first time
+    `group_wait` after the group's oldest event, then at most once per `group_interval`.
+    `group_by: null` (the default for webhook and console) sends one event per `send`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_attempts: int | None = Field(None, ge=1)  # None: the `delivery` default
     timeout: PositiveDurationS | None = None
+    group_by: list[GroupField] | None = None
+    group_wait: DurationS = 0.0
+    group_interval: DurationS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    """What a receiver said. `retry_after_s` is the receiver's own hint (Retry-After)."""
+    """What a receiver said about the events of one `send`.
+
+    `retry_after_s` is the receiver's own hint (Retry-After); `rate_limited` says the receiver
+    throttled us, so the retry does not count as a failed attempt. `held` names events the
+    notifier chose not to send yet (sent with a later group); `settled` names events that
+    were delivered although the whole send failed (a partial success must not repeat)."""
 
     ok: bool
     detail: str
     retry_after_s: float | None = None
+    rate_limited: bool = False
+    held: frozenset[str] = frozenset()
+    settled: frozenset[str] = frozenset()
 
     @classmethod
-    def delivered(cls, detail: str = "ok") -> DeliveryResult:
-        return cls(True, detail)
+    def delivered(cls, detail: str = "ok", held: Iterable[str] = ()) -> DeliveryResult:
+        return cls(True, detail, held=frozenset(held))
 
     @classmethod
-    def failed(cls, detail: str, retry_after_s: float | None = None) -> DeliveryResult:
-        return cls(False, detail, retry_after_s)
+    def failed(
+        cls,
+        detail: str,
+        retry_after_s: float | None = None,
+        *,
+        rate_limited: bool = False,
+        settled: Iterable[str] = (),
+        held: Iterable[str] = (),
+    ) -> DeliveryResult:
+        return cls(
+            False,
+            detail,
+            retry_after_s,
+            rate_limited=rate_limited,
+            held=frozenset(held),
+            settled=frozenset(settled),
+        )
 
 
 class Notifier(ABC):
@@ -56,6 +94,11 @@ class Notifier(ABC):
         self.config = config
         self.name = config.name
         self.timeout_s = config.timeout if config.timeout is not None else timeout_s
+        self.store: Store | None = None
+
+    def attach(self, store: Store) -> None:
+        """The state store, for notifiers that keep state (Slack threads, batch counts)."""
+        self.store = store
 
     @classmethod
     def from_spec(cls, spec: NotifierSpec, *, timeout_s: float) -> Self:
@@ -67,10 +110,47 @@ class Notifier(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; idempotent."""
 
+    async def settle(self, event_ids: Iterable[str]) -> None:
+        """Record at once that these events reached the receiver, before `send` returns: a
+        send of several steps (a Slack parent, then thread replies) must not repeat its
+        finished steps after a crash. The dispatcher's own mark later is a no-op for them."""
+        if self.store is not None:
+            await self.store.mark_delivered_many(self.name, list(event_ids))
+
+    def check_templates(self) -> list[str]:
+        """Render every template this notifier uses against sample events; one problem per
+        template that fails (`check-config` refuses them). Notifiers without templates: []."""
+        return []
+
     @abstractmethod
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
         """Deliver `events` (one, unless the notifier groups). Never raises for a receiver's
         failure: that is a `DeliveryResult.failed`, which the dispatcher retries."""
+
+
+class HttpNotifier(Notifier):
+    """A notifier that talks HTTP: one aiohttp session for its lifetime, opened on first use."""
+
+    def __init__(self, config: NotifierConfig, *, timeout_s: float) -> None:
+        super().__init__(config, timeout_s=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers={"User-Agent": "docgen-monitor"},
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def session(self) -> aiohttp.ClientSession:
+        await self.start()
+        assert self._session is not None
+        return self._session
 
 
 class NotifierRegistry:

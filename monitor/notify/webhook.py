@@ -18,7 +18,7 @@ import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from monitor.model import Event
-from monitor.notify.base import DeliveryResult, Notifier, NotifierConfig
+from monitor.notify.base import DeliveryResult, HttpNotifier, NotifierConfig
 
 
 class WebhookConfig(NotifierConfig):
@@ -53,26 +53,10 @@ def parse_retry_after_s(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-class WebhookNotifier(Notifier):
+class WebhookNotifier(HttpNotifier):
     type_name: ClassVar[str] = "webhook"
     config_model: ClassVar[type[NotifierConfig]] = WebhookConfig
     config: WebhookConfig
-
-    def __init__(self, config: NotifierConfig, *, timeout_s: float) -> None:
-        super().__init__(config, timeout_s=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                headers={"User-Agent": "docgen-monitor"},
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
         for event in events:
@@ -82,8 +66,7 @@ class WebhookNotifier(Notifier):
         return DeliveryResult.delivered(f"{len(events)} event(s) accepted")
 
     async def _post(self, event: Event) -> DeliveryResult:
-        await self.start()
-        assert self._session is not None
+        session = await self.session()
         body = orjson.dumps(event.wire())
         timestamp = int(time.time())
         headers = {
@@ -98,7 +81,7 @@ class WebhookNotifier(Notifier):
                 self.config.secret.get_secret_value(), timestamp, body
             )
         try:
-            async with self._session.post(
+            async with session.post(
                 self.config.url.get_secret_value(), data=body, headers=headers
             ) as resp:
                 text = (await resp.text(errors="replace"))[:200]

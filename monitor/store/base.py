@@ -49,6 +49,14 @@ class OutboxEntry:
     last_error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadRef:
+    """Where a batch's parent chat message lives: channel id and the message's `ts`."""
+
+    channel: str
+    ts: str
+
+
 class Store(ABC):
     """Async, single-process view of the durable state. Open with `async with`.
 
@@ -164,9 +172,45 @@ class Store(ABC):
     async def prune(self, before: float) -> int:
         """Delete delivered outbox rows last updated before `before`, then events created before
         it that no outbox row refers to; returns the events deleted. Safe: an event id can only
-        be minted again while its change is missing from the snapshot, a window of seconds."""
+        be minted again while its change is missing from the snapshot, a window of seconds.
+        Batch threads saved and groups last flushed before `before` go too."""
 
     @abstractmethod
     async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
         """Delete dead rows (all, or those of one event and/or one notifier); returns how many.
         The event stays recorded, so a replay of its id still mints no new row."""
+
+    # -- notifications ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def defer(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        """Put claimed or pending rows back to pending, due at `until`, without counting an
+        attempt (a group not yet due, events a notifier holds back, a receiver's rate limit).
+        Ignored for delivered or dead rows."""
+
+    @abstractmethod
+    async def get_thread(self, notifier: str, batch_id: str) -> ThreadRef | None:
+        """The parent message `notifier` posted for `batch_id`, or None."""
+
+    @abstractmethod
+    async def save_thread(self, notifier: str, batch_id: str, thread: ThreadRef) -> ThreadRef:
+        """Record the parent message of a batch; the first one recorded wins and is returned
+        (a batch never gets a second parent)."""
+
+    @abstractmethod
+    async def group_flushed_at(self, notifier: str, group_key: str) -> float | None:
+        """When `notifier` last sent the group `group_key`, or None if never."""
+
+    @abstractmethod
+    async def set_group_flushed(self, notifier: str, group_key: str, at: float) -> None:
+        """Record that `notifier` sent the group `group_key` at `at`."""
+
+    @abstractmethod
+    async def release_claims(self, notifier: str, now: float) -> int:
+        """Make every claimed row of `notifier` pending, due at `now`, without counting an
+        attempt: at start-up, the claims of a process that died are released at once instead
+        of after their lease. Returns how many."""
+
+    @abstractmethod
+    async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
+        """`mark_delivered` for each of `event_ids`, in one transaction (a group's events)."""

@@ -29,11 +29,19 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
+import orjson
 import structlog
 
 from monitor.errors import SchemaTooNew, StoreError
 from monitor.model import Event, JobState, SnapshotChanges
-from monitor.store.base import MAX_ERROR_CHARS, OutboxEntry, OutboxState, RoutedEvent, Store
+from monitor.store.base import (
+    MAX_ERROR_CHARS,
+    OutboxEntry,
+    OutboxState,
+    RoutedEvent,
+    Store,
+    ThreadRef,
+)
 
 _T = TypeVar("_T")
 _log = structlog.get_logger(__name__)
@@ -87,6 +95,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX outbox_due ON outbox (notifier, state, next_attempt_at)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     ),
+    # v2 (notifications): a job's failure texts; where a batch's Slack parent message lives;
+    # when each notification group was last flushed.
+    (
+        "ALTER TABLE jobs ADD COLUMN errors TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'",
+        """CREATE TABLE threads (
+            notifier   TEXT NOT NULL,
+            batch_id   TEXT NOT NULL,
+            channel    TEXT NOT NULL,
+            ts         TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (notifier, batch_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE notify_groups (
+            notifier      TEXT NOT NULL,
+            group_key     TEXT NOT NULL,
+            last_flush_at REAL NOT NULL,
+            PRIMARY KEY (notifier, group_key)
+        ) WITHOUT ROWID""",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -94,9 +122,10 @@ _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
     applied_at REAL NOT NULL
 )"""
 
-# Column order is JobState's field order, so a row is `JobState(*row)`. A field added to JobState
+# Column order is JobState's field order, so a row is `_job(row)`. A field added to JobState
 # without a migration fails loudly at the first commit ("no column named ...").
 _JOB_COLUMNS = tuple(f.name for f in fields(JobState))
+_JSON_LIST_COLUMNS = frozenset({"errors", "warnings"})  # tuples of texts, stored as JSON arrays
 _JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"  # noqa: S608 (constant names)
 _JOB_UPSERT = (
     f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant names)
@@ -134,6 +163,22 @@ def _entry(row: Any, state: OutboxState | None = None) -> OutboxEntry:
         attempts=attempts,
         next_attempt_at=next_attempt_at,
         last_error=last_error,
+    )
+
+
+def _job(row: Any) -> JobState:
+    values: list[Any] = [
+        tuple(orjson.loads(v)) if c in _JSON_LIST_COLUMNS else v
+        for c, v in zip(_JOB_COLUMNS, row, strict=True)
+    ]
+    return JobState(*values)
+
+
+def _job_row(job: JobState) -> tuple[Any, ...]:
+    return tuple(
+        orjson.dumps(list(v)).decode() if c in _JSON_LIST_COLUMNS else v
+        for c in _JOB_COLUMNS
+        for v in (getattr(job, c),)
     )
 
 
@@ -295,7 +340,7 @@ class SQLiteStore(Store):
         async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
             async with conn.execute(_JOB_SELECT) as cur:
                 rows = await cur.fetchall()
-            return {row[0]: JobState(*row) for row in rows}
+            return {row[0]: _job(row) for row in rows}
 
         return await self._read("load_snapshot", fn)
 
@@ -310,7 +355,7 @@ class SQLiteStore(Store):
                 sql = f"{_JOB_SELECT} WHERE batch_id IN ({marks})"
                 async with conn.execute(sql, chunk) as cur:
                     for row in await cur.fetchall():
-                        jobs[row[0]] = JobState(*row)
+                        jobs[row[0]] = _job(row)
             return jobs
 
         return await self._read("load_batches", fn)
@@ -331,7 +376,7 @@ class SQLiteStore(Store):
     ) -> int:
         at = time.time() if now is None else now
         # Serialised before the transaction: nothing below depends on the database.
-        job_rows = [tuple(getattr(job, c) for c in _JOB_COLUMNS) for job in changes.upserts]
+        job_rows = [_job_row(job) for job in changes.upserts]
         event_rows = [
             (r.event.id, r.event.type.value, r.event.batch_id, r.event.model_dump_json(), at)
             for r in events
@@ -400,15 +445,7 @@ class SQLiteStore(Store):
         return await self._write("claim_due", fn)
 
     async def mark_delivered(self, event_id: str, notifier: str) -> None:
-        async def fn(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
-                "claimed_until = NULL, updated_at = ? "
-                "WHERE event_id = ? AND notifier = ? AND state <> 'delivered'",
-                (time.time(), event_id, notifier),
-            )
-
-        await self._write("mark_delivered", fn)
+        await self.mark_delivered_many(notifier, [event_id])
 
     async def mark_failed(
         self, event_id: str, notifier: str, error: str, next_attempt_at: float | None
@@ -504,6 +541,100 @@ class SQLiteStore(Store):
                 "(SELECT 1 FROM outbox o WHERE o.event_id = events.id)",
                 (before,),
             )
-            return cur.rowcount
+            pruned = cur.rowcount
+            # Notification bookkeeping of long-finished batches (schema v2).
+            await conn.execute("DELETE FROM threads WHERE created_at < ?", (before,))
+            await conn.execute("DELETE FROM notify_groups WHERE last_flush_at < ?", (before,))
+            return pruned
 
         return await self._write("prune", fn)
+
+    # -- notifications (schema v2) ----------------------------------------------------------
+
+    async def defer(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE outbox SET state = 'pending', next_attempt_at = ?, claimed_until = NULL, "
+                "updated_at = ? WHERE event_id = ? AND notifier = ? "
+                "AND state IN ('pending', 'claimed')",
+                [(until, now, event_id, notifier) for event_id in event_ids],
+            )
+
+        await self._write("defer", fn)
+
+    async def get_thread(self, notifier: str, batch_id: str) -> ThreadRef | None:
+        async def fn(conn: aiosqlite.Connection) -> ThreadRef | None:
+            async with conn.execute(
+                "SELECT channel, ts FROM threads WHERE notifier = ? AND batch_id = ?",
+                (notifier, batch_id),
+            ) as cur:
+                row = await cur.fetchone()
+            return None if row is None else ThreadRef(str(row[0]), str(row[1]))
+
+        return await self._read("get_thread", fn)
+
+    async def save_thread(self, notifier: str, batch_id: str, thread: ThreadRef) -> ThreadRef:
+        async def fn(conn: aiosqlite.Connection) -> ThreadRef:
+            await conn.execute(
+                "INSERT INTO threads (notifier, batch_id, channel, ts, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (notifier, batch_id) DO NOTHING",
+                (notifier, batch_id, thread.channel, thread.ts, time.time()),
+            )
+            async with conn.execute(
+                "SELECT channel, ts FROM threads WHERE notifier = ? AND batch_id = ?",
+                (notifier, batch_id),
+            ) as cur:
+                row = await cur.fetchone()
+            assert row is not None
+            return ThreadRef(str(row[0]), str(row[1]))
+
+        return await self._write("save_thread", fn)
+
+    async def group_flushed_at(self, notifier: str, group_key: str) -> float | None:
+        async def fn(conn: aiosqlite.Connection) -> float | None:
+            async with conn.execute(
+                "SELECT last_flush_at FROM notify_groups WHERE notifier = ? AND group_key = ?",
+                (notifier, group_key),
+            ) as cur:
+                row = await cur.fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._read("group_flushed_at", fn)
+
+    async def set_group_flushed(self, notifier: str, group_key: str, at: float) -> None:
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO notify_groups (notifier, group_key, last_flush_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (notifier, group_key) DO UPDATE SET "
+                "last_flush_at = excluded.last_flush_at",
+                (notifier, group_key, at),
+            )
+
+        await self._write("set_group_flushed", fn)
+
+    async def release_claims(self, notifier: str, now: float) -> int:
+        async def fn(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "UPDATE outbox SET state = 'pending', next_attempt_at = ?, claimed_until = NULL, "
+                "updated_at = ? WHERE notifier = ? AND state = 'claimed'",
+                (now, now, notifier),
+            )
+            return cur.rowcount
+
+        return await self._write("release_claims", fn)
+
+    async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
+                "claimed_until = NULL, updated_at = ? "
+                "WHERE event_id = ? AND notifier = ? AND state <> 'delivered'",
+                [(now, event_id, notifier) for event_id in event_ids],
+            )
+
+        if event_ids:
+            await self._write("mark_delivered", fn)

@@ -1,0 +1,70 @@
+"""`type: apprise` (extra `[apprise]`): Teams, Discord, PagerDuty, Telegram, ntfy and the rest of
+Apprise's services, one URL each. Registered through the entry point group
+`docgen_monitor.notifiers` exactly as a third-party plugin would be; the module imports without
+apprise installed, so a missing extra breaks only this type, with a clear message.
+
+Each group flush becomes one notification: title and body from the plain-text mail templates
+(`email_subject.j2`, `email_body.txt.j2`), so a batch reads the same everywhere."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr
+
+from monitor.config import DurationS
+from monitor.model import Event
+from monitor.notify.base import DeliveryResult, GroupField, Notifier, NotifierConfig
+from monitor.notify.render import Templates, by_batch, load_batch_view, sample_context
+
+MISSING = "apprise is not installed: pip install 'docgen-monitor[apprise]'"
+
+
+class AppriseConfig(NotifierConfig):
+    type: Literal["apprise"] = "apprise"
+    urls: list[SecretStr] = Field(min_length=1)  # Apprise URLs carry their services' tokens
+    template_dir: str | None = None
+    group_by: list[GroupField] | None = ["batch"]  # noqa: RUF012 (pydantic copies it)
+    group_wait: DurationS = 30.0
+    group_interval: DurationS = 300.0
+
+
+class AppriseNotifier(Notifier):
+    type_name: ClassVar[str] = "apprise"
+    config_model: ClassVar[type[NotifierConfig]] = AppriseConfig
+    config: AppriseConfig
+
+    def __init__(self, config: NotifierConfig, *, timeout_s: float) -> None:
+        super().__init__(config, timeout_s=timeout_s)
+        self.templates = Templates(self.config.template_dir)
+
+    def check_templates(self) -> list[str]:
+        if importlib.util.find_spec("apprise") is None:
+            return [MISSING]
+        names = [("text", "email_subject.j2"), ("text", "email_body.txt.j2")]
+        return self.templates.check(names, sample_context())
+
+    async def send(self, events: Sequence[Event]) -> DeliveryResult:
+        try:
+            import apprise
+        except ImportError:
+            return DeliveryResult.failed(MISSING)
+        groups = by_batch(events)
+        settled: set[str] = set()
+        for batch_id, batch_events in groups.items():
+            view = await load_batch_view(self.store, batch_id, batch_events)
+            context = view.context()
+            client: Any = apprise.Apprise()
+            for url in self.config.urls:
+                client.add(url.get_secret_value())
+            ok = await client.async_notify(
+                title=self.templates.render("text", "email_subject.j2", context),
+                body=self.templates.render("text", "email_body.txt.j2", context),
+            )
+            if not ok:
+                # Apprise logs the per-service cause; its URLs are secrets, so none here.
+                return DeliveryResult.failed("apprise: a service refused", settled=settled)
+            settled |= {e.id for e in batch_events}
+        return DeliveryResult.delivered(f"{len(groups)} notification(s)")

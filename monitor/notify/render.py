@@ -1,0 +1,304 @@
+"""Text for people: escaping of untrusted text, the template context, and sandboxed Jinja2.
+
+Everything Box reports about a job (error texts, ids, and whatever the batch's submitter put in
+file names) is untrusted. In Slack mrkdwn exactly `&`, `<` and `>` are control characters, so
+`<!channel>` or `<https://evil|click>` in an error text would page a channel or spoof a link;
+escaping those three turns them into literal text. HTML mail is autoescaped by Jinja2. Every
+untrusted text is also capped, so one giant error cannot push a message over Slack's limits.
+
+Templates run in Jinja2's `SandboxedEnvironment` (a template file is configuration, and
+configuration should not be able to run code). Template variables are documented in
+`docs/notifications.md`."""
+
+from __future__ import annotations
+
+import html
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from monitor.model import Event, EventType, JobState, is_terminal
+
+if TYPE_CHECKING:
+    from monitor.store.base import Store
+
+MAX_TEXT_CHARS = 300  # one untrusted text (an error message) in a message
+MAX_TEXTS_PER_JOB = 3
+FAILED_STATUSES = frozenset({"failed", "completed_with_error"})
+STATUS_ORDER = ("pending", "submitted", "completed", "completed_with_error", "failed")
+
+
+def cap(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """At most `limit` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def escape_mrkdwn(value: object) -> str:
+    """Literal text for Slack mrkdwn: `&`, `<`, `>` as entities (Slack decodes only these three;
+    `html.escape(quote=False)` replaces exactly them, `&` first)."""
+    return html.escape(str(value), quote=False)
+
+
+def _finalize_mrkdwn(value: object) -> object:
+    # Applied to every `{{ expression }}` of a Slack template: template text itself is trusted
+    # mrkdwn, anything interpolated is escaped. Numbers pass through unchanged.
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return value
+    return escape_mrkdwn(value)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """A failed or completed-with-error job as a template sees it (texts capped, raw)."""
+
+    id: str
+    status: str
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+    output_type: str
+    template_file_id: str
+    created_by_id: str | None
+    more_texts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    """One batch as a message shows it: counts and failures from the stored snapshot (the
+    truth, whatever events this message carries)."""
+
+    id: str
+    counts: dict[str, int]
+    total: int
+    done: int
+    complete: bool
+    elapsed_s: float
+    template_file_ids: tuple[str, ...]
+    output_types: tuple[str, ...]
+    failures: tuple[FailedJob, ...] = ()
+    events: tuple[Event, ...] = field(default=())
+
+    @property
+    def failed_count(self) -> int:
+        return sum(self.counts.get(s, 0) for s in FAILED_STATUSES)
+
+    def progress_bar(self, width: int = 20) -> str:
+        filled = round(width * self.done / self.total) if self.total else 0
+        return "█" * filled + "░" * (width - filled)
+
+    def context(self, **extra: Any) -> dict[str, Any]:
+        statuses = [s for s in STATUS_ORDER if s in self.counts]
+        statuses += sorted(s for s in self.counts if s not in STATUS_ORDER)
+        return {
+            "batch": self,
+            "counts": [(s, self.counts[s]) for s in statuses],
+            "progress_bar": self.progress_bar(),
+            "percent": round(100 * self.done / self.total) if self.total else 0,
+            "elapsed": format_duration(self.elapsed_s),
+            "failures": self.failures,
+            "events": [e.wire() for e in self.events],
+            **extra,
+        }
+
+
+def format_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def is_failure(event: Event) -> bool:
+    """A job that reached a failed outcome, including one first seen already failed."""
+    return (
+        event.type in (EventType.JOB_STATUS_CHANGED, EventType.JOB_DISCOVERED)
+        and event.to_status in FAILED_STATUSES
+    )
+
+
+def failed_job(event: Event) -> FailedJob:
+    """The failed job an event announces, with its texts as the event carries them."""
+    assert event.job is not None
+    job = event.job
+    return _failed(job.id, event.to_status or "", job.errors, job.warnings, job.output_type,
+                   job.template_file_id, job.created_by_id)
+
+
+def _failed(
+    job_id: str,
+    status: str,
+    errors: tuple[str, ...],
+    warnings: tuple[str, ...],
+    output_type: str,
+    template_file_id: str,
+    created_by_id: str | None,
+) -> FailedJob:
+    kept_warnings = max(MAX_TEXTS_PER_JOB - len(errors), 0)
+    return FailedJob(
+        id=job_id,
+        status=status,
+        errors=tuple(cap(t) for t in errors[:MAX_TEXTS_PER_JOB]),
+        warnings=tuple(cap(t) for t in warnings[:kept_warnings]),
+        output_type=output_type,
+        template_file_id=template_file_id,
+        created_by_id=created_by_id,
+        more_texts=max(len(errors) + len(warnings) - MAX_TEXTS_PER_JOB, 0),
+    )
+
+
+def batch_view(
+    batch_id: str, jobs: Iterable[JobState], events: Sequence[Event], now: float
+) -> BatchView:
+    """The view of `batch_id` from its snapshot rows (failures too: a digest is whole however
+    the batch's events were split into sends); from the events alone when the snapshot has none
+    (a sample event from `test-notify`)."""
+    rows = sorted((j for j in jobs if j.batch_id == batch_id), key=lambda j: j.id)
+    failures = tuple(failed_job(e) for e in events if is_failure(e))
+    if rows:
+        failures = tuple(
+            _failed(j.id, j.status, j.errors, j.warnings, j.output_type, j.template_file_id,
+                    j.created_by_id)
+            for j in rows
+            if j.status in FAILED_STATUSES
+        )
+        counts = Counter(j.status for j in rows)
+        complete = all(is_terminal(j.status) for j in rows)
+        started = min(j.first_seen_at for j in rows)
+        finished = max(j.changed_at for j in rows) if complete else now
+        templates = sorted({j.template_file_id for j in rows})
+        outputs = sorted({j.output_type for j in rows})
+    else:
+        counts = Counter()
+        for e in events:
+            if e.batch is not None:
+                counts = Counter(e.batch.counts)  # a completion's counts are the whole batch
+                break
+        else:
+            counts.update(e.to_status for e in events if e.job is not None and e.to_status)
+        complete = any(e.type is EventType.BATCH_COMPLETED for e in events)
+        started = finished = now
+        templates = sorted({e.job.template_file_id for e in events if e.job})
+        outputs = sorted({e.job.output_type for e in events if e.job})
+    total = sum(counts.values())
+    done = sum(n for s, n in counts.items() if is_terminal(s))
+    return BatchView(
+        id=batch_id,
+        counts=dict(counts),
+        total=total,
+        done=done,
+        complete=complete,
+        elapsed_s=max(finished - started, 0.0),
+        template_file_ids=tuple(templates),
+        output_types=tuple(outputs),
+        failures=failures,
+        events=tuple(events),
+    )
+
+
+class Templates:
+    """Named templates of one notifier: files in `template_dir` override the built-ins.
+
+    `kind` "mrkdwn" escapes every interpolated value for Slack; "html" autoescapes for HTML;
+    "text" leaves values as they are (plain-text mail)."""
+
+    def __init__(self, template_dir: str | None = None) -> None:
+        loaders: list[Any] = [PackageLoader("monitor.notify", "templates")]
+        if template_dir is not None:
+            loaders.insert(0, FileSystemLoader(Path(template_dir)))
+        loader = ChoiceLoader(loaders)
+        common: dict[str, Any] = {
+            "loader": loader,
+            "undefined": StrictUndefined,
+            "trim_blocks": True,
+            "lstrip_blocks": True,
+            "keep_trailing_newline": False,
+        }
+        self._envs = {
+            "mrkdwn": SandboxedEnvironment(autoescape=False, finalize=_finalize_mrkdwn, **common),
+            "html": SandboxedEnvironment(autoescape=True, **common),
+            "text": SandboxedEnvironment(autoescape=False, **common),
+        }
+        for env in self._envs.values():
+            env.filters["cap"] = cap
+
+    def render(self, kind: str, name: str, context: Mapping[str, Any]) -> str:
+        return self._envs[kind].get_template(name).render(**context).strip()
+
+    def check(self, names: Iterable[tuple[str, str]], context: Mapping[str, Any]) -> list[str]:
+        """Render each (kind, name) against `context`; one problem per template that fails."""
+        problems = []
+        for kind, name in names:
+            try:
+                self.render(kind, name, context)
+            except TemplateError as exc:
+                problems.append(f"template {name}: {type(exc).__name__}: {exc}")
+        return problems
+
+
+async def load_batch_view(
+    store: Store | None, batch_id: str, events: Sequence[Event]
+) -> BatchView:
+    """`batch_view` over the batch's stored snapshot rows (none without a store)."""
+    jobs = (await store.load_batches([batch_id])).values() if store is not None else ()
+    return batch_view(batch_id, jobs, events, time.time())
+
+
+def by_batch(events: Sequence[Event]) -> dict[str, list[Event]]:
+    """Events by batch id, in order (a message is about one batch)."""
+    out: dict[str, list[Event]] = {}
+    for event in events:
+        out.setdefault(event.batch_id or "", []).append(event)
+    return out
+
+
+def sample_context(**extra: Any) -> dict[str, Any]:
+    """The template context of the sample batch: what `check-config` renders against."""
+    now = time.time()
+    return batch_view("sample-batch", (), sample_events(now), now).context(**extra)
+
+
+def sample_events(now: float) -> list[Event]:
+    """A small batch with a failure whose texts try every injection: what `test-notify` sends
+    and `check-config` renders templates against."""
+    from datetime import UTC, datetime
+
+    from monitor.model import EventBatch, EventJob
+
+    at = datetime.fromtimestamp(now, UTC)
+    job = EventJob(
+        id="sample-job-1",
+        batch_id="sample-batch",
+        status="failed",
+        template_file_id="sample-template",
+        output_file_id=None,
+        output_type="pdf",
+        created_by_id="sample-user",
+        errors=("Sample error for <!channel> & <@U123> <https://evil.example|click> <script>",),
+    )
+    return [
+        Event(
+            id="sample-job-1:2:submitted:failed",
+            type=EventType.JOB_STATUS_CHANGED,
+            detected_at=at,
+            from_status="submitted",
+            to_status="failed",
+            job=job,
+        ),
+        Event(
+            id="sample-batch:completed:2",
+            type=EventType.BATCH_COMPLETED,
+            detected_at=at,
+            batch=EventBatch(
+                id="sample-batch", counts={"completed": 1, "failed": 1}, duration_s=12.0
+            ),
+        ),
+    ]

@@ -1,0 +1,353 @@
+"""A local fake of Slack's Web API (`chat.postMessage`, `chat.update`, `auth.test`) and incoming
+webhooks that enforces what Slack enforces (shared/slack-api/FACTS.md, "Notes for a faithful
+fake"): bearer auth, content types, channel ids, Block Kit and text limits, `chat.update` needing
+the channel id and ts of an existing message by the same identity, `thread_ts` naming a parent
+as a string, per-channel pacing, and 429 with an integer Retry-After. Every request is recorded.
+
+Used by the notifier tests and the e2e test; lives in tests/ because the product never needs it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+TEXT_LIMIT = 4000
+SECTION_LIMIT = 3000
+HEADER_LIMIT = 150
+BLOCK_LIMIT = 50
+CONTROL_SEQUENCES = ("<!channel>", "<!here>", "<!everyone>", "<!subteam^", "<@", "<http")
+
+
+@dataclass
+class Recorded:
+    method: str  # "chat.postMessage", "chat.update", "auth.test", "webhook"
+    headers: dict[str, str]
+    body: bytes
+    args: dict[str, Any]
+    status: int
+    answer: Any
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    author: str
+    text: str
+    blocks: list[dict[str, Any]] | None
+    thread_ts: str | None
+    edits: int = 0
+
+
+@dataclass
+class FakeSlack:
+    tokens: dict[str, str] = field(default_factory=lambda: {"xoxb-test": "B001"})
+    channels: dict[str, str] = field(default_factory=lambda: {"C0123456789": "alerts"})
+    webhooks: set[str] = field(default_factory=lambda: {"T000/B000/XXXX"})
+    # Pacing Slack applies: posts per channel per second (burst 1 more), edits per token/min.
+    post_interval_s: float = 1.0
+    post_burst: int = 2
+    enforce_rate: bool = True
+    requests: list[Recorded] = field(default_factory=list)
+    messages: dict[tuple[str, str], Message] = field(default_factory=dict)
+    # Injected faults: the next N calls answer 429 (Retry-After given) or 500.
+    throttle_next: int = 0
+    throttle_retry_after: int = 1
+    fail_next: int = 0
+    # The next call answers only after this many seconds (past a client's timeout).
+    delay_next_s: float = 0.0
+    _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _post_times: dict[str, list[float]] = field(default_factory=dict)
+    _runner: web.AppRunner | None = None
+    url: str = ""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, port: int = 0) -> FakeSlack:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._web_api)
+        app.router.add_post("/services/{team}/{hook}/{secret}", self._webhook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{bound}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/"
+
+    def webhook_url(self, path: str = "T000/B000/XXXX") -> str:
+        return f"{self.url}/services/{path}"
+
+    # -- views for assertions ----------------------------------------------------------------
+
+    def calls(self, method: str | None = None, ok: bool | None = None) -> list[Recorded]:
+        out = [r for r in self.requests if method is None or r.method == method]
+        if ok is not None:
+            out = [r for r in out if (r.status == 200 and _ok(r.answer)) == ok]
+        return out
+
+    def parents(self) -> list[Message]:
+        return [m for m in self.messages.values() if m.thread_ts is None]
+
+    def replies(self, parent_ts: str) -> list[Message]:
+        return [m for m in self.messages.values() if m.thread_ts == parent_ts]
+
+    # -- Web API ----------------------------------------------------------------------------
+
+    async def _delay(self) -> None:
+        if self.delay_next_s > 0:
+            delay_s, self.delay_next_s = self.delay_next_s, 0.0
+            await asyncio.sleep(delay_s)
+
+    async def _web_api(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        body = await request.read()
+        await self._delay()
+        args: dict[str, Any] = {}
+        status, answer, headers = 200, None, {}
+        try:
+            args = self._parse(request, body)
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                status, answer = 500, "<html>Server Error | Slack</html>"
+            elif self.throttle_next > 0:
+                self.throttle_next -= 1
+                status, answer = 429, {"ok": False, "error": "ratelimited"}
+                headers["Retry-After"] = str(self.throttle_retry_after)
+            else:
+                author = self._auth(request)
+                if method == "auth.test":
+                    answer = {"ok": True, "bot_id": author, "user_id": "U" + author}
+                elif method == "chat.postMessage":
+                    answer = self._post_message(author, args)
+                elif method == "chat.update":
+                    answer = self._update(author, args)
+                else:
+                    answer = {"ok": False, "error": "unknown_method"}
+        except _Refused as refused:
+            status, answer, headers = refused.status, refused.answer, refused.headers
+        self.requests.append(
+            Recorded(method, dict(request.headers), body, args, status, answer)
+        )
+        if isinstance(answer, str):
+            return web.Response(status=status, text=answer, content_type="text/html")
+        return web.Response(
+            status=status,
+            body=json.dumps(answer).encode(),
+            headers={"Content-Type": "application/json; charset=utf-8", **headers},
+        )
+
+    @staticmethod
+    def _parse(request: web.Request, body: bytes) -> dict[str, Any]:
+        ctype = request.headers.get("Content-Type")
+        if body and not ctype:
+            raise _Refused({"ok": False, "error": "missing_post_type"})
+        mime, _, params = (ctype or "").partition(";")
+        mime = mime.strip().lower()
+        if mime == "application/json":
+            charset = params.strip().lower().removeprefix("charset=").strip()
+            if charset and charset not in ("utf-8", "iso-8859-1"):
+                raise _Refused({"ok": False, "error": "invalid_charset"})
+            try:
+                args = json.loads(body)
+            except ValueError:
+                raise _Refused({"ok": False, "error": "invalid_json"}) from None
+            if not isinstance(args, dict):
+                raise _Refused({"ok": False, "error": "invalid_json"})
+            return args
+        if mime == "application/x-www-form-urlencoded":
+            args = dict(parse_qsl(body.decode()))
+            for key in ("blocks", "attachments"):
+                if key in args:
+                    try:
+                        args[key] = json.loads(args[key])
+                    except ValueError:
+                        raise _Refused({"ok": False, "error": "invalid_blocks_format"}) from None
+            return args
+        if not body:
+            return {}
+        raise _Refused({"ok": False, "error": "invalid_post_type"})
+
+    def _auth(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            raise _Refused({"ok": False, "error": "not_authed"})  # a token in the body is not auth
+        author = self.tokens.get(header.removeprefix("Bearer "))
+        if author is None:
+            raise _Refused({"ok": False, "error": "invalid_auth"})
+        return author
+
+    def _channel(self, value: Any) -> str:
+        if value in self.channels:
+            return str(value)
+        for cid, name in self.channels.items():
+            if value in (name, f"#{name}"):
+                return cid
+        raise _Refused({"ok": False, "error": "channel_not_found"})
+
+    def _check_content(self, args: dict[str, Any]) -> None:
+        text, blocks = args.get("text"), args.get("blocks")
+        if not text and not blocks and not args.get("attachments"):
+            raise _Refused({"ok": False, "error": "no_text"})
+        if text is not None and (not isinstance(text, str) or len(text) > TEXT_LIMIT):
+            raise _Refused({"ok": False, "error": "msg_too_long"})
+        if blocks is None:
+            return
+        if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+            raise _Refused({"ok": False, "error": "invalid_blocks_format"})
+        errors = []
+        if len(blocks) > BLOCK_LIMIT:
+            errors.append(f"must have at most {BLOCK_LIMIT} blocks")
+        for i, block in enumerate(blocks):
+            obj = block.get("text")
+            if block.get("type") == "header":
+                if not isinstance(obj, dict) or obj.get("type") != "plain_text":
+                    errors.append(f"header text must be plain_text [/blocks/{i}/text]")
+                elif not 1 <= len(obj.get("text", "")) <= HEADER_LIMIT:
+                    errors.append(f"must be 1-{HEADER_LIMIT} characters [/blocks/{i}/text/text]")
+            elif block.get("type") == "section":
+                if not isinstance(obj, dict) or not 1 <= len(obj.get("text", "")) <= SECTION_LIMIT:
+                    errors.append(
+                        f"must be 1-{SECTION_LIMIT} characters [/blocks/{i}/text/text]"
+                    )
+            elif block.get("type") not in ("context", "divider"):
+                errors.append(f"unsupported block type [/blocks/{i}]")
+        if errors:
+            raise _Refused({
+                "ok": False,
+                "error": "invalid_blocks",
+                "errors": errors,
+                "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]},
+            })
+
+    def _rate(self, key: str) -> None:
+        if not self.enforce_rate:
+            return
+        now = time.monotonic()
+        window = [t for t in self._post_times.get(key, []) if now - t < self.post_interval_s]
+        if len(window) >= self.post_burst:
+            raise _Refused(
+                {"ok": False, "error": "ratelimited"}, 429, {"Retry-After": "1"}
+            )
+        self._post_times[key] = [*window, now]
+
+    def _new_ts(self) -> str:
+        return f"{int(time.time())}.{next(self._ts):06d}"
+
+    def _post_message(self, author: str, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(args.get("channel"))
+        self._check_content(args)
+        thread_ts = args.get("thread_ts")
+        if thread_ts is not None:
+            if not isinstance(thread_ts, str):
+                raise _Refused({"ok": False, "error": "invalid_thread_ts"})
+            parent = self.messages.get((channel, thread_ts))
+            if parent is None or parent.thread_ts is not None:
+                raise _Refused({"ok": False, "error": "thread_not_found"})
+        self._rate(channel)
+        ts = self._new_ts()
+        message = Message(channel, ts, author, args.get("text", ""), args.get("blocks"),
+                          thread_ts)
+        self.messages[(channel, ts)] = message
+        return {"ok": True, "channel": channel, "ts": ts, "message": _message_json(message)}
+
+    def _update(self, author: str, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel"), args.get("ts")
+        if not channel:
+            raise _Refused({"ok": False, "error": "channel_not_found"})
+        if not ts:
+            raise _Refused({"ok": False, "error": "message_not_found"})
+        if channel not in self.channels:  # chat.update takes the id the message lives in
+            raise _Refused({"ok": False, "error": "channel_not_found"})
+        message = self.messages.get((channel, str(ts)))
+        if message is None:
+            raise _Refused({"ok": False, "error": "message_not_found"})
+        if message.author != author:
+            raise _Refused({"ok": False, "error": "cant_update_message"})
+        self._check_content(args)
+        message.text = args.get("text", message.text)
+        message.blocks = args.get("blocks", message.blocks)
+        message.edits += 1
+        return {"ok": True, "channel": channel, "ts": message.ts, "text": message.text,
+                "message": _message_json(message)}
+
+    # -- incoming webhooks --------------------------------------------------------------------
+
+    async def _webhook(self, request: web.Request) -> web.StreamResponse:
+        path = "/".join(request.match_info[k] for k in ("team", "hook", "secret"))
+        body = await request.read()
+        await self._delay()
+        status, text, headers = 200, "ok", {}
+        args: dict[str, Any] = {}
+        try:
+            if path not in self.webhooks:
+                raise _Refused("no_service", 404)
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise _Refused("rollup_error", 500)
+            if self.throttle_next > 0:
+                self.throttle_next -= 1
+                raise _Refused("rate_limited", 429,
+                               {"Retry-After": str(self.throttle_retry_after)})
+            ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+            try:
+                if ctype == "application/x-www-form-urlencoded":
+                    args = json.loads(dict(parse_qsl(body.decode())).get("payload", ""))
+                else:
+                    args = json.loads(body)
+            except ValueError:
+                raise _Refused("invalid_payload", 400) from None
+            if not isinstance(args, dict):
+                raise _Refused("invalid_payload", 400)
+            if not args.get("text") and not args.get("blocks"):
+                raise _Refused("no_text", 400)
+            try:
+                self._check_content(args)
+            except _Refused:
+                raise _Refused("invalid_payload", 400) from None
+            self._rate("webhook:" + path)
+        except _Refused as refused:
+            status = refused.status if refused.status != 200 else 400
+            text = refused.answer if isinstance(refused.answer, str) else "rate_limited"
+            headers = refused.headers
+        self.requests.append(Recorded("webhook", dict(request.headers), body, args, status, text))
+        return web.Response(status=status, text=text, headers=headers)
+
+
+class _Refused(Exception):
+    def __init__(self, answer: Any, status: int = 200, headers: dict[str, str] | None = None):
+        self.answer, self.status, self.headers = answer, status, headers or {}
+
+
+def _ok(answer: Any) -> bool:
+    return answer == "ok" or (isinstance(answer, dict) and answer.get("ok") is True)
+
+
+def _message_json(m: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "message", "subtype": "bot_message", "text": m.text,
+                           "bot_id": m.author, "ts": m.ts}
+    if m.blocks is not None:
+        out["blocks"] = m.blocks
+    if m.thread_ts is not None:
+        out["thread_ts"] = m.thread_ts
+    return out
+
+
+def untrusted_leaks(text: str) -> list[str]:
+    """Control sequences that reached Slack unescaped."""
+    return [seq for seq in CONTROL_SEQUENCES if seq in text]

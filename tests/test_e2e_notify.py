@@ -1,0 +1,196 @@
+"""End to end for people-facing notifications over real sockets: the simulator, `docgen-monitor
+run` as a subprocess, the fake Slack Web API and a real SMTP server (aiosmtpd).
+
+A 500-job batch with 20 failures must give ONE parent Slack message whose final edit shows the
+true counts, the failures in at most 5 thread replies, and one digest mail, through a SIGKILL
+and restart, a Slack 429 storm and an SMTP outage. The figures (Slack calls, mails) are printed
+with `-s`."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
+from tests.fake_slack import FakeSlack, untrusted_leaks
+from tests.harness import TOKEN, DaemonProcess, SimControl, free_port, wait_until, write_config
+from tests.smtp_sink import SmtpSink, parts
+from tests.test_slack import CHANNEL, INJECTIONS
+
+pytestmark = pytest.mark.e2e
+
+JOBS = 500
+FAILURES = 20
+
+
+@dataclass
+class World:
+    sim: RunningSimulator
+    control: SimControl
+    slack: FakeSlack
+    smtp: SmtpSink
+    daemon: DaemonProcess
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    sim = await start_simulator(SimulatorConfig(
+        seed=7, developer_tokens=[SecretStr(TOKEN)],
+        timeline=TimelineConfig(submitted_after_s=0.3, min_duration_s=1.0, max_duration_s=6.0),
+    ))
+    slack = await FakeSlack().start()
+    smtp = SmtpSink().start()
+    session = aiohttp.ClientSession()
+    port = free_port()
+    grouping = {"group_by": ["batch"], "group_wait": "1s", "group_interval": "2s"}
+    config = write_config(
+        tmp_path / "config.yaml", box_url=sim.url, hook_url="http://127.0.0.1:9/unused",
+        http_port=port,
+        notifiers=[
+            {"name": "team-slack", "type": "slack", "token": "xoxb-test", "channel": CHANNEL,
+             "api_url": slack.api_url, "failures_per_reply": 10, **grouping},
+            {"name": "oncall-mail", "type": "email", "from": "docgen-monitor@example.com",
+             "to": ["ops@example.com"], "digest": "batch",
+             "smtp": {"host": "127.0.0.1", "port": smtp.port, "starttls": False, "tls": False},
+             **grouping},
+        ],
+        routes=[{"match": {"type": ["job.discovered", "job.status_changed", "batch.completed"]},
+                 "notify": ["team-slack", "oncall-mail"]}],
+    )
+    daemon = DaemonProcess(config, port)
+    try:
+        yield World(sim, SimControl(sim.url, session), slack, smtp, daemon)
+    finally:
+        daemon.ensure_stopped()
+        smtp.stop()
+        await session.close()
+        await slack.stop()
+        await sim.close()
+
+
+async def start_batch(w: World) -> tuple[str, dict[str, str]]:
+    """500 jobs that all complete, 20 of them pinned to a failure carrying injection texts."""
+    only_completed = {"completed": 1.0, "completed_with_error": 0.0, "failed": 0.0}
+    body = await w.control.start_batch(JOBS, outcomes=only_completed)
+    failures: dict[str, str] = {}
+    for n, job_id in enumerate(body["job_ids"][::JOBS // FAILURES][:FAILURES]):
+        status = "failed" if n % 4 else "completed_with_error"
+        text = f"{INJECTIONS[n % len(INJECTIONS)]} #{n}"
+        texts = {"errors": [text]} if status == "failed" else {"warnings": [text]}
+        await w.control.call("PUT", f"/_sim/jobs/{job_id}", {"status": status, **texts})
+        failures[job_id] = status
+    return body["batch_id"], failures
+
+
+async def terminal_count(w: World, batch_id: str) -> int:
+    jobs = await w.control.jobs()
+    return sum(j["status"] in ("completed", "completed_with_error", "failed")
+               for j in jobs.values() if j["batch_id"] == batch_id)
+
+
+async def wait_done(w: World, batch_id: str, timeout_s: float = 45) -> None:
+    async def done() -> bool:
+        parents = w.slack.parents()
+        replied = sum(len(r.blocks or []) for p in parents for r in w.slack.replies(p.ts))
+        return (len(parents) >= 1 and f"{JOBS}/{JOBS} jobs done" in parents[0].text
+                and replied >= FAILURES and len(w.smtp.received()) >= 1)
+
+    try:
+        await wait_until(done, timeout_s, "final Slack edit, all failure replies and the mail",
+                         interval_s=0.3)
+    except AssertionError:
+        raise AssertionError(f"--- daemon log tail ---\n{w.daemon.logs()[-5000:]}") from None
+
+
+def check_outcome(w: World, batch_id: str, failures: dict[str, str]) -> dict[str, int]:
+    [parent] = w.slack.parents()  # one parent, ever
+    counts = {"completed": JOBS - FAILURES, "completed_with_error": FAILURES // 4,
+              "failed": FAILURES - FAILURES // 4}
+    assert f"{JOBS}/{JOBS} jobs done (100%)" in parent.text
+    for status, n in counts.items():
+        assert f"{status}: *{n}*" in parent.text, parent.text
+    replies = w.slack.replies(parent.ts)
+    assert 1 <= len(replies) <= 5
+    reply_text = "\n".join(b["text"]["text"] for r in replies for b in r.blocks or [])
+    mentioned = re.findall(r"\*Job (\d+)\*", reply_text)
+    assert set(mentioned) == set(failures), "every failure in the thread, nothing else"
+    # Each reply is recorded as delivered as soon as Slack accepts it, so a SIGKILL in the
+    # middle of a send repeats nothing (the window left is one SQLite write).
+    assert sorted(mentioned) == sorted(failures), "each failure exactly once"
+    assert untrusted_leaks(reply_text) == []
+    assert "&lt;!channel&gt; render failed" in reply_text
+    # Every request the daemon made was accepted or retried: the last answer for the thread
+    # and the parent is ok, and no payload was refused for its content.
+    refused = [r for r in w.slack.requests if r.status == 200 and not r.answer["ok"]]
+    assert refused == []
+    [mail] = w.smtp.received()
+    assert mail["Subject"] == (f"[docgen-monitor] Batch {batch_id}: {JOBS}/{JOBS} done, "
+                               f"{FAILURES} failed (completed)")
+    text, html = parts(mail)
+    for job_id in failures:
+        assert f"Job {job_id} (" in text and f"Job {job_id} (" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    return {
+        "slack_calls": len(w.slack.requests),
+        "slack_posts": len(w.slack.calls("chat.postMessage", ok=True)),
+        "slack_updates": len(w.slack.calls("chat.update", ok=True)),
+        "slack_429": sum(r.status == 429 for r in w.slack.requests),
+        "replies": len(replies),
+        "mails": len(w.smtp.received()),
+    }
+
+
+async def test_500_job_batch_one_parent_few_replies_one_mail_through_a_sigkill(
+    world: World,
+) -> None:
+    w = world
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    batch_id, failures = await start_batch(w)
+
+    async def halfway() -> bool:
+        return bool(w.slack.parents()) and await terminal_count(w, batch_id) >= JOBS // 2
+
+    await wait_until(halfway, 30, "a parent message and half the batch done")
+    w.daemon.kill()
+    parent_ts = w.slack.parents()[0].ts
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    await wait_done(w, batch_id)
+    figures = check_outcome(w, batch_id, failures)
+    assert w.slack.parents()[0].ts == parent_ts
+    print(f"\n500 jobs, 20 failures, SIGKILL + restart: {figures}")
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_a_slack_429_storm_and_an_smtp_outage_lose_nothing(world: World) -> None:
+    w = world
+    w.smtp.stop()  # the mail relay is down from the start
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    batch_id, failures = await start_batch(w)
+    await wait_until(lambda: _true(bool(w.slack.parents())), 20, "the parent message")
+    w.slack.throttle_next = 25  # every call for a while gets 429 Retry-After: 1
+    await wait_until(lambda: _true(w.slack.throttle_next == 0), 40, "the 429 storm to pass")
+
+    async def batch_done() -> bool:
+        return await terminal_count(w, batch_id) == JOBS
+
+    await wait_until(batch_done, 30, "the batch to finish")
+    w.smtp.start()  # the relay comes back
+    await wait_done(w, batch_id)
+    figures = check_outcome(w, batch_id, failures)
+    assert figures["slack_429"] >= 25
+    print(f"\n500 jobs, 20 failures, 429 storm + SMTP outage: {figures}")
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -1,0 +1,127 @@
+"""The fake Slack enforces what Slack enforces (shared/slack-api/FACTS.md), so that a notifier
+test passing against it means something. Plain aiohttp requests, no notifier involved."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fake_slack import FakeSlack
+
+CHANNEL = "C0123456789"
+AUTH = {"Authorization": "Bearer xoxb-test"}
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    fake = await FakeSlack(enforce_rate=False).start()
+    yield fake
+    await fake.stop()
+
+
+async def call(slack: FakeSlack, method: str, body: Any, headers: dict[str, str] | None = None,
+               form: bool = False) -> tuple[int, Any, dict[str, str]]:
+    async with aiohttp.ClientSession() as session:
+        kwargs: dict[str, Any] = {"data": body} if form else {"json": body}
+        async with session.post(f"{slack.api_url}{method}", headers=headers or AUTH,
+                                **kwargs) as r:
+            return r.status, await r.json(), dict(r.headers)
+
+
+async def post(slack: FakeSlack, **args: Any) -> Any:
+    return (await call(slack, "chat.postMessage", {"channel": CHANNEL, **args}))[1]
+
+
+@pytest.mark.parametrize(("headers", "error"), [
+    ({}, "not_authed"),
+    ({"Authorization": "Bearer xoxb-unknown"}, "invalid_auth"),
+])
+async def test_auth_is_a_bearer_header_with_a_known_token(
+    slack: FakeSlack, headers: dict[str, str], error: str
+) -> None:
+    status, answer, response_headers = await call(
+        slack, "chat.postMessage", {"channel": CHANNEL, "text": "x", "token": "xoxb-test"},
+        headers=headers or {"X-None": "1"})
+    assert (status, answer) == (200, {"ok": False, "error": error})
+    assert response_headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    ({"channel": "C-nope", "text": "x"}, "channel_not_found"),
+    ({"channel": CHANNEL}, "no_text"),
+    ({"channel": CHANNEL, "text": "x" * 4001}, "msg_too_long"),
+    ({"channel": CHANNEL, "blocks": "not a list"}, "invalid_blocks_format"),
+    ({"channel": CHANNEL, "blocks": [{"type": "section", "text": {"type": "mrkdwn",
+                                                                  "text": "x" * 3001}}]},
+     "invalid_blocks"),
+    ({"channel": CHANNEL, "blocks": [{"type": "header", "text": {"type": "mrkdwn",
+                                                                 "text": "x"}}]},
+     "invalid_blocks"),
+    ({"channel": CHANNEL, "blocks": [{"type": "divider"}] * 51}, "invalid_blocks"),
+    ({"channel": CHANNEL, "text": "x", "thread_ts": 1.5}, "invalid_thread_ts"),
+    ({"channel": CHANNEL, "text": "x", "thread_ts": "1.000099"}, "thread_not_found"),
+])
+async def test_post_message_refuses_what_slack_refuses(
+    slack: FakeSlack, args: dict[str, Any], error: str
+) -> None:
+    answer = (await call(slack, "chat.postMessage", args))[1]
+    assert (answer["ok"], answer["error"]) == (False, error)
+
+
+async def test_a_post_answers_the_channel_id_and_a_ts_even_for_a_channel_name(
+    slack: FakeSlack,
+) -> None:
+    answer = (await call(slack, "chat.postMessage", {"channel": "#alerts", "text": "hi"}))[1]
+    assert answer["ok"] and answer["channel"] == CHANNEL
+    assert answer["ts"].split(".")[1].isdigit() and len(answer["ts"].split(".")[1]) == 6
+    form = await call(slack, "chat.postMessage",
+                      {"channel": CHANNEL, "text": "form", "blocks": json.dumps([])}, form=True)
+    assert form[1]["ok"]
+
+
+async def test_update_needs_the_channel_id_and_ts_of_a_message_by_the_same_identity(
+    slack: FakeSlack,
+) -> None:
+    slack.tokens["xoxb-other"] = "B002"
+    ts = (await post(slack, text="parent"))["ts"]
+    cases = [
+        ({"ts": ts, "text": "x"}, AUTH, "channel_not_found"),
+        ({"channel": "#alerts", "ts": ts, "text": "x"}, AUTH, "channel_not_found"),
+        ({"channel": CHANNEL, "text": "x"}, AUTH, "message_not_found"),
+        ({"channel": CHANNEL, "ts": "1.000042", "text": "x"}, AUTH, "message_not_found"),
+        ({"channel": CHANNEL, "ts": ts, "text": "x"},
+         {"Authorization": "Bearer xoxb-other"}, "cant_update_message"),
+        ({"channel": CHANNEL, "ts": ts, "text": "x" * 4001}, AUTH, "msg_too_long"),
+    ]
+    for args, headers, error in cases:
+        answer = (await call(slack, "chat.update", args, headers=headers))[1]
+        assert answer.get("error") == error, args
+    answer = (await call(slack, "chat.update", {"channel": CHANNEL, "ts": ts, "text": "v2"}))[1]
+    assert answer["ok"] and slack.parents()[0].text == "v2"
+
+
+async def test_throttling_is_429_with_an_integer_retry_after_and_pacing_is_enforced(
+    slack: FakeSlack,
+) -> None:
+    slack.throttle_next, slack.throttle_retry_after = 1, 3
+    status, answer, headers = await call(slack, "chat.postMessage",
+                                         {"channel": CHANNEL, "text": "x"})
+    assert (status, answer, headers["Retry-After"]) == (429, {"ok": False,
+                                                             "error": "ratelimited"}, "3")
+    slack.enforce_rate = True
+    answers = [await post(slack, text=f"m{i}") for i in range(3)]
+    assert [a["ok"] for a in answers] == [True, True, False]  # burst of 2 per second
+
+
+async def test_webhooks_answer_plain_text(slack: FakeSlack) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(slack.webhook_url(), json={"text": "hi"}) as r:
+            assert (r.status, await r.text()) == (200, "ok")
+        async with session.post(slack.webhook_url(), json={}) as r:
+            assert (r.status, await r.text()) == (400, "no_text")
+        async with session.post(slack.webhook_url("T0/B0/gone"), json={"text": "x"}) as r:
+            assert (r.status, await r.text()) == (404, "no_service")

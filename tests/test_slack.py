@@ -1,0 +1,291 @@
+"""Slack notifier against the local fake Slack (tests/fake_slack.py) over real sockets, with the
+real SQLite store holding the batch snapshot and the thread mapping."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.config import NotifierSpec
+from monitor.model import Event, EventBatch, EventJob, EventType, JobState, SnapshotChanges
+from monitor.notify.base import NotifierRegistry
+from monitor.notify.slack import SlackNotifier
+from monitor.store import open_store
+from monitor.store.base import Store, ThreadRef
+from tests.fake_slack import FakeSlack, untrusted_leaks
+from tests.harness import free_port
+
+CHANNEL = "C0123456789"
+T0 = time.time() - 5
+INJECTIONS = (
+    "<!channel> render failed",
+    "file <@U123> & <!here> <!everyone> <!subteam^S1>",
+    "<https://evil.example|click here> <script>alert(1)</script>",
+)
+# Exactly what Slack must receive for each: only &, < and > are entity-encoded.
+ESCAPED = (
+    "&lt;!channel&gt; render failed",
+    "file &lt;@U123&gt; &amp; &lt;!here&gt; &lt;!everyone&gt; &lt;!subteam^S1&gt;",
+    "&lt;https://evil.example|click here&gt; &lt;script&gt;alert(1)&lt;/script&gt;",
+)
+
+
+def job(n: int, status: str = "submitted", batch: str = "b1", **kw: Any) -> JobState:
+    return JobState(id=f"j{n}", batch_id=batch, status=status, template_file_id="t9",
+                    output_type="pdf", seq=2, first_seen_at=T0, changed_at=T0 + n * 0.01,
+                    created_by_id="u7", **kw)
+
+
+def changed(j: JobState, from_status: str = "submitted") -> Event:
+    return Event(
+        id=f"{j.id}:{j.seq}:{from_status}:{j.status}", type=EventType.JOB_STATUS_CHANGED,
+        detected_at=datetime.fromtimestamp(T0, UTC), from_status=from_status, to_status=j.status,
+        job=EventJob(id=j.id, batch_id=j.batch_id, status=j.status,
+                     template_file_id=j.template_file_id, output_file_id=None,
+                     output_type=j.output_type, created_by_id=j.created_by_id,
+                     errors=j.errors, warnings=j.warnings),
+    )
+
+
+def completed(batch: str, counts: dict[str, int]) -> Event:
+    return Event(id=f"{batch}:completed:{sum(counts.values())}", type=EventType.BATCH_COMPLETED,
+                 detected_at=datetime.fromtimestamp(T0, UTC),
+                 batch=EventBatch(id=batch, counts=counts, duration_s=1.0))
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    fake = await FakeSlack(enforce_rate=True).start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(f"sqlite:///{tmp_path / 'state.db'}") as s:
+        yield s
+
+
+def make(store: Store | None, **settings: Any) -> SlackNotifier:
+    spec = NotifierSpec.model_validate({"name": "team-slack", "type": "slack",
+                                        "post_interval": "0.6s", **settings})
+    notifier = NotifierRegistry.from_entry_points().create(spec, timeout_s=2.0)
+    assert isinstance(notifier, SlackNotifier)
+    if store is not None:
+        notifier.attach(store)
+    return notifier
+
+
+def bot(slack: FakeSlack, store: Store | None, **settings: Any) -> SlackNotifier:
+    return make(store, token="xoxb-test", channel=CHANNEL, api_url=slack.api_url, **settings)
+
+
+def section_texts(message_blocks: list[dict[str, Any]] | None) -> list[str]:
+    return [b["text"]["text"] for b in message_blocks or [] if b["type"] == "section"]
+
+
+async def test_bot_mode_one_parent_per_batch_edited_in_place_and_failures_in_the_thread(
+    slack: FakeSlack, store: Store
+) -> None:
+    jobs = [job(n) for n in range(10)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    notifier = bot(slack, store, failures_per_reply=3)
+    try:
+        first = [changed(replace(jobs[0], status="completed"))]
+        await store.commit(SnapshotChanges(upserts=(replace(jobs[0], status="completed"),)), [])
+        assert (await notifier.send(first)).ok
+        [parent] = slack.parents()
+        assert "1/10 jobs done" in parent.text
+        assert await store.get_thread("team-slack", "b1") == ThreadRef(CHANNEL, parent.ts)
+
+        done = [replace(j, status="completed") for j in jobs[:6]]
+        bad = [replace(j, status="failed", errors=(f"error {j.id}",)) for j in jobs[6:]]
+        await store.commit(SnapshotChanges(upserts=(*done, *bad)), [])
+        events = [changed(j) for j in done[1:]] + [changed(j) for j in bad]
+        result = await notifier.send([*events, completed("b1", {"completed": 6, "failed": 4})])
+        assert result.ok and not result.held
+    finally:
+        await notifier.close()
+    assert len(slack.parents()) == 1
+    assert parent.edits == 1
+    assert "10/10 jobs done" in parent.text and "failed: *4*" in parent.text
+    replies = slack.replies(parent.ts)
+    assert [len(section_texts(r.blocks)) for r in replies] == [3, 1]  # 3 per reply, rest at end
+    assert "error j6" in section_texts(replies[0].blocks)[0]
+    # What went over the wire: bearer auth, utf-8 JSON, no mention parsing, no unfurling,
+    # thread_ts as a string, the update naming the channel id and ts.
+    posts = slack.calls("chat.postMessage", ok=True)
+    assert all(p.headers["Authorization"] == "Bearer xoxb-test" for p in slack.requests)
+    assert all(p.headers["Content-Type"] == "application/json; charset=utf-8" for p in posts)
+    assert all("link_names" not in p.args and "parse" not in p.args for p in slack.requests)
+    assert all(p.args["unfurl_links"] is False and p.args["unfurl_media"] is False
+               for p in posts)
+    assert [p.args.get("thread_ts") for p in posts] == [None, parent.ts, parent.ts]
+    [update] = slack.calls("chat.update")
+    assert (update.args["channel"], update.args["ts"]) == (CHANNEL, parent.ts)
+
+
+async def test_after_a_restart_the_same_parent_is_edited_never_a_second_one(
+    slack: FakeSlack, store: Store
+) -> None:
+    jobs = [job(n) for n in range(3)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    before = bot(slack, store)
+    try:
+        assert (await before.send([changed(jobs[0], "pending")])).ok
+    finally:
+        await before.close()
+    after = bot(slack, store)  # a new process: nothing in memory
+    try:
+        final = [replace(j, status="completed") for j in jobs]
+        await store.commit(SnapshotChanges(upserts=tuple(final)), [])
+        assert (await after.send([changed(j) for j in final])).ok
+    finally:
+        await after.close()
+    [parent] = slack.parents()
+    assert parent.edits == 1 and "3/3 jobs done" in parent.text
+
+
+async def test_failures_wait_for_company_until_the_batch_completes(
+    slack: FakeSlack, store: Store
+) -> None:
+    jobs = [job(n) for n in range(5)]
+    bad = replace(jobs[0], status="failed", errors=("boom",))
+    await store.commit(SnapshotChanges(upserts=(bad, *jobs[1:])), [])
+    notifier = bot(slack, store, failures_per_reply=10, reply_wait="1h")
+    try:
+        result = await notifier.send([changed(bad)])
+        assert result.ok and result.held == {changed(bad).id}
+        assert slack.replies(slack.parents()[0].ts) == []
+    finally:
+        await notifier.close()
+
+
+async def test_injection_corpus_arrives_as_literal_text_in_every_slack_payload(
+    slack: FakeSlack, store: Store
+) -> None:
+    bad = [replace(job(n, batch="<!channel>"), status="failed", errors=(text,),
+                   created_by_id="<@U999>") for n, text in enumerate(INJECTIONS)]
+    await store.commit(SnapshotChanges(upserts=tuple(bad)), [])
+    notifier = bot(slack, store)
+    try:
+        assert (await notifier.send([changed(j) for j in bad])).ok
+    finally:
+        await notifier.close()
+    for request in slack.calls():
+        for key in ("text", "blocks"):
+            raw = json.dumps(request.args.get(key), ensure_ascii=False)
+            assert untrusted_leaks(raw) == [], (key, raw)
+    [reply] = slack.replies(slack.parents()[0].ts)
+    texts = section_texts(reply.blocks)
+    for n, expected in enumerate(ESCAPED):
+        assert texts[n] == (
+            f"*Job j{n}* failed (pdf, template t9, by &lt;@U999&gt;)\n> {expected}"
+        )
+    assert "Doc Gen batch &lt;!channel&gt;" in slack.parents()[0].text
+
+
+async def test_huge_and_numerous_failures_stay_within_slack_limits(
+    slack: FakeSlack, store: Store
+) -> None:
+    bad = [replace(job(n), status="failed", errors=("x" * 10_000,) * 5) for n in range(45)]
+    await store.commit(SnapshotChanges(upserts=tuple(bad)), [])
+    notifier = bot(slack, store, failures_per_reply=40, post_interval=0)
+    slack.enforce_rate = False
+    try:
+        assert (await notifier.send([changed(j) for j in bad])).ok
+    finally:
+        await notifier.close()
+    assert all(r.status == 200 and r.answer["ok"] for r in slack.requests)
+    replies = slack.replies(slack.parents()[0].ts)
+    assert [len(r.blocks or []) for r in replies] == [40, 5]
+    assert all(len(r.text) <= 4000 for r in replies)
+    assert "… and 2 more" in section_texts(replies[0].blocks)[0]
+
+
+FAULTS = [
+    ("throttle", "rate limited (HTTP 429)", True),
+    ("fail", "HTTP 500", False),
+    ("timeout", "no answer within 0.5s", False),
+    ("refused", "connection failed: ClientConnectorError", False),
+]
+
+
+@pytest.mark.parametrize("mode", ["bot", "webhook"])
+@pytest.mark.parametrize(("fault", "detail", "limited"), FAULTS)
+async def test_transport_failures_are_results_never_exceptions(
+    slack: FakeSlack, store: Store, mode: str, fault: str, detail: str, limited: bool
+) -> None:
+    await store.commit(SnapshotChanges(upserts=(job(1),)), [])
+    url = slack.url if fault != "refused" else f"http://127.0.0.1:{free_port()}"
+    settings: dict[str, Any] = {"timeout": "0.5s"}
+    if mode == "bot":
+        settings |= {"token": "xoxb-test", "channel": CHANNEL, "api_url": f"{url}/api/"}
+    else:
+        settings["webhook_url"] = f"{url}/services/T000/B000/XXXX"
+    slack.throttle_next = int(fault == "throttle")
+    slack.fail_next = int(fault == "fail")
+    slack.delay_next_s = 1.5 if fault == "timeout" else 0.0
+    notifier = make(store, **settings)
+    try:
+        result = await notifier.send([changed(job(1), "pending")])
+    finally:
+        await notifier.close()
+    assert not result.ok
+    assert result.detail.startswith(detail), result.detail
+    assert result.rate_limited is limited
+    assert (result.retry_after_s == 1.0) is limited
+    assert not result.settled
+    assert await store.get_thread("team-slack", "b1") is None
+    assert "XXXX" not in result.detail and "xoxb" not in result.detail
+
+
+async def test_a_revoked_token_is_a_failed_delivery(slack: FakeSlack, store: Store) -> None:
+    notifier = make(store, token="xoxb-wrong", channel=CHANNEL, api_url=slack.api_url)
+    try:
+        result = await notifier.send([changed(job(1))])
+    finally:
+        await notifier.close()
+    assert (result.ok, result.detail) == (False, "chat.postMessage: invalid_auth")
+
+
+async def test_webhook_mode_posts_one_escaped_summary_per_send(
+    slack: FakeSlack, store: Store
+) -> None:
+    bad = [replace(job(n), status="failed", errors=(t,)) for n, t in enumerate(INJECTIONS)]
+    await store.commit(SnapshotChanges(upserts=tuple(bad)), [])
+    notifier = make(store, webhook_url=slack.webhook_url(), max_failures_in_summary=2)
+    try:
+        assert (await notifier.send([changed(j) for j in bad])).ok
+    finally:
+        await notifier.close()
+    [hook] = slack.calls("webhook")
+    assert hook.status == 200 and "Authorization" not in hook.headers
+    text = hook.args["text"]
+    assert untrusted_leaks(text) == []
+    assert f"• Job j0 failed: {ESCAPED[0]}" in text
+    assert "… and 1 more failed jobs" in text
+
+
+async def test_a_revoked_webhook_is_a_failed_delivery(slack: FakeSlack) -> None:
+    notifier = make(None, webhook_url=slack.webhook_url("T000/B000/REVOKED"))
+    try:
+        result = await notifier.send([changed(job(1))])
+    finally:
+        await notifier.close()
+    assert (result.ok, result.detail) == (False, "HTTP 404: no_service")
+
+
+def test_config_needs_exactly_one_mode() -> None:
+    registry = NotifierRegistry.from_entry_points()
+    for settings in ({}, {"token": "x"}, {"token": "x", "channel": "C1", "webhook_url": "http://h"}):
+        spec = NotifierSpec.model_validate({"name": "s", "type": "slack", **settings})
+        with pytest.raises(ValueError, match=r"token|webhook_url"):
+            registry.create(spec, timeout_s=1)
