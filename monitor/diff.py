@@ -93,7 +93,7 @@ def events_for(
         old = snapshot.get(new.id)
         if old is None:
             events.append(
-                _job_event(
+                job_event(
                     EventType.JOB_DISCOVERED,
                     discovered_id(new.id),
                     None,
@@ -105,7 +105,7 @@ def events_for(
         elif old.status != new.status:
             event_id = status_changed_id(new.id, new.seq, old.status, new.status)
             events.append(
-                _job_event(
+                job_event(
                     EventType.JOB_STATUS_CHANGED, event_id, old.status, new, detected_at, new.status
                 )
             )
@@ -113,7 +113,7 @@ def events_for(
         old = snapshot[job_id]
         gone = replace(old, seq=old.seq + 1)
         events.append(
-            _job_event(
+            job_event(
                 EventType.JOB_VANISHED,
                 vanished_id(job_id, gone.seq),
                 old.status,
@@ -181,7 +181,7 @@ def _completed_batches(
     return events
 
 
-def _job_event(
+def job_event(
     type_: EventType,
     event_id: str,
     from_status: str | None,

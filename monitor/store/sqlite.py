@@ -32,7 +32,7 @@ import aiosqlite
 import structlog
 
 from monitor.errors import SchemaTooNew, StoreError
-from monitor.model import Event, JobState, SnapshotChanges
+from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, SnapshotChanges
 from monitor.store.base import MAX_ERROR_CHARS, OutboxEntry, OutboxState, RoutedEvent, Store
 
 _T = TypeVar("_T")
@@ -87,6 +87,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX outbox_due ON outbox (notifier, state, next_attempt_at)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     ),
+    # Version 2 is another branch's (Slack thread mappings); this placeholder keeps the numbering
+    # so that version 3 below is the same step on every branch. Replaced when the branches merge.
+    (),
+    # Version 3: streaming sweeps (a sweep generation marked per page, staged rows applied in one
+    # transaction at the end), stuck marks, and the index the active set is read from.
+    (
+        "ALTER TABLE jobs ADD COLUMN sweep_gen INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_status_batch ON jobs (status, batch_id)",
+        """CREATE TABLE sweep_stage (
+            id               TEXT PRIMARY KEY,
+            batch_id         TEXT NOT NULL,
+            status           TEXT NOT NULL,
+            template_file_id TEXT NOT NULL,
+            output_type      TEXT NOT NULL,
+            output_file_id   TEXT,
+            created_at       TEXT,
+            created_by_id    TEXT,
+            seq              INTEGER NOT NULL,
+            first_seen_at    REAL NOT NULL,
+            changed_at       REAL NOT NULL,
+            base_seq         INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE stuck_marks (
+            job_id   TEXT PRIMARY KEY,
+            event_id TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -104,6 +131,20 @@ _JOB_UPSERT = (
     f"ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
 )
+_STAGE_INSERT = (
+    f"INSERT INTO sweep_stage ({', '.join(_JOB_COLUMNS)}, base_seq) "  # noqa: S608 (constants)
+    f"VALUES ({', '.join('?' for _ in _JOB_COLUMNS)}, ?) ON CONFLICT (id) DO NOTHING"
+)
+# A staged row is stale when the job changed after the sweep read it (an active poll committed
+# in between): applying it would roll the job back.
+_STAGE_FRESH = "COALESCE((SELECT j.seq FROM jobs j WHERE j.id = s.id), 0) = s.base_seq"
+_STAGE_APPLY = (
+    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant names)
+    f"SELECT {', '.join('s.' + c for c in _JOB_COLUMNS)} FROM sweep_stage s WHERE {_STAGE_FRESH} "
+    f"ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
+)
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 _EVENT_INSERT = (
     "INSERT INTO events (id, type, batch_id, payload, created_at) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
@@ -329,6 +370,17 @@ class SQLiteStore(Store):
         meta: Mapping[str, str] | None = None,
         now: float | None = None,
     ) -> int:
+        return await self._commit(changes, events, meta, now, sweep=False)
+
+    async def _commit(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None,
+        now: float | None,
+        *,
+        sweep: bool,
+    ) -> int:
         at = time.time() if now is None else now
         # Serialised before the transaction: nothing below depends on the database.
         job_rows = [tuple(getattr(job, c) for c in _JOB_COLUMNS) for job in changes.upserts]
@@ -338,13 +390,28 @@ class SQLiteStore(Store):
         ]
         meta_rows = list((meta or {}).items())
 
+        stuck_rows = [
+            (r.event.job.id, r.event.id)
+            for r in events
+            if r.event.type is EventType.JOB_STUCK and r.event.job is not None
+        ]
+
         async def fn(conn: aiosqlite.Connection) -> int:
             if job_rows:
                 await conn.executemany(_JOB_UPSERT, job_rows)
             if changes.removals:
+                removed = [(i,) for i in changes.removals]
+                await conn.executemany("DELETE FROM jobs WHERE id = ?", removed)
+                await conn.executemany("DELETE FROM stuck_marks WHERE job_id = ?", removed)
+            if stuck_rows:
                 await conn.executemany(
-                    "DELETE FROM jobs WHERE id = ?", [(i,) for i in changes.removals]
+                    "INSERT INTO stuck_marks (job_id, event_id) VALUES (?, ?) "
+                    "ON CONFLICT (job_id) DO UPDATE SET event_id = excluded.event_id",
+                    stuck_rows,
                 )
+            if sweep:
+                await conn.execute(_STAGE_APPLY)
+                await conn.execute("DELETE FROM sweep_stage")
             added = 0
             if event_rows:
                 async with conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as cur:
@@ -363,7 +430,7 @@ class SQLiteStore(Store):
                 await conn.executemany(_META_UPSERT, meta_rows)
             return added
 
-        return await self._write("commit", fn)
+        return await self._write("commit_sweep" if sweep else "commit", fn)
 
     async def get_meta(self, key: str) -> str | None:
         async def fn(conn: aiosqlite.Connection) -> str | None:
@@ -507,3 +574,98 @@ class SQLiteStore(Store):
             return cur.rowcount
 
         return await self._write("prune", fn)
+
+    # -- active set, streaming sweeps, stuck marks (schema v3) --------------------------------
+
+    async def active_batch_ids(self) -> set[str]:
+        async def fn(conn: aiosqlite.Connection) -> set[str]:
+            sql = f"SELECT DISTINCT batch_id FROM jobs WHERE status NOT IN ({_TERMINAL_SQL})"  # noqa: S608
+            async with conn.execute(sql) as cur:
+                return {row[0] for row in await cur.fetchall()}
+
+        return await self._read("active_batch_ids", fn)
+
+    async def load_jobs(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        ids = list(dict.fromkeys(job_ids))
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
+            jobs: dict[str, JobState] = {}
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                sql = f"{_JOB_SELECT} WHERE id IN ({', '.join('?' for _ in chunk)})"
+                async with conn.execute(sql, chunk) as cur:
+                    for row in await cur.fetchall():
+                        jobs[row[0]] = JobState(*row)
+            return jobs
+
+        return await self._read("load_jobs", fn)
+
+    async def sweep_begin(self) -> int:
+        async def fn(conn: aiosqlite.Connection) -> int:
+            await conn.execute("DELETE FROM sweep_stage")
+            async with conn.execute("SELECT value FROM meta WHERE key = 'sweep_gen'") as cur:
+                row = await cur.fetchone()
+            gen = (int(row[0]) if row is not None else 0) + 1
+            await conn.execute(_META_UPSERT, ("sweep_gen", str(gen)))
+            return gen
+
+        return await self._write("sweep_begin", fn)
+
+    async def sweep_stage(
+        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
+    ) -> None:
+        ids = list(seen_ids)
+        rows = [(*(getattr(j, c) for c in _JOB_COLUMNS), base) for j, base in staged]
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                sql = f"UPDATE jobs SET sweep_gen = ? WHERE id IN ({marks})"  # noqa: S608
+                await conn.execute(sql, (generation, *chunk))
+            if rows:
+                await conn.executemany(_STAGE_INSERT, rows)
+
+        await self._write("sweep_stage", fn)
+
+    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
+        async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
+            sql = f"{_JOB_SELECT} WHERE sweep_gen <> ? AND first_seen_at < ?"
+            async with conn.execute(sql, (generation, seen_before)) as cur:
+                return {row[0]: JobState(*row) for row in await cur.fetchall()}
+
+        return await self._read("sweep_unseen", fn)
+
+    async def sweep_stale_ids(self) -> set[str]:
+        async def fn(conn: aiosqlite.Connection) -> set[str]:
+            sql = f"SELECT s.id FROM sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
+            async with conn.execute(sql) as cur:
+                return {row[0] for row in await cur.fetchall()}
+
+        return await self._read("sweep_stale_ids", fn)
+
+    async def commit_sweep(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> int:
+        return await self._commit(changes, events, meta, now, sweep=True)
+
+    async def stuck_marks(self, job_ids: Sequence[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(job_ids))
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, str]:
+            marks: dict[str, str] = {}
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                sql = (
+                    "SELECT job_id, event_id FROM stuck_marks "  # noqa: S608 (placeholders)
+                    f"WHERE job_id IN ({', '.join('?' for _ in chunk)})"
+                )
+                async with conn.execute(sql, chunk) as cur:
+                    marks.update({row[0]: row[1] for row in await cur.fetchall()})
+            return marks
+
+        return await self._read("stuck_marks", fn)
