@@ -26,7 +26,7 @@ import structlog
 
 from monitor.box.client import BoxClient
 from monitor.box.errors import BoxNotFound
-from monitor.box.models import DocGenJob, DocGenJobsFull
+from monitor.box.models import DocGenJob, JobListingPage, ListedJob
 from monitor.diff import events_for, snapshot_changes
 from monitor.metrics import Metrics
 from monitor.model import (
@@ -64,6 +64,20 @@ def job_state(job: DocGenJob) -> JobState:
         output_file_id=job.output_file.id if job.output_file is not None else None,
         created_at=getattr(job, "created_at", None),
         created_by_id=created_by.id if created_by is not None else None,
+    )
+
+
+def listed_job_state(job: ListedJob) -> JobState:
+    output_file = job.get("output_file")
+    return JobState(
+        id=job["id"],
+        batch_id=job["batch"]["id"],
+        status=job["status"],
+        template_file_id=job["template_file"]["id"],
+        output_type=job["output_type"],
+        output_file_id=output_file["id"] if output_file is not None else None,
+        created_at=job.get("created_at"),
+        created_by_id=job["created_by"]["id"],
     )
 
 
@@ -146,9 +160,9 @@ class Poller:
         changed: dict[str, JobState] = {}  # kept only when events will be built from them
         before: dict[str, JobState] = {}
         jobs_seen = requests = 0
-        async for page in _prefetch(self.box.iter_job_pages(self.page_size), PREFETCH_PAGES):
+        async for page in _prefetch(self.box.iter_job_listing(self.page_size), PREFETCH_PAGES):
             requests += 1
-            jobs = [job_state(j) for j in page.entries]
+            jobs = [listed_job_state(j) for j in page["entries"]]
             jobs_seen += len(jobs)
             self._note_unknown_statuses(jobs)
             ids = [j.id for j in jobs]
@@ -348,11 +362,11 @@ def _created_s(created_at: str | None) -> float | None:
 
 
 async def _prefetch(
-    pages: AsyncIterator[DocGenJobsFull], depth: int
-) -> AsyncIterator[DocGenJobsFull]:
+    pages: AsyncIterator[JobListingPage], depth: int
+) -> AsyncIterator[JobListingPage]:
     """Fetch up to `depth` pages ahead while the caller diffs the current one. A failure of the
     listing is raised to the caller at the page where it happened."""
-    queue: asyncio.Queue[DocGenJobsFull | BaseException | None] = asyncio.Queue(depth)
+    queue: asyncio.Queue[JobListingPage | BaseException | None] = asyncio.Queue(depth)
 
     async def produce() -> None:
         try:

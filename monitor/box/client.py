@@ -43,7 +43,13 @@ from monitor.box.errors import (
     BoxServerError,
     BoxUnauthorized,
 )
-from monitor.box.models import DocGenBatch, DocGenJob, DocGenJobs, DocGenJobsFull
+from monitor.box.models import (
+    DocGenBatch,
+    DocGenJob,
+    DocGenJobs,
+    DocGenJobsFull,
+    JobListingPage,
+)
 from monitor.metrics import Metrics
 
 __all__ = [
@@ -68,13 +74,14 @@ EP_BATCHES = "/2.0/docgen_batches"
 _USER_AGENT = f"docgen-monitor/{__version__}"
 
 T = TypeVar("T")
-P = TypeVar("P", DocGenJobs, DocGenJobsFull)
+P = TypeVar("P", DocGenJobs, DocGenJobsFull, JobListingPage)
 
 Sleep = Callable[[float], Awaitable[None]]
 
 # The batch reference is a pydantic dataclass (it is nested in every job), so it validates
 # through an adapter.
 _BATCH = TypeAdapter(DocGenBatch)
+_LISTING: TypeAdapter[JobListingPage] = TypeAdapter(JobListingPage)
 
 
 class BoxClient:
@@ -150,9 +157,31 @@ class BoxClient:
         """Every job of the calling user, page by page (`GET /2.0/docgen_jobs`). A failure part
         way raises: the caller must treat what it has seen as a partial listing."""
         pages = self._pages(
-            EP_JOBS, "/2.0/docgen_jobs", DocGenJobsFull, page_size, self._log, Priority.SWEEP
+            EP_JOBS,
+            "/2.0/docgen_jobs",
+            DocGenJobsFull.model_validate_json,
+            page_size,
+            self._log,
+            Priority.SWEEP,
         )
         async with aclosing(pages):  # a caller that stops early closes the inner generator too
+            async for page in pages:
+                yield page
+
+    async def iter_job_listing(
+        self, page_size: int | None = None
+    ) -> AsyncGenerator[JobListingPage, None]:
+        """`iter_job_pages` validated against the sweep's projection (`JobListingPage`): only
+        the fields a sweep reads, as plain dicts, at about a third of the cost."""
+        pages = self._pages(
+            EP_JOBS,
+            "/2.0/docgen_jobs",
+            _LISTING.validate_json,
+            page_size,
+            self._log,
+            Priority.SWEEP,
+        )
+        async with aclosing(pages):
             async for page in pages:
                 yield page
 
@@ -161,7 +190,9 @@ class BoxClient:
         path = f"/2.0/docgen_batch_jobs/{_segment(batch_id)}"
         log = self._log.bind(batch_id=batch_id)
         jobs: list[DocGenJob] = []
-        pages = self._pages(EP_BATCH_JOBS, path, DocGenJobs, None, log, Priority.ACTIVE)
+        pages = self._pages(
+            EP_BATCH_JOBS, path, DocGenJobs.model_validate_json, None, log, Priority.ACTIVE
+        )
         async for page in pages:
             jobs.extend(page.entries)
         return jobs
@@ -212,7 +243,7 @@ class BoxClient:
         self,
         endpoint: str,
         path: str,
-        model: type[P],
+        parse: Callable[[bytes], P],
         page_size: int | None,
         log: Any,
         priority: Priority,
@@ -227,13 +258,13 @@ class BoxClient:
                 "GET",
                 endpoint,
                 path,
-                model.model_validate_json,
+                parse,
                 params=params,
                 log=log,
                 priority=priority,
             )
             yield page
-            marker = page.next_marker
+            marker = page.get("next_marker") if isinstance(page, dict) else page.next_marker
             if not marker:
                 return
             if marker in seen:

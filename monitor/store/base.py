@@ -183,21 +183,22 @@ class Store(ABC):
 
     @abstractmethod
     async def sweep_begin(self) -> int:
-        """Start a streaming sweep: forget what an unfinished one staged and return a new
-        generation number, larger than any before."""
+        """Start a streaming sweep: forget what an unfinished one staged and return its
+        generation number, larger than any before; staging under an older one raises
+        `StoreError`. Staging is never durable: it does not survive `close`."""
 
     @abstractmethod
     async def sweep_stage(
         self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
     ) -> None:
-        """Record one page of a sweep: the ids it listed (marked with `generation`) and the rows
+        """Record one page of a sweep: the ids it listed and the rows
         to write at the end, each with the `seq` the job had when read (0 when new). The
         snapshot itself is unchanged until `commit_sweep`; a second staging of a job is
         ignored (the first sighting counts)."""
 
     @abstractmethod
     async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
-        """Snapshot rows first seen before `seen_before` that no page of `generation` listed."""
+        """Snapshot rows first seen before `seen_before` that no page of this sweep listed."""
 
     @abstractmethod
     async def sweep_stale_ids(self) -> set[str]:

@@ -90,25 +90,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Version 2 is another branch's (Slack thread mappings); this placeholder keeps the numbering
     # so that version 3 below is the same step on every branch. Replaced when the branches merge.
     (),
-    # Version 3: streaming sweeps (a sweep generation marked per page, staged rows applied in one
-    # transaction at the end), stuck marks, and the index the active set is read from.
+    # Version 3: stuck marks, and the index the active set is read from. (A sweep's staging
+    # lives in TEMP tables, see `_SWEEP_TEMP`: it is never durable, so it needs no migration.)
     (
-        "ALTER TABLE jobs ADD COLUMN sweep_gen INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX jobs_status_batch ON jobs (status, batch_id)",
-        """CREATE TABLE sweep_stage (
-            id               TEXT PRIMARY KEY,
-            batch_id         TEXT NOT NULL,
-            status           TEXT NOT NULL,
-            template_file_id TEXT NOT NULL,
-            output_type      TEXT NOT NULL,
-            output_file_id   TEXT,
-            created_at       TEXT,
-            created_by_id    TEXT,
-            seq              INTEGER NOT NULL,
-            first_seen_at    REAL NOT NULL,
-            changed_at       REAL NOT NULL,
-            base_seq         INTEGER NOT NULL
-        ) WITHOUT ROWID""",
         """CREATE TABLE stuck_marks (
             job_id   TEXT PRIMARY KEY,
             event_id TEXT NOT NULL
@@ -131,8 +116,27 @@ _JOB_UPSERT = (
     f"ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
 )
+# A streaming sweep stages into TEMP tables (this connection only, never fsynced): what each page
+# listed, and the rows to write at the end. A crash or a failed sweep leaves nothing behind.
+_SWEEP_TEMP = (
+    "CREATE TEMP TABLE IF NOT EXISTS sweep_seen (id TEXT PRIMARY KEY) WITHOUT ROWID",
+    """CREATE TEMP TABLE IF NOT EXISTS sweep_stage (
+        id               TEXT PRIMARY KEY,
+        batch_id         TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        template_file_id TEXT NOT NULL,
+        output_type      TEXT NOT NULL,
+        output_file_id   TEXT,
+        created_at       TEXT,
+        created_by_id    TEXT,
+        seq              INTEGER NOT NULL,
+        first_seen_at    REAL NOT NULL,
+        changed_at       REAL NOT NULL,
+        base_seq         INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
 _STAGE_INSERT = (
-    f"INSERT INTO sweep_stage ({', '.join(_JOB_COLUMNS)}, base_seq) "  # noqa: S608 (constants)
+    f"INSERT INTO temp.sweep_stage ({', '.join(_JOB_COLUMNS)}, base_seq) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in _JOB_COLUMNS)}, ?) ON CONFLICT (id) DO NOTHING"
 )
 # A staged row is stale when the job changed after the sweep read it (an active poll committed
@@ -140,7 +144,8 @@ _STAGE_INSERT = (
 _STAGE_FRESH = "COALESCE((SELECT j.seq FROM jobs j WHERE j.id = s.id), 0) = s.base_seq"
 _STAGE_APPLY = (
     f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant names)
-    f"SELECT {', '.join('s.' + c for c in _JOB_COLUMNS)} FROM sweep_stage s WHERE {_STAGE_FRESH} "
+    f"SELECT {', '.join('s.' + c for c in _JOB_COLUMNS)} FROM temp.sweep_stage s "
+    f"WHERE {_STAGE_FRESH} "
     f"ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
 )
@@ -193,6 +198,7 @@ class SQLiteStore(Store):
         self._closing = False
         self._lock = asyncio.Lock()
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._sweep_generation = 0
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -410,8 +416,11 @@ class SQLiteStore(Store):
                     stuck_rows,
                 )
             if sweep:
+                for statement in _SWEEP_TEMP:
+                    await conn.execute(statement)
                 await conn.execute(_STAGE_APPLY)
-                await conn.execute("DELETE FROM sweep_stage")
+                await conn.execute("DELETE FROM temp.sweep_stage")
+                await conn.execute("DELETE FROM temp.sweep_seen")
             added = 0
             if event_rows:
                 async with conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as cur:
@@ -602,43 +611,58 @@ class SQLiteStore(Store):
 
     async def sweep_begin(self) -> int:
         async def fn(conn: aiosqlite.Connection) -> int:
-            await conn.execute("DELETE FROM sweep_stage")
-            async with conn.execute("SELECT value FROM meta WHERE key = 'sweep_gen'") as cur:
-                row = await cur.fetchone()
-            gen = (int(row[0]) if row is not None else 0) + 1
-            await conn.execute(_META_UPSERT, ("sweep_gen", str(gen)))
-            return gen
+            for statement in _SWEEP_TEMP:
+                await conn.execute(statement)
+            await conn.execute("DELETE FROM temp.sweep_stage")
+            await conn.execute("DELETE FROM temp.sweep_seen")
+            self._sweep_generation += 1
+            return self._sweep_generation
 
-        return await self._write("sweep_begin", fn)
+        return await self._read("sweep_begin", fn)
+
+    def _check_generation(self, generation: int) -> None:
+        if generation != self._sweep_generation:
+            raise StoreError(f"sweep {generation} was superseded by {self._sweep_generation}")
 
     async def sweep_stage(
         self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
     ) -> None:
-        ids = list(seen_ids)
+        self._check_generation(generation)
+        seen = [(i,) for i in seen_ids]
         rows = [(*(getattr(j, c) for c in _JOB_COLUMNS), base) for j, base in staged]
 
         async def fn(conn: aiosqlite.Connection) -> None:
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
-                marks = ", ".join("?" for _ in chunk)
-                sql = f"UPDATE jobs SET sweep_gen = ? WHERE id IN ({marks})"  # noqa: S608
-                await conn.execute(sql, (generation, *chunk))
-            if rows:
-                await conn.executemany(_STAGE_INSERT, rows)
+            # Only TEMP tables are written: no lock on the main database, no fsync.
+            await conn.execute("BEGIN")
+            try:
+                await conn.executemany(
+                    "INSERT INTO temp.sweep_seen (id) VALUES (?) ON CONFLICT DO NOTHING", seen
+                )
+                if rows:
+                    await conn.executemany(_STAGE_INSERT, rows)
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
 
-        await self._write("sweep_stage", fn)
+        await self._read("sweep_stage", fn)
 
     async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
+        self._check_generation(generation)
+
         async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
-            sql = f"{_JOB_SELECT} WHERE sweep_gen <> ? AND first_seen_at < ?"
-            async with conn.execute(sql, (generation, seen_before)) as cur:
+            sql = (
+                f"{_JOB_SELECT} WHERE first_seen_at < ? AND NOT EXISTS "  # noqa: S608 (constants)
+                "(SELECT 1 FROM temp.sweep_seen s WHERE s.id = jobs.id)"
+            )
+            async with conn.execute(sql, (seen_before,)) as cur:
                 return {row[0]: JobState(*row) for row in await cur.fetchall()}
 
         return await self._read("sweep_unseen", fn)
 
     async def sweep_stale_ids(self) -> set[str]:
         async def fn(conn: aiosqlite.Connection) -> set[str]:
-            sql = f"SELECT s.id FROM sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
+            sql = f"SELECT s.id FROM temp.sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
             async with conn.execute(sql) as cur:
                 return {row[0] for row in await cur.fetchall()}
 
