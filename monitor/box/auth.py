@@ -257,8 +257,7 @@ class CCGAuth(TokenGrantAuth):
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if subject_type not in ("enterprise", "user"):
-            raise ValueError(f"subject_type must be 'enterprise' or 'user', got {subject_type!r}")
+        _check_subject_type(subject_type)
         super().__init__(
             token_url, session=session, timeout_s=timeout_s, metrics=metrics, clock=clock
         )
@@ -315,8 +314,7 @@ class JWTAuth(TokenGrantAuth):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if subject_type not in ("enterprise", "user"):
-            raise ValueError(f"subject_type must be 'enterprise' or 'user', got {subject_type!r}")
+        _check_subject_type(subject_type)
         super().__init__(
             token_url, session=session, timeout_s=timeout_s, metrics=metrics, clock=clock
         )
@@ -410,6 +408,11 @@ class JWTAuth(TokenGrantAuth):
             f"key_id={self.key_id!r}, subject_type={self.subject_type!r}, "
             f"subject_id={self.subject_id!r})"
         )
+
+
+def _check_subject_type(subject_type: str) -> None:
+    if subject_type not in ("enterprise", "user"):
+        raise ValueError(f"subject_type must be 'enterprise' or 'user', got {subject_type!r}")
 
 
 def _oauth2_error(body: bytes) -> OAuth2Error | None:

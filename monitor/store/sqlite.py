@@ -120,20 +120,10 @@ _JOB_UPSERT = (
 # listed, and the rows to write at the end. A crash or a failed sweep leaves nothing behind.
 _SWEEP_TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS sweep_seen (id TEXT PRIMARY KEY) WITHOUT ROWID",
-    """CREATE TEMP TABLE IF NOT EXISTS sweep_stage (
-        id               TEXT PRIMARY KEY,
-        batch_id         TEXT NOT NULL,
-        status           TEXT NOT NULL,
-        template_file_id TEXT NOT NULL,
-        output_type      TEXT NOT NULL,
-        output_file_id   TEXT,
-        created_at       TEXT,
-        created_by_id    TEXT,
-        seq              INTEGER NOT NULL,
-        first_seen_at    REAL NOT NULL,
-        changed_at       REAL NOT NULL,
-        base_seq         INTEGER NOT NULL
-    ) WITHOUT ROWID""",
+    # JobState's columns (types are affinities only in SQLite) and the seq the sweep read.
+    "CREATE TEMP TABLE IF NOT EXISTS sweep_stage (id TEXT PRIMARY KEY, "
+    + ", ".join(c for c in _JOB_COLUMNS if c != "id")
+    + ", base_seq INTEGER NOT NULL) WITHOUT ROWID",
 )
 _STAGE_INSERT = (
     f"INSERT INTO temp.sweep_stage ({', '.join(_JOB_COLUMNS)}, base_seq) "  # noqa: S608
