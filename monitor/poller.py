@@ -260,11 +260,17 @@ class Poller:
         return sum(results)
 
     async def poll_batch(self, batch_id: str) -> tuple[Event, ...]:
-        """One batch: list its jobs, diff against its stored rows, add stuck events, commit."""
+        """One batch: list its jobs, diff against its stored rows, add stuck events, commit.
+        A lone straggler (one job of a known batch still running) is read by its own id: one
+        small answer instead of the whole batch's pages."""
+        straggler = _lone_straggler(await self.store.load_batches([batch_id]))
         try:
-            jobs = [job_state(j) for j in await self.box.list_batch_jobs(batch_id)]
+            if straggler is not None:
+                jobs = [job_state(await self.box.get_job(straggler))]
+            else:
+                jobs = [job_state(j) for j in await self.box.list_batch_jobs(batch_id)]
         except BoxNotFound:
-            jobs = []
+            jobs = []  # not (yet) known to Box, or gone: only a sweep may say a job vanished
         now = self.clock()
         self._note_unknown_statuses(jobs)
         async with self._commit_lock:
@@ -298,6 +304,7 @@ class Poller:
                 del self.active[batch_id]
         elif entry.watched_until is None or now >= entry.watched_until:
             del self.active[batch_id]
+        self.metrics.active_batches.set(len(self.active))
 
     def detection_lag_s(self) -> float:
         """How stale the oldest observation of an active batch is."""
@@ -350,6 +357,12 @@ class Poller:
                         job_id=job.id,
                         treated_as="non-terminal",
                     )
+
+
+def _lone_straggler(batch: dict[str, JobState]) -> str | None:
+    """The id of the only non-terminal job of a batch with other jobs, else None."""
+    running = [j.id for j in batch.values() if not is_terminal(j.status)]
+    return running[0] if len(running) == 1 and len(batch) > 1 else None
 
 
 def _created_s(created_at: str | None) -> float | None:

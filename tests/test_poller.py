@@ -123,6 +123,11 @@ async def test_a_watched_batch_is_polled_by_its_own_endpoint_not_by_a_listing(ri
     assert batch["batch_id"] not in poller.active
     stats = rig.sim.state.stats
     assert stats.count("batch_jobs") == 2 and stats.count("list_jobs") == 0
+    sample = rig.metrics.registry.get_sample_value
+    durations = {s: sample("box_docgen_job_duration_seconds_count", {"outcome": s}) or 0
+                 for s in TERMINAL}
+    assert sum(durations.values()) == 5  # one per job that reached its outcome
+    assert sample("box_docgen_active_batches") == 0
 
 
 async def test_a_watched_batch_box_does_not_know_yet_stays_until_its_watch_expires(
@@ -288,3 +293,28 @@ async def test_a_sweep_does_not_roll_back_what_an_active_poll_committed_meanwhil
     await rig.store.commit_sweep(SnapshotChanges(), [])
     after = await rig.store.load_jobs(batch["job_ids"])
     assert {j.status for j in after.values()} <= TERMINAL
+
+
+async def test_a_lone_straggler_is_read_by_its_own_id(rig: Rig) -> None:
+    """Once one job of a batch is left running, the poll asks for that job alone; its outcome
+    still completes the batch."""
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    batch = await rig.control.start_batch(3)
+    first, second, last = batch["job_ids"]
+    for job_id in (first, second):
+        await rig.control.call("PUT", f"/_sim/jobs/{job_id}", {"status": "completed"})
+    await rig.control.call("PUT", f"/_sim/jobs/{last}", {"status": "submitted"})
+    poller.watch(batch["batch_id"])
+    await poller.poll_batch(batch["batch_id"])  # all three known now, one still running
+    rig.sim.state.stats.reset()
+    assert of_type(await poller.poll_batch(batch["batch_id"]), EventType.JOB_STATUS_CHANGED) == []
+    await rig.control.call("PUT", f"/_sim/jobs/{last}", {"status": "failed"})
+    events = await poller.poll_batch(batch["batch_id"])
+    assert [(e.job.id, e.to_status) for e in of_type(events, EventType.JOB_STATUS_CHANGED)
+            if e.job] == [(last, "failed")]
+    assert len(of_type(events, EventType.BATCH_COMPLETED)) == 1
+    stats = rig.sim.state.stats
+    assert (stats.count("get_job"), stats.count("batch_jobs")) == (2, 0)
+    assert batch["batch_id"] not in poller.active
