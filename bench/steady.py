@@ -60,6 +60,14 @@ async def start_receiver(receiver: Receiver, port: int) -> web.AppRunner:
     return runner
 
 
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a running process (Linux), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def free_port() -> int:
     import socket
 
@@ -287,6 +295,7 @@ def main() -> None:
             )
             try:
                 asyncio.run(run(args, sim_url, f"http://127.0.0.1:{http_port}", hook_port))
+                print(f"daemon peak RSS: {peak_rss_mb(daemon.pid):.0f} MB")
             finally:
                 daemon.terminate()
                 daemon.wait(timeout=60)
