@@ -173,6 +173,16 @@ def _entry(row: Any, state: OutboxState | None = None) -> OutboxEntry:
     )
 
 
+async def _rows_in(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> list[Any]:
+    """The rows of `sql`, which ends in `IN`, for `ids`, a chunk of placeholders at a time."""
+    rows: list[Any] = []
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        async with conn.execute(f"{sql} ({', '.join('?' for _ in chunk)})", chunk) as cur:
+            rows.extend(await cur.fetchall())
+    return rows
+
+
 def _truncate(error: str) -> str:
     return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
 
@@ -340,15 +350,8 @@ class SQLiteStore(Store):
         ids = sorted(set(batch_ids))
 
         async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
-            jobs: dict[str, JobState] = {}
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
-                marks = ", ".join("?" for _ in chunk)
-                sql = f"{_JOB_SELECT} WHERE batch_id IN ({marks})"
-                async with conn.execute(sql, chunk) as cur:
-                    for row in await cur.fetchall():
-                        jobs[row[0]] = JobState(*row)
-            return jobs
+            rows = await _rows_in(conn, f"{_JOB_SELECT} WHERE batch_id IN", ids)
+            return {row[0]: JobState(*row) for row in rows}
 
         return await self._read("load_batches", fn)
 
@@ -588,14 +591,8 @@ class SQLiteStore(Store):
         ids = list(dict.fromkeys(job_ids))
 
         async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
-            jobs: dict[str, JobState] = {}
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
-                sql = f"{_JOB_SELECT} WHERE id IN ({', '.join('?' for _ in chunk)})"
-                async with conn.execute(sql, chunk) as cur:
-                    for row in await cur.fetchall():
-                        jobs[row[0]] = JobState(*row)
-            return jobs
+            rows = await _rows_in(conn, f"{_JOB_SELECT} WHERE id IN", ids)
+            return {row[0]: JobState(*row) for row in rows}
 
         return await self._read("load_jobs", fn)
 
@@ -671,15 +668,7 @@ class SQLiteStore(Store):
         ids = list(dict.fromkeys(job_ids))
 
         async def fn(conn: aiosqlite.Connection) -> dict[str, str]:
-            marks: dict[str, str] = {}
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
-                sql = (
-                    "SELECT job_id, event_id FROM stuck_marks "  # noqa: S608 (placeholders)
-                    f"WHERE job_id IN ({', '.join('?' for _ in chunk)})"
-                )
-                async with conn.execute(sql, chunk) as cur:
-                    marks.update({row[0]: row[1] for row in await cur.fetchall()})
-            return marks
+            sql = "SELECT job_id, event_id FROM stuck_marks WHERE job_id IN"
+            return {row[0]: row[1] for row in await _rows_in(conn, sql, ids)}
 
         return await self._read("stuck_marks", fn)
