@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import structlog
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
 
     once = sub.add_parser("once", help="one sweep; print its events as JSON lines; exit")
     once.add_argument("--config", required=True, type=Path)
+
+    watch = sub.add_parser("watch", help="put a batch into the running daemon's active set")
+    watch.add_argument("batch_id")
+    watch.add_argument("--config", required=True, type=Path)
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
@@ -111,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(args.duration, args.port, registry))
         config = load(args.config, registry)
         configure_logging(config.log.level, config.log.format)
+        if args.command == "watch":
+            return asyncio.run(_watch(config, args.batch_id))
         if args.command == "once":
             return asyncio.run(_once(config, registry))
         if args.command == "test-notify":
@@ -232,6 +239,36 @@ async def _once(config: Config, registry: NotifierRegistry) -> int:
             f"baseline recorded: {result.jobs_seen} job(s); later changes become events",
             file=sys.stderr,
         )
+    return EXIT_OK
+
+
+async def _watch(config: Config, batch_id: str) -> int:
+    """Ask the daemon configured in `config` (its `http.listen`) to watch a batch now."""
+    import aiohttp
+    from yarl import URL
+
+    from monitor.web import WATCH_ROUTE
+
+    if config.http.api_token is None:
+        print("docgen-monitor: http.api_token is not set: the watch API is off", file=sys.stderr)
+        return EXIT_CONFIG
+    host = f"[{config.http.host}]" if ":" in config.http.host else config.http.host
+    path = WATCH_ROUTE.format(batch_id=quote(batch_id, safe=""))
+    url = URL(f"http://{host}:{config.http.port}{path}", encoded=True)
+    headers = {"Authorization": f"Bearer {config.http.api_token.get_secret_value()}"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.post(url, headers=headers) as resp,
+        ):
+            body = await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"docgen-monitor: cannot reach the daemon at {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if resp.status != 202:
+        print(f"docgen-monitor: the daemon answered {resp.status}: {body[:200]}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"watching batch {batch_id}")
     return EXIT_OK
 
 

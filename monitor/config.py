@@ -72,7 +72,19 @@ class CCGAuthConfig(_Model):
     subject_id: str = Field(min_length=1)
 
 
-AuthConfig = Annotated[DeveloperTokenAuthConfig | CCGAuthConfig, Field(discriminator="method")]
+class JWTAuthConfig(_Model):
+    """The `config.json` Box's developer console produces (client id and secret, key id,
+    passphrase-encrypted PKCS#8 private key, enterprise id). Acts as the enterprise's Service
+    Account unless `user_id` is given."""
+
+    method: Literal["jwt"]
+    config_file: Path
+    user_id: str | None = Field(None, min_length=1)
+
+
+AuthConfig = Annotated[
+    DeveloperTokenAuthConfig | CCGAuthConfig | JWTAuthConfig, Field(discriminator="method")
+]
 
 
 def _http_url(value: str) -> str:
@@ -88,6 +100,9 @@ class BoxConfig(_Model):
     timeout: PositiveDurationS = 30.0
     max_attempts: int = Field(5, ge=1, le=10)
     page_size: int = Field(1000, ge=1, le=1000)
+    # Every Box request draws from this budget; Box allows about 1000/min per user, shared with
+    # the customer's own application.
+    requests_per_minute: float = Field(600.0, gt=0)
 
     @field_validator("base_url")
     @classmethod
@@ -98,6 +113,10 @@ class BoxConfig(_Model):
 class PollConfig(_Model):
     sweep_interval: PositiveDurationS = 60.0
     max_backoff: PositiveDurationS = 600.0  # a failing sweep is retried less often, up to this
+    active_interval: PositiveDurationS = 5.0  # batches with non-terminal jobs, polled one by one
+    stuck_after: PositiveDurationS | None = None  # job.stuck after this long in one status
+    stuck_after_by_template: dict[str, PositiveDurationS] = {}
+    watch_ttl: PositiveDurationS = 600.0  # a watched batch Box does not know yet is kept this long
 
 
 class StateConfig(_Model):
@@ -156,6 +175,7 @@ class Route(_Model):
 
 class HttpConfig(_Model):
     listen: str = "127.0.0.1:9464"
+    api_token: SecretStr | None = None  # bearer token of the HTTP API (watch); off when unset
 
     @field_validator("listen")
     @classmethod
@@ -233,7 +253,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("developer_token", "ccg") and out.endswith("auth"):
+        elif part in ("developer_token", "ccg", "jwt") and out.endswith("auth"):
             continue  # pydantic names the union member; the user wrote only `auth`
         else:
             out += f".{part}" if out else part

@@ -22,9 +22,10 @@ from typing import Any, Self
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth
+from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth, JWTAuth
+from monitor.box.budget import Degradation, Plan, RequestBudget, plan_intervals
 from monitor.box.client import BoxClient
-from monitor.config import BoxConfig, CCGAuthConfig, Config
+from monitor.config import BoxConfig, CCGAuthConfig, Config, JWTAuthConfig
 from monitor.errors import ConfigError, MonitorError
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier, NotifierRegistry
@@ -33,6 +34,7 @@ from monitor.notify.router import Router
 from monitor.poller import Poller
 from monitor.store import open_store
 from monitor.store.base import OutboxState, Store
+from monitor.stuck import StuckPolicy
 from monitor.web import WebServer, build_app
 
 log = structlog.get_logger(__name__)
@@ -60,6 +62,17 @@ def make_auth(box: BoxConfig, metrics: Metrics | None) -> Auth:
             timeout_s=box.timeout,
             metrics=metrics,
         )
+    if isinstance(box.auth, JWTAuthConfig):
+        try:
+            return JWTAuth.from_config_file(
+                f"{box.base_url}/oauth2/token",
+                box.auth.config_file,
+                user_id=box.auth.user_id,
+                timeout_s=box.timeout,
+                metrics=metrics,
+            )
+        except ValueError as exc:
+            raise ConfigError([f"box.auth.config_file: {exc}"]) from None
     return DeveloperTokenAuth(box.auth.token)
 
 
@@ -72,6 +85,7 @@ def make_box_client(box: BoxConfig, metrics: Metrics | None) -> tuple[Auth, BoxC
         timeout_s=box.timeout,
         max_attempts=box.max_attempts,
         page_size=box.page_size,
+        budget=RequestBudget(box.requests_per_minute, metrics=metrics),
     )
     return auth, client
 
@@ -95,6 +109,12 @@ class Daemon:
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
         self._sweep_task: asyncio.Task[Any] | None = None
+        self._active_task: asyncio.Task[Any] | None = None
+        self._last_sweep_started = float("-inf")
+        self._last_active_started = float("-inf")
+        self.budget: RequestBudget | None = None
+        poll = config.poll
+        self.plan = Plan(poll.sweep_interval, poll.active_interval, Degradation.NORMAL)
         self._sweep_failures = 0
         self._next_sweep_at = 0.0
         self._last_error: str | None = None
@@ -142,6 +162,7 @@ class Daemon:
         self._stack.push_async_callback(self.store.close)
 
         auth, box = make_box_client(cfg.box, self.metrics)
+        self.budget = box.budget
         self._stack.push_async_callback(auth.aclose)
         await self._stack.enter_async_context(box)
 
@@ -157,14 +178,24 @@ class Daemon:
             self.metrics,
             baseline=cfg.baseline,
             page_size=cfg.box.page_size,
+            stuck=StuckPolicy(cfg.poll.stuck_after, dict(cfg.poll.stuck_after_by_template)),
+            watch_ttl_s=cfg.poll.watch_ttl,
             on_commit=self.dispatcher.wake,
             clock=self.clock,
         )
+        await self.poller.start()
         self.last_success_at = _float_or_none(await self.store.get_meta("last_sweep_at"))
         await self.poller.refresh_job_gauge()
 
         self.web = WebServer(
-            build_app(self.metrics.registry, self.readiness), cfg.http.host, cfg.http.port
+            build_app(
+                self.metrics.registry,
+                self.readiness,
+                watch=self.poller.watch,
+                api_token=cfg.http.api_token,
+            ),
+            cfg.http.host,
+            cfg.http.port,
         )
         await self.web.start()
         self._stack.push_async_callback(self.web.close)
@@ -190,14 +221,25 @@ class Daemon:
             next_run_time=datetime.now(UTC),
             misfire_grace_time=None,
         )
+        scheduler.add_job(
+            self._active_tick,
+            "interval",
+            seconds=cfg.poll.active_interval,
+            id="active",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        self._update_plan()
         scheduler.start()
         self._stack.push_async_callback(self._stop_polling, scheduler)
 
     async def _stop_polling(self, scheduler: AsyncIOScheduler) -> None:
         scheduler.shutdown(wait=False)
-        if self._sweep_task is not None and not self._sweep_task.done():
-            # An unfinished sweep has committed nothing; its commit, if started, is shielded.
-            await _cancel(self._sweep_task)
+        for task in (self._sweep_task, self._active_task):
+            if task is not None and not task.done():
+                # An unfinished poll has committed nothing; a commit, if started, is shielded.
+                await _cancel(task)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -304,9 +346,59 @@ class Daemon:
 
     # -- polling --------------------------------------------------------------------------
 
+    def _update_plan(self) -> None:
+        """Fit the intervals to the budget (stretch the sweep first, then active polls)."""
+        poll = self.config.poll
+        rate = self.budget.rate_rpm if self.budget is not None else float("inf")
+        plan = plan_intervals(
+            rate,
+            len(self.poller.active),
+            self.poller.last_sweep_requests,
+            poll.sweep_interval,
+            poll.active_interval,
+        )
+        if plan.level != self.plan.level:
+            log.warning(
+                "degradation_changed" if plan.level else "degradation_cleared",
+                level=plan.level.name.lower(),
+                sweep_interval_s=round(plan.sweep_interval_s, 1),
+                active_interval_s=round(plan.active_interval_s, 1),
+                budget_rpm=round(rate, 1),
+            )
+        self.plan = plan
+        self.metrics.degradation.set(plan.level)
+        self.metrics.effective_interval.labels("sweep").set(plan.sweep_interval_s)
+        self.metrics.effective_interval.labels("active").set(plan.active_interval_s)
+
+    def _due(self, last_started: float, interval_s: float, tick_s: float) -> bool:
+        # Ticks come every `tick_s`; a stretched interval skips ticks until it has passed.
+        return self.clock() - last_started >= interval_s - tick_s / 2
+
+    async def _active_tick(self) -> None:
+        self._update_plan()
+        poll = self.config.poll
+        interval_s = self.plan.active_interval_s
+        if not self._due(self._last_active_started, interval_s, poll.active_interval):
+            return
+        self._last_active_started = self.clock()
+        self._active_task = asyncio.current_task()
+        try:
+            await self.poller.poll_active()
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("active_round_failed")
+        finally:
+            self._active_task = None
+            self.metrics.detection_lag.set(self.poller.detection_lag_s())
+
     async def _sweep_tick(self) -> None:
         if self.clock() < self._next_sweep_at:
             return  # backing off after failures
+        poll = self.config.poll
+        if not self._due(self._last_sweep_started, self.plan.sweep_interval_s, poll.sweep_interval):
+            return  # degraded: the budget cannot hold the configured interval
+        self._last_sweep_started = self.clock()
         self._sweep_task = asyncio.current_task()
         started = time.perf_counter()
         try:
@@ -351,7 +443,7 @@ class Daemon:
             details["store"] = "ok"
         except Exception as exc:
             details["store"] = f"error: {type(exc).__name__}"
-        max_age_s = 3 * self.config.poll.sweep_interval
+        max_age_s = 3 * max(self.config.poll.sweep_interval, self.plan.sweep_interval_s)
         if self.last_success_at is None:
             details["last_sweep"] = "none yet"
             fresh = False
@@ -362,11 +454,23 @@ class Daemon:
         details["max_sweep_age_s"] = max_age_s
         if self._last_error is not None:
             details["last_error"] = self._last_error
+        details["degradation"] = self.plan.level.name.lower()
+        details["sweep_interval_s"] = round(self.plan.sweep_interval_s, 3)
+        details["active_interval_s"] = round(self.plan.active_interval_s, 3)
+        details["active_batches"] = len(self.poller.active)
+        if self.budget is not None:
+            details["budget_rate_per_minute"] = round(self.budget.rate_rpm, 1)
         return details["store"] == "ok" and fresh, details
 
     async def _refresh_gauges(self) -> None:
         while True:
             try:
+                await self.poller.heartbeat()
+                self.metrics.detection_lag.set(self.poller.detection_lag_s())
+                self.metrics.active_batches.set(len(self.poller.active))
+                if self.budget is not None:
+                    self.metrics.budget_available.set(self.budget.available)
+                    self.metrics.budget_rate.set(self.budget.rate_rpm)
                 counts = await self.store.outbox_counts()
                 for name in self.dispatcher.notifiers:
                     by_state = counts.get(name, {})

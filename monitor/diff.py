@@ -67,6 +67,8 @@ def snapshot_changes(
             continue  # a listing that repeats a job across pages: the first sighting counts
         seen.add(job.id)
         old = snapshot.get(job.id)
+        if old is not None:
+            job = _keep_unreported(old, job)
         if old is None:
             new = replace(job, seq=1, first_seen_at=now, changed_at=now)
         elif old.status != job.status:
@@ -83,6 +85,20 @@ def snapshot_changes(
     return SnapshotChanges(tuple(upserts.values()), removals)
 
 
+def _keep_unreported(old: JobState, seen: JobState) -> JobState:
+    """A batch or single-job read returns Box's standard job variant, which has no creator and
+    no creation time: what the stored row knows of them stays."""
+    if (seen.created_at is None and old.created_at is not None) or (
+        seen.created_by_id is None and old.created_by_id is not None
+    ):
+        return replace(
+            seen,
+            created_at=seen.created_at or old.created_at,
+            created_by_id=seen.created_by_id or old.created_by_id,
+        )
+    return seen
+
+
 def events_for(
     snapshot: Mapping[str, JobState], changes: SnapshotChanges, now: float
 ) -> tuple[Event, ...]:
@@ -93,7 +109,7 @@ def events_for(
         old = snapshot.get(new.id)
         if old is None:
             events.append(
-                _job_event(
+                job_event(
                     EventType.JOB_DISCOVERED,
                     discovered_id(new.id),
                     None,
@@ -105,7 +121,7 @@ def events_for(
         elif old.status != new.status:
             event_id = status_changed_id(new.id, new.seq, old.status, new.status)
             events.append(
-                _job_event(
+                job_event(
                     EventType.JOB_STATUS_CHANGED, event_id, old.status, new, detected_at, new.status
                 )
             )
@@ -113,7 +129,7 @@ def events_for(
         old = snapshot[job_id]
         gone = replace(old, seq=old.seq + 1)
         events.append(
-            _job_event(
+            job_event(
                 EventType.JOB_VANISHED,
                 vanished_id(job_id, gone.seq),
                 old.status,
@@ -181,7 +197,7 @@ def _completed_batches(
     return events
 
 
-def _job_event(
+def job_event(
     type_: EventType,
     event_id: str,
     from_status: str | None,

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor import __version__
 
+_JOB_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 _DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -79,6 +80,49 @@ class Metrics:
             "box_docgen_outbox_dead",
             "Events that ran out of delivery attempts, by notifier.",
             ["notifier"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "box_docgen_job_duration_seconds",
+            "Time from a job's created_at (or first sighting) to its terminal status, by outcome.",
+            ["outcome"],
+            buckets=_JOB_BUCKETS_S,
+            registry=r,
+        )
+        self.active_batches = Gauge(
+            "box_docgen_active_batches",
+            "Batches in the active set (non-terminal jobs, or watched), polled every interval.",
+            registry=r,
+        )
+        self.detection_lag = Gauge(
+            "box_docgen_detection_lag_seconds",
+            "Age of the oldest observation among active batches (0 when none is active).",
+            registry=r,
+        )
+        self.budget_used = Counter(
+            "box_docgen_request_budget_used",
+            "Box requests granted by the request budget.",
+            registry=r,
+        )
+        self.budget_available = Gauge(
+            "box_docgen_request_budget_available",
+            "Requests the budget could grant at once (0 while Box's retry-after pauses all).",
+            registry=r,
+        )
+        self.budget_rate = Gauge(
+            "box_docgen_request_budget_rate_per_minute",
+            "The budget's current rate: the configured ceiling, shrunk after 429s (AIMD).",
+            registry=r,
+        )
+        self.degradation = Gauge(
+            "box_docgen_degradation_level",
+            "0 normal, 1 sweep interval stretched, 2 active interval stretched too.",
+            registry=r,
+        )
+        self.effective_interval = Gauge(
+            "box_docgen_effective_interval_seconds",
+            "Poll interval in force after degradation, by kind (sweep, active).",
+            ["kind"],
             registry=r,
         )
         self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)

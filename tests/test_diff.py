@@ -180,3 +180,14 @@ def test_a_silent_field_change_is_stored_but_not_announced() -> None:
     assert result.events == ()
     assert result.changes.upserts[0].output_file_id == "f9"
     assert result.changes.upserts[0].seq == 2
+
+
+def test_a_standard_variant_read_keeps_the_stored_creator_and_creation_time() -> None:
+    """Batch and single-job reads carry no creator: routing on the creator must still work."""
+    snapshot = {"j1": job("j1", "submitted", seq=2, created_by_id="u7",
+                          created_at="2026-11-28T09:00:00-08:00")}
+    result = diff(snapshot, Observation((job("j1", "failed"),), False, NOW), NOW)
+    (row,) = result.changes.upserts
+    assert (row.created_by_id, row.created_at) == ("u7", "2026-11-28T09:00:00-08:00")
+    event = next(e for e in result.events if e.type is EventType.JOB_STATUS_CHANGED)
+    assert event.job is not None and event.job.created_by_id == "u7"

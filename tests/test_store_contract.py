@@ -774,3 +774,96 @@ async def test_a_baseline_of_100000_jobs_commits_and_loads_back(
     async with store_backend.build() as reopened:
         assert len(await reopened.load_snapshot()) == 50_000
         assert sum((await reopened.status_counts()).values()) == 50_000
+
+
+# -- active set, streaming sweeps, stuck marks --------------------------------------------------
+
+
+async def test_a_database_two_versions_old_upgrades_in_one_open(
+    store_backend: StoreBackend,
+) -> None:
+    """Steps are applied in order, whatever lies between (v1 -> v3 here). The older build
+    writes only an event: this build's job rows carry columns it lacks."""
+    async with store_backend.build(schema_delta=-2) as older:
+        await older.commit(SnapshotChanges(), [routed("e0", "a")])
+    async with store_backend.build() as store:
+        assert ids(await store.list_outbox(OutboxState.PENDING)) == ["e0"]
+        await store.commit(SnapshotChanges(upserts=(job("j0"),)), [])
+        assert set(await store.active_batch_ids()) == {"b1"}
+        generation = await store.sweep_begin()
+        await store.sweep_stage(generation, ["j0"], [])
+        assert await store.sweep_unseen(generation, T0) == {}
+
+
+async def test_active_batch_ids_are_the_batches_with_a_non_terminal_job(store: Store) -> None:
+    await store.commit(
+        SnapshotChanges(
+            upserts=(
+                job("a1", "A", "completed"),
+                job("a2", "A", "pending"),
+                job("b1", "B", "failed"),
+                job("c1", "C", "some_new_status"),
+            )
+        ),
+        [],
+    )
+    assert await store.active_batch_ids() == {"A", "C"}
+
+
+async def test_load_jobs_returns_the_known_ones_by_id(store: Store) -> None:
+    rows = tuple(job(f"j{i}") for i in range(1200))
+    await store.commit(SnapshotChanges(upserts=rows), [])
+    loaded = await store.load_jobs([f"j{i}" for i in range(0, 1200, 2)] + ["nope", "j0"])
+    assert len(loaded) == 600 and loaded["j2"] == rows[2]
+
+
+async def test_a_staged_sweep_changes_nothing_until_it_commits(store: Store) -> None:
+    await store.commit(SnapshotChanges(upserts=(job("old", seq=1, first_seen_at=T0),
+                                                job("kept", seq=1, first_seen_at=T0))), [])
+    generation = await store.sweep_begin()
+    new = job("new", seq=1, first_seen_at=T0 + 10)
+    moved = job("kept", status="submitted", seq=2, first_seen_at=T0)
+    await store.sweep_stage(generation, ["new", "kept"], [(new, 0), (moved, 1)])
+    await store.sweep_stage(generation, ["kept"], [(replace(moved, status="failed"), 1)])
+    assert set(await store.load_snapshot()) == {"old", "kept"}
+    assert (await store.load_jobs(["kept"]))["kept"].status == "pending"
+    assert set(await store.sweep_unseen(generation, T0 + 10)) == {"old"}
+    assert await store.sweep_stale_ids() == set()
+    await store.commit_sweep(SnapshotChanges(removals=("old",)), [routed("e1", "a")],
+                             meta={"k": "v"})
+    snapshot = await store.load_snapshot()
+    assert snapshot == {"new": new, "kept": moved}  # the first staging of "kept" counts
+    assert await store.get_meta("k") == "v"
+    assert ids(await store.list_outbox(OutboxState.PENDING)) == ["e1"]
+
+
+async def test_a_new_sweep_forgets_an_unfinished_one(store: Store) -> None:
+    await store.commit(SnapshotChanges(upserts=(job("a", seq=1, first_seen_at=T0),)), [])
+    first = await store.sweep_begin()
+    await store.sweep_stage(first, ["a"], [(job("b", seq=1), 0)])
+    second = await store.sweep_begin()
+    assert second > first
+    assert set(await store.sweep_unseen(second, T0 + 1)) == {"a"}  # first's marks do not count
+    await store.commit_sweep(SnapshotChanges(), [])
+    assert set(await store.load_snapshot()) == {"a"}  # first's staged row is gone
+
+
+async def test_a_staged_row_whose_job_moved_meanwhile_is_skipped(store: Store) -> None:
+    await store.commit(SnapshotChanges(upserts=(job("j", seq=1),)), [])
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, ["j"], [(job("j", status="submitted", seq=2), 1)])
+    await store.commit(SnapshotChanges(upserts=(job("j", status="completed", seq=2),)), [])
+    assert await store.sweep_stale_ids() == {"j"}
+    await store.commit_sweep(SnapshotChanges(), [])
+    assert (await store.load_jobs(["j"]))["j"].status == "completed"
+
+
+async def test_a_stuck_event_leaves_a_mark_that_removing_the_job_forgets(store: Store) -> None:
+    stuck = event("j1:1:stuck").model_copy(update={"type": EventType.JOB_STUCK})
+    await store.commit(SnapshotChanges(upserts=(job("j1"),)), [RoutedEvent(stuck, ("a",))])
+    assert await store.stuck_marks(["j1", "j2"]) == {"j1": "j1:1:stuck"}
+    later = stuck.model_copy(update={"id": "j1:3:stuck"})
+    await store.commit(SnapshotChanges(), [RoutedEvent(later, ())])
+    assert await store.stuck_marks(["j1"]) == {"j1": "j1:3:stuck"}
+    await store.commit(SnapshotChanges(removals=("j1",)), [])
+    assert await store.stuck_marks(["j1"]) == {}

@@ -8,15 +8,21 @@ the token that failed and asks again, once. Auth objects never log or raise a to
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
 import aiohttp
+import jwt
 import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import SecretStr, ValidationError
 
 from monitor.box import _http
@@ -29,7 +35,7 @@ from monitor.box.errors import (
 from monitor.box.models import AccessToken, OAuth2Error
 from monitor.metrics import Metrics
 
-__all__ = ["Auth", "CCGAuth", "DeveloperTokenAuth", "TokenGrantAuth", "token_url"]
+__all__ = ["Auth", "CCGAuth", "DeveloperTokenAuth", "JWTAuth", "TokenGrantAuth", "token_url"]
 
 log = structlog.get_logger(__name__)
 
@@ -251,8 +257,7 @@ class CCGAuth(TokenGrantAuth):
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if subject_type not in ("enterprise", "user"):
-            raise ValueError(f"subject_type must be 'enterprise' or 'user', got {subject_type!r}")
+        _check_subject_type(subject_type)
         super().__init__(
             token_url, session=session, timeout_s=timeout_s, metrics=metrics, clock=clock
         )
@@ -278,6 +283,136 @@ class CCGAuth(TokenGrantAuth):
             f"CCGAuth(token_url={self._token_url!r}, client_id={self.client_id!r}, "
             f"subject_type={self.subject_type!r}, subject_id={self.subject_id!r})"
         )
+
+
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: Box's audience for every assertion, whatever host the token URL names.
+JWT_AUDIENCE = "https://api.box.com/oauth2/token"
+#: Assertion lifetime: Box allows at most 60 s; its samples use 45, the SDK 30.
+JWT_LIFETIME_S = 30
+JWT_ALGORITHM = "RS512"
+
+
+class JWTAuth(TokenGrantAuth):
+    """JWT (key-pair) grant: each token request carries a fresh assertion signed with the app's
+    private key, with a new `jti`. Built from the `config.json` Box's developer console
+    produces (`from_config_file`), whose private key is a passphrase-encrypted PKCS#8 PEM."""
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: SecretStr,
+        key_id: str,
+        private_key: RSAPrivateKey,
+        subject_type: str,
+        subject_id: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout_s: float = 30.0,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        _check_subject_type(subject_type)
+        super().__init__(
+            token_url, session=session, timeout_s=timeout_s, metrics=metrics, clock=clock
+        )
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.key_id = key_id
+        self._private_key = private_key
+        self.subject_type = subject_type
+        self.subject_id = subject_id
+        self._wall_clock = wall_clock
+
+    @classmethod
+    def from_config_file(
+        cls,
+        token_url: str,
+        path: str | Path,
+        *,
+        user_id: str | None = None,
+        timeout_s: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> JWTAuth:
+        """Read Box's `config.json`; raise `BoxAuthError`-free `ValueError` naming what is wrong
+        (never the key or the passphrase)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            settings = data["boxAppSettings"]
+            app_auth = settings["appAuth"]
+            passphrase = app_auth.get("passphrase") or None
+            key = serialization.load_pem_private_key(
+                app_auth["privateKey"].encode(),
+                passphrase.encode() if passphrase else None,
+            )
+            client_id, key_id = settings["clientID"], app_auth["publicKeyID"]
+            client_secret = SecretStr(settings["clientSecret"])
+            enterprise_id = data.get("enterpriseID")
+        except OSError as exc:
+            raise ValueError(f"cannot read JWT config {path}: {exc.strerror}") from None
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"JWT config {path} is not a Box config.json: {exc!r}") from None
+        except ValueError:
+            raise ValueError(
+                f"JWT config {path}: the private key cannot be decrypted with its passphrase"
+            ) from None
+        if not isinstance(key, RSAPrivateKey):
+            raise ValueError(f"JWT config {path}: the private key is not an RSA key")
+        if user_id is None and not enterprise_id:
+            raise ValueError(f"JWT config {path}: no enterpriseID and no user_id given")
+        subject_type, subject_id = ("user", user_id) if user_id else ("enterprise", enterprise_id)
+        return cls(
+            token_url,
+            client_id,
+            client_secret,
+            key_id,
+            key,
+            subject_type,
+            str(subject_id),
+            timeout_s=timeout_s,
+            metrics=metrics,
+        )
+
+    def assertion(self) -> str:
+        """A signed assertion with the claims Box documents; a new `jti` every time."""
+        now = int(self._wall_clock())
+        claims = {
+            "iss": self.client_id,
+            "sub": self.subject_id,
+            "box_sub_type": self.subject_type,
+            "aud": JWT_AUDIENCE,
+            "jti": secrets.token_urlsafe(48),  # 64 characters, within Box's 16..128
+            "iat": now,
+            "exp": now + JWT_LIFETIME_S,
+        }
+        return jwt.encode(
+            claims, self._private_key, algorithm=JWT_ALGORITHM, headers={"kid": self.key_id}
+        )
+
+    async def _grant_form(self) -> dict[str, str]:
+        return {
+            "grant_type": JWT_GRANT,
+            "assertion": self.assertion(),
+            "client_id": self.client_id,
+            "client_secret": self._client_secret.get_secret_value(),
+        }
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._client_secret.get_secret_value(),)
+
+    def __repr__(self) -> str:
+        return (
+            f"JWTAuth(token_url={self._token_url!r}, client_id={self.client_id!r}, "
+            f"key_id={self.key_id!r}, subject_type={self.subject_type!r}, "
+            f"subject_id={self.subject_id!r})"
+        )
+
+
+def _check_subject_type(subject_type: str) -> None:
+    if subject_type not in ("enterprise", "user"):
+        raise ValueError(f"subject_type must be 'enterprise' or 'user', got {subject_type!r}")
 
 
 def _oauth2_error(body: bytes) -> OAuth2Error | None:

@@ -1,26 +1,35 @@
-"""Who may call: configured developer tokens, and tokens issued by the Client Credentials Grant
-on POST /oauth2/token. Issued tokens expire on the simulator clock and can be revoked, so a
-client's re-authentication path can be exercised on demand."""
+"""Who may call: configured developer tokens, and tokens issued on POST /oauth2/token by the
+Client Credentials Grant or the JWT grant (assertions checked as Box checks them: signature
+against the app's public key, `aud`, `iss`, subject, `exp` at most 60 s ahead, a unique `jti` of
+16 to 128 characters, an RS256/384/512 `alg`). Issued tokens expire on the simulator clock and
+can be revoked, so a client's re-authentication path can be exercised on demand."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import jwt
 
 from monitor.simulator.clock import SimClock
 from monitor.simulator.config import SimulatorConfig
 
 CLIENT_CREDENTIALS = "client_credentials"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Grants Box knows that this simulator does not implement.
 OTHER_GRANTS = frozenset(
     {
         "authorization_code",
         "refresh_token",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer",
         "urn:ietf:params:oauth:grant-type:token-exchange",
     }
 )
+JWT_AUDIENCE = "https://api.box.com/oauth2/token"
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512")
+JWT_MAX_LIFETIME_S = 60
+JTI_MIN_CHARS, JTI_MAX_CHARS = 16, 128
 ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 (a URN)
 
 
@@ -56,6 +65,7 @@ class TokenStore:
             token.get_secret_value(): service_account for token in config.developer_tokens
         }
         self._issued: dict[str, IssuedToken] = {}
+        self._jtis: dict[str, float] = {}  # jti -> exp of assertions already used
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal behind a bearer token, or None when it is unknown, expired or revoked."""
@@ -71,6 +81,8 @@ class TokenStore:
         """Run a client credentials grant; return (access_token, expires_in_s) or raise."""
         config = self._config
         grant_type = form.get("grant_type", "")
+        if grant_type == JWT_BEARER:
+            return self._issue(self._jwt_principal(form))
         if grant_type in OTHER_GRANTS:
             raise GrantError("unsupported_grant_type", "Grant type is not supported")
         if grant_type != CLIENT_CREDENTIALS:
@@ -95,10 +107,94 @@ class TokenStore:
             if subject_id not in config.user_ids:
                 raise GrantError("invalid_grant", "Grant credentials are invalid")
             principal = Principal(subject_id)
+        return self._issue(principal)
+
+    def _issue(self, principal: Principal) -> tuple[str, int]:
         token = secrets.token_urlsafe(24)
-        expires_in_s = config.token_expires_in_s
+        expires_in_s = self._config.token_expires_in_s
         self._issued[token] = IssuedToken(principal, self._clock.now() + expires_in_s)
         return token, expires_in_s
+
+    def _jwt_principal(self, form: Mapping[str, str]) -> Principal:
+        """Check a JWT grant the way Box does; every refusal is `invalid_grant` except a bad
+        client (`invalid_client`) or a missing field (`invalid_request`)."""
+        config = self._config
+        assertion = form.get("assertion", "")
+        client_id = form.get("client_id", "")
+        client_secret = form.get("client_secret", "")
+        if not assertion or not client_id or not client_secret:
+            raise GrantError(
+                "invalid_request", "assertion, client_id and client_secret are required"
+            )
+        if client_id != config.client_id or not secrets.compare_digest(
+            client_secret, config.client_secret.get_secret_value()
+        ):
+            raise GrantError("invalid_client", "The client credentials are invalid")
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.InvalidTokenError:
+            raise GrantError("invalid_grant", "The assertion is not a JWT") from None
+        if header.get("alg") not in JWT_ALGORITHMS:
+            raise GrantError("invalid_grant", "Algorithm must be one of RS256, RS384, RS512")
+        key = self._public_key(header.get("kid"))
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                assertion,
+                key,
+                algorithms=list(JWT_ALGORITHMS),
+                audience=JWT_AUDIENCE,
+                # exp is checked below on the simulator's clock, which tests move
+                options={"verify_exp": False, "require": ["iss", "sub", "aud", "exp", "jti"]},
+            )
+        except jwt.InvalidSignatureError:
+            raise GrantError(
+                "invalid_grant",
+                "Signature verification error. The public key identified by 'kid' must "
+                "correspond to the private key used for signing.",
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise GrantError("invalid_grant", "Please check the 'aud' claim.") from None
+        except jwt.InvalidTokenError as exc:
+            raise GrantError("invalid_grant", f"Invalid assertion: {exc}") from None
+        now = self._clock.now()
+        exp = claims["exp"]
+        if not isinstance(exp, int | float) or exp <= now:
+            raise GrantError(
+                "invalid_grant",
+                "Current date/time MUST be before the expiration date/time listed in the "
+                "'exp' claim",
+            )
+        if exp > now + JWT_MAX_LIFETIME_S:
+            raise GrantError(
+                "invalid_grant", "Please check the 'exp' claim: at most 60 seconds ahead."
+            )
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not JTI_MIN_CHARS <= len(jti) <= JTI_MAX_CHARS:
+            raise GrantError("invalid_grant", "Please check the 'jti' claim.")
+        self._jtis = {j: e for j, e in self._jtis.items() if e > now}  # expired ones are harmless
+        if jti in self._jtis:
+            raise GrantError(
+                "invalid_grant", "Please check the 'jti' claim. A unique 'jti' value is required."
+            )
+        if claims["iss"] != config.client_id:
+            raise GrantError("invalid_grant", "Please check the 'iss' claim.")
+        sub, sub_type = str(claims["sub"]), claims.get("box_sub_type")
+        if sub_type == "enterprise" and sub == config.enterprise_id:
+            principal = Principal(config.service_account_user_id)
+        elif sub_type == "user" and sub in config.user_ids:
+            principal = Principal(sub)
+        else:
+            raise GrantError("invalid_grant", "Please check the 'sub' and 'box_sub_type' claims.")
+        self._jtis[jti] = float(exp)
+        return principal
+
+    def _public_key(self, kid: object) -> str:
+        keys = self._config.jwt_public_keys
+        if isinstance(kid, str) and kid in keys:
+            return keys[kid]
+        if kid is None and len(keys) == 1:
+            return next(iter(keys.values()))
+        raise GrantError("invalid_grant", "No public key found for the 'kid' in the assertion.")
 
     def revoke(self, token: str | None = None) -> int:
         """Revoke one token (issued or developer) or, with None, every issued token; return how

@@ -76,6 +76,9 @@ class SimulatorConfig(BaseModel):
     # Access Tokens", so Box refuses every user subject with invalid_grant.
     user_ids: list[str] = Field(default_factory=list)
     token_expires_in_s: int = Field(default=3600, ge=1)
+    # Public keys (PEM) of the app's key pairs by key id, for the JWT grant. Empty: JWT is off
+    # (every assertion is refused, as for an app without a public key).
+    jwt_public_keys: dict[str, str] = Field(default_factory=dict)
     timeline: TimelineConfig = Field(default_factory=TimelineConfig)
     stream: SteadyStreamConfig | None = None
     # A frozen clock moves only through POST /_sim/clock/advance: tests get exact timelines.

@@ -214,3 +214,53 @@ class Store(ABC):
     @abstractmethod
     async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
         """`mark_delivered` for each of `event_ids`, in one transaction (a group's events)."""
+
+    # -- active set, streaming sweeps, stuck marks ---------------------------------------------
+
+    @abstractmethod
+    async def active_batch_ids(self) -> set[str]:
+        """Ids of batches with at least one non-terminal job in the snapshot."""
+
+    @abstractmethod
+    async def load_jobs(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """The snapshot rows of the given jobs that exist, by job id."""
+
+    @abstractmethod
+    async def sweep_begin(self) -> int:
+        """Start a streaming sweep: forget what an unfinished one staged and return its
+        generation number, larger than any before; staging under an older one raises
+        `StoreError`. Staging is never durable: it does not survive `close`."""
+
+    @abstractmethod
+    async def sweep_stage(
+        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
+    ) -> None:
+        """Record one page of a sweep: the ids it listed and the rows
+        to write at the end, each with the `seq` the job had when read (0 when new). The
+        snapshot itself is unchanged until `commit_sweep`; a second staging of a job is
+        ignored (the first sighting counts)."""
+
+    @abstractmethod
+    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
+        """Snapshot rows first seen before `seen_before` that no page of this sweep listed."""
+
+    @abstractmethod
+    async def sweep_stale_ids(self) -> set[str]:
+        """Staged jobs whose stored `seq` moved since they were read (another poll committed):
+        `commit_sweep` skips them."""
+
+    @abstractmethod
+    async def commit_sweep(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> int:
+        """`commit`, plus every fresh staged row written, in the same ONE transaction; the stage
+        is emptied."""
+
+    @abstractmethod
+    async def stuck_marks(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """For each given job that has one, the id of the last `job.stuck` event committed for
+        it (`commit` records it; removing the job forgets it)."""

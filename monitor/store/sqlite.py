@@ -33,7 +33,7 @@ import orjson
 import structlog
 
 from monitor.errors import SchemaTooNew, StoreError
-from monitor.model import Event, JobState, SnapshotChanges
+from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, SnapshotChanges
 from monitor.store.base import (
     MAX_ERROR_CHARS,
     OutboxEntry,
@@ -115,6 +115,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (notifier, group_key)
         ) WITHOUT ROWID""",
     ),
+    # Version 3: stuck marks, and the index the active set is read from. (A sweep's staging
+    # lives in TEMP tables, see `_SWEEP_TEMP`: it is never durable, so it needs no migration.)
+    (
+        "CREATE INDEX jobs_status_batch ON jobs (status, batch_id)",
+        """CREATE TABLE stuck_marks (
+            job_id   TEXT PRIMARY KEY,
+            event_id TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -133,6 +142,30 @@ _JOB_UPSERT = (
     f"ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
 )
+# A streaming sweep stages into TEMP tables (this connection only, never fsynced): what each page
+# listed, and the rows to write at the end. A crash or a failed sweep leaves nothing behind.
+_SWEEP_TEMP = (
+    "CREATE TEMP TABLE IF NOT EXISTS sweep_seen (id TEXT PRIMARY KEY) WITHOUT ROWID",
+    # JobState's columns (types are affinities only in SQLite) and the seq the sweep read.
+    "CREATE TEMP TABLE IF NOT EXISTS sweep_stage (id TEXT PRIMARY KEY, "
+    + ", ".join(c for c in _JOB_COLUMNS if c != "id")
+    + ", base_seq INTEGER NOT NULL) WITHOUT ROWID",
+)
+_STAGE_INSERT = (
+    f"INSERT INTO temp.sweep_stage ({', '.join(_JOB_COLUMNS)}, base_seq) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in _JOB_COLUMNS)}, ?) ON CONFLICT (id) DO NOTHING"
+)
+# A staged row is stale when the job changed after the sweep read it (an active poll committed
+# in between): applying it would roll the job back.
+_STAGE_FRESH = "COALESCE((SELECT j.seq FROM jobs j WHERE j.id = s.id), 0) = s.base_seq"
+_STAGE_APPLY = (
+    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant names)
+    f"SELECT {', '.join('s.' + c for c in _JOB_COLUMNS)} FROM temp.sweep_stage s "
+    f"WHERE {_STAGE_FRESH} "
+    f"ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
+)
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 _EVENT_INSERT = (
     "INSERT INTO events (id, type, batch_id, payload, created_at) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
@@ -182,6 +215,16 @@ def _job_row(job: JobState) -> tuple[Any, ...]:
     )
 
 
+async def _rows_in(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> list[Any]:
+    """The rows of `sql`, which ends in `IN`, for `ids`, a chunk of placeholders at a time."""
+    rows: list[Any] = []
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        async with conn.execute(f"{sql} ({', '.join('?' for _ in chunk)})", chunk) as cur:
+            rows.extend(await cur.fetchall())
+    return rows
+
+
 def _truncate(error: str) -> str:
     return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
 
@@ -197,6 +240,7 @@ class SQLiteStore(Store):
         self._closing = False
         self._lock = asyncio.Lock()
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._sweep_generation = 0
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -348,15 +392,8 @@ class SQLiteStore(Store):
         ids = sorted(set(batch_ids))
 
         async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
-            jobs: dict[str, JobState] = {}
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
-                marks = ", ".join("?" for _ in chunk)
-                sql = f"{_JOB_SELECT} WHERE batch_id IN ({marks})"
-                async with conn.execute(sql, chunk) as cur:
-                    for row in await cur.fetchall():
-                        jobs[row[0]] = _job(row)
-            return jobs
+            rows = await _rows_in(conn, f"{_JOB_SELECT} WHERE batch_id IN", ids)
+            return {row[0]: _job(row) for row in rows}
 
         return await self._read("load_batches", fn)
 
@@ -374,6 +411,17 @@ class SQLiteStore(Store):
         meta: Mapping[str, str] | None = None,
         now: float | None = None,
     ) -> int:
+        return await self._commit(changes, events, meta, now, sweep=False)
+
+    async def _commit(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None,
+        now: float | None,
+        *,
+        sweep: bool,
+    ) -> int:
         at = time.time() if now is None else now
         # Serialised before the transaction: nothing below depends on the database.
         job_rows = [_job_row(job) for job in changes.upserts]
@@ -383,13 +431,31 @@ class SQLiteStore(Store):
         ]
         meta_rows = list((meta or {}).items())
 
+        stuck_rows = [
+            (r.event.job.id, r.event.id)
+            for r in events
+            if r.event.type is EventType.JOB_STUCK and r.event.job is not None
+        ]
+
         async def fn(conn: aiosqlite.Connection) -> int:
             if job_rows:
                 await conn.executemany(_JOB_UPSERT, job_rows)
             if changes.removals:
+                removed = [(i,) for i in changes.removals]
+                await conn.executemany("DELETE FROM jobs WHERE id = ?", removed)
+                await conn.executemany("DELETE FROM stuck_marks WHERE job_id = ?", removed)
+            if stuck_rows:
                 await conn.executemany(
-                    "DELETE FROM jobs WHERE id = ?", [(i,) for i in changes.removals]
+                    "INSERT INTO stuck_marks (job_id, event_id) VALUES (?, ?) "
+                    "ON CONFLICT (job_id) DO UPDATE SET event_id = excluded.event_id",
+                    stuck_rows,
                 )
+            if sweep:
+                for statement in _SWEEP_TEMP:
+                    await conn.execute(statement)
+                await conn.execute(_STAGE_APPLY)
+                await conn.execute("DELETE FROM temp.sweep_stage")
+                await conn.execute("DELETE FROM temp.sweep_seen")
             added = 0
             if event_rows:
                 async with conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as cur:
@@ -408,7 +474,7 @@ class SQLiteStore(Store):
                 await conn.executemany(_META_UPSERT, meta_rows)
             return added
 
-        return await self._write("commit", fn)
+        return await self._write("commit_sweep" if sweep else "commit", fn)
 
     async def get_meta(self, key: str) -> str | None:
         async def fn(conn: aiosqlite.Connection) -> str | None:
@@ -638,3 +704,99 @@ class SQLiteStore(Store):
 
         if event_ids:
             await self._write("mark_delivered", fn)
+
+    # -- active set, streaming sweeps, stuck marks (schema v3) --------------------------------
+
+    async def active_batch_ids(self) -> set[str]:
+        async def fn(conn: aiosqlite.Connection) -> set[str]:
+            sql = f"SELECT DISTINCT batch_id FROM jobs WHERE status NOT IN ({_TERMINAL_SQL})"  # noqa: S608
+            async with conn.execute(sql) as cur:
+                return {row[0] for row in await cur.fetchall()}
+
+        return await self._read("active_batch_ids", fn)
+
+    async def load_jobs(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        ids = list(dict.fromkeys(job_ids))
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
+            rows = await _rows_in(conn, f"{_JOB_SELECT} WHERE id IN", ids)
+            return {row[0]: _job(row) for row in rows}
+
+        return await self._read("load_jobs", fn)
+
+    async def sweep_begin(self) -> int:
+        async def fn(conn: aiosqlite.Connection) -> int:
+            for statement in _SWEEP_TEMP:
+                await conn.execute(statement)
+            await conn.execute("DELETE FROM temp.sweep_stage")
+            await conn.execute("DELETE FROM temp.sweep_seen")
+            self._sweep_generation += 1
+            return self._sweep_generation
+
+        return await self._read("sweep_begin", fn)
+
+    def _check_generation(self, generation: int) -> None:
+        if generation != self._sweep_generation:
+            raise StoreError(f"sweep {generation} was superseded by {self._sweep_generation}")
+
+    async def sweep_stage(
+        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
+    ) -> None:
+        self._check_generation(generation)
+        seen = [(i,) for i in seen_ids]
+        rows = [(*_job_row(j), base) for j, base in staged]
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            # Only TEMP tables are written: no lock on the main database, no fsync.
+            await conn.execute("BEGIN")
+            try:
+                await conn.executemany(
+                    "INSERT INTO temp.sweep_seen (id) VALUES (?) ON CONFLICT DO NOTHING", seen
+                )
+                if rows:
+                    await conn.executemany(_STAGE_INSERT, rows)
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+
+        await self._read("sweep_stage", fn)
+
+    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
+        self._check_generation(generation)
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
+            sql = (
+                f"{_JOB_SELECT} WHERE first_seen_at < ? AND NOT EXISTS "  # noqa: S608 (constants)
+                "(SELECT 1 FROM temp.sweep_seen s WHERE s.id = jobs.id)"
+            )
+            async with conn.execute(sql, (seen_before,)) as cur:
+                return {row[0]: _job(row) for row in await cur.fetchall()}
+
+        return await self._read("sweep_unseen", fn)
+
+    async def sweep_stale_ids(self) -> set[str]:
+        async def fn(conn: aiosqlite.Connection) -> set[str]:
+            sql = f"SELECT s.id FROM temp.sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
+            async with conn.execute(sql) as cur:
+                return {row[0] for row in await cur.fetchall()}
+
+        return await self._read("sweep_stale_ids", fn)
+
+    async def commit_sweep(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> int:
+        return await self._commit(changes, events, meta, now, sweep=True)
+
+    async def stuck_marks(self, job_ids: Sequence[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(job_ids))
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, str]:
+            sql = "SELECT job_id, event_id FROM stuck_marks WHERE job_id IN"
+            return {row[0]: row[1] for row in await _rows_in(conn, sql, ids)}
+
+        return await self._read("stuck_marks", fn)

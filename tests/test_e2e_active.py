@@ -1,0 +1,189 @@
+"""End to end over real sockets, the daemon as a subprocess: the watch API and CLI, detection
+within the active interval, degradation and recovery in /metrics and /readyz, and late events
+after a stop. The simulator's clock is frozen: jobs move only when the test advances it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
+from tests.harness import DaemonProcess, SimControl, free_port, wait_until, write_config
+from tests.receiver import WebhookReceiver
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"completed", "completed_with_error", "failed"}
+API_TOKEN = "watch-token"
+ACTIVE_INTERVAL_S = 1.0
+
+
+@dataclass
+class World:
+    sim: RunningSimulator
+    control: SimControl
+    receiver: WebhookReceiver
+    daemon: DaemonProcess
+    config_path: Path
+
+    async def advance(self, seconds: float) -> None:
+        await self.control.call("POST", "/_sim/clock/advance", {"seconds": seconds})
+
+    def watch(self, batch_id: str, token: str = API_TOKEN) -> subprocess.CompletedProcess[str]:
+        config = self.config_path
+        if token != API_TOKEN:
+            config = self.config_path.with_name("wrong.yaml")
+            config.write_text(self.config_path.read_text().replace(API_TOKEN, token))
+        return subprocess.run(
+            [sys.executable, "-m", "monitor.cli", "watch", batch_id, "--config", str(config)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+
+    def of(self, type_: str, batch_id: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.receiver.events().values() if e["type"] == type_
+                and (batch_id is None or (e.get("job") or e.get("batch") or {}).get(
+                    "batch_id", (e.get("batch") or {}).get("id")) == batch_id)]
+
+    async def metric(self, name: str) -> float:
+        _, text = await self.daemon.get("/metrics")
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} not in /metrics")
+
+
+async def make_world(tmp_path: Path, **box: Any) -> AsyncIterator[World]:
+    sim_config = SimulatorConfig(
+        seed=3, developer_tokens=[SecretStr("e2e-token")], frozen_clock=True,
+        timeline=TimelineConfig(submitted_after_s=10, min_duration_s=20, max_duration_s=40),
+    )
+    receiver = await WebhookReceiver().start()
+    sim = await start_simulator(sim_config)
+    session = aiohttp.ClientSession()
+    port = free_port()
+    config_path = write_config(
+        tmp_path / "config.yaml", box_url=sim.url, hook_url=receiver.url, http_port=port,
+        poll={"sweep_interval": "1h", "active_interval": f"{ACTIVE_INTERVAL_S}s",
+              "max_backoff": "2s"},
+        http={"listen": f"127.0.0.1:{port}", "api_token": API_TOKEN},
+    )
+    if box:
+        import yaml
+
+        data = yaml.safe_load(config_path.read_text())
+        data["box"].update(box)
+        config_path.write_text(yaml.safe_dump(data))
+    daemon = DaemonProcess(config_path, port)
+    try:
+        yield World(sim, SimControl(sim.url, session), receiver, daemon, config_path)
+    finally:
+        daemon.ensure_stopped()
+        await session.close()
+        await sim.close()
+        await receiver.close()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async for w in make_world(tmp_path):
+        yield w
+
+
+@pytest.fixture
+async def tight_world(tmp_path: Path) -> AsyncIterator[World]:
+    async for w in make_world(tmp_path, requests_per_minute=60):
+        yield w
+
+
+async def test_a_watched_batch_is_detected_within_the_active_interval(world: World) -> None:
+    await world.control.call("POST", "/_sim/seed", {"count": 50})
+    world.daemon.start()
+    await world.daemon.wait_ready()
+    batch = await world.control.start_batch(3)
+    refused = await asyncio.to_thread(world.watch, batch["batch_id"], "wrong-token")
+    assert refused.returncode == 1 and "401" in refused.stderr
+    done = await asyncio.to_thread(world.watch, batch["batch_id"])
+    assert done.returncode == 0, done.stderr
+    await world.receiver.wait_for(
+        lambda r: len(world.of("job.discovered", batch["batch_id"])) == 3, 10)
+    listings = world.sim.state.stats.count("list_jobs")
+
+    await world.advance(60)  # every job reaches its outcome now
+    changed_at = time.time()
+    await world.receiver.wait_for(
+        lambda r: len(world.of("batch.completed", batch["batch_id"])) == 1, 10)
+    finals = [e for e in world.of("job.status_changed", batch["batch_id"])
+              if e["to_status"] in TERMINAL]
+    assert len(finals) == 3
+    for event in finals:
+        detected = datetime.fromisoformat(event["detected_at"]).timestamp()
+        assert detected - changed_at <= ACTIVE_INTERVAL_S + 0.5, event
+    assert world.sim.state.stats.count("list_jobs") == listings  # no listing was needed
+    assert await world.metric("box_docgen_active_batches") == 0
+    assert await world.metric("box_docgen_request_budget_used_total") >= 3
+    assert await world.daemon.stop() == 0
+
+
+async def test_changes_made_while_the_daemon_was_stopped_arrive_late_once(world: World) -> None:
+    await world.control.call("POST", "/_sim/seed", {"count": 20})
+    world.daemon.start()
+    await world.daemon.wait_ready()
+    batch = await world.control.start_batch(3)
+    assert (await asyncio.to_thread(world.watch, batch["batch_id"])).returncode == 0
+    await world.receiver.wait_for(
+        lambda r: len(world.of("job.discovered", batch["batch_id"])) == 3, 10)
+    assert await world.daemon.stop() == 0
+    stopped_at = time.time()
+
+    await world.advance(60)
+    world.daemon.start()
+    await world.daemon.wait_ready()
+    await world.receiver.wait_for(
+        lambda r: len(world.of("batch.completed", batch["batch_id"])) == 1, 15)
+    late = [e for e in world.receiver.events().values() if e.get("late")]
+    assert {e["type"] for e in late} >= {"job.status_changed", "batch.completed"}
+    for event in late:
+        last_running = datetime.fromisoformat(event["last_running_at"]).timestamp()
+        assert last_running <= stopped_at
+    on_time = [e for e in world.receiver.events().values() if not e.get("late")]
+    assert {e["type"] for e in on_time} == {"job.discovered"}
+    assert len(world.of("job.discovered")) == 3  # the history and the batch: nothing again
+    assert await world.daemon.stop() == 0
+
+
+async def test_degradation_and_recovery_show_in_metrics_and_readiness(
+    tight_world: World,
+) -> None:
+    world = tight_world
+    world.daemon.start()
+    await world.daemon.wait_ready()
+    batches = [await world.control.start_batch(2) for _ in range(3)]
+    for b in batches:
+        assert (await asyncio.to_thread(world.watch, b["batch_id"])).returncode == 0
+
+    async def level_is(level: float) -> bool:
+        return await world.metric("box_docgen_degradation_level") == level
+
+    await wait_until(lambda: level_is(2), 10, "degradation to the active interval")
+    _, ready = await world.daemon.get("/readyz")
+    assert json.loads(ready)["degradation"] == "active_stretched"
+    assert await world.metric('box_docgen_effective_interval_seconds{kind="active"}') > 1
+
+    await world.advance(60)  # the batches finish; the active set empties
+    await world.receiver.wait_for(lambda r: len(world.of("batch.completed")) == 3, 30)
+    await wait_until(lambda: level_is(0), 10, "recovery")
+    _, ready = await world.daemon.get("/readyz")
+    assert json.loads(ready)["degradation"] == "normal"
+    assert await world.daemon.stop() == 0

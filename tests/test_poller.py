@@ -1,0 +1,320 @@
+"""The poller over real sockets: the simulator (frozen clock, so job timelines move only when a
+test says so), a SQLite store on disk, the Box client with its request budget. Nothing of ours is
+mocked; the poller's own clock is a number the test sets, so thresholds are exact."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from monitor.box.auth import DeveloperTokenAuth
+from monitor.box.budget import RequestBudget
+from monitor.box.client import BoxClient
+from monitor.metrics import Metrics
+from monitor.model import Event, EventType, SnapshotChanges
+from monitor.notify.router import Router
+from monitor.poller import Poller
+from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
+from monitor.store.sqlite import SQLiteStore
+from monitor.stuck import StuckPolicy
+from tests.harness import TOKEN, SimControl
+
+TERMINAL = {"completed", "completed_with_error", "failed"}
+
+
+class Clock:
+    def __init__(self, now: float = 1_900_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Rig:
+    sim: RunningSimulator
+    control: SimControl
+    store: SQLiteStore
+    box: BoxClient
+    budget: RequestBudget
+    metrics: Metrics
+    clock: Clock
+    make_poller: Callable[..., Poller]
+
+    async def advance_sim(self, seconds: float) -> None:
+        await self.control.call("POST", "/_sim/clock/advance", {"seconds": seconds})
+
+    async def sim_status(self, batch_id: str) -> dict[str, str]:
+        body = await self.control.call("GET", f"/_sim/jobs?batch_id={batch_id}")
+        return {j["id"]: j["status"] for j in body["entries"]}
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    config = SimulatorConfig(
+        seed=7,
+        developer_tokens=[SecretStr(TOKEN)],
+        frozen_clock=True,
+        timeline=TimelineConfig(submitted_after_s=10, min_duration_s=20, max_duration_s=40),
+    )
+    sim = await start_simulator(config)
+    session = aiohttp.ClientSession()
+    store = SQLiteStore(str(tmp_path / "state.db"))
+    await store.open()
+    metrics = Metrics()
+    budget = RequestBudget(6000, metrics=metrics)
+    box = BoxClient(
+        sim.url,
+        DeveloperTokenAuth(SecretStr(TOKEN)),
+        metrics=metrics,
+        timeout_s=5,
+        budget=budget,
+        max_attempts=4,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+    )
+    clock = Clock()
+
+    def make_poller(**kw: Any) -> Poller:
+        return Poller(box, store, Router([]), metrics, page_size=7, clock=clock, **kw)
+
+    try:
+        yield Rig(sim, SimControl(sim.url, session), store, box, budget, metrics, clock,
+                  make_poller)
+    finally:
+        await box.aclose()
+        await store.close()
+        await session.close()
+        await sim.close()
+
+
+def of_type(events: tuple[Event, ...] | list[Event], type_: EventType) -> list[Event]:
+    return [e for e in events if e.type is type_]
+
+
+async def test_a_watched_batch_is_polled_by_its_own_endpoint_not_by_a_listing(rig: Rig) -> None:
+    """After the baseline, a watched batch's jobs are discovered and followed to their outcome
+    through GET /docgen_batch_jobs alone, and the batch then leaves the active set."""
+    await rig.control.call("POST", "/_sim/seed", {"count": 30})
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    batch = await rig.control.start_batch(5)
+    poller.watch(batch["batch_id"])
+    rig.sim.state.stats.reset()
+
+    events = await poller.poll_batch(batch["batch_id"])
+    assert {e.job.id for e in of_type(events, EventType.JOB_DISCOVERED) if e.job} == set(
+        batch["job_ids"]
+    )
+    await rig.advance_sim(60)
+    events = await poller.poll_batch(batch["batch_id"])
+    final = await rig.sim_status(batch["batch_id"])
+    changed = {e.job.id: e.to_status for e in of_type(events, EventType.JOB_STATUS_CHANGED)
+               if e.job}
+    assert changed == final and set(final.values()) <= TERMINAL
+    assert len(of_type(events, EventType.BATCH_COMPLETED)) == 1
+    assert batch["batch_id"] not in poller.active
+    stats = rig.sim.state.stats
+    assert stats.count("batch_jobs") == 2 and stats.count("list_jobs") == 0
+    sample = rig.metrics.registry.get_sample_value
+    durations = {s: sample("box_docgen_job_duration_seconds_count", {"outcome": s}) or 0
+                 for s in TERMINAL}
+    assert sum(durations.values()) == 5  # one per job that reached its outcome
+    assert sample("box_docgen_active_batches") == 0
+
+
+async def test_a_watched_batch_box_does_not_know_yet_stays_until_its_watch_expires(
+    rig: Rig,
+) -> None:
+    poller = rig.make_poller(watch_ttl_s=30)
+    await poller.start()
+    await poller.sweep()
+    poller.watch("999999999")
+    assert await poller.poll_active() == 1
+    assert "999999999" in poller.active
+    rig.clock.now += 31
+    await poller.poll_active()
+    assert "999999999" not in poller.active
+
+
+async def test_the_active_set_survives_a_restart(rig: Rig) -> None:
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    batch = await rig.control.start_batch(3)
+    await poller.sweep()
+    assert batch["batch_id"] in poller.active
+    again = rig.make_poller()
+    await again.start()
+    assert set(again.active) == {batch["batch_id"]}
+
+
+async def test_a_429_storm_slows_the_budget_and_loses_no_change(rig: Rig) -> None:
+    """Every other batch poll answers 429 with retry-after: the rate halves, the pause holds
+    for every task, and still each job's change to its outcome is reported exactly once."""
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    batches = [await rig.control.start_batch(4) for _ in range(3)]
+    for b in batches:
+        poller.watch(b["batch_id"])
+    await poller.poll_active()
+    await rig.advance_sim(60)
+    await rig.control.fault(route="batch_jobs", kind="429", rate=0.5, count=6, retry_after_s=1)
+    seen: list[Event] = []
+    for _ in range(20):
+        try:
+            for b in batches:
+                if b["batch_id"] in poller.active:
+                    seen += await poller.poll_batch(b["batch_id"])
+        except Exception:  # noqa: S112 - a failed poll commits nothing; the next round retries
+            continue
+        if not poller.active:
+            break
+    assert rig.budget.rate_limited >= 1
+    assert rig.budget.rate_rpm < rig.budget.ceiling_rpm
+    assert rig.sim.state.stats.count("batch_jobs", 429) >= 1
+    for b in batches:
+        final = await rig.sim_status(b["batch_id"])
+        reported = {e.job.id: e.to_status for e in of_type(seen, EventType.JOB_STATUS_CHANGED)
+                    if e.job and e.job.batch_id == b["batch_id"] and e.to_status in TERMINAL}
+        assert reported == final
+    ids = [e.id for e in seen]
+    assert len(ids) == len(set(ids))
+
+
+async def test_stuck_fires_once_per_crossing_and_rearms_after_a_transition(rig: Rig) -> None:
+    poller = rig.make_poller(stuck=StuckPolicy(after_s=100))
+    await poller.start()
+    await poller.sweep()
+    batch = await rig.control.start_batch(1)
+    job_id = batch["job_ids"][0]
+    poller.watch(batch["batch_id"])
+    await poller.poll_batch(batch["batch_id"])  # discovered, pending
+    rig.clock.now += 50
+    assert of_type(await poller.poll_batch(batch["batch_id"]), EventType.JOB_STUCK) == []
+    rig.clock.now += 51
+    first = of_type(await poller.poll_batch(batch["batch_id"]), EventType.JOB_STUCK)
+    assert [e.id for e in first] == [f"{job_id}:1:stuck"]
+    assert first[0].wire()["threshold_s"] == 100
+    rig.clock.now += 500
+    assert of_type(await poller.poll_batch(batch["batch_id"]), EventType.JOB_STUCK) == []
+    await rig.advance_sim(15)  # pending -> submitted: the mark no longer applies
+    events = await poller.poll_batch(batch["batch_id"])
+    assert of_type(events, EventType.JOB_STATUS_CHANGED) and not of_type(
+        events, EventType.JOB_STUCK
+    )
+    rig.clock.now += 101
+    second = of_type(await poller.poll_batch(batch["batch_id"]), EventType.JOB_STUCK)
+    assert [e.id for e in second] == [f"{job_id}:2:stuck"]
+
+
+async def test_changes_made_while_stopped_come_back_late_and_nothing_else_repeats(
+    rig: Rig,
+) -> None:
+    poller = rig.make_poller()
+    await poller.start()
+    await rig.control.call("POST", "/_sim/seed", {"count": 20})
+    await poller.sweep()
+    batch = await rig.control.start_batch(3)
+    await poller.sweep()  # discovered while running: not late
+    await poller.heartbeat()
+    stopped_at = rig.clock.now
+    # the daemon is stopped; Box moves on
+    await rig.advance_sim(60)
+    rig.clock.now += 600
+    restarted = rig.make_poller()
+    await restarted.start()
+    assert restarted.last_running_at == stopped_at
+    events = await restarted.poll_batch(batch["batch_id"])
+    assert events and all(e.extra.get("late") is True for e in events)
+    assert {e.wire()["last_running_at"] for e in events} == {"2030-03-17T17:46:40Z"}
+    assert {e.job.id for e in of_type(events, EventType.JOB_STATUS_CHANGED) if e.job} == set(
+        batch["job_ids"]
+    )
+    sweep = await restarted.sweep()
+    assert sweep.events == ()  # the seeded history and the batch: nothing announced again
+
+
+async def test_a_sweep_that_fails_part_way_changes_nothing(rig: Rig) -> None:
+    await rig.control.call("POST", "/_sim/seed", {"count": 40})
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    before = await rig.store.load_snapshot()
+    victim = next(iter(before))
+    await rig.control.call("DELETE", f"/_sim/jobs/{victim}")
+    await rig.control.start_batch(2)
+    rig.sim.state.stats.reset()
+    # seed 7's fault draws start 0.247, 0.004: page 1 passes, page 2 fails
+    await rig.control.fault(route="list_jobs", kind="500", rate=0.2, count=100)
+    async with BoxClient(rig.sim.url, DeveloperTokenAuth(SecretStr(TOKEN)), max_attempts=1) as box:
+        poller.box = box  # no retry: the first 500 ends the sweep
+        with pytest.raises(Exception, match="500"):
+            await poller.sweep()
+    poller.box = rig.box
+    assert rig.sim.state.stats.count("list_jobs", 200) >= 1, rig.sim.state.stats.snapshot()
+    assert await rig.store.load_snapshot() == before
+    await rig.control.clear_faults()
+    rig.clock.now += 1
+    result = await poller.sweep()
+    assert [e.job.id for e in of_type(result.events, EventType.JOB_VANISHED) if e.job] == [
+        victim
+    ]
+    assert len(of_type(result.events, EventType.JOB_DISCOVERED)) == 2
+    assert victim not in await rig.store.load_snapshot()
+
+
+async def test_a_sweep_does_not_roll_back_what_an_active_poll_committed_meanwhile(
+    rig: Rig,
+) -> None:
+    """A job a sweep staged as `submitted`, then an active poll saw reach its outcome, keeps its
+    outcome: the stale staged row is skipped at the sweep's commit."""
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    batch = await rig.control.start_batch(3)
+    poller.watch(batch["batch_id"])
+    await poller.poll_batch(batch["batch_id"])
+    stored = await rig.store.load_jobs(batch["job_ids"])
+    generation = await rig.store.sweep_begin()
+    staged = [(replace(j, status="submitted", seq=j.seq + 1), j.seq) for j in stored.values()]
+    await rig.store.sweep_stage(generation, list(stored), staged)
+    await rig.advance_sim(60)
+    await poller.poll_batch(batch["batch_id"])  # the outcome, committed while the sweep runs
+    assert await rig.store.sweep_stale_ids() == set(batch["job_ids"])
+    await rig.store.commit_sweep(SnapshotChanges(), [])
+    after = await rig.store.load_jobs(batch["job_ids"])
+    assert {j.status for j in after.values()} <= TERMINAL
+
+
+async def test_a_lone_straggler_is_read_by_its_own_id(rig: Rig) -> None:
+    """Once one job of a batch is left running, the poll asks for that job alone; its outcome
+    still completes the batch."""
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    batch = await rig.control.start_batch(3)
+    first, second, last = batch["job_ids"]
+    for job_id in (first, second):
+        await rig.control.call("PUT", f"/_sim/jobs/{job_id}", {"status": "completed"})
+    await rig.control.call("PUT", f"/_sim/jobs/{last}", {"status": "submitted"})
+    poller.watch(batch["batch_id"])
+    await poller.poll_batch(batch["batch_id"])  # all three known now, one still running
+    rig.sim.state.stats.reset()
+    assert of_type(await poller.poll_batch(batch["batch_id"]), EventType.JOB_STATUS_CHANGED) == []
+    await rig.control.call("PUT", f"/_sim/jobs/{last}", {"status": "failed"})
+    events = await poller.poll_batch(batch["batch_id"])
+    assert [(e.job.id, e.to_status) for e in of_type(events, EventType.JOB_STATUS_CHANGED)
+            if e.job] == [(last, "failed")]
+    assert len(of_type(events, EventType.BATCH_COMPLETED)) == 1
+    stats = rig.sim.state.stats
+    assert (stats.count("get_job"), stats.count("batch_jobs")) == (2, 0)
+    assert batch["batch_id"] not in poller.active
