@@ -167,13 +167,18 @@ class Poller:
         jobs_seen = requests = 0
         async for page in _prefetch(self.box.iter_job_listing(self.page_size), PREFETCH_PAGES):
             requests += 1
-            jobs = [listed_job_state(j) for j in page["entries"]]
-            jobs_seen += len(jobs)
-            self._note_unknown_statuses(jobs)
-            ids = [j.id for j in jobs]
+            entries = page["entries"]
+            jobs_seen += len(entries)
+            self._note_unknown_statuses((e["status"], e["id"]) for e in entries)
+            ids = [e["id"] for e in entries]
             stored = await self.store.load_jobs(ids)
+            # Most jobs of a steady sweep are unchanged: recognised on the raw entry, they never
+            # become JobStates; the rest go through the pure diff.
+            fresh = tuple(
+                listed_job_state(e) for e in entries if not _unchanged(stored.get(e["id"]), e)
+            )
             page_changes = snapshot_changes(
-                stored, Observation(tuple(jobs), complete=False, observed_at=start_at), start_at
+                stored, Observation(fresh, complete=False, observed_at=start_at), start_at
             )
             staged = [
                 (j, stored[j.id].seq if j.id in stored else 0)
@@ -277,7 +282,7 @@ class Poller:
         except BoxNotFound:
             jobs = []  # not (yet) known to Box, or gone: only a sweep may say a job vanished
         now = self.clock()
-        self._note_unknown_statuses(jobs)
+        self._note_unknown_statuses((j.status, j.id) for j in jobs)
         async with self._commit_lock:
             snapshot = await self.store.load_batches([batch_id])
             observation = Observation(tuple(jobs), complete=False, observed_at=now, kind="batch")
@@ -350,18 +355,34 @@ class Poller:
         for status in self._status_labels:
             self.metrics.jobs.labels(status).set(counts.get(status, 0))
 
-    def _note_unknown_statuses(self, jobs: list[JobState]) -> None:
-        for job in jobs:
-            if job.status not in KNOWN_STATUSES:
+    def _note_unknown_statuses(self, jobs: Iterable[tuple[str, str]]) -> None:
+        """Count each sighting of a status this build does not know; log each such status once.
+        `jobs` are (status, job id) pairs."""
+        for status, job_id in jobs:
+            if status not in KNOWN_STATUSES:
                 self.metrics.unknown_statuses.inc()
-                if job.status not in self._unknown_statuses:
-                    self._unknown_statuses.add(job.status)
+                if status not in self._unknown_statuses:
+                    self._unknown_statuses.add(status)
                     log.warning(
                         "unknown_job_status",
-                        status=job.status,
-                        job_id=job.id,
+                        status=status,
+                        job_id=job_id,
                         treated_as="non-terminal",
                     )
+
+
+def _unchanged(stored: JobState | None, entry: ListedJob) -> bool:
+    """`JobState.same_observation`, tested on a raw listing entry (no JobState built)."""
+    if stored is None:
+        return False
+    output_file = entry.get("output_file")
+    return (
+        stored.status == entry["status"]
+        and stored.batch_id == entry["batch"]["id"]
+        and stored.output_file_id == (output_file["id"] if output_file is not None else None)
+        and stored.template_file_id == entry["template_file"]["id"]
+        and stored.output_type == entry["output_type"]
+    )
 
 
 def _lone_straggler(batch: dict[str, JobState]) -> str | None:
