@@ -376,12 +376,15 @@ def _unchanged(stored: JobState | None, entry: ListedJob) -> bool:
     if stored is None:
         return False
     output_file = entry.get("output_file")
+    failures = entry.get("failures")
     return (
         stored.status == entry["status"]
         and stored.batch_id == entry["batch"]["id"]
         and stored.output_file_id == (output_file["id"] if output_file is not None else None)
         and stored.template_file_id == entry["template_file"]["id"]
         and stored.output_type == entry["output_type"]
+        and stored.errors == (tuple(failures["errors"]) if failures else ())
+        and stored.warnings == (tuple(failures["warnings"]) if failures else ())
     )
 
 
