@@ -239,7 +239,37 @@ class TokenGrantAuth(Auth):
         return _CachedToken(answer.access_token.get_secret_value(), refresh_at)
 
 
-class CCGAuth(TokenGrantAuth):
+class AppGrantAuth(TokenGrantAuth):
+    """A grant made with the app's own credentials for a subject (the enterprise's Service
+    Account or a user): what CCG and JWT share. The client secret is what must never leak."""
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: SecretStr,
+        subject_type: str,
+        subject_id: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout_s: float = 30.0,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _check_subject_type(subject_type)
+        super().__init__(
+            token_url, session=session, timeout_s=timeout_s, metrics=metrics, clock=clock
+        )
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.subject_type = subject_type
+        self.subject_id = subject_id
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._client_secret.get_secret_value(),)
+
+
+class CCGAuth(AppGrantAuth):
     """Client Credentials Grant: the app's client id and secret, acting as the enterprise's
     Service Account (`subject_type="enterprise"`, `subject_id` = enterprise id) or as a user
     (`subject_type="user"`). CCG answers carry no refresh token; renewing repeats the grant."""
@@ -257,14 +287,17 @@ class CCGAuth(TokenGrantAuth):
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        _check_subject_type(subject_type)
         super().__init__(
-            token_url, session=session, timeout_s=timeout_s, metrics=metrics, clock=clock
+            token_url,
+            client_id,
+            client_secret,
+            subject_type,
+            subject_id,
+            session=session,
+            timeout_s=timeout_s,
+            metrics=metrics,
+            clock=clock,
         )
-        self.client_id = client_id
-        self._client_secret = client_secret
-        self.subject_type = subject_type
-        self.subject_id = subject_id
 
     async def _grant_form(self) -> dict[str, str]:
         return {
@@ -274,9 +307,6 @@ class CCGAuth(TokenGrantAuth):
             "box_subject_type": self.subject_type,
             "box_subject_id": self.subject_id,
         }
-
-    def _secrets(self) -> tuple[str, ...]:
-        return (self._client_secret.get_secret_value(),)
 
     def __repr__(self) -> str:
         return (
@@ -293,7 +323,7 @@ JWT_LIFETIME_S = 30
 JWT_ALGORITHM = "RS512"
 
 
-class JWTAuth(TokenGrantAuth):
+class JWTAuth(AppGrantAuth):
     """JWT (key-pair) grant: each token request carries a fresh assertion signed with the app's
     private key, with a new `jti`. Built from the `config.json` Box's developer console
     produces (`from_config_file`), whose private key is a passphrase-encrypted PKCS#8 PEM."""
@@ -314,16 +344,19 @@ class JWTAuth(TokenGrantAuth):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        _check_subject_type(subject_type)
         super().__init__(
-            token_url, session=session, timeout_s=timeout_s, metrics=metrics, clock=clock
+            token_url,
+            client_id,
+            client_secret,
+            subject_type,
+            subject_id,
+            session=session,
+            timeout_s=timeout_s,
+            metrics=metrics,
+            clock=clock,
         )
-        self.client_id = client_id
-        self._client_secret = client_secret
         self.key_id = key_id
         self._private_key = private_key
-        self.subject_type = subject_type
-        self.subject_id = subject_id
         self._wall_clock = wall_clock
 
     @classmethod
@@ -398,9 +431,6 @@ class JWTAuth(TokenGrantAuth):
             "client_id": self.client_id,
             "client_secret": self._client_secret.get_secret_value(),
         }
-
-    def _secrets(self) -> tuple[str, ...]:
-        return (self._client_secret.get_secret_value(),)
 
     def __repr__(self) -> str:
         return (
