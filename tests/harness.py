@@ -10,12 +10,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import yaml
+
+from monitor.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.receiver import WebhookReceiver
 
 TOKEN = "e2e-token"
 
@@ -180,3 +184,51 @@ async def run_until_healthy(argv: list[str], check: list[str], log_path: Path,
         await asyncio.wait_for(proc.wait(), 20)
     assert proc.returncode is not None
     return proc.returncode
+
+
+@dataclass
+class World:
+    """A simulator, a signature-checking webhook receiver, and a daemon (not yet started)
+    configured to watch the one and deliver to the other."""
+
+    sim: RunningSimulator
+    control: SimControl
+    receiver: WebhookReceiver
+    daemon: DaemonProcess
+    config_path: Path
+
+
+W = TypeVar("W", bound=World)
+
+
+async def webhook_world(
+    tmp_path: Path,
+    sim_config: SimulatorConfig,
+    world_type: type[W],
+    *,
+    box: dict[str, Any] | None = None,
+    http: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[W]:
+    """Build a `world_type` over real sockets, and close everything it opened afterwards.
+    `box` and `http` add keys to those sections; other `overrides` replace whole sections of
+    the daemon's config (see `write_config`)."""
+    receiver = await WebhookReceiver().start()
+    sim = await start_simulator(sim_config)
+    session = aiohttp.ClientSession()
+    port = free_port()
+    config_path = write_config(tmp_path / "config.yaml", box_url=sim.url,
+                               hook_url=receiver.url, http_port=port,
+                               http={"listen": f"127.0.0.1:{port}", **(http or {})}, **overrides)
+    if box:
+        data = yaml.safe_load(config_path.read_text())
+        data["box"].update(box)
+        config_path.write_text(yaml.safe_dump(data))
+    daemon = DaemonProcess(config_path, port)
+    try:
+        yield world_type(sim, SimControl(sim.url, session), receiver, daemon, config_path)
+    finally:
+        daemon.ensure_stopped()
+        await session.close()
+        await sim.close()
+        await receiver.close()

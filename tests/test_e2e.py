@@ -10,30 +10,18 @@ import signal
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
-from tests.harness import TOKEN, DaemonProcess, SimControl, free_port, wait_until, write_config
-from tests.receiver import WebhookReceiver
+from monitor.simulator import SimulatorConfig, TimelineConfig
+from tests.harness import TOKEN, World, wait_until, webhook_world
 
 pytestmark = pytest.mark.e2e
 
 TERMINAL = {"completed", "completed_with_error", "failed"}
-
-
-@dataclass
-class World:
-    sim: RunningSimulator
-    control: SimControl
-    receiver: WebhookReceiver
-    daemon: DaemonProcess
-    config_path: Path
 
 
 @pytest.fixture
@@ -42,20 +30,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         seed=42, developer_tokens=[SecretStr(TOKEN)],
         timeline=TimelineConfig(submitted_after_s=0.3, min_duration_s=1.0, max_duration_s=4.0),
     )
-    receiver = await WebhookReceiver().start()
-    sim = await start_simulator(sim_config)
-    session = aiohttp.ClientSession()
-    port = free_port()
-    config_path = write_config(tmp_path / "config.yaml", box_url=sim.url,
-                               hook_url=receiver.url, http_port=port)
-    daemon = DaemonProcess(config_path, port)
-    try:
-        yield World(sim, SimControl(sim.url, session), receiver, daemon, config_path)
-    finally:
-        daemon.ensure_stopped()
-        await session.close()
-        await sim.close()
-        await receiver.close()
+    async for w in webhook_world(tmp_path, sim_config, World):
+        yield w
 
 
 def change_key(event: dict[str, Any]) -> tuple[str | None, ...]:

@@ -10,18 +10,16 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
-from tests.harness import DaemonProcess, SimControl, free_port, wait_until, write_config
-from tests.receiver import WebhookReceiver
+from monitor.simulator import SimulatorConfig, TimelineConfig
+from tests import harness
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,14 +28,7 @@ API_TOKEN = "watch-token"
 ACTIVE_INTERVAL_S = 1.0
 
 
-@dataclass
-class World:
-    sim: RunningSimulator
-    control: SimControl
-    receiver: WebhookReceiver
-    daemon: DaemonProcess
-    config_path: Path
-
+class World(harness.World):
     async def advance(self, seconds: float) -> None:
         await self.control.call("POST", "/_sim/clock/advance", {"seconds": seconds})
 
@@ -69,30 +60,12 @@ async def make_world(tmp_path: Path, **box: Any) -> AsyncIterator[World]:
         seed=3, developer_tokens=[SecretStr("e2e-token")], frozen_clock=True,
         timeline=TimelineConfig(submitted_after_s=10, min_duration_s=20, max_duration_s=40),
     )
-    receiver = await WebhookReceiver().start()
-    sim = await start_simulator(sim_config)
-    session = aiohttp.ClientSession()
-    port = free_port()
-    config_path = write_config(
-        tmp_path / "config.yaml", box_url=sim.url, hook_url=receiver.url, http_port=port,
+    async for w in harness.webhook_world(
+        tmp_path, sim_config, World, box=box, http={"api_token": API_TOKEN},
         poll={"sweep_interval": "1h", "active_interval": f"{ACTIVE_INTERVAL_S}s",
               "max_backoff": "2s"},
-        http={"listen": f"127.0.0.1:{port}", "api_token": API_TOKEN},
-    )
-    if box:
-        import yaml
-
-        data = yaml.safe_load(config_path.read_text())
-        data["box"].update(box)
-        config_path.write_text(yaml.safe_dump(data))
-    daemon = DaemonProcess(config_path, port)
-    try:
-        yield World(sim, SimControl(sim.url, session), receiver, daemon, config_path)
-    finally:
-        daemon.ensure_stopped()
-        await session.close()
-        await sim.close()
-        await receiver.close()
+    ):
+        yield w
 
 
 @pytest.fixture
