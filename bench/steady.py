@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import aiohttp
 import orjson
 import yaml
 from aiohttp import web
+from simproc import start_simulator_process
 
 TOKEN = "bench-token"  # noqa: S105 - the local simulator's throwaway token
 API_TOKEN = "bench-watch"  # noqa: S105 - the local daemon's throwaway API token
@@ -263,26 +263,7 @@ def main() -> None:
     parser.add_argument("--max-duration", type=float, default=120.0, help="job duration, max s")
     args = parser.parse_args()
     sim_port, http_port, hook_port = free_port(), free_port(), free_port()
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor.cli",
-            "simulate",
-            "--port",
-            str(sim_port),
-            "--seed-jobs",
-            str(args.history),
-            "--token",
-            TOKEN,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert sim.stdout is not None
-    sim_url = sim.stdout.readline().strip()
+    sim, sim_url = start_simulator_process(sim_port, args.history, TOKEN)
     with tempfile.TemporaryDirectory() as state_dir:
         config_path = Path(state_dir) / "config.yaml"
         config = daemon_config(args, sim_url, state_dir, http_port, hook_port)

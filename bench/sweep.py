@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+from simproc import start_simulator_process
 
 TOKEN = "bench-token"  # noqa: S105 - the local simulator's throwaway token
 
@@ -172,29 +173,8 @@ def main() -> None:
     if args.child:
         child(args.child, args.url, args.state_dir, args.sdk_pages)
         return
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor.cli",
-            "simulate",
-            "--port",
-            str(args.port),
-            "--seed-jobs",
-            str(args.jobs),
-            "--token",
-            TOKEN,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    sim, url = start_simulator_process(args.port, args.jobs, TOKEN)
     try:
-        assert sim.stdout is not None
-        url = sim.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise SystemExit(f"simulator did not start: {url!r}")
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("baseline", "steady", "sdk")}
         runs["bare"] = []
         for _ in range(args.repeat):  # interleaved, so that a noisy spell hits every scenario
