@@ -91,7 +91,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load(path: Path, registry: NotifierRegistry) -> Config:
-    return load_config(path, notifier_models=registry.config_models())
+    """The configuration at `path`, validated and with every notifier's templates rendered
+    against sample events: what `check-config` accepts, `run` starts with and a SIGHUP reload
+    swaps in (Jinja loads templates lazily, so a broken one would otherwise surface at the
+    first send)."""
+    config = load_config(path, notifier_models=registry.config_models())
+    template_problems(config, registry)
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             config = load(args.file, registry)
-            template_problems(config, registry)
             print(
                 f"{args.file}: OK ({len(config.notifiers)} notifier(s), "
                 f"{len(config.routes)} route(s))"

@@ -1,4 +1,5 @@
-"""`test-notify`, `dead-letters` and `check-config`'s template check, as an operator runs them:
+"""`test-notify`, `dead-letters` and the template check of `check-config` and `run`, as an
+operator runs them:
 subprocesses against the real peers (fake Slack, aiosmtpd, the real store)."""
 
 from __future__ import annotations
@@ -131,3 +132,18 @@ async def test_check_config_refuses_a_broken_template(tmp_path: Path) -> None:
     (templates / "slack_parent.j2").write_text("{{ batch.id }}: {{ batch.done }}")
     code, out, err = await run_cli("check-config", str(path))
     assert (code, out) == (0, f"{path}: OK (1 notifier(s), 1 route(s))\n"), err
+
+
+async def test_run_refuses_a_broken_template_at_start_with_exit_2(tmp_path: Path) -> None:
+    """`run` renders every template before it starts, as `check-config` does: a template that
+    fails is a configuration error (exit 2, by key path), not a failure at the first send."""
+    templates = tmp_path / "tpl"
+    templates.mkdir()
+    (templates / "slack_failure.j2").write_text("{{ job.id }} {{ job.nope.deeper }}")
+    path = config(tmp_path, [{"name": "team-slack", "type": "slack", "token": "xoxb-secret",
+                              "channel": CHANNEL, "template_dir": str(templates)}])
+    code, out, err = await run_cli("run", "--config", str(path), timeout_s=30)
+    assert (code, out) == (2, "")
+    assert "notifiers[0] (team-slack): template slack_failure.j2: UndefinedError" in err
+    assert "Traceback" not in err and "xoxb-secret" not in err
+    assert not (tmp_path / "state.db").exists()  # refused before anything started

@@ -151,6 +151,35 @@ async def test_a_broken_or_restart_only_reload_changes_nothing(setup: Setup) -> 
     assert await s.daemon.stop(signal.SIGTERM) == 0
 
 
+async def test_a_reload_with_a_broken_template_keeps_the_running_config(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """SIGHUP renders every template against sample events, as `check-config` and `run` do: a
+    template that fails is rejected by key path and the running config keeps delivering."""
+    s = setup
+    s.daemon.start()
+    await s.daemon.wait_ready()
+    templates = tmp_path / "tpl"
+    templates.mkdir()
+    (templates / "slack_parent.j2").write_text("{{ batch.id }} {% if %}")
+    good = yaml.safe_load(s.config_path.read_text())
+    broken = {**good, "notifiers": [*good["notifiers"], {
+        "name": "team-slack", "type": "slack", "token": "xoxb-secret", "channel": "C0123456789",
+        "api_url": "http://127.0.0.1:9/api/", "template_dir": str(templates)}]}
+
+    line = await reload(s, broken, "config_reload_rejected")
+
+    [problem] = line["problems"]
+    assert problem.startswith("notifiers[1] (team-slack): template slack_parent.j2: "
+                              "TemplateSyntaxError"), problem
+    assert line["kept"] == "running config" and "xoxb-secret" not in s.daemon.logs()
+    batch = await s.control.start_batch(3)
+    await wait_until(lambda: discovered_by(s.first, batch["job_ids"]), 20,
+                     "the running config to keep delivering")
+    assert log_events(s.daemon, "config_reloaded") == []
+    assert await s.daemon.stop(signal.SIGTERM) == 0
+
+
 # -- in process: what a subprocess cannot show ---------------------------------------------
 
 
