@@ -17,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import structlog
 from jsonschema import Draft202012Validator
+from pydantic import SecretStr
 
 from monitor.simulator import (
+    AppConfig,
     RunningSimulator,
     SimulatorConfig,
     SteadyStreamConfig,
+    UserConfig,
     serve_forever,
     start_simulator,
 )
@@ -230,8 +234,8 @@ async def test_a_user_token_acts_for_that_user(
     headers = {"box-version": "2025.0", "Authorization": f"Bearer {token['access_token']}"}
     status, _, _ = await client.box("POST", "/2.0/docgen_batches", headers=headers, json=BATCH_BODY)
     assert status == 202
-    _, page, _ = await client.box("GET", "/2.0/docgen_jobs")
-    assert {entry["created_by"]["id"] for entry in page["entries"]} == {"31415926"}
+    _, page, _ = await client.box("GET", "/2.0/docgen_jobs", headers=headers)
+    assert [entry["created_by"]["id"] for entry in page["entries"]] == ["31415926"] * 2
 
 
 async def test_a_revoked_token_gets_401_and_developer_tokens_survive(client: Client) -> None:
@@ -312,7 +316,10 @@ async def test_a_bad_limit_is_400_bad_request(client: Client, limit: str) -> Non
 
 
 async def test_paging_serves_every_job_exactly_once_while_jobs_are_added(client: Client) -> None:
+    """A batch created half way through a pass lands at the head, before the marker: the pass
+    serves every job it started with exactly once, and the next pass starts with the new ones."""
     await client.ctl("POST", "/seed", {"count": 950})
+    before = [job["id"] for job in (await client.ctl("GET", "/jobs"))["entries"]]
     seen: list[str] = []
     marker: str | None = None
     pages = 0
@@ -322,13 +329,13 @@ async def test_paging_serves_every_job_exactly_once_while_jobs_are_added(client:
         seen += [entry["id"] for entry in body["entries"]]
         pages += 1
         if pages == 2:  # a batch lands while the client is half way through
-            await start_batch(client, jobs=30)
+            landed = await start_batch(client, jobs=30)
         marker = body["next_marker"]
         if marker is None:
             break
-    everything = await client.ctl("GET", "/jobs")
-    assert len(seen) == len(set(seen)) == 980
-    assert seen == [job["id"] for job in everything["entries"]]
+    assert len(seen) == len(set(seen)) == 950
+    assert seen == before
+    assert await client.all_job_ids() == landed["job_ids"][::-1] + before
 
 
 async def test_markers_are_opaque_and_a_foreign_marker_is_400(client: Client) -> None:
@@ -346,12 +353,14 @@ async def test_markers_are_opaque_and_a_foreign_marker_is_400(client: Client) ->
     assert (status, error["code"]) == (400, "bad_request")
 
 
-async def test_batch_jobs_are_paged_in_creation_order(client: Client) -> None:
+async def test_batch_jobs_are_paged_newest_first(client: Client) -> None:
+    """A batch's jobs share their created_at, so Box's order puts the highest id first (this
+    test expected creation order before issue 8; that order was not Box's)."""
     await client.ctl("POST", "/seed", {"count": 300})
     batch = await start_batch(client, jobs=250)
     await start_batch(client, jobs=10)
     path = f"/2.0/docgen_batch_jobs/{batch['batch_id']}"
-    assert await client.all_job_ids(path, limit=100) == batch["job_ids"]
+    assert await client.all_job_ids(path, limit=100) == batch["job_ids"][::-1]
 
 
 async def test_an_unknown_batch_or_job_is_404_not_found(client: Client) -> None:
@@ -365,6 +374,237 @@ async def test_an_unknown_box_url_gets_a_client_error(client: Client) -> None:
     assert (status, body["code"]) == (404, "not_found")
     stats = await client.ctl("GET", "/stats")
     assert stats["requests"]["unmatched"] == {"404": 1}
+
+
+# -- Box's apparent order, users and scoping --------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"box-version": "2025.0", "Authorization": f"Bearer {token}"}
+
+
+async def test_listings_are_newest_first_by_created_at_then_id(client: Client) -> None:
+    """Order is created_at descending, ties by id descending, whatever order jobs were stored in:
+    a history seeded after live batches still lists after them."""
+    first = await start_batch(client, jobs=3)
+    await client.ctl("POST", "/clock/advance", {"seconds": 5})
+    second = await start_batch(client, jobs=2)
+    third = await start_batch(client, jobs=2)  # same created_at as `second`, higher ids
+    await client.ctl("POST", "/seed", {"count": 40, "batch_size": 10})
+    _, page, _ = await client.box("GET", "/2.0/docgen_jobs", params={"limit": "1000"})
+    keys = [(_parse_rfc3339(e["created_at"]), int(e["id"])) for e in page["entries"]]
+    assert keys == sorted(keys, reverse=True)
+    assert len(keys) == 47
+    head = [e["id"] for e in page["entries"][:7]]
+    assert head == third["job_ids"][::-1] + second["job_ids"][::-1] + first["job_ids"][::-1]
+    listed = await client.all_job_ids(limit=6)  # marker paging keeps exactly that order
+    assert listed == [e["id"] for e in page["entries"]]
+    ctl = await client.ctl("GET", "/jobs")
+    assert [job["id"] for job in ctl["entries"]] == listed
+
+
+async def test_users_me_describes_the_tokens_user(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    """The Service Account for developer and enterprise tokens, the named user for a user
+    grant; `enterprise` only when asked for with `fields`, as on Box."""
+    client = Client(http, await make_sim(
+        user_ids=["31415926"],
+        users=[UserConfig(id="31415926", name="Ada Lovelace", login="ada@example.com")],
+    ))
+    status, me, _ = await client.box("GET", "/2.0/users/me")
+    assert status == 200
+    assert (me["type"], me["id"], me["status"]) == ("user", "20000001", "active")
+    assert me["login"].startswith("AutomationUser_")
+    assert "enterprise" not in me
+    _, me, _ = await client.box("GET", "/2.0/users/me", params={"fields": "enterprise"})
+    assert me == {
+        "type": "user",
+        "id": "20000001",
+        "name": "sim-client-id Service Account",
+        "login": "AutomationUser_20000001@boxdevedition.com",
+        "enterprise": {"id": "sim-enterprise", "type": "enterprise",
+                       "name": "Simulated Enterprise"},
+    }
+    _, token = await client.token(box_subject_type="user", box_subject_id="31415926")
+    status, me, _ = await client.box(
+        "GET", "/2.0/users/me", headers={"Authorization": f"Bearer {token['access_token']}"},
+        params={"fields": "id,name,login,enterprise"},
+    )
+    assert status == 200  # no box-version needed: /users/me is in the unversioned API
+    assert (me["id"], me["name"], me["login"]) == ("31415926", "Ada Lovelace", "ada@example.com")
+    assert me["enterprise"]["id"] == "sim-enterprise"
+    status, body, _ = await client.box("GET", "/2.0/users/me", headers={})
+    assert (status, body["code"]) == (401, "unauthorized")
+
+
+async def test_a_token_sees_only_its_users_jobs(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    """Listings show the caller's jobs; another user's job or batch is 404, as on Box."""
+    other = UserConfig(id="777", developer_tokens=[SecretStr("other-token")])
+    client = Client(http, await make_sim(users=[other]))
+    mine = await start_batch(client, jobs=2)
+    theirs = await start_batch(client, jobs=3, created_by_id="777")
+    await client.ctl("POST", "/seed", {"count": 4, "created_by_id": "777"})
+    assert await client.all_job_ids() == mine["job_ids"][::-1]
+    other_headers = bearer("other-token")
+    _, page, _ = await client.box("GET", "/2.0/docgen_jobs", headers=other_headers)
+    assert len(page["entries"]) == 7
+    assert {e["created_by"]["id"] for e in page["entries"]} == {"777"}
+    assert page["entries"][0]["id"] == theirs["job_ids"][-1]
+    for path in [f"/2.0/docgen_jobs/{theirs['job_ids'][0]}",
+                 f"/2.0/docgen_batch_jobs/{theirs['batch_id']}"]:
+        status, body, _ = await client.box("GET", path)
+        assert (status, body["code"]) == (404, "not_found"), path
+        assert (await client.box("GET", path, headers=other_headers))[0] == 200
+    _, me, _ = await client.box("GET", "/2.0/users/me", headers=other_headers)
+    assert me["id"] == "777"
+
+
+async def test_an_enterprise_grant_of_another_app_acts_as_its_service_account(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    app = AppConfig(client_id="app-2", client_secret=SecretStr("secret-2"),
+                    enterprise_id="ent-2", enterprise_name="Other Corp",
+                    service_account_user_id="555")
+    client = Client(http, await make_sim(apps=[app]))
+    await start_batch(client, jobs=1)
+    status, token = await client.token(client_id="app-2", client_secret="secret-2",
+                                       box_subject_id="ent-2")
+    assert status == 200
+    headers = bearer(token["access_token"])
+    _, page, _ = await client.box("GET", "/2.0/docgen_jobs", headers=headers)
+    assert page["entries"] == []
+    _, me, _ = await client.box("GET", "/2.0/users/me", headers=headers,
+                                params={"fields": "enterprise"})
+    assert (me["id"], me["enterprise"]["name"]) == ("555", "Other Corp")
+    assert (await client.token(client_id="app-2", client_secret="secret-2"))[0] == 400
+
+
+async def test_a_developer_token_can_be_added_for_a_user(client: Client) -> None:
+    await start_batch(client, jobs=1, created_by_id="8080")
+    await client.ctl("POST", "/tokens/developer", {"token": "t-8080", "user_id": "8080"})
+    _, page, _ = await client.box("GET", "/2.0/docgen_jobs", headers=bearer("t-8080"))
+    assert [e["created_by"]["id"] for e in page["entries"]] == ["8080"]
+
+
+# -- listing distortions ----------------------------------------------------------------------
+
+
+async def test_omitted_jobs_leave_the_listing_but_stay_readable(client: Client) -> None:
+    batch = await start_batch(client, jobs=5)
+    hidden = batch["job_ids"][1:3]
+    state = await client.ctl("POST", "/listing/omit", {"job_ids": hidden})
+    assert state["omitted"] == sorted(hidden)
+    listed = await client.all_job_ids()
+    assert listed == [i for i in batch["job_ids"][::-1] if i not in hidden]
+    for job_id in hidden:
+        assert (await client.box("GET", f"/2.0/docgen_jobs/{job_id}"))[0] == 200
+    in_batch = await client.all_job_ids(f"/2.0/docgen_batch_jobs/{batch['batch_id']}")
+    assert in_batch == batch["job_ids"][::-1]
+    await client.ctl("DELETE", "/listing")
+    assert await client.all_job_ids() == batch["job_ids"][::-1]
+
+
+async def test_a_fraction_of_jobs_is_omitted_the_same_way_on_every_pass(client: Client) -> None:
+    await client.ctl("POST", "/seed", {"count": 2000})
+    everything = await client.all_job_ids()
+    await client.ctl("POST", "/listing/omit", {"fraction": 0.3})
+    first, second = await client.all_job_ids(), await client.all_job_ids(limit=333)
+    assert first == second
+    assert 540 <= len(everything) - len(first) <= 660
+    assert set(first) < set(everything)
+    missing = sorted(set(everything) - set(first))
+    assert (await client.box("GET", f"/2.0/docgen_jobs/{missing[0]}"))[0] == 200
+
+
+async def _one_pass(client: Client, limit: int) -> list[list[str]]:
+    pages: list[list[str]] = []
+    marker: str | None = None
+    while True:
+        params = {"limit": str(limit), **({"marker": marker} if marker else {})}
+        status, body, _ = await client.box("GET", "/2.0/docgen_jobs", params=params)
+        assert status == 200, body
+        pages.append([entry["id"] for entry in body["entries"]])
+        marker = body["next_marker"]
+        if marker is None:
+            return pages
+
+
+async def test_a_shift_that_inserts_at_the_head_repeats_entries_across_a_page_boundary(
+    client: Client,
+) -> None:
+    await client.ctl("POST", "/seed", {"count": 50})
+    before = await client.all_job_ids()
+    await client.ctl("POST", "/listing/shift", {"after_page": 1, "insert": 4})
+    pages = await _one_pass(client, limit=20)
+    assert pages[0] == before[:20]
+    assert pages[1][:4] == before[16:20]  # the boundary moved back by the 4 new jobs
+    flat = [i for page in pages for i in page]
+    assert len(flat) == 54 and set(flat) == set(before)
+    after = await client.all_job_ids(limit=20)  # the shift is spent: a clean pass
+    assert len(after) == 54 and after[4:] == before
+    assert (await client.ctl("GET", "/listing"))["shifts"] == []
+
+
+async def test_a_shift_that_hides_the_head_skips_entries_that_stay_readable(
+    client: Client,
+) -> None:
+    await client.ctl("POST", "/seed", {"count": 50})
+    before = await client.all_job_ids()
+    await client.ctl("POST", "/listing/shift", {"after_page": 1, "hide": 3})
+    pages = await _one_pass(client, limit=20)
+    flat = [i for page in pages for i in page]
+    skipped = [i for i in before if i not in flat]
+    assert skipped == before[20:23]
+    for job_id in skipped:
+        assert (await client.box("GET", f"/2.0/docgen_jobs/{job_id}"))[0] == 200
+    assert await client.all_job_ids(limit=20) == before  # the next pass is whole again
+
+
+async def test_a_duplicate_lists_one_job_twice_with_two_statuses(client: Client) -> None:
+    batch = await start_batch(client, jobs=30, outcomes={"completed": 1, "failed": 0,
+                                                         "completed_with_error": 0})
+    await client.ctl("POST", "/clock/advance", {"seconds": 60})
+    twice = batch["job_ids"][0]  # the oldest: on the last page
+    await client.ctl("POST", "/listing/duplicate", {"job_id": twice})
+    _, first, _ = await client.box("GET", "/2.0/docgen_jobs", params={"limit": "10"})
+    assert (first["entries"][0]["id"], first["entries"][0]["status"]) == (twice, "submitted")
+    assert len(first["entries"]) == 10
+    pages = await _one_pass(client, limit=10)
+    assert [i for page in pages for i in page].count(twice) == 2
+    assert twice in pages[0] and twice in pages[-1]
+    _, job, _ = await client.box("GET", f"/2.0/docgen_jobs/{twice}")
+    assert job["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("kind", "broken"),
+    [
+        ("missing_status", lambda e: "status" not in e),
+        ("null_batch", lambda e: e["batch"] is None),
+        ("integer_id", lambda e: isinstance(e["id"], int)),
+        ("lone_surrogate", lambda e: (e["failures"] or {}).get("errors") == ["\ud800"]),
+    ],
+)
+async def test_a_malformed_entry_is_served_in_the_raw_listing(
+    client: Client, kind: str, broken: Callable[[JSON], bool]
+) -> None:
+    batch = await start_batch(client, jobs=3)
+    target = batch["job_ids"][1]
+    await client.ctl("POST", "/listing/malformed", {"job_ids": [target], "kind": kind})
+    status, raw = await client.raw("/2.0/docgen_jobs")
+    assert status == 200
+    entries = json.loads(raw)["entries"]  # Python's json accepts a lone surrogate escape
+    assert [broken(e) for e in entries] == [False, True, False]
+    assert str(entries[1]["id"]) == target
+    if kind == "lone_surrogate":
+        assert b'"\\ud800"' in raw
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(raw)
+    status, job, _ = await client.box("GET", f"/2.0/docgen_jobs/{target}")
+    assert (status, job["id"]) == (200, target)  # only the listing entry is broken
 
 
 # -- batches and the timeline -----------------------------------------------------------------
@@ -554,7 +794,7 @@ async def test_a_deleted_job_vanishes_from_every_listing(client: Client) -> None
     gone = batch["job_ids"][1]
     await client.ctl("DELETE", f"/jobs/{gone}")
     assert (await client.box("GET", f"/2.0/docgen_jobs/{gone}"))[0] == 404
-    assert await client.all_job_ids() == [batch["job_ids"][0], batch["job_ids"][2]]
+    assert await client.all_job_ids() == [batch["job_ids"][2], batch["job_ids"][0]]
     in_batch = await client.all_job_ids(f"/2.0/docgen_batch_jobs/{batch['batch_id']}")
     assert gone not in in_batch
     async with client.http.delete(f"{client.url}/_sim/jobs/{gone}") as response:

@@ -6,21 +6,25 @@ under /_sim (docs/simulator-control-api.md) shapes the simulated world.
 """
 
 from monitor.simulator.config import (
+    AppConfig,
     OutcomeMix,
     SimulatorConfig,
     SteadyStreamConfig,
     TimelineConfig,
+    UserConfig,
 )
 from monitor.simulator.server import RunningSimulator, build_app, serve_forever, start_simulator
 from monitor.simulator.state import SimulatorState
 
 __all__ = [
+    "AppConfig",
     "OutcomeMix",
     "RunningSimulator",
     "SimulatorConfig",
     "SimulatorState",
     "SteadyStreamConfig",
     "TimelineConfig",
+    "UserConfig",
     "build_app",
     "serve_forever",
     "start_simulator",

@@ -14,7 +14,7 @@ from typing import Any
 import jwt
 
 from monitor.simulator.clock import SimClock
-from monitor.simulator.config import SimulatorConfig
+from monitor.simulator.config import AppConfig, SimulatorConfig
 
 CLIENT_CREDENTIALS = "client_credentials"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -56,16 +56,66 @@ class GrantError(Exception):
         super().__init__(f"{error}: {description}")
 
 
+class App:
+    """A Box Platform app as the token endpoint sees it; its secret can be rotated."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.client_id = config.client_id
+        self.enterprise_id = config.enterprise_id
+        self.service_account = Principal(config.service_account_user_id)
+        self.user_ids = frozenset(config.user_ids)
+        self.jwt_public_keys = dict(config.jwt_public_keys)
+        self._secret = config.client_secret.get_secret_value().encode()
+        self._retired: list[bytes] = []
+
+    def rotate(self, new_secret: str) -> None:
+        """From now on only `new_secret` works; the old one is refused as `invalid_client`."""
+        self._retired.append(self._secret)
+        self._secret = new_secret.encode()
+
+    def check_secret(self, secret: str, *, wrong_error: str) -> None:
+        """Raise unless `secret` is the current one. A retired secret is `invalid_client` (the
+        app's credentials changed); any other wrong one is `wrong_error`. Compared as UTF-8
+        bytes, so a non-ASCII secret is simply wrong, never an error of ours."""
+        given = secret.encode("utf-8", "surrogatepass")
+        if secrets.compare_digest(given, self._secret):
+            return
+        if any(secrets.compare_digest(given, old) for old in self._retired):
+            raise GrantError("invalid_client", "The client credentials are invalid")
+        description = (
+            "The client credentials are invalid"
+            if wrong_error == "invalid_client"
+            else "Grant credentials are invalid"
+        )
+        raise GrantError(wrong_error, description)
+
+    def subject(self, subject_type: object, subject_id: str) -> Principal | None:
+        """The user a grant for this subject acts as, or None when the app may not act so."""
+        if subject_type == "enterprise" and subject_id == self.enterprise_id:
+            return self.service_account
+        if subject_type == "user" and subject_id in self.user_ids:
+            return Principal(subject_id)
+        return None
+
+
 class TokenStore:
     def __init__(self, config: SimulatorConfig, clock: SimClock) -> None:
         self._config = config
         self._clock = clock
+        self.apps = {app.client_id: App(app) for app in config.all_apps()}
         service_account = Principal(config.service_account_user_id)
-        self._developer: dict[str, Principal | None] = {
+        self._developer: dict[str, Principal] = {
             token.get_secret_value(): service_account for token in config.developer_tokens
         }
+        for user in config.users:
+            for token in user.developer_tokens:
+                self._developer[token.get_secret_value()] = Principal(user.id)
         self._issued: dict[str, IssuedToken] = {}
         self._jtis: dict[str, float] = {}  # jti -> exp of assertions already used
+
+    def add_developer_token(self, token: str, user_id: str) -> None:
+        """A developer token for `user_id`, as if generated in the Developer Console now."""
+        self._developer[token] = Principal(user_id)
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal behind a bearer token, or None when it is unknown, expired or revoked."""
@@ -79,7 +129,6 @@ class TokenStore:
 
     def grant(self, form: Mapping[str, str]) -> tuple[str, int]:
         """Run a client credentials grant; return (access_token, expires_in_s) or raise."""
-        config = self._config
         grant_type = form.get("grant_type", "")
         if grant_type == JWT_BEARER:
             return self._issue(self._jwt_principal(form))
@@ -91,22 +140,18 @@ class TokenStore:
         client_secret = form.get("client_secret", "")
         if not client_id or not client_secret:
             raise GrantError("invalid_request", "The client_id and client_secret are required")
-        if client_id != config.client_id:
+        app = self.apps.get(client_id)
+        if app is None:
             raise GrantError("invalid_client", "The client credentials are invalid")
-        if not secrets.compare_digest(client_secret, config.client_secret.get_secret_value()):
-            raise GrantError("invalid_grant", "Grant credentials are invalid")
+        # Box's CCG guide: wrong credentials are "invalid_grant: Grant credentials are invalid".
+        app.check_secret(client_secret, wrong_error="invalid_grant")
         subject_type = form.get("box_subject_type", "")
         subject_id = form.get("box_subject_id", "")
         if subject_type not in ("enterprise", "user") or not subject_id:
             raise GrantError("invalid_request", "box_subject_type and box_subject_id are required")
-        if subject_type == "enterprise":
-            if subject_id != config.enterprise_id:
-                raise GrantError("invalid_grant", "Grant credentials are invalid")
-            principal = Principal(config.service_account_user_id)
-        else:
-            if subject_id not in config.user_ids:
-                raise GrantError("invalid_grant", "Grant credentials are invalid")
-            principal = Principal(subject_id)
+        principal = app.subject(subject_type, subject_id)
+        if principal is None:
+            raise GrantError("invalid_grant", "Grant credentials are invalid")
         return self._issue(principal)
 
     def _issue(self, principal: Principal) -> tuple[str, int]:
@@ -118,7 +163,6 @@ class TokenStore:
     def _jwt_principal(self, form: Mapping[str, str]) -> Principal:
         """Check a JWT grant the way Box does; every refusal is `invalid_grant` except a bad
         client (`invalid_client`) or a missing field (`invalid_request`)."""
-        config = self._config
         assertion = form.get("assertion", "")
         client_id = form.get("client_id", "")
         client_secret = form.get("client_secret", "")
@@ -126,17 +170,17 @@ class TokenStore:
             raise GrantError(
                 "invalid_request", "assertion, client_id and client_secret are required"
             )
-        if client_id != config.client_id or not secrets.compare_digest(
-            client_secret, config.client_secret.get_secret_value()
-        ):
+        app = self.apps.get(client_id)
+        if app is None:
             raise GrantError("invalid_client", "The client credentials are invalid")
+        app.check_secret(client_secret, wrong_error="invalid_client")
         try:
             header = jwt.get_unverified_header(assertion)
         except jwt.InvalidTokenError:
             raise GrantError("invalid_grant", "The assertion is not a JWT") from None
         if header.get("alg") not in JWT_ALGORITHMS:
             raise GrantError("invalid_grant", "Algorithm must be one of RS256, RS384, RS512")
-        key = self._public_key(header.get("kid"))
+        key = _public_key(app.jwt_public_keys, header.get("kid"))
         try:
             claims: dict[str, Any] = jwt.decode(
                 assertion,
@@ -176,25 +220,13 @@ class TokenStore:
             raise GrantError(
                 "invalid_grant", "Please check the 'jti' claim. A unique 'jti' value is required."
             )
-        if claims["iss"] != config.client_id:
+        if claims["iss"] != app.client_id:
             raise GrantError("invalid_grant", "Please check the 'iss' claim.")
-        sub, sub_type = str(claims["sub"]), claims.get("box_sub_type")
-        if sub_type == "enterprise" and sub == config.enterprise_id:
-            principal = Principal(config.service_account_user_id)
-        elif sub_type == "user" and sub in config.user_ids:
-            principal = Principal(sub)
-        else:
+        principal = app.subject(claims.get("box_sub_type"), str(claims["sub"]))
+        if principal is None:
             raise GrantError("invalid_grant", "Please check the 'sub' and 'box_sub_type' claims.")
         self._jtis[jti] = float(exp)
         return principal
-
-    def _public_key(self, kid: object) -> str:
-        keys = self._config.jwt_public_keys
-        if isinstance(kid, str) and kid in keys:
-            return keys[kid]
-        if kid is None and len(keys) == 1:
-            return next(iter(keys.values()))
-        raise GrantError("invalid_grant", "No public key found for the 'kid' in the assertion.")
 
     def revoke(self, token: str | None = None) -> int:
         """Revoke one token (issued or developer) or, with None, every issued token; return how
@@ -211,3 +243,11 @@ class TokenStore:
             return 0
         target.revoked = True
         return 1
+
+
+def _public_key(keys: Mapping[str, str], kid: object) -> str:
+    if isinstance(kid, str) and kid in keys:
+        return keys[kid]
+    if kid is None and len(keys) == 1:
+        return next(iter(keys.values()))
+    raise GrantError("invalid_grant", "No public key found for the 'kid' in the assertion.")

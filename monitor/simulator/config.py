@@ -59,6 +59,36 @@ class SteadyStreamConfig(BaseModel):
     output_type: Literal["docx", "pdf"] | None = None
 
 
+class UserConfig(BaseModel):
+    """A Box user the simulator knows: who `GET /2.0/users/me` describes, and whose jobs a
+    token acting for them sees. `developer_tokens` act as this user (as a Developer Console
+    token belongs to the user who generated it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    name: str | None = None
+    login: str | None = None
+    # None: the enterprise of the default app.
+    enterprise_id: str | None = None
+    developer_tokens: list[SecretStr] = Field(default_factory=list)
+
+
+class AppConfig(BaseModel):
+    """One more Box Platform app (CCG and JWT) beside the default one that SimulatorConfig's
+    top-level fields describe: its credentials, its enterprise and its Service Account."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    enterprise_id: str = Field(min_length=1)
+    enterprise_name: str | None = None
+    service_account_user_id: str = Field(min_length=1)
+    user_ids: list[str] = Field(default_factory=list)
+    jwt_public_keys: dict[str, str] = Field(default_factory=dict)
+
+
 class SimulatorConfig(BaseModel):
     """Everything that makes one simulator run reproducible: the same seed and the same calls
     give the same ids, schedules, outcomes and fault firings."""
@@ -79,9 +109,37 @@ class SimulatorConfig(BaseModel):
     # Public keys (PEM) of the app's key pairs by key id, for the JWT grant. Empty: JWT is off
     # (every assertion is refused, as for an app without a public key).
     jwt_public_keys: dict[str, str] = Field(default_factory=dict)
+    enterprise_name: str = "Simulated Enterprise"
+    # More apps (their own client, enterprise and Service Account) and more users (names,
+    # logins, developer tokens) than the default app above.
+    apps: list[AppConfig] = Field(default_factory=list)
+    users: list[UserConfig] = Field(default_factory=list)
     timeline: TimelineConfig = Field(default_factory=TimelineConfig)
     stream: SteadyStreamConfig | None = None
     # A frozen clock moves only through POST /_sim/clock/advance: tests get exact timelines.
     frozen_clock: bool = False
     # Box renders created_at in a local offset (its example is -07:00); fixed, so no tz database.
     created_at_utc_offset_min: int = Field(default=-420, ge=-720, le=840)
+
+    @model_validator(mode="after")
+    def _distinct_apps_and_users(self) -> SimulatorConfig:
+        client_ids = [self.client_id, *(app.client_id for app in self.apps)]
+        if len(set(client_ids)) != len(client_ids):
+            raise ValueError("every app needs its own client_id")
+        user_ids = [user.id for user in self.users]
+        if len(set(user_ids)) != len(user_ids):
+            raise ValueError("every user needs its own id")
+        return self
+
+    def all_apps(self) -> list[AppConfig]:
+        """The default app (the top-level fields) first, then `apps`."""
+        default = AppConfig(
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            enterprise_id=self.enterprise_id,
+            enterprise_name=self.enterprise_name,
+            service_account_user_id=self.service_account_user_id,
+            user_ids=self.user_ids,
+            jwt_public_keys=self.jwt_public_keys,
+        )
+        return [default, *self.apps]

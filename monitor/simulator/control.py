@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.simulator.config import OutcomeMix, TimelineConfig
+from monitor.simulator.distortions import DuplicateSpec, MalformedSpec, OmitSpec, ShiftSpec
 from monitor.simulator.faults import FaultSpec
 from monitor.simulator.jobs import JobView
 from monitor.simulator.state import STATE_KEY, SimulatorState
@@ -25,6 +26,8 @@ class _Body(BaseModel):
 
 class SeedRequest(_Body):
     count: int = Field(ge=0, le=5_000_000)
+    # The owner of the seeded jobs; default: the Service Account of the default app.
+    created_by_id: str | None = Field(default=None, min_length=1)
     batch_size: int = Field(default=100, ge=1, le=100_000)
     outcomes: OutcomeMix | None = None
     template_file_id: str | None = Field(default=None, min_length=1)
@@ -58,6 +61,11 @@ class AdvanceRequest(_Body):
 
 class RevokeRequest(_Body):
     token: str | None = None
+
+
+class DeveloperTokenRequest(_Body):
+    token: str = Field(min_length=1)
+    user_id: str = Field(min_length=1)
 
 
 class BadBody(Exception):
@@ -139,6 +147,7 @@ async def seed(request: web.Request) -> web.Response:
         outcomes=body.outcomes,
         template_file_id=body.template_file_id,
         output_type=body.output_type,
+        created_by_id=body.created_by_id,
     )
     return json_response({"jobs": body.count, "batches": batches})
 
@@ -206,8 +215,10 @@ async def list_jobs(request: web.Request) -> web.Response:
         if batch is None:
             raise NotFound(batch_id=batch_id)
     status = request.query.get("status")
+    owner = request.query.get("created_by_id")
     now_s = state.now()
-    views = (state.jobs.view(row, now_s) for row in state.jobs.live_rows(batch))
+    rows = state.jobs.newest_first(batch=batch, owner=owner)
+    views = (state.jobs.view(row, now_s) for row in rows)
     entries = [job_internal(v) for v in views if status is None or v.status == status]
     return json_response({"entries": entries})
 
@@ -268,6 +279,47 @@ async def revoke_tokens(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def add_developer_token(request: web.Request) -> web.Response:
+    body = await _parse(DeveloperTokenRequest, request)
+    _state(request).tokens.add_developer_token(body.token, body.user_id)
+    return web.Response(status=204)
+
+
+def _distortions(request: web.Request) -> web.Response:
+    return json_response(_state(request).distortions.public())
+
+
+async def omit_jobs(request: web.Request) -> web.Response:
+    _state(request).distortions.omit(await _parse(OmitSpec, request))
+    return _distortions(request)
+
+
+async def add_shift(request: web.Request) -> web.Response:
+    shift = _state(request).distortions.add_shift(await _parse(ShiftSpec, request))
+    return json_response({"shift_id": shift.id})
+
+
+async def duplicate_job(request: web.Request) -> web.Response:
+    body = await _parse(DuplicateSpec, request)
+    _state(request).distortions.duplicates[int(body.job_id)] = body.status
+    return _distortions(request)
+
+
+async def malform_jobs(request: web.Request) -> web.Response:
+    body = await _parse(MalformedSpec, request)
+    _state(request).distortions.malformed.update((int(i), body.kind) for i in body.job_ids)
+    return _distortions(request)
+
+
+async def get_distortions(request: web.Request) -> web.Response:
+    return _distortions(request)
+
+
+async def clear_distortions(request: web.Request) -> web.Response:
+    _state(request).distortions.clear()
+    return web.Response(status=204)
+
+
 async def get_stats(request: web.Request) -> web.Response:
     state = _state(request)
     return json_response(
@@ -296,5 +348,12 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_sim/clock", get_clock, name="sim_clock")
     r.add_post("/_sim/clock/advance", advance_clock, name="sim_clock_advance")
     r.add_post("/_sim/tokens/revoke", revoke_tokens, name="sim_tokens_revoke")
+    r.add_post("/_sim/tokens/developer", add_developer_token, name="sim_tokens_developer")
+    r.add_post("/_sim/listing/omit", omit_jobs, name="sim_listing_omit")
+    r.add_post("/_sim/listing/shift", add_shift, name="sim_listing_shift")
+    r.add_post("/_sim/listing/duplicate", duplicate_job, name="sim_listing_duplicate")
+    r.add_post("/_sim/listing/malformed", malform_jobs, name="sim_listing_malformed")
+    r.add_get("/_sim/listing", get_distortions, name="sim_listing")
+    r.add_delete("/_sim/listing", clear_distortions, name="sim_listing_clear")
     r.add_get("/_sim/stats", get_stats, name="sim_stats")
     r.add_delete("/_sim/stats", reset_stats, name="sim_stats_reset")

@@ -3,15 +3,20 @@
 Storage is columnar (`array` columns, one row per job) so that a million jobs cost about thirty
 bytes each. A job's status is never stored: it is computed from the clock and the job's schedule
 whenever someone asks, so an idle simulator does no work however many jobs it holds. Ids grow with
-insertion, which makes the table sorted by id: lookups are a bisection and paging is a keyset
-(`id > last seen`), so jobs added while a client pages are never skipped or repeated.
+insertion, which makes the table sorted by id: lookups are a bisection.
+
+Listings come in Box's apparent order, newest first: by `created_at` descending, ties by id
+descending. A batch's jobs share their `created_at` and hold consecutive rows, so that order is
+the batches sorted by (created_at, first row), each read from its last row down. Paging is a
+keyset on that order (the last job served), so jobs added while a client pages land at the head
+and are never skipped or repeated.
 """
 
 from __future__ import annotations
 
 import random
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -162,6 +167,9 @@ class JobTable:
         self._flags = bytearray()
         self.batches: list[Batch] = []
         self._batch_by_id: dict[int, Batch] = {}
+        # Batches in listing order, oldest first (read backwards for newest first).
+        self._order: list[Batch] = []
+        self._order_keys: list[tuple[float, int]] = []
         self._pins: dict[int, Pin] = {}
         self._deleted_at_s: dict[int, float] = {}
         self._pin_log: list[Transition] = []
@@ -217,6 +225,10 @@ class JobTable:
         batch_row = len(self.batches)
         self.batches.append(batch)
         self._batch_by_id[batch.id] = batch
+        key = (created_at_s, batch.first)
+        at = bisect_left(self._order_keys, key)
+        self._order_keys.insert(at, key)
+        self._order.insert(at, batch)
 
         random_ = rng.random
         job_id = self._next_job_id
@@ -321,24 +333,44 @@ class JobTable:
             return Failures((), batch.warnings or (failure_texts.warning_for(job_id),))
         return None
 
-    def page(
-        self, *, after_id: int | None, limit: int, batch: Batch | None
-    ) -> tuple[list[int], bool]:
-        """Up to `limit` live rows with id > after_id (in one batch, or all), and whether more
-        live rows follow."""
-        lo, hi = (batch.first, batch.first + batch.count) if batch else (0, len(self._ids))
-        row = lo if after_id is None else bisect_right(self._ids, after_id, lo, hi)
+    def row_of(self, job_id: int) -> int | None:
+        """The row of a job, deleted or not (a marker may point at a job deleted since)."""
+        row = bisect_left(self._ids, job_id)
+        return row if row < len(self._ids) and self._ids[row] == job_id else None
+
+    def newest_first(
+        self, *, after_row: int | None = None, batch: Batch | None = None, owner: str | None = None
+    ) -> Iterator[int]:
+        """Live rows in listing order (newest first), from just after `after_row`; only one
+        batch's, or only those of batches `owner` created, when given."""
         flags = self._flags
-        rows: list[int] = []
-        while row < hi and len(rows) < limit:
-            if not flags[row] & _DELETED:
-                rows.append(row)
-            row += 1
-        while row < hi and flags[row] & _DELETED:
-            row += 1
-        return rows, row < hi
+        if batch is not None:
+            top = batch.first + batch.count - 1 if after_row is None else after_row - 1
+            for row in range(top, batch.first - 1, -1):
+                if not flags[row] & _DELETED:
+                    yield row
+            return
+        order = self._order
+        if after_row is None:
+            pos, top_row = len(order) - 1, None
+        else:
+            at = self.batch_of(after_row)
+            pos, top_row = bisect_left(self._order_keys, (at.created_at_s, at.first)), after_row - 1
+        while pos >= 0:
+            current = order[pos]
+            if owner is None or current.created_by_id == owner:
+                top = current.first + current.count - 1 if top_row is None else top_row
+                for row in range(top, current.first - 1, -1):
+                    if not flags[row] & _DELETED:
+                        yield row
+            top_row = None
+            pos -= 1
+
+    def id_of(self, row: int) -> int:
+        return self._ids[row]
 
     def live_rows(self, batch: Batch | None = None) -> Iterator[int]:
+        """Every live row (of one batch, or all), in no particular order: for counting."""
         lo, hi = (batch.first, batch.first + batch.count) if batch else (0, len(self._ids))
         flags = self._flags
         return (row for row in range(lo, hi) if not flags[row] & _DELETED)

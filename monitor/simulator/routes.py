@@ -11,14 +11,17 @@ from aiohttp import web
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from monitor.simulator import faults, paging, wire
+from monitor.simulator import faults, listing, paging, wire
 from monitor.simulator.auth import ISSUED_TOKEN_TYPE, GrantError, Principal
-from monitor.simulator.jobs import Batch, JobView
 from monitor.simulator.state import STATE_KEY
 
 BOX_VERSION = "2025.0"
 VERSION_HELP_URL = "https://developer.box.com/reference/error-codes/invalid-api-version"
 DOCGEN_ROUTES = frozenset({"create_batch", "list_jobs", "get_job", "batch_jobs"})
+# Routes behind a bearer token; /users/me exists in the unversioned API (2024.0), so it needs
+# no box-version header (but accepts 2025.0, which a Doc Gen client sends everywhere).
+TOKEN_ROUTES = DOCGEN_ROUTES | {"users_me"}
+USERS_VERSIONS = frozenset({None, "2024.0", BOX_VERSION})
 UNMATCHED = "unmatched"
 PRINCIPAL_KEY = web.RequestKey("docgen_simulator_principal", Principal)
 
@@ -92,9 +95,12 @@ def _gate(route: str, handler: faults.Handler) -> faults.Handler:
     Doc Gen), then the bearer token. The token route has neither."""
 
     async def gated(request: web.Request) -> web.StreamResponse:
-        if route not in DOCGEN_ROUTES:
+        if route not in TOKEN_ROUTES:
             return await handler(request)
-        problem = box_version_problem(request.headers.get("box-version"))
+        version = request.headers.get("box-version")
+        problem = None if route == "users_me" and version in USERS_VERSIONS else (
+            box_version_problem(version)
+        )
         if problem is not None:
             return wire.client_error(400, "invalid_api_version", problem, help_url=VERSION_HELP_URL)
         token = _bearer_token(request)
@@ -195,59 +201,78 @@ async def post_batch(request: web.Request) -> web.Response:
     return wire.json_response({"id": str(batch.id), "type": "docgen_batch"}, status=202)
 
 
+def _owner(request: web.Request) -> str:
+    return request[PRINCIPAL_KEY].user_id
+
+
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     job = request.app[STATE_KEY].find_job(job_id)
-    if job is None:
+    if job is None or job.batch.created_by_id != _owner(request):  # Box: missing or no access
         return _not_found("job_id", job_id, "job")
     return wire.json_response(wire.job_standard(job))
 
 
-def _page(
-    request: web.Request, scope: str, batch: Batch | None
-) -> tuple[int, list[JobView], str | None]:
-    """(applied limit, the page's jobs as of now, next_marker) for one listing."""
-    state = request.app[STATE_KEY]
-    page = paging.parse_page(
-        scope, marker=request.query.get("marker"), limit=request.query.get("limit")
-    )
-    rows, more = state.jobs.page(after_id=page.after_id, limit=page.limit, batch=batch)
-    now_s = state.now()
-    views = [state.jobs.view(row, now_s) for row in rows]
-    next_marker = paging.encode_marker(scope, views[-1].id) if more and views else None
-    return page.limit, views, next_marker
-
-
 async def list_jobs(request: web.Request) -> web.Response:
-    config = request.app[STATE_KEY].config
+    state = request.app[STATE_KEY]
+    owner = _owner(request)
     try:
-        limit, views, next_marker = _page(request, "jobs", None)
+        page = listing.serve(
+            state,
+            listing.Listing(scope=f"jobs:{owner}", owner=owner, distorted=True),
+            marker=request.query.get("marker"),
+            limit=request.query.get("limit"),
+        )
     except paging.BadPageRequest as exc:
         return _page_error(exc)
+    offset_min = state.config.created_at_utc_offset_min
+    directory = state.directory
     entries = [
         wire.job_full(
             job,
-            enterprise_id=config.enterprise_id,
-            created_at=wire.created_at_text(
-                job.batch.created_at_s, config.created_at_utc_offset_min
-            ),
+            enterprise_id=directory.user(job.batch.created_by_id).enterprise.id,
+            created_at=wire.created_at_text(job.batch.created_at_s, offset_min),
         )
-        for job in views
+        for job in page.jobs
     ]
-    return wire.json_response(wire.job_page(entries, limit=limit, next_marker=next_marker))
+    surrogate = listing.malform(entries, state.distortions.malformed)
+    body = wire.job_page(entries, limit=page.limit, next_marker=page.next_marker)
+    return web.Response(
+        body=listing.dumps(body, lone_surrogate=surrogate), content_type="application/json"
+    )
 
 
 async def list_batch_jobs(request: web.Request) -> web.Response:
     batch_id = request.match_info["batch_id"]
-    batch = request.app[STATE_KEY].find_batch(batch_id)
-    if batch is None:
+    state = request.app[STATE_KEY]
+    owner = _owner(request)
+    batch = state.find_batch(batch_id)
+    if batch is None or batch.created_by_id != owner:
         return _not_found("batch_id", batch_id, "batch")
     try:
-        limit, views, next_marker = _page(request, f"batch:{batch.id}", batch)
+        page = listing.serve(
+            state,
+            listing.Listing(scope=f"batch:{batch.id}", owner=owner, batch=batch),
+            marker=request.query.get("marker"),
+            limit=request.query.get("limit"),
+        )
     except paging.BadPageRequest as exc:
         return _page_error(exc)
-    entries = [wire.job_standard(job) for job in views]
-    return wire.json_response(wire.job_page(entries, limit=limit, next_marker=next_marker))
+    entries = [wire.job_standard(job) for job in page.jobs]
+    return wire.json_response(
+        wire.job_page(entries, limit=page.limit, next_marker=page.next_marker)
+    )
+
+
+async def get_users_me(request: web.Request) -> web.Response:
+    """Box's user object for the token's user; `fields` as Box treats it (the mini fields plus
+    those asked for: `enterprise` comes only when asked for)."""
+    state = request.app[STATE_KEY]
+    user = state.directory.user(_owner(request))
+    fields = request.query.get("fields")
+    return wire.json_response(
+        wire.user(user, fields=None if fields is None else fields.split(","))
+    )
 
 
 def add_routes(app: web.Application) -> None:
@@ -258,3 +283,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(
         "/2.0/docgen_batch_jobs/{batch_id}", list_batch_jobs, name="batch_jobs", allow_head=False
     )
+    app.router.add_get("/2.0/users/me", get_users_me, name="users_me", allow_head=False)

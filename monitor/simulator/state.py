@@ -11,9 +11,11 @@ from aiohttp import web
 from monitor.simulator.auth import TokenStore
 from monitor.simulator.clock import SimClock
 from monitor.simulator.config import OutcomeMix, SimulatorConfig, TimelineConfig
+from monitor.simulator.distortions import Distortions
 from monitor.simulator.faults import FaultRegistry
 from monitor.simulator.jobs import Batch, BatchPlan, JobTable, JobView
 from monitor.simulator.stats import RequestStats
+from monitor.simulator.users import Directory
 
 OUTPUT_TYPES = ("pdf", "docx")
 # Seeded history is spread over this window before "now", ending this long ago.
@@ -30,6 +32,8 @@ class SimulatorState:
         self.jobs = JobTable(self._rng)
         self.tokens = TokenStore(config, self.clock)
         self.faults = FaultRegistry(random.Random(f"{config.seed}:faults"))
+        self.distortions = Distortions(seed=config.seed)
+        self.directory = Directory(config)
         self.stats = RequestStats()
         self.template_file_ids = tuple(
             str(1_300_000_000_000 + self._rng.randrange(1_000_000_000)) for _ in range(5)
@@ -91,8 +95,10 @@ class SimulatorState:
         outcomes: OutcomeMix | None = None,
         template_file_id: str | None = None,
         output_type: str | None = None,
+        created_by_id: str | None = None,
     ) -> int:
-        """Add `count` jobs that finished in the past 30 days; return how many batches that took."""
+        """Add `count` jobs that finished in the past 30 days, created by `created_by_id` (default:
+        the Service Account); return how many batches that took."""
         outcomes = outcomes or self.config.timeline.outcomes
         n_batches = -(-count // batch_size)
         now_s = self.now()
@@ -116,7 +122,7 @@ class SimulatorState:
                 template_file_id=template_file_id or rng.choice(self.template_file_ids),
                 template_file_version_id=None,
                 output_type=output_type or rng.choice(OUTPUT_TYPES),
-                created_by_id=self.config.service_account_user_id,
+                created_by_id=created_by_id or self.config.service_account_user_id,
                 historic=True,
             )
         return n_batches

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.simulator.jobs import JobView
+from monitor.simulator.users import User
 
 JSON = dict[str, Any]
 
@@ -110,6 +111,41 @@ def job_full(job: JobView, *, enterprise_id: str, created_at: str) -> JSON:
 def job_page(entries: list[JSON], *, limit: int, next_marker: str | None) -> JSON:
     """The marker-paged envelope. prev_marker is always null: Box documents no use for it."""
     return {"entries": entries, "limit": limit, "next_marker": next_marker, "prev_marker": None}
+
+
+_USER_MINI = ("type", "id", "name", "login")
+
+
+def user(who: User, *, fields: list[str] | None = None) -> JSON:
+    """Box's user object. Without `fields`, the standard representation (which has no
+    `enterprise`); with `fields`, the mini one plus the fields asked for, as Box documents."""
+    every: JSON = {
+        "type": "user",
+        "id": who.id,
+        "name": who.name,
+        "login": who.login,
+        "created_at": "2024-01-15T09:30:00-08:00",
+        "modified_at": "2024-01-15T09:30:00-08:00",
+        "language": "en",
+        "timezone": "America/Los_Angeles",
+        "space_amount": 1_099_511_627_776,
+        "space_used": 0,
+        "max_upload_size": 5_368_709_120,
+        "status": "active",
+        "job_title": "",
+        "phone": "",
+        "address": "",
+        "avatar_url": f"https://app.box.com/api/avatar/large/{who.id}",
+    }
+    if fields is None:
+        return every
+    every["enterprise"] = {
+        "id": who.enterprise.id,
+        "type": "enterprise",
+        "name": who.enterprise.name,
+    }
+    wanted = {*_USER_MINI, *(f.strip() for f in fields)}
+    return {key: value for key, value in every.items() if key in wanted}
 
 
 # ---------------------------------------------------------------------- request models
