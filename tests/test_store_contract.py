@@ -15,7 +15,14 @@ import pytest
 
 from monitor.errors import SchemaTooNew, StoreError
 from monitor.model import Event, EventBatch, EventJob, EventType, JobState, SnapshotChanges
-from monitor.store.base import MAX_ERROR_CHARS, OutboxState, RoutedEvent, Store, ThreadRef
+from monitor.store.base import (
+    MAX_ERROR_CHARS,
+    OutboxState,
+    PendingEdit,
+    RoutedEvent,
+    Store,
+    ThreadRef,
+)
 
 if TYPE_CHECKING:  # the fixture supplies it; no runtime import keeps plain `pytest` working
     from tests.store_fixtures import StoreBackend
@@ -694,6 +701,83 @@ async def test_prune_forgets_old_threads_and_groups_only(store: Store) -> None:
     assert await store.group_flushed_at("slack", "new") == now + 100
     await store.prune(before=now + 3600)
     assert await store.get_thread("slack", "b1") is None
+
+
+async def test_prune_keeps_a_thread_while_its_batch_runs_or_is_owed_an_event(
+    store: Store,
+) -> None:
+    """Retention never cuts a running batch's thread: it goes only once the batch is terminal,
+    every event of the batch reached the thread's notifier and no parent edit waits."""
+    import time
+
+    later = time.time() + 3600
+    thread = ThreadRef("C1", "1.000001")
+    await store.commit(SnapshotChanges(upserts=(job("j1", "b1", "submitted"),)), [])
+    await store.save_thread("slack", "b1", thread)
+    await store.save_thread("mail", "b1", thread)
+    await store.prune(before=later)
+    assert await store.get_thread("slack", "b1") == thread  # the batch still runs
+
+    done = job("j1", "b1", "completed", seq=2)
+    await store.commit(SnapshotChanges(upserts=(done,)),
+                       [routed("j1:2:submitted:completed", "slack", "mail")])
+    await store.mark_failed("j1:2:submitted:completed", "slack", "HTTP 500", None)
+    await store.mark_delivered("j1:2:submitted:completed", "mail")
+    await store.prune(before=later)
+    assert await store.get_thread("slack", "b1") == thread  # a dead row may be retried
+    assert await store.get_thread("mail", "b1") is None  # its notifier was told everything
+
+    await store.mark_delivered("j1:2:submitted:completed", "slack")
+    await store.set_pending_edit("slack", "b1", "final text", later - 3600)
+    await store.prune(before=later)
+    assert await store.get_thread("slack", "b1") == thread  # the parent edit still waits
+
+    await store.clear_pending_edit("slack", "b1")
+    await store.prune(before=time.time() - 60)
+    assert await store.get_thread("slack", "b1") == thread  # within the retention
+    await store.prune(before=later)
+    assert await store.get_thread("slack", "b1") is None
+
+
+async def test_a_parent_post_is_recorded_as_started_until_its_ts_is_saved(store: Store) -> None:
+    """A post recorded as started and never saved is reported to the next attempt, with the
+    first attempt's time: the message may have reached the receiver before a crash."""
+    assert await store.start_thread_post("slack", "b1", T0) is None
+    assert await store.get_thread("slack", "b1") is None
+    assert await store.start_thread_post("slack", "b1", T0 + 5) == T0
+    assert await store.start_thread_post("slack", "b1", T0 + 9) == T0
+    assert await store.start_thread_post("mail", "b1", T0 + 9) is None
+    saved = ThreadRef("C1", "1800000000.000100")
+    assert await store.save_thread("slack", "b1", saved) == saved
+    assert await store.save_thread("slack", "b1", ThreadRef("C1", "1.2")) == saved
+    assert await store.get_thread("slack", "b1") == saved
+    assert await store.start_thread_post("slack", "b1", T0 + 10) is None
+
+
+async def test_a_pending_parent_edit_keeps_the_latest_content_until_cleared(
+    store_backend: StoreBackend, store: Store
+) -> None:
+    await store.set_pending_edit("slack", "b1", "ignored: no thread yet", T0)
+    assert await store.pending_edits("slack") == []
+    thread = ThreadRef("C1", "1.000001")
+    await store.save_thread("slack", "b1", thread)
+    await store.save_thread("slack", "b2", thread)
+    await store.set_pending_edit("slack", "b2", "b2 v1", T0 + 1)
+    await store.set_pending_edit("slack", "b1", "b1 v1", T0 + 2)
+    await store.set_pending_edit("slack", "b1", "b1 v2", T0 + 3)
+    assert await store.pending_edits("other") == []
+    await store.close()
+    async with store_backend.build() as reopened:
+        assert await reopened.pending_edits("slack") == [
+            PendingEdit("b2", thread, "b2 v1", 1, T0 + 1),
+            PendingEdit("b1", thread, "b1 v2", 2, T0 + 2),
+        ]
+        await reopened.clear_pending_edit("slack", "b2")
+        await reopened.set_pending_edit("slack", "b2", "b2 v2", T0 + 9)
+        await reopened.clear_pending_edit("slack", "b1")
+        assert await reopened.pending_edits("slack") == [
+            PendingEdit("b2", thread, "b2 v2", 1, T0 + 9)]
+        assert await reopened.get_thread("slack", "b1") == thread
 
 
 async def test_threads_and_groups_survive_reopening(

@@ -57,6 +57,21 @@ class ThreadRef:
     ts: str
 
 
+@dataclass(frozen=True, slots=True)
+class PendingEdit:
+    """An edit of a batch's parent message that failed and waits for its own retry.
+
+    `content` is the latest content wanted (the notifier's own encoding): a later failed edit
+    replaces it, so the retry converges to the newest text. `failing_since` is the wall-clock
+    time of the first failure, `attempts` the failures so far."""
+
+    batch_id: str
+    thread: ThreadRef
+    content: str
+    attempts: int
+    failing_since: float
+
+
 class Store(ABC):
     """Async, single-process view of the durable state. Open with `async with`.
 
@@ -173,7 +188,9 @@ class Store(ABC):
         """Delete delivered outbox rows last updated before `before`, then events created before
         it that no outbox row refers to; returns the events deleted. Safe: an event id can only
         be minted again while its change is missing from the snapshot, a window of seconds.
-        Batch threads saved and groups last flushed before `before` go too."""
+        Groups last flushed before `before` go too, and batch threads started before it whose
+        batch is over: no non-terminal job in the snapshot, no undelivered (pending, claimed or
+        dead) row of the thread's notifier for an event of the batch, no pending edit."""
 
     @abstractmethod
     async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
@@ -196,6 +213,29 @@ class Store(ABC):
     async def save_thread(self, notifier: str, batch_id: str, thread: ThreadRef) -> ThreadRef:
         """Record the parent message of a batch; the first one recorded wins and is returned
         (a batch never gets a second parent)."""
+
+    @abstractmethod
+    async def start_thread_post(self, notifier: str, batch_id: str, at: float) -> float | None:
+        """Record, before posting it, that the parent message of a batch is being posted at
+        `at` (wall clock). When an earlier post was recorded and no `save_thread` followed, it
+        may have reached the receiver before a crash: its start time is returned (and kept, so
+        a lookup covers every attempt), else None. No-op returning None for a saved thread."""
+
+    @abstractmethod
+    async def set_pending_edit(
+        self, notifier: str, batch_id: str, content: str, at: float
+    ) -> None:
+        """A parent edit failed: keep `content` as the latest content wanted, count one more
+        attempt and, for a first failure, remember `at` as `failing_since`. Ignored for a batch
+        without a saved thread."""
+
+    @abstractmethod
+    async def pending_edits(self, notifier: str) -> list[PendingEdit]:
+        """Every pending parent edit of `notifier`, oldest failure first."""
+
+    @abstractmethod
+    async def clear_pending_edit(self, notifier: str, batch_id: str) -> None:
+        """The parent shows the latest content (or the edit was abandoned): forget the edit."""
 
     @abstractmethod
     async def group_flushed_at(self, notifier: str, group_key: str) -> float | None:

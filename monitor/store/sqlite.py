@@ -38,6 +38,7 @@ from monitor.store.base import (
     MAX_ERROR_CHARS,
     OutboxEntry,
     OutboxState,
+    PendingEdit,
     RoutedEvent,
     Store,
     ThreadRef,
@@ -124,6 +125,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             event_id TEXT NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # Version 4: a parent post is recorded as started before it is sent (channel and ts stay
+    # NULL until Slack answers), and a failed parent edit waits in the thread's row for its
+    # own retry. SQLite cannot drop NOT NULL in place: the table is rebuilt.
+    (
+        """CREATE TABLE threads_v4 (
+            notifier           TEXT NOT NULL,
+            batch_id           TEXT NOT NULL,
+            channel            TEXT,
+            ts                 TEXT,
+            created_at         REAL NOT NULL,
+            pending_edit       TEXT,
+            edit_attempts      INTEGER NOT NULL DEFAULT 0,
+            edit_failing_since REAL,
+            PRIMARY KEY (notifier, batch_id)
+        ) WITHOUT ROWID""",
+        "INSERT INTO threads_v4 (notifier, batch_id, channel, ts, created_at) "
+        "SELECT notifier, batch_id, channel, ts, created_at FROM threads",
+        "DROP TABLE threads",
+        "ALTER TABLE threads_v4 RENAME TO threads",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -182,6 +203,17 @@ _META_UPSERT = (
     "INSERT INTO meta (key, value) VALUES (?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
+# A batch's thread is kept while its batch runs (a non-terminal job), while its notifier still
+# owes an event of the batch (pending, claimed or dead: a dead row may be retried), and while
+# a parent edit waits.
+_THREAD_PRUNE = (
+    "DELETE FROM threads WHERE created_at < ? AND pending_edit IS NULL "  # noqa: S608 (constants)
+    "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = threads.batch_id "
+    f"AND j.status NOT IN ({_TERMINAL_SQL})) "
+    "AND NOT EXISTS (SELECT 1 FROM events e JOIN outbox o ON o.event_id = e.id "
+    "WHERE e.batch_id = threads.batch_id AND o.notifier = threads.notifier "
+    "AND o.state <> 'delivered')"
+)
 _ENTRY_COLUMNS = "e.payload, o.notifier, o.state, o.attempts, o.next_attempt_at, o.last_error"
 _ENTRY_FROM = "FROM outbox o JOIN events e ON e.id = o.event_id"
 _OLDEST_FIRST = "ORDER BY e.created_at, e.seq, o.notifier"
@@ -223,6 +255,17 @@ async def _rows_in(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> 
         async with conn.execute(f"{sql} ({', '.join('?' for _ in chunk)})", chunk) as cur:
             rows.extend(await cur.fetchall())
     return rows
+
+
+async def _saved_thread(
+    conn: aiosqlite.Connection, notifier: str, batch_id: str
+) -> ThreadRef | None:
+    async with conn.execute(
+        "SELECT channel, ts FROM threads WHERE notifier = ? AND batch_id = ? AND ts IS NOT NULL",
+        (notifier, batch_id),
+    ) as cur:
+        row = await cur.fetchone()
+    return None if row is None else ThreadRef(str(row[0]), str(row[1]))
 
 
 def _truncate(error: str) -> str:
@@ -608,8 +651,9 @@ class SQLiteStore(Store):
                 (before,),
             )
             pruned = cur.rowcount
-            # Notification bookkeeping of long-finished batches (schema v2).
-            await conn.execute("DELETE FROM threads WHERE created_at < ?", (before,))
+            # Notification bookkeeping of batches that are over (schema v2, v4): a thread
+            # goes only when nothing more can be said in it.
+            await conn.execute(_THREAD_PRUNE, (before,))
             await conn.execute("DELETE FROM notify_groups WHERE last_flush_at < ?", (before,))
             return pruned
 
@@ -632,12 +676,7 @@ class SQLiteStore(Store):
 
     async def get_thread(self, notifier: str, batch_id: str) -> ThreadRef | None:
         async def fn(conn: aiosqlite.Connection) -> ThreadRef | None:
-            async with conn.execute(
-                "SELECT channel, ts FROM threads WHERE notifier = ? AND batch_id = ?",
-                (notifier, batch_id),
-            ) as cur:
-                row = await cur.fetchone()
-            return None if row is None else ThreadRef(str(row[0]), str(row[1]))
+            return await _saved_thread(conn, notifier, batch_id)
 
         return await self._read("get_thread", fn)
 
@@ -645,18 +684,71 @@ class SQLiteStore(Store):
         async def fn(conn: aiosqlite.Connection) -> ThreadRef:
             await conn.execute(
                 "INSERT INTO threads (notifier, batch_id, channel, ts, created_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (notifier, batch_id) DO NOTHING",
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (notifier, batch_id) DO UPDATE SET "
+                "channel = excluded.channel, ts = excluded.ts WHERE threads.ts IS NULL",
                 (notifier, batch_id, thread.channel, thread.ts, time.time()),
             )
+            saved = await _saved_thread(conn, notifier, batch_id)
+            assert saved is not None
+            return saved
+
+        return await self._write("save_thread", fn)
+
+    async def start_thread_post(self, notifier: str, batch_id: str, at: float) -> float | None:
+        async def fn(conn: aiosqlite.Connection) -> float | None:
             async with conn.execute(
-                "SELECT channel, ts FROM threads WHERE notifier = ? AND batch_id = ?",
+                "SELECT ts, created_at FROM threads WHERE notifier = ? AND batch_id = ?",
                 (notifier, batch_id),
             ) as cur:
                 row = await cur.fetchone()
-            assert row is not None
-            return ThreadRef(str(row[0]), str(row[1]))
+            if row is not None:
+                return None if row[0] is not None else float(row[1])
+            await conn.execute(
+                "INSERT INTO threads (notifier, batch_id, created_at) VALUES (?, ?, ?)",
+                (notifier, batch_id, at),
+            )
+            return None
 
-        return await self._write("save_thread", fn)
+        return await self._write("start_thread_post", fn)
+
+    async def set_pending_edit(
+        self, notifier: str, batch_id: str, content: str, at: float
+    ) -> None:
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE threads SET pending_edit = ?, edit_attempts = edit_attempts + 1, "
+                "edit_failing_since = COALESCE(edit_failing_since, ?) "
+                "WHERE notifier = ? AND batch_id = ? AND ts IS NOT NULL",
+                (content, at, notifier, batch_id),
+            )
+
+        await self._write("set_pending_edit", fn)
+
+    async def pending_edits(self, notifier: str) -> list[PendingEdit]:
+        async def fn(conn: aiosqlite.Connection) -> list[PendingEdit]:
+            async with conn.execute(
+                "SELECT batch_id, channel, ts, pending_edit, edit_attempts, edit_failing_since "
+                "FROM threads WHERE notifier = ? AND pending_edit IS NOT NULL "
+                "ORDER BY edit_failing_since, batch_id",
+                (notifier,),
+            ) as cur:
+                rows = await cur.fetchall()
+            return [
+                PendingEdit(str(b), ThreadRef(str(c), str(t)), str(p), int(n), float(since))
+                for b, c, t, p, n, since in rows
+            ]
+
+        return await self._read("pending_edits", fn)
+
+    async def clear_pending_edit(self, notifier: str, batch_id: str) -> None:
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE threads SET pending_edit = NULL, edit_attempts = 0, "
+                "edit_failing_since = NULL WHERE notifier = ? AND batch_id = ?",
+                (notifier, batch_id),
+            )
+
+        await self._write("clear_pending_edit", fn)
 
     async def group_flushed_at(self, notifier: str, group_key: str) -> float | None:
         async def fn(conn: aiosqlite.Connection) -> float | None:
