@@ -1,16 +1,35 @@
-"""A local fake of Slack's Web API (`chat.postMessage`, `chat.update`, `auth.test`) and incoming
-webhooks that enforces what Slack enforces (shared/slack-api/FACTS.md, "Notes for a faithful
-fake"): bearer auth, content types, channel ids, Block Kit and text limits, `chat.update` needing
-the channel id and ts of an existing message by the same identity, `thread_ts` naming a parent
-as a string, per-channel pacing, and 429 with an integer Retry-After. Every request is recorded.
+"""A local fake of Slack's Web API (`chat.postMessage`, `chat.update`, `conversations.history`,
+`auth.test`) and incoming webhooks that enforces what Slack enforces (shared/slack-api/FACTS.md,
+"Notes for a faithful fake"): bearer auth, scopes, content types, channel ids, Block Kit and text
+limits, `chat.update` needing the channel id and ts of an existing message by the same identity,
+`thread_ts` naming a parent as a string, per-channel pacing, and 429 with an integer Retry-After.
+Every request is recorded.
+
+Message metadata and history, as Slack's method reference describes them (slack-api-ref,
+`docs.slack.dev/methods/chat.postMessage.json` and `conversations.history.json`):
+- `metadata` is an object `{event_type, event_payload}`, or that object as a JSON string (the
+  form encoding): unparseable or not an object is `invalid_metadata_format`; a missing or
+  non-alphanumeric `event_type` or a non-object `event_payload` is `invalid_metadata_schema`;
+  over `metadata_limit_bytes` (Slack's limit is undocumented) is `metadata_too_large`.
+  `chat.update` keeps omitted metadata; an empty object clears it.
+- `conversations.history` (GET or POST) needs `channels:history` (`groups:history` for a private
+  channel), answering `missing_scope` with `needed` and `provided`; a channel id (a name is
+  `channel_not_found`) the bot is a member of (`not_in_channel`). Top-level messages, newest
+  first; `oldest` and `latest` are exclusive unless `inclusive`; `limit` defaults to 100, at most
+  999, and a page may hold fewer (`history_page_cap`); paging by `cursor` =
+  `response_metadata.next_cursor` while `has_more`. Metadata only with `include_all_metadata`.
+  Tier 3: `history_per_minute` calls per token per minute, then 429 with Retry-After.
 
 Used by the notifier tests and the e2e test; lives in tests/ because the product never needs it."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import itertools
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +42,10 @@ SECTION_LIMIT = 3000
 HEADER_LIMIT = 150
 BLOCK_LIMIT = 50
 CONTROL_SEQUENCES = ("<!channel>", "<!here>", "<!everyone>", "<!subteam^", "<@", "<http")
+BOT_SCOPES = frozenset({"chat:write", "channels:history", "groups:history"})
+HISTORY_DEFAULT_LIMIT = 100
+HISTORY_MAX_LIMIT = 999
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_]+")
 
 
 @dataclass
@@ -43,6 +66,7 @@ class Message:
     text: str
     blocks: list[dict[str, Any]] | None
     thread_ts: str | None
+    metadata: dict[str, Any] | None = None
     edits: int = 0
 
 
@@ -51,6 +75,14 @@ class FakeSlack:
     tokens: dict[str, str] = field(default_factory=lambda: {"xoxb-test": "B001"})
     channels: dict[str, str] = field(default_factory=lambda: {"C0123456789": "alerts"})
     webhooks: set[str] = field(default_factory=lambda: {"T000/B000/XXXX"})
+    # Scopes per token (a token not listed has BOT_SCOPES); private channels need groups:*;
+    # channels the bot is not a member of.
+    scopes: dict[str, frozenset[str]] = field(default_factory=dict)
+    private: set[str] = field(default_factory=set)
+    not_member: set[str] = field(default_factory=set)
+    metadata_limit_bytes: int = 8000
+    history_per_minute: int = 50
+    history_page_cap: int = HISTORY_MAX_LIMIT
     # Pacing Slack applies: posts per channel per second (burst 1 more), edits per token/min.
     post_interval_s: float = 1.0
     post_burst: int = 2
@@ -63,8 +95,14 @@ class FakeSlack:
     fail_next: int = 0
     # The next call answers only after this many seconds (past a client's timeout).
     delay_next_s: float = 0.0
+    # The next top-level post is stored at once but answered only after this many seconds: the
+    # window between Slack accepting a parent and its poster saving the ts (a crash, a timeout).
+    answer_next_post_late_s: float = 0.0
+    # The next N chat.update calls answer HTTP 500 (a parent edit failing on its own).
+    fail_updates: int = 0
     _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _post_times: dict[str, list[float]] = field(default_factory=dict)
+    _history_times: dict[str, list[float]] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     url: str = ""
 
@@ -73,6 +111,7 @@ class FakeSlack:
     async def start(self, port: int = 0) -> FakeSlack:
         app = web.Application()
         app.router.add_post("/api/{method}", self._web_api)
+        app.router.add_get("/api/{method}", self._web_api)
         app.router.add_post("/services/{team}/{hook}/{secret}", self._webhook)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -121,26 +160,37 @@ class FakeSlack:
         args: dict[str, Any] = {}
         status, answer, headers = 200, None, {}
         try:
-            args = self._parse(request, body)
-            if self.fail_next > 0:
-                self.fail_next -= 1
+            args = dict(request.query) if request.method == "GET" else self._parse(request, body)
+            if self.fail_next > 0 or (method == "chat.update" and self.fail_updates > 0):
+                if self.fail_next > 0:
+                    self.fail_next -= 1
+                else:
+                    self.fail_updates -= 1
                 status, answer = 500, "<html>Server Error | Slack</html>"
             elif self.throttle_next > 0:
                 self.throttle_next -= 1
                 status, answer = 429, {"ok": False, "error": "ratelimited"}
                 headers["Retry-After"] = str(self.throttle_retry_after)
             else:
-                author = self._auth(request)
+                token, author = self._auth(request)
                 if method == "auth.test":
                     answer = {"ok": True, "bot_id": author, "user_id": "U" + author}
                 elif method == "chat.postMessage":
+                    self._require(token, "chat:write")
                     answer = self._post_message(author, args)
                 elif method == "chat.update":
+                    self._require(token, "chat:write")
                     answer = self._update(author, args)
+                elif method == "conversations.history":
+                    answer = self._history(token, args)
                 else:
                     answer = {"ok": False, "error": "unknown_method"}
         except _Refused as refused:
             status, answer, headers = refused.status, refused.answer, refused.headers
+        if (method == "chat.postMessage" and status == 200 and _ok(answer)
+                and "thread_ts" not in answer["message"] and self.answer_next_post_late_s > 0):
+            late_s, self.answer_next_post_late_s = self.answer_next_post_late_s, 0.0
+            await asyncio.sleep(late_s)
         self.requests.append(
             Recorded(method, dict(request.headers), body, args, status, answer)
         )
@@ -183,14 +233,21 @@ class FakeSlack:
             return {}
         raise _Refused({"ok": False, "error": "invalid_post_type"})
 
-    def _auth(self, request: web.Request) -> str:
+    def _auth(self, request: web.Request) -> tuple[str, str]:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             raise _Refused({"ok": False, "error": "not_authed"})  # a token in the body is not auth
-        author = self.tokens.get(header.removeprefix("Bearer "))
+        token = header.removeprefix("Bearer ")
+        author = self.tokens.get(token)
         if author is None:
             raise _Refused({"ok": False, "error": "invalid_auth"})
-        return author
+        return token, author
+
+    def _require(self, token: str, scope: str) -> None:
+        provided = self.scopes.get(token, BOT_SCOPES)
+        if scope not in provided:
+            raise _Refused({"ok": False, "error": "missing_scope", "needed": scope,
+                            "provided": ",".join(sorted(provided))})
 
     def _channel(self, value: Any) -> str:
         if value in self.channels:
@@ -235,6 +292,27 @@ class FakeSlack:
                 "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]},
             })
 
+    def _metadata(self, args: dict[str, Any]) -> dict[str, Any] | None:
+        raw = args.get("metadata")
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise _Refused({"ok": False, "error": "invalid_metadata_format"}) from None
+        if not isinstance(raw, dict):
+            raise _Refused({"ok": False, "error": "invalid_metadata_format"})
+        if not raw:
+            return {}  # chat.update: an empty object clears the metadata
+        event_type, payload = raw.get("event_type"), raw.get("event_payload")
+        if (not isinstance(event_type, str) or not EVENT_TYPE.fullmatch(event_type)
+                or not isinstance(payload, dict)):
+            raise _Refused({"ok": False, "error": "invalid_metadata_schema"})
+        if len(json.dumps(raw).encode()) > self.metadata_limit_bytes:
+            raise _Refused({"ok": False, "error": "metadata_too_large"})
+        return {"event_type": event_type, "event_payload": payload}
+
     def _rate(self, key: str) -> None:
         if not self.enforce_rate:
             return
@@ -259,10 +337,13 @@ class FakeSlack:
             parent = self.messages.get((channel, thread_ts))
             if parent is None or parent.thread_ts is not None:
                 raise _Refused({"ok": False, "error": "thread_not_found"})
+        metadata = self._metadata(args)
+        if channel in self.not_member:
+            raise _Refused({"ok": False, "error": "not_in_channel"})
         self._rate(channel)
         ts = self._new_ts()
         message = Message(channel, ts, author, args.get("text", ""), args.get("blocks"),
-                          thread_ts)
+                          thread_ts, metadata or None)
         self.messages[(channel, ts)] = message
         return {"ok": True, "channel": channel, "ts": ts, "message": _message_json(message)}
 
@@ -280,11 +361,63 @@ class FakeSlack:
         if message.author != author:
             raise _Refused({"ok": False, "error": "cant_update_message"})
         self._check_content(args)
+        metadata = self._metadata(args)
         message.text = args.get("text", message.text)
         message.blocks = args.get("blocks", message.blocks)
+        if metadata is not None:  # omitted: kept; {}: cleared
+            message.metadata = metadata or None
         message.edits += 1
         return {"ok": True, "channel": channel, "ts": message.ts, "text": message.text,
                 "message": _message_json(message)}
+
+    def _history(self, token: str, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel")
+        if channel not in self.channels:  # an id: a name is not a conversation id
+            raise _Refused({"ok": False, "error": "channel_not_found"})
+        self._require(token, "groups:history" if channel in self.private else "channels:history")
+        if channel in self.not_member:
+            raise _Refused({"ok": False, "error": "not_in_channel"})
+        self._history_rate(token)
+        oldest = _ts_arg(args, "oldest", "0")
+        latest = _ts_arg(args, "latest", str(time.time() + 1))
+        inclusive = _truthy(args.get("inclusive"))
+        try:
+            limit = int(args.get("limit", HISTORY_DEFAULT_LIMIT))
+        except (TypeError, ValueError):
+            raise _Refused({"ok": False, "error": "invalid_arguments"}) from None
+        limit = max(1, min(limit, HISTORY_MAX_LIMIT, self.history_page_cap))
+        newest_first = sorted(
+            (m for m in self.messages.values() if m.channel == channel and m.thread_ts is None),
+            key=lambda m: float(m.ts), reverse=True,
+        )
+        window = [m for m in newest_first if _within(float(m.ts), oldest, latest, inclusive)]
+        cursor = args.get("cursor")
+        if cursor:
+            start_ts = _decode_cursor(str(cursor))
+            window = [m for m in window if float(m.ts) <= start_ts]
+        page, rest = window[:limit], window[limit:]
+        with_metadata = _truthy(args.get("include_all_metadata"))
+        answer: dict[str, Any] = {
+            "ok": True,
+            "messages": [_message_json(m, with_metadata) for m in page],
+            "has_more": bool(rest),
+            "pin_count": 0,
+            "channel_actions_ts": None,
+            "channel_actions_count": 0,
+        }
+        if rest:
+            next_cursor = base64.b64encode(f"next_ts:{rest[0].ts}".encode()).decode()
+            answer["response_metadata"] = {"next_cursor": next_cursor}
+        return answer
+
+    def _history_rate(self, token: str) -> None:
+        now = time.monotonic()
+        window = [t for t in self._history_times.get(token, []) if now - t < 60.0]
+        if len(window) >= self.history_per_minute:
+            retry_after = max(1, int(60.0 - (now - window[0])) + 1)
+            raise _Refused({"ok": False, "error": "ratelimited"}, 429,
+                           {"Retry-After": str(retry_after)})
+        self._history_times[token] = [*window, now]
 
     # -- incoming webhooks --------------------------------------------------------------------
 
@@ -338,14 +471,43 @@ def _ok(answer: Any) -> bool:
     return answer == "ok" or (isinstance(answer, dict) and answer.get("ok") is True)
 
 
-def _message_json(m: Message) -> dict[str, Any]:
+def _message_json(m: Message, with_metadata: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "message", "subtype": "bot_message", "text": m.text,
                            "bot_id": m.author, "ts": m.ts}
     if m.blocks is not None:
         out["blocks"] = m.blocks
     if m.thread_ts is not None:
         out["thread_ts"] = m.thread_ts
+    if m.metadata is not None and with_metadata:
+        out["metadata"] = m.metadata
     return out
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or value in (1, "1", "true", "True")
+
+
+def _within(ts: float, oldest: float, latest: float, inclusive: bool) -> bool:
+    if inclusive:
+        return oldest <= ts <= latest
+    return oldest < ts < latest
+
+
+def _ts_arg(args: dict[str, Any], key: str, default: str) -> float:
+    try:
+        return float(args.get(key) or default)
+    except (TypeError, ValueError):
+        raise _Refused({"ok": False, "error": f"invalid_ts_{key}"}) from None
+
+
+def _decode_cursor(cursor: str) -> float:
+    try:
+        text = base64.b64decode(cursor, validate=True).decode()
+        if not text.startswith("next_ts:"):
+            raise ValueError(text)
+        return float(text.removeprefix("next_ts:"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _Refused({"ok": False, "error": "invalid_cursor"}) from None
 
 
 def untrusted_leaks(text: str) -> list[str]:

@@ -125,3 +125,94 @@ async def test_webhooks_answer_plain_text(slack: FakeSlack) -> None:
             assert (r.status, await r.text()) == (400, "no_text")
         async with session.post(slack.webhook_url("T0/B0/gone"), json={"text": "x"}) as r:
             assert (r.status, await r.text()) == (404, "no_service")
+
+
+# -- message metadata and conversations.history ------------------------------------------------
+
+METADATA = {"event_type": "docgen_batch", "event_payload": {"batch_id": "77"}}
+
+
+@pytest.mark.parametrize(("metadata", "error"), [
+    ("{not json", "invalid_metadata_format"),
+    (["docgen_batch"], "invalid_metadata_format"),
+    ({"event_payload": {"batch_id": "77"}}, "invalid_metadata_schema"),
+    ({"event_type": "docgen batch!", "event_payload": {}}, "invalid_metadata_schema"),
+    ({"event_type": "docgen_batch", "event_payload": "77"}, "invalid_metadata_schema"),
+    ({"event_type": "docgen_batch", "event_payload": {"x": "y" * 9000}}, "metadata_too_large"),
+])
+async def test_post_message_refuses_metadata_slack_refuses(
+    slack: FakeSlack, metadata: Any, error: str
+) -> None:
+    answer = await post(slack, text="x", metadata=metadata)
+    assert (answer["ok"], answer["error"]) == (False, error)
+    assert slack.messages == {}
+
+
+async def test_metadata_is_kept_by_an_update_that_omits_it_and_read_back_only_on_request(
+    slack: FakeSlack,
+) -> None:
+    ts = (await post(slack, text="parent", metadata=METADATA))["ts"]
+    form = await call(slack, "chat.postMessage", {"channel": CHANNEL, "text": "form",
+                                                  "metadata": json.dumps(METADATA)}, form=True)
+    assert form[1]["ok"]
+    await call(slack, "chat.update", {"channel": CHANNEL, "ts": ts, "text": "v2"})
+    plain = await history(slack)
+    assert [m.get("metadata") for m in plain["messages"]] == [None, None]
+    full = await history(slack, include_all_metadata="true")
+    assert [m["metadata"] for m in full["messages"]] == [METADATA, METADATA]
+    assert [m["text"] for m in full["messages"]] == ["form", "v2"]  # newest first
+    await call(slack, "chat.update", {"channel": CHANNEL, "ts": ts, "text": "v3",
+                                      "metadata": {}})
+    assert "metadata" not in (await history(slack, include_all_metadata="1"))["messages"][1]
+
+
+async def history(slack: FakeSlack, headers: dict[str, str] | None = None,
+                  **params: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(
+        f"{slack.api_url}conversations.history", params={"channel": CHANNEL, **params},
+        headers=headers or AUTH,
+    ) as r:
+        assert r.status == 200 or r.status == 429
+        return {**await r.json(), "_status": r.status, "_retry_after": r.headers.get("Retry-After")}
+
+
+async def test_history_pages_newest_first_by_cursor_within_exclusive_bounds(
+    slack: FakeSlack,
+) -> None:
+    posted = [(await post(slack, text=f"m{i}"))["ts"] for i in range(7)]
+    parent = posted[0]
+    await post(slack, text="a reply", thread_ts=parent)  # replies are not in the history
+    slack.history_page_cap = 3  # Slack may answer fewer than `limit`
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = await history(slack, oldest=posted[1], limit="5",
+                             **({"cursor": cursor} if cursor else {}))
+        pages += 1
+        seen += [m["text"] for m in page["messages"]]
+        if not page["has_more"]:
+            assert "response_metadata" not in page
+            break
+        cursor = page["response_metadata"]["next_cursor"]
+    assert seen == ["m6", "m5", "m4", "m3", "m2"] and pages == 2  # m1 is `oldest`: excluded
+    inclusive = await history(slack, oldest=posted[1], latest=posted[3], inclusive="true")
+    assert [m["text"] for m in inclusive["messages"]] == ["m3", "m2", "m1"]
+    for params, error in [({"cursor": "bm9wZQ=="}, "invalid_cursor"),
+                          ({"oldest": "yesterday"}, "invalid_ts_oldest"),
+                          ({"channel": "#alerts"}, "channel_not_found")]:
+        answer = await history(slack, **params)
+        assert (answer["ok"], answer["error"]) == (False, error)
+
+
+async def test_history_needs_its_scope_membership_and_keeps_to_tier_3(slack: FakeSlack) -> None:
+    slack.tokens["xoxb-poster"] = "B003"
+    slack.scopes["xoxb-poster"] = frozenset({"chat:write"})
+    answer = await history(slack, headers={"Authorization": "Bearer xoxb-poster"})
+    assert (answer["ok"], answer["error"], answer["needed"], answer["provided"]) == (
+        False, "missing_scope", "channels:history", "chat:write")
+    slack.not_member.add(CHANNEL)
+    assert (await history(slack))["error"] == "not_in_channel"
+    slack.not_member.clear()
+    slack.history_per_minute = 2
+    answers = [await history(slack) for _ in range(3)]
+    assert [a["_status"] for a in answers] == [200, 200, 429]
+    assert answers[2]["error"] == "ratelimited" and answers[2]["_retry_after"].isdigit()
