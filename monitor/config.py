@@ -103,6 +103,8 @@ class BoxConfig(_Model):
     # Every Box request draws from this budget; Box allows about 1000/min per user, shared with
     # the customer's own application.
     requests_per_minute: float = Field(600.0, gt=0)
+    # The longest Box `retry-after` honoured; a longer one is cut to this, logged and counted.
+    max_retry_after: DurationS = 120.0
 
     @field_validator("base_url")
     @classmethod

@@ -2,8 +2,9 @@
 starts, so a failure half-way through start-up still closes what was opened. Stopping has three
 steps: stop taking new work (scheduler, sweeps), drain deliveries within a deadline, close.
 
-`reload()` (SIGHUP) swaps notifiers, routes and delivery settings as a unit; every other section
-holds open connections, files or sockets and changes only on a restart."""
+`reload()` (SIGHUP) swaps notifiers, routes and delivery settings as a unit, and Box
+credentials (`box.auth`) in the running client; every other section holds open connections,
+files or sockets and changes only on a restart."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth, JWTAuth
 from monitor.box.budget import Degradation, Plan, RequestBudget, plan_intervals
 from monitor.box.client import BoxClient
+from monitor.box.errors import BoxAuthError
 from monitor.config import BoxConfig, CCGAuthConfig, Config, JWTAuthConfig
 from monitor.errors import ConfigError, MonitorError
 from monitor.metrics import Metrics
@@ -77,17 +79,45 @@ def make_auth(box: BoxConfig, metrics: Metrics | None) -> Auth:
 
 
 def make_box_client(box: BoxConfig, metrics: Metrics | None) -> tuple[Auth, BoxClient]:
+    """The client and its auth, which the caller closes (after a reload: `client.auth`)."""
     auth = make_auth(box, metrics)
+    budget = RequestBudget(
+        box.requests_per_minute, max_retry_after_s=box.max_retry_after, metrics=metrics
+    )
     client = BoxClient(
         box.base_url,
         auth,
         metrics=metrics,
         timeout_s=box.timeout,
         max_attempts=box.max_attempts,
+        max_retry_after_s=box.max_retry_after,
         page_size=box.page_size,
-        budget=RequestBudget(box.requests_per_minute, metrics=metrics),
+        budget=budget,
     )
     return auth, client
+
+
+def _restart_only(old: Config, new: Config) -> list[str]:
+    """The settings `new` changes that only a restart applies (`box` key by key: its `auth`
+    is live)."""
+    fixed = [
+        name
+        for name in type(new).model_fields
+        if name not in LIVE_SECTIONS and getattr(new, name) != getattr(old, name)
+    ]
+    if "box" in fixed:
+        fixed.remove("box")
+        fixed += [
+            f"box.{key}"
+            for key in type(new.box).model_fields
+            if key != "auth" and getattr(new.box, key) != getattr(old.box, key)
+        ]
+    return fixed
+
+
+def _auth_changed(old: BoxConfig, new: BoxConfig) -> bool:
+    """A JWT `config_file` may hold new keys under the same path: it is read again."""
+    return new.auth != old.auth or isinstance(new.auth, JWTAuthConfig)
 
 
 class Daemon:
@@ -124,6 +154,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self.store: Store
+        self.box: BoxClient
         self.poller: Poller
         self.dispatcher: Dispatcher
         self.web: WebServer
@@ -161,9 +192,10 @@ class Daemon:
         await self.store.open()
         self._stack.push_async_callback(self.store.close)
 
-        auth, box = make_box_client(cfg.box, self.metrics)
+        _, box = make_box_client(cfg.box, self.metrics)
+        self.box = box
         self.budget = box.budget
-        self._stack.push_async_callback(auth.aclose)
+        self._stack.push_async_callback(lambda: self.box.auth.aclose())  # the current one
         await self._stack.enter_async_context(box)
 
         self._notifiers = await self._open_notifiers(cfg)
@@ -292,18 +324,15 @@ class Daemon:
         return await self.reload(new)
 
     async def reload(self, new: Config) -> bool:
-        """Apply `new` if it differs only in notifiers, routes and delivery: start the new
-        notifiers, route by the new rules, drain the old dispatcher, start a new one. Anything
-        refused or failing leaves the running configuration exactly as it was."""
+        """Apply `new` if it differs only in notifiers, routes, delivery and `box.auth`: build
+        the new auth, start the new notifiers, route by the new rules, drain the old
+        dispatcher, start a new one, and give the Box client the new auth. Anything refused or
+        failing leaves the running configuration exactly as it was."""
         async with self._reload_lock:
             if self.state is not RunState.RUNNING:
                 log.warning("config_reload_ignored", reason=f"daemon is {self.state.value}")
                 return False
-            fixed = [
-                name
-                for name in type(new).model_fields
-                if name not in LIVE_SECTIONS and getattr(new, name) != getattr(self.config, name)
-            ]
+            fixed = _restart_only(self.config, new)
             if fixed:
                 log.error(
                     "config_reload_refused",
@@ -312,15 +341,24 @@ class Daemon:
                     kept="running config",
                 )
                 return False
+            auth: Auth | None = None
             try:
+                if _auth_changed(self.config.box, new.box):
+                    auth = make_auth(new.box, self.metrics)
                 notifiers = await self._open_notifiers(new)
             except Exception as exc:
+                if auth is not None:
+                    await auth.aclose()
+                problem = "; ".join(exc.problems) if isinstance(exc, ConfigError) else exc
                 log.error(
                     "config_reload_failed",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=f"{type(exc).__name__}: {problem}",
                     kept="running config",
                 )
                 return False
+            if auth is not None:
+                await self.box.replace_auth(auth)
+                log.info("box_auth_reloaded", method=new.box.auth.method)
             old_notifiers, old_delivery = self._notifiers, self.config.delivery
             # Rows routed to a notifier now wait in the outbox until its worker starts below.
             self.poller.router = Router(new.routes)
@@ -421,6 +459,8 @@ class Daemon:
         interval = self.config.poll.sweep_interval
         self._sweep_failures += 1
         delay_s = min(self.config.poll.max_backoff, interval * 2 ** (self._sweep_failures - 1))
+        if isinstance(exc, BoxAuthError):
+            delay_s = interval  # the auth's own backoff spaces token requests; resume with it
         # run again at the first tick at or after the delay
         self._next_sweep_at = self.clock() + delay_s - interval / 2
         self._last_error = f"{type(exc).__name__}: {exc}"
@@ -452,6 +492,8 @@ class Daemon:
             details["last_sweep_age_s"] = round(age_s, 3)
             fresh = age_s <= max_age_s
         details["max_sweep_age_s"] = max_age_s
+        auth = self.box.auth.status()
+        details["auth"] = auth.detail
         if self._last_error is not None:
             details["last_error"] = self._last_error
         details["degradation"] = self.plan.level.name.lower()
@@ -460,7 +502,7 @@ class Daemon:
         details["active_batches"] = len(self.poller.active)
         if self.budget is not None:
             details["budget_rate_per_minute"] = round(self.budget.rate_rpm, 1)
-        return details["store"] == "ok" and fresh, details
+        return details["store"] == "ok" and fresh and auth.ok, details
 
     async def _refresh_gauges(self) -> None:
         while True:

@@ -64,6 +64,18 @@ class Metrics:
         self.api_retries = Counter(
             "box_docgen_api_retries", "Box requests retried, by reason.", ["reason"], registry=r
         )
+        self.auth_failures = Counter(
+            "box_docgen_auth_failures",
+            "Token requests that got no token, by reason (invalid_client, invalid_grant, "
+            "unauthorized, server_error, network, other).",
+            ["reason"],
+            registry=r,
+        )
+        self.retry_after_clamped = Counter(
+            "box_docgen_retry_after_clamped",
+            "Retry-After values from Box longer than box.max_retry_after, cut down to it.",
+            registry=r,
+        )
         self.notifications = Counter(
             "box_docgen_notifications",
             "Delivery attempts, by notifier and outcome (delivered, retry, dead).",

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import structlog
 
 from monitor.box.client import BoxClient
-from monitor.box.errors import BoxNotFound
+from monitor.box.errors import BoxAuthError, BoxNotFound
 from monitor.box.models import DocGenJob, JobListingPage, ListedJob
 from monitor.diff import events_for, snapshot_changes
 from monitor.metrics import Metrics
@@ -258,7 +258,8 @@ class Poller:
                     raise
                 except Exception as exc:
                     self.metrics.polls.labels("active", "error").inc()
-                    log.warning("active_poll_failed", batch_id=batch_id, error=str(exc))
+                    if not isinstance(exc, BoxAuthError):  # logged once per try by the auth
+                        log.warning("active_poll_failed", batch_id=batch_id, error=str(exc))
                     return False
                 self.metrics.polls.labels("active", "ok").inc()
                 return True

@@ -17,6 +17,8 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from monitor.box import (
+    AuthStatus,
+    BoxAuthBackoff,
     BoxAuthError,
     BoxBadResponse,
     BoxClient,
@@ -26,6 +28,7 @@ from monitor.box import (
     BoxRequestError,
     BoxServerError,
     BoxTimeout,
+    BoxTokenUnavailable,
     BoxUnauthorized,
     CCGAuth,
     DeveloperTokenAuth,
@@ -35,6 +38,7 @@ from monitor.box import (
 )
 from monitor.box._http import parse_retry_after
 from monitor.box.auth import Auth
+from monitor.box.budget import RequestBudget
 from monitor.metrics import Metrics
 from monitor.simulator import SimulatorConfig, start_simulator
 
@@ -746,6 +750,165 @@ async def test_create_batch_is_repeated_after_a_rate_limit(
     assert batch.id
     assert await control.requests("create_batch") == {"429": 1, "202": 1}
     assert sleeps.delays == [1.0]
+
+
+# -- a refused grant: one request at a time, backing off, shared by every caller -----------
+
+
+class Clock:
+    """An injected monotonic clock that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_refused_grant_costs_one_token_request_for_twenty_concurrent_callers(
+    control: Control, make_client: MakeClient, make_ccg: Callable[..., CCGAuth], metrics: Metrics
+) -> None:
+    """Twenty polls that need a token while the secret is wrong make one token request; the
+    nineteen that waited for it share its refusal without asking again."""
+    auth = make_ccg(client_secret="wrong-secret", clock=Clock())
+    client = make_client(auth)
+
+    with capture_logs() as logs:
+        results = await asyncio.gather(
+            *(client.get_job(str(n)) for n in range(20)), return_exceptions=True
+        )
+
+    assert all(isinstance(r, BoxAuthError) for r in results), results
+    assert sum(isinstance(r, BoxAuthBackoff) for r in results) == 19
+    assert await control.requests("token") == {"400": 1}
+    assert await control.count("get_job") == 0
+    refused = [e for e in logs if e["event"] == "box_token_refused"]
+    assert [(e["reason"], e["refusals"], e["next_try_in_s"]) for e in refused] == [
+        ("invalid_grant", 1, 5.0)
+    ]
+    assert not [e for e in logs if e["event"] == "box_request_retry"]
+    assert sample(metrics, "box_docgen_auth_failures_total", reason="invalid_grant") == 1
+    assert auth.status() == AuthStatus(False, "refused: invalid_grant, next try in 5s")
+
+
+async def test_a_refused_grant_is_tried_again_after_5_s_doubling_to_5_min(
+    control: Control, make_client: MakeClient, make_ccg: Callable[..., CCGAuth]
+) -> None:
+    """While the backoff runs every call fails at once with `BoxAuthBackoff` and no request;
+    once it is over, one call asks Box again."""
+    clock = Clock()
+    client = make_client(make_ccg(client_id="nobody", clock=clock))
+
+    for tries, backoff_s in enumerate([5, 10, 20, 40, 80, 160, 300, 300], start=1):
+        with pytest.raises(BoxAuthError) as refused:
+            await client.get_job("1")
+        assert not isinstance(refused.value, BoxAuthBackoff)
+        assert await control.count("token") == tries
+        clock.now += backoff_s - 0.5
+        with pytest.raises(BoxAuthBackoff) as waiting:
+            await sweep(client)
+        assert waiting.value.retry_in_s == pytest.approx(0.5)
+        assert waiting.value.error == "invalid_client"
+        assert "invalid_client" in str(waiting.value) and "next try in" in str(waiting.value)
+        assert await control.count("token") == tries
+        clock.now += 0.5
+    assert await control.count("list_jobs") == 0
+
+
+async def test_a_wrong_secret_never_reaches_the_backoff_error_or_status(
+    make_client: MakeClient, make_ccg: Callable[..., CCGAuth]
+) -> None:
+    secret = "wrong-secret-never-shown-91c2"
+    auth = make_ccg(client_secret=secret, clock=Clock())
+    client = make_client(auth)
+    for _ in range(2):
+        with pytest.raises(BoxAuthError) as caught:
+            await client.get_job("1")
+        assert secret not in str(caught.value) and secret not in repr(caught.value)
+    assert secret not in auth.status().detail
+
+
+async def test_token_requests_draw_from_the_request_budget(
+    control: Control, make_client: MakeClient, make_ccg: Callable[..., CCGAuth]
+) -> None:
+    await control.seed(3)
+    budget = RequestBudget(6000)
+    await sweep(make_client(make_ccg(), budget=budget))
+
+    assert await control.requests("token") == {"200": 1}
+    assert budget.used == 2  # the token request and the one listing page
+
+
+async def test_a_failing_token_endpoint_is_asked_once_per_wave_not_once_per_caller(
+    control: Control, make_client: MakeClient, make_ccg: Callable[..., CCGAuth], sleeps: Sleeps
+) -> None:
+    """Ten callers waiting on a token request that gets a 503 share it and retry together:
+    each round of retries makes one token request, not ten."""
+    await control.fault("token", "503")
+    client = make_client(make_ccg(), max_attempts=2)
+
+    results = await asyncio.gather(
+        *(client.get_job(str(n)) for n in range(10)), return_exceptions=True
+    )
+
+    assert all(isinstance(r, BoxServerError | BoxTokenUnavailable) for r in results), results
+    assert await control.requests("token") == {"503": 2}
+
+
+async def test_replace_auth_uses_the_new_credentials_from_the_next_call(
+    control: Control, make_client: MakeClient, make_ccg: Callable[..., CCGAuth]
+) -> None:
+    created = await control.batch(1)
+    refused = make_ccg(client_secret="wrong-secret", clock=Clock())
+    client = make_client(refused)
+    with pytest.raises(BoxAuthError):
+        await client.get_job(created["job_ids"][0])
+
+    fixed = make_ccg()
+    await client.replace_auth(fixed)
+
+    assert client.auth is fixed
+    job = await client.get_job(created["job_ids"][0])
+    assert job.id == created["job_ids"][0]
+    assert await control.requests("token") == {"400": 1, "200": 1}
+    assert fixed.status() == AuthStatus(True, "ok")
+
+
+async def test_a_retry_after_beyond_the_maximum_is_cut_logged_and_counted(
+    control: Control, make_client: MakeClient, sleeps: Sleeps, metrics: Metrics
+) -> None:
+    """`retry-after: 3600` makes the client wait `max_retry_after_s` (default 120 s)."""
+    await control.fault("list_jobs", "429", count=1, retry_after_s=3600)
+
+    with capture_logs() as logs:
+        await sweep(make_client())
+
+    assert sleeps.delays == [120.0]
+    clamped = [e for e in logs if e["event"] == "box_retry_after_clamped"]
+    assert [(e["endpoint"], e["retry_after_s"], e["max_retry_after_s"]) for e in clamped] == [
+        ("/2.0/docgen_jobs", 3600.0, 120.0)
+    ]
+    assert sample(metrics, "box_docgen_retry_after_clamped_total") == 1
+
+
+async def test_the_shared_budget_pauses_for_the_cut_retry_after_and_counts_it_once(
+    control: Control, make_client: MakeClient, metrics: Metrics
+) -> None:
+    """The client and the budget both bound Box's `retry-after`; one answer is one count."""
+    clock = Clock()
+
+    async def sleep(delay_s: float) -> None:
+        clock.now += delay_s
+
+    budget = RequestBudget(6000, max_retry_after_s=120, metrics=metrics, clock=clock)
+    await control.fault("list_jobs", "429", count=1, retry_after_s=10**9)
+
+    await sweep(make_client(budget=budget, sleep=sleep))
+
+    assert budget.blocked_until <= clock.now
+    assert clock.now == 1120.0
+    assert sample(metrics, "box_docgen_retry_after_clamped_total") == 1
+    assert await control.requests("list_jobs") == {"429": 1, "200": 1}
 
 
 # -- metrics and sessions ------------------------------------------------------------------

@@ -1,9 +1,18 @@
-"""The Box Doc Gen client: models from Box's OpenAPI spec, auth (developer token, CCG), a retrying
-aiohttp client, and one exception class per failure."""
+"""The Box Doc Gen client: models from Box's OpenAPI spec, auth (developer token, CCG, JWT), a
+retrying aiohttp client, and one exception class per failure."""
 
-from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth, TokenGrantAuth, token_url
+from monitor.box.auth import (
+    Auth,
+    AuthStatus,
+    CCGAuth,
+    DeveloperTokenAuth,
+    JWTAuth,
+    TokenGrantAuth,
+    token_url,
+)
 from monitor.box.client import BOX_VERSION, MAX_PAGE_SIZE, BoxClient
 from monitor.box.errors import (
+    BoxAuthBackoff,
     BoxAuthError,
     BoxBadResponse,
     BoxConnectionError,
@@ -14,6 +23,7 @@ from monitor.box.errors import (
     BoxRequestError,
     BoxServerError,
     BoxTimeout,
+    BoxTokenUnavailable,
     BoxUnauthorized,
     BoxUnavailable,
 )
@@ -38,6 +48,8 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "AccessToken",
     "Auth",
+    "AuthStatus",
+    "BoxAuthBackoff",
     "BoxAuthError",
     "BoxBadResponse",
     "BoxClient",
@@ -49,6 +61,7 @@ __all__ = [
     "BoxRequestError",
     "BoxServerError",
     "BoxTimeout",
+    "BoxTokenUnavailable",
     "BoxUnauthorized",
     "BoxUnavailable",
     "CCGAuth",
@@ -63,6 +76,7 @@ __all__ = [
     "EnterpriseRef",
     "FileReference",
     "FileVersion",
+    "JWTAuth",
     "OAuth2Error",
     "TokenGrantAuth",
     "UserRef",

@@ -3,6 +3,9 @@
 `send` makes exactly one request with its own timeout, counts it in `api_requests{endpoint,code}`
 and `api_request_duration{endpoint}`, and turns "no answer" into `BoxTimeout` or
 `BoxConnectionError`. What the status means is for the caller to decide.
+
+`clamp_retry_after` bounds what a `retry-after` may make anyone wait (`box.max_retry_after`):
+Box may send 3600 or a date next year; the monitor never pauses longer than the operator chose.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+import structlog
 from multidict import CIMultiDictProxy
 from pydantic import ValidationError
 from yarl import URL
@@ -22,7 +26,20 @@ from monitor.box.errors import BoxBadResponse, BoxConnectionError, BoxTimeout
 from monitor.box.models import ClientError
 from monitor.metrics import Metrics
 
-__all__ = ["RawResponse", "client_error", "describe", "parse_retry_after", "send"]
+__all__ = [
+    "DEFAULT_MAX_RETRY_AFTER_S",
+    "RawResponse",
+    "clamp_retry_after",
+    "client_error",
+    "describe",
+    "parse_retry_after",
+    "send",
+]
+
+#: The longest `retry-after` honoured unless configured otherwise (`box.max_retry_after`).
+DEFAULT_MAX_RETRY_AFTER_S = 120.0
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +113,24 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     if seconds != seconds or seconds == float("inf"):  # NaN or infinite
         return None
     return max(0.0, seconds)
+
+
+def clamp_retry_after(
+    seconds: float | None, max_s: float, *, endpoint: str | None, metrics: Metrics | None
+) -> float | None:
+    """`seconds`, or `max_s` if it is longer: then logged and counted in
+    `retry_after_clamped`, so an operator sees that Box asked for more than was granted."""
+    if seconds is None or seconds <= max_s:
+        return seconds
+    log.warning(
+        "box_retry_after_clamped",
+        endpoint=endpoint,
+        retry_after_s=seconds,
+        max_retry_after_s=max_s,
+    )
+    if metrics is not None:
+        metrics.retry_after_clamped.inc()
+    return max_s
 
 
 def client_error(body: bytes) -> ClientError | None:

@@ -1,14 +1,20 @@
-"""How the client gets a bearer token: a developer token, or a server-side grant (CCG now, JWT
-later) that posts to `/oauth2/token` and caches the answer until shortly before it expires.
+"""How the client gets a bearer token: a developer token, or a server-side grant (CCG, JWT)
+that posts to `/oauth2/token` and caches the answer until shortly before it expires.
 
 The client asks `token()` before each attempt and, after a 401, calls `invalidate(token)` with
 the token that failed and asks again, once. Auth objects never log or raise a token or secret.
+
+A refused grant (a wrong or rotated secret) is remembered: one token request at a time for the
+whole daemon, tried again after 5 s, doubling to 5 min; meanwhile every caller fails at once
+with `BoxAuthBackoff`, without a request, and `status()` tells `/readyz` why. The first grant
+Box accepts again ends it: polling resumes within one backoff step, without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -26,16 +32,33 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import SecretStr, ValidationError
 
 from monitor.box import _http
+from monitor.box.budget import Priority, RequestBudget
 from monitor.box.errors import (
+    BoxAuthBackoff,
     BoxAuthError,
     BoxBadResponse,
+    BoxConnectionError,
+    BoxError,
     BoxRateLimited,
     BoxServerError,
+    BoxTokenUnavailable,
+    BoxUnavailable,
 )
 from monitor.box.models import AccessToken, OAuth2Error
 from monitor.metrics import Metrics
 
-__all__ = ["Auth", "CCGAuth", "DeveloperTokenAuth", "JWTAuth", "TokenGrantAuth", "token_url"]
+__all__ = [
+    "REFUSED_BACKOFF_INITIAL_S",
+    "REFUSED_BACKOFF_MAX_S",
+    "Auth",
+    "AuthStatus",
+    "CCGAuth",
+    "DeveloperTokenAuth",
+    "JWTAuth",
+    "TokenGrantAuth",
+    "failure_reason",
+    "token_url",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +68,11 @@ _DEFAULT_EXPIRES_IN_S = 3600
 #: Refresh this long before expiry: 60 s, or 10 % of a shorter lifetime.
 _MAX_EXPIRY_MARGIN_S = 60.0
 _EXPIRY_MARGIN_FRACTION = 0.1
+#: A refused grant is tried again after this long, doubling with each refusal, up to the max.
+REFUSED_BACKOFF_INITIAL_S = 5.0
+REFUSED_BACKOFF_MAX_S = 300.0
+#: The OAuth2 `error` values that are their own `auth_failures` reason.
+_OAUTH_REASONS = frozenset({"invalid_client", "invalid_grant"})
 
 
 def token_url(base_url: str) -> str:
@@ -53,11 +81,25 @@ def token_url(base_url: str) -> str:
     return base_url.rstrip("/") + TOKEN_ENDPOINT
 
 
+@dataclass(frozen=True, slots=True)
+class AuthStatus:
+    """What `/readyz` reports about the credentials: `ok` is False while a grant is refused."""
+
+    ok: bool
+    detail: str
+
+
 class Auth(ABC):
     """Where bearer tokens come from."""
 
     #: False when `invalidate` cannot produce a different token: a 401 is then final.
     can_refresh: ClassVar[bool] = True
+
+    def bind_budget(self, budget: RequestBudget | None) -> None:  # noqa: B027 - optional hook
+        """The client's request budget, from which token requests draw (grants only)."""
+
+    def status(self) -> AuthStatus:
+        return AuthStatus(True, "ok")
 
     @abstractmethod
     async def token(self) -> str:
@@ -95,19 +137,28 @@ class _CachedToken:
     refresh_at: float  # on the auth's clock
 
 
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    error: BoxAuthError
+    reason: str
+    failures: int  # consecutive refusals
+    next_try_at: float  # on the auth's clock
+
+
 class TokenGrantAuth(Auth):
     """A grant posted to `/oauth2/token` whose answer is cached until shortly before
     `expires_in` runs out. Subclasses say which form fields to post (`_grant_form`) and which
     values must never appear in an error (`_secrets`).
 
-    Concurrent callers share one refresh: the fetch runs under a lock, and a caller that finds a
-    fresh token after waiting for the lock uses it. `invalidate` only forgets the token if it is
-    still the current one, so a caller whose token was already replaced triggers no second fetch.
+    Single flight: one token request at a time, under a lock, drawn from the bound budget. A
+    caller that waited for the lock while a request finished shares its outcome instead of
+    making another: the fresh token, `BoxAuthBackoff` after a refusal, or
+    `BoxTokenUnavailable` after a 5xx, 429, timeout or broken answer (retried by the client's
+    loop like the failure it shares). `invalidate` only forgets the token if it is still the
+    current one, so a caller whose token was already replaced triggers no second fetch.
 
-    One call to `token()` makes at most one HTTP attempt. A 429, 5xx, timeout or broken answer
-    raises the same retryable errors the client raises for API calls, so the client's retry
-    loop (backoff, `max_attempts`) covers the token endpoint as well. A refused grant
-    (400/401/403) raises `BoxAuthError`, which is not retried.
+    A refused grant (400/401/403) raises `BoxAuthError` and starts the backoff; every failed
+    token request is logged and counted in `auth_failures{reason}` once, never per caller.
     """
 
     def __init__(
@@ -127,8 +178,13 @@ class TokenGrantAuth(Auth):
         self._timeout_s = timeout_s
         self._metrics = metrics
         self._clock = clock
+        self._budget: RequestBudget | None = None
         self._cached: _CachedToken | None = None
         self._lock = asyncio.Lock()
+        self._requests_done = 0  # token requests finished, whatever their outcome
+        self._refusal: _Refusal | None = None
+        self._unavailable: BoxError | None = None  # the last request's retryable failure
+        self._closed = False
 
     @abstractmethod
     async def _grant_form(self) -> dict[str, str]:
@@ -138,22 +194,39 @@ class TokenGrantAuth(Auth):
     def _secrets(self) -> tuple[str, ...]:
         """Values that must never appear in an error message."""
 
+    def bind_budget(self, budget: RequestBudget | None) -> None:
+        self._budget = budget
+
+    def status(self) -> AuthStatus:
+        refusal = self._refusal
+        if refusal is None:
+            return AuthStatus(True, "ok")
+        wait_s = refusal.next_try_at - self._clock()
+        when = f"next try in {math.ceil(wait_s)}s" if wait_s > 0 else "trying again"
+        return AuthStatus(False, f"refused: {refusal.reason}, {when}")
+
     async def token(self) -> str:
         cached = self._fresh()
         if cached is not None:
             return cached
+        self._raise_if_backing_off()
+        requests_seen = self._requests_done
         async with self._lock:
             cached = self._fresh()  # another caller may have refreshed while we waited
             if cached is not None:
                 return cached
-            self._cached = await self._fetch()
-            return self._cached.value
+            if self._requests_done != requests_seen:  # a request failed while we waited
+                self._raise_if_backing_off()
+                if self._unavailable is not None:
+                    raise BoxTokenUnavailable(self._unavailable)
+            return await self._request()
 
     async def invalidate(self, token: str) -> None:
         if self._cached is not None and self._cached.value == token:
             self._cached = None
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -175,7 +248,63 @@ class TokenGrantAuth(Auth):
             return cached.value
         return None
 
+    def _raise_if_backing_off(self) -> None:
+        refusal = self._refusal
+        if refusal is not None:
+            wait_s = refusal.next_try_at - self._clock()
+            if wait_s > 0:
+                raise BoxAuthBackoff(refusal.error, wait_s)
+
+    async def _request(self) -> str:
+        """One token request (under the lock); its outcome is remembered for the waiters."""
+        self._unavailable = None
+        try:
+            if self._budget is not None:
+                await self._budget.acquire(Priority.ACTIVE)
+            self._cached = await self._fetch()
+        except BoxAuthError as exc:
+            self._refused(exc)
+            raise
+        except BoxError as exc:
+            self._unavailable = exc
+            self._count_failure(failure_reason(exc))
+            raise
+        finally:
+            self._requests_done += 1
+        if self._refusal is not None:
+            log.info(
+                "box_token_accepted_again",
+                endpoint=TOKEN_ENDPOINT,
+                after_refusals=self._refusal.failures,
+            )
+            self._refusal = None
+        return self._cached.value
+
+    def _refused(self, exc: BoxAuthError) -> None:
+        failures = 1 if self._refusal is None else self._refusal.failures + 1
+        delay_s = min(
+            REFUSED_BACKOFF_MAX_S, REFUSED_BACKOFF_INITIAL_S * 2.0 ** min(failures - 1, 32)
+        )
+        reason = failure_reason(exc)
+        self._refusal = _Refusal(exc, reason, failures, self._clock() + delay_s)
+        self._count_failure(reason)
+        log.warning(
+            "box_token_refused",
+            endpoint=TOKEN_ENDPOINT,
+            status=exc.status,
+            reason=reason,
+            error=exc.error,
+            refusals=failures,
+            next_try_in_s=delay_s,
+        )
+
+    def _count_failure(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.auth_failures.labels(reason=reason).inc()
+
     async def _fetch(self) -> _CachedToken:
+        if self._closed:  # replaced by a reload: the caller retries with the new auth
+            raise BoxConnectionError("POST", TOKEN_ENDPOINT, TOKEN_ENDPOINT, "auth closed")
         if self._session is None:
             self._session = aiohttp.ClientSession()
         form = await self._grant_form()
@@ -213,12 +342,7 @@ class TokenGrantAuth(Auth):
                 retry_after_s=_http.parse_retry_after(raw.headers),
             )
         if 400 <= status < 500:
-            err = _oauth2_error(raw.body)
-            exc = BoxAuthError(status, err, redact=self._secrets())
-            log.warning(
-                "box_token_refused", endpoint=TOKEN_ENDPOINT, status=status, error=exc.error
-            )
-            raise exc
+            raise BoxAuthError(status, _oauth2_error(raw.body), redact=self._secrets())
         raise BoxBadResponse("POST", path, TOKEN_ENDPOINT, status, "unexpected status")
 
     def _accept(self, raw: _http.RawResponse) -> _CachedToken:
@@ -438,6 +562,22 @@ class JWTAuth(AppGrantAuth):
             f"key_id={self.key_id!r}, subject_type={self.subject_type!r}, "
             f"subject_id={self.subject_id!r})"
         )
+
+
+def failure_reason(exc: BoxError) -> str:
+    """The bounded `auth_failures` label of a failed token request; never Box's own text
+    beyond the two OAuth2 errors that name a cause an operator can fix."""
+    if isinstance(exc, BoxAuthError):
+        if exc.error in _OAUTH_REASONS:
+            return str(exc.error)
+        if exc.status == 401 or exc.error == "unauthorized_client":
+            return "unauthorized"
+        return "other"
+    if isinstance(exc, BoxServerError):
+        return "server_error"
+    if isinstance(exc, BoxUnavailable):
+        return "network"
+    return "other"
 
 
 def _check_subject_type(subject_type: str) -> None:

@@ -1,9 +1,11 @@
 """One request budget for every Box call: a token bucket whose rate adapts to Box's answers.
 
 Box allows about 1,000 requests per minute per user, shared with the customer's own application,
-so the monitor draws every request from one bucket (`requests_per_minute`). A 429 halves the
-rate (multiplicative decrease) and its `retry-after` pauses every caller, not only the one that
-got it; each success adds back a little (additive increase) up to the configured ceiling.
+so the monitor draws every request from one bucket (`requests_per_minute`), token requests
+included. A 429 halves the rate (multiplicative decrease) and its `retry-after`, cut to
+`max_retry_after_s`, pauses every caller, not only the one that got it. Once the pause is over
+the rate doubles every `RECOVERY_DOUBLING_S` without a 429 until it is back at the configured
+ceiling: from the floor in under 45 s, whether or not requests are being made meanwhile.
 Active polls outrank sweeps: a sweep request waits while any active poll is waiting.
 """
 
@@ -11,19 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from monitor.box._http import DEFAULT_MAX_RETRY_AFTER_S, clamp_retry_after
 from monitor.metrics import Metrics
 
-__all__ = ["Plan", "Priority", "RequestBudget", "plan_intervals"]
+__all__ = ["RECOVERY_DOUBLING_S", "Plan", "Priority", "RequestBudget", "plan_intervals"]
 
 #: The rate never drops below this fraction of the ceiling, so polling never stops for good.
 _MIN_RATE_FRACTION = 0.05
-#: Requests per minute given back per successful request (additive increase).
-_INCREASE_PER_SUCCESS = 1.0
+#: Without a 429 the rate doubles this often until it is back at the ceiling (from the floor,
+#: 5 %, that is log2(20) * 10 s = 43 s).
+RECOVERY_DOUBLING_S = 10.0
 #: A 429 multiplies the rate by this (multiplicative decrease).
 _DECREASE_FACTOR = 0.5
 #: Tokens the bucket holds at most: a short burst, at most this many seconds of the rate.
@@ -38,22 +43,28 @@ class Priority(IntEnum):
 
 
 class RequestBudget:
-    """Shared by every task that calls Box. `acquire` before a request, then report its fate
-    with `on_success` or `on_rate_limited`."""
+    """Shared by every task that calls Box. `acquire` before a request; report a 429 with
+    `on_rate_limited`."""
 
     def __init__(
         self,
         requests_per_minute: float,
         *,
+        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if requests_per_minute <= 0:
             raise ValueError(f"requests_per_minute must be positive, got {requests_per_minute}")
+        if max_retry_after_s < 0:
+            raise ValueError(f"max_retry_after_s must be >= 0, got {max_retry_after_s}")
         self.ceiling_rpm = float(requests_per_minute)
-        self.rate_rpm = self.ceiling_rpm
+        self.max_retry_after_s = max_retry_after_s
         self._clock = clock
         self._metrics = metrics
+        # The rate right after the last decrease, and when it starts to climb back.
+        self._reduced_rpm = self.ceiling_rpm
+        self._recovers_from = float("-inf")
         self._tokens = self._capacity()
         self._refilled_at = clock()
         self.blocked_until = 0.0
@@ -80,21 +91,35 @@ class RequestBudget:
             self._waiting[priority] -= 1
             await self._notify()
 
-    def on_success(self) -> None:
-        self.rate_rpm = min(self.ceiling_rpm, self.rate_rpm + _INCREASE_PER_SUCCESS)
-
     async def on_rate_limited(self, retry_after_s: float | None) -> None:
-        """Box said 429: slow down, and if it said how long to wait, everyone waits."""
+        """Box said 429: slow down, and if it said how long to wait (at most
+        `max_retry_after_s`), everyone waits."""
         self.rate_limited += 1
         self._refill()
-        floor = self.ceiling_rpm * _MIN_RATE_FRACTION
-        self.rate_rpm = max(floor, self.rate_rpm * _DECREASE_FACTOR)
-        self._tokens = min(self._tokens, self._capacity())
+        now = self._clock()
+        retry_after_s = clamp_retry_after(
+            retry_after_s, self.max_retry_after_s, endpoint=None, metrics=self._metrics
+        )
         if retry_after_s is not None:
-            self.blocked_until = max(self.blocked_until, self._clock() + retry_after_s)
+            self.blocked_until = max(self.blocked_until, now + retry_after_s)
+        floor = self.ceiling_rpm * _MIN_RATE_FRACTION
+        self._reduced_rpm = max(floor, self.rate_rpm * _DECREASE_FACTOR)
+        self._recovers_from = max(now, self.blocked_until)
+        self._tokens = min(self._tokens, self._capacity())
         await self._notify()
 
     # -- what metrics and the scheduler read ------------------------------------------------
+
+    @property
+    def rate_rpm(self) -> float:
+        """The rate now: reduced by 429s, doubling every `RECOVERY_DOUBLING_S` since."""
+        elapsed_s = self._clock() - self._recovers_from
+        if elapsed_s <= 0:
+            return self._reduced_rpm
+        doublings = elapsed_s / RECOVERY_DOUBLING_S
+        if doublings >= math.log2(self.ceiling_rpm / self._reduced_rpm):
+            return self.ceiling_rpm
+        return float(self._reduced_rpm * 2.0**doublings)
 
     @property
     def available(self) -> float:

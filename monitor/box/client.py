@@ -1,9 +1,11 @@
 """An asyncio client for Box's Doc Gen API (version 2025.0) on aiohttp.
 
 Every call sends `box-version: 2025.0` and a bearer token, has its own timeout, and is retried
-the way Box advises: a 429 waits `retry-after`; 5xx, connection failures, timeouts and bodies
-that are not valid JSON or do not match the schema back off exponentially with jitter; at most
-`max_attempts` attempts in all. A 401 renews the token once. Other 4xx fail at once.
+the way Box advises: a 429 waits `retry-after` (at most `max_retry_after_s`: a longer one is
+cut down, logged and counted, here and in the shared budget); 5xx, connection failures,
+timeouts and bodies that are not valid JSON or do not match the schema back off exponentially
+with jitter; at most `max_attempts` attempts in all. A 401 renews the token once. Other 4xx
+fail at once.
 
 `POST /docgen_batches` is not idempotent: once Box may have received it, it is not repeated.
 It is retried only when Box certainly did not act on it (429, a connection that never opened, or
@@ -32,6 +34,7 @@ from yarl import URL
 
 from monitor import __version__
 from monitor.box import _http
+from monitor.box._http import DEFAULT_MAX_RETRY_AFTER_S
 from monitor.box.auth import Auth
 from monitor.box.budget import Priority, RequestBudget
 from monitor.box.errors import (
@@ -41,6 +44,7 @@ from monitor.box.errors import (
     BoxRateLimited,
     BoxRequestError,
     BoxServerError,
+    BoxTokenUnavailable,
     BoxUnauthorized,
 )
 from monitor.box.models import (
@@ -88,7 +92,8 @@ class BoxClient:
     """The Doc Gen endpoints the monitor uses. Use as `async with BoxClient(...) as box:`.
 
     Pass `session` to share one `aiohttp.ClientSession` per target service (the caller closes
-    it); without one, the client creates its own and closes it on exit. `auth` is not closed.
+    it); without one, the client creates its own and closes it on exit. `auth` is not closed,
+    except by `replace_auth`. Token requests draw from `budget` too.
     `sleep` is what the client awaits between attempts (tests pass a recorder).
     """
 
@@ -103,7 +108,7 @@ class BoxClient:
         max_attempts: int = 5,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
-        max_retry_after_s: float = 60.0,
+        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
         page_size: int = MAX_PAGE_SIZE,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -129,7 +134,19 @@ class BoxClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self.budget = budget
+        auth.bind_budget(budget)
         self._log = structlog.get_logger(__name__)
+
+    @property
+    def auth(self) -> Auth:
+        return self._auth
+
+    async def replace_auth(self, auth: Auth) -> None:
+        """Use `auth` from the next attempt on (a reload brought new credentials) and close the
+        old one; a call waiting on the old one's token request retries with the new one."""
+        auth.bind_budget(self.budget)
+        old, self._auth = self._auth, auth
+        await old.aclose()
 
     async def __aenter__(self) -> Self:
         self._ensure_session()
@@ -317,10 +334,7 @@ class BoxClient:
                     params=params,
                     data=body,
                 )
-                result = _parse(raw, method, path, endpoint, parse, ok)
-                if self.budget is not None:
-                    self.budget.on_success()
-                return result
+                return _parse(raw, method, path, endpoint, parse, ok)
             except BoxUnauthorized as exc:
                 if refreshed or not self._auth.can_refresh or attempt >= self._max_attempts:
                     raise _final_unauthorized(
@@ -330,14 +344,15 @@ class BoxClient:
                 await self._auth.invalidate(token or "")
                 self._note_retry(log, endpoint, attempt, "unauthorized", 0.0, exc)
             except BoxError as exc:
+                retry_after_s = self._retry_after(exc)
                 if self.budget is not None and isinstance(exc, BoxRateLimited):
-                    await self.budget.on_rate_limited(exc.retry_after_s)  # shared by every task
+                    await self.budget.on_rate_limited(retry_after_s)  # shared by every task
                 reason = exc.retry_reason
                 safe = idempotent or token is None or _not_received(exc)
                 if reason is None or not safe or attempt >= self._max_attempts:
                     exc.attempts = attempt
                     raise
-                delay = self._delay(exc, attempt)
+                delay = self._delay(retry_after_s, attempt)
                 self._note_retry(log, endpoint, attempt, reason, delay, exc)
                 await self._sleep(delay)
 
@@ -352,13 +367,21 @@ class BoxClient:
             headers["Content-Type"] = "application/json"
         return headers
 
-    def _delay(self, exc: BoxError, attempt: int) -> float:
-        """Box's `retry-after` (capped) when it sent one; else exponential backoff with jitter."""
-        retry_after: float | None = None
-        if isinstance(exc, BoxRateLimited | BoxServerError):
-            retry_after = exc.retry_after_s
-        if retry_after is not None:
-            return min(retry_after, self._max_retry_after_s)
+    def _retry_after(self, exc: BoxError) -> float | None:
+        """Box's `retry-after`, at most `max_retry_after_s`; a longer one is logged and counted
+        once, by the caller that got the answer, not by those that share it."""
+        if isinstance(exc, BoxTokenUnavailable):
+            value = exc.retry_after_s
+            return None if value is None else min(value, self._max_retry_after_s)
+        return _http.clamp_retry_after(
+            exc.retry_after_s, self._max_retry_after_s, endpoint=exc.endpoint, metrics=self._metrics
+        )
+
+    def _delay(self, retry_after_s: float | None, attempt: int) -> float:
+        """Box's `retry-after` (already clamped) when it sent one; else exponential backoff
+        with jitter."""
+        if retry_after_s is not None:
+            return retry_after_s
         backoff: float = self._backoff_base_s * 2.0 ** (attempt - 1) * self._rng.uniform(0.5, 1.5)
         return min(backoff, self._backoff_max_s)
 

@@ -5,13 +5,13 @@ error `code`, `request_id` and Box's message. Text that comes from Box is untrus
 one short line. No message ever holds an access token or a client secret.
 
 `retry_reason` says whether the client retries a failure and is the `reason` label of
-`api_retries`: `None` means not retried. `attempts` is set by the client when it gives up.
+`api_retries`: `None` means not retried. `retry_after_s` is Box's `retry-after`, when it sent
+one. `attempts` is set by the client when it gives up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
 
 from monitor.box.models import ClientError, OAuth2Error
 from monitor.errors import MonitorError
@@ -28,7 +28,8 @@ def _clip(text: str, limit: int = _MAX_TEXT) -> str:
 class BoxError(MonitorError):
     """Root of every failure talking to Box."""
 
-    retry_reason: ClassVar[str | None] = None
+    retry_reason: str | None = None
+    retry_after_s: float | None = None
 
     def __init__(self, message: str, *, endpoint: str) -> None:
         super().__init__(message)
@@ -211,3 +212,27 @@ class BoxAuthError(BoxError):
             parts.append(f": {_clip(self.error_description)}")
         message = "".join(parts)
         super().__init__(message, endpoint=endpoint)
+
+
+class BoxAuthBackoff(BoxAuthError):
+    """The grant was refused and the next try is not due yet: raised at once, without a
+    request, by every caller that asks for a token meanwhile. `refused` is the last refusal."""
+
+    def __init__(self, refused: BoxAuthError, retry_in_s: float) -> None:
+        self.refused = refused
+        self.retry_in_s = retry_in_s
+        super().__init__(refused.status, endpoint=refused.endpoint)
+        self.error = refused.error
+        self.error_description = refused.error_description
+        self.message = f"{refused.message}; next try in {retry_in_s:.0f} s"
+
+
+class BoxTokenUnavailable(BoxError):
+    """A token request this caller was waiting for failed in a way retrying may cure (5xx,
+    429, no answer): the same outcome, shared without a second request, retried like it."""
+
+    def __init__(self, cause: BoxError) -> None:
+        self.cause = cause
+        self.retry_reason = cause.retry_reason
+        self.retry_after_s = cause.retry_after_s
+        super().__init__(f"no token: {cause.message}", endpoint=cause.endpoint)
