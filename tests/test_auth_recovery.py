@@ -1,0 +1,146 @@
+"""Credentials that fail, fail quietly and come back by themselves: the daemon as a subprocess
+against the simulator over real sockets, with a wrong CCG secret and 20 active batches. The
+simulator's clock is frozen, so the batches stay active until the test moves it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from monitor.box.auth import REFUSED_BACKOFF_INITIAL_S
+from monitor.simulator import SimulatorConfig, TimelineConfig
+from tests import harness
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.e2e
+
+CLIENT_ID = "e2e-client"
+SECRET = "e2e-right-secret"
+WRONG = "e2e-wrong-secret-never-logged"
+ENTERPRISE = "e2e-enterprise"
+BATCHES = 20
+WINDOW_S = 20.0
+
+
+class World(harness.World):
+    def write_secret(self, secret: str) -> None:
+        config = yaml.safe_load(self.config_path.read_text())
+        config["box"]["auth"]["client_secret"] = secret
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def log_events(self, name: str) -> list[dict[str, Any]]:
+        lines = self.daemon.logs().splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in entries if e.get("event") == name]
+
+    async def token_requests(self) -> int:
+        stats = await self.control.call("GET", "/_sim/stats")
+        return sum(stats["requests"].get("token", {}).values())
+
+    async def metric(self, name: str) -> float | None:
+        _, text = await self.daemon.get("/metrics")
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    async def readyz(self) -> tuple[int, dict[str, Any]]:
+        status, body = await self.daemon.get("/readyz")
+        return status, json.loads(body)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    sim_config = SimulatorConfig(
+        seed=11, client_id=CLIENT_ID, client_secret=SecretStr(SECRET), enterprise_id=ENTERPRISE,
+        frozen_clock=True,
+        timeline=TimelineConfig(submitted_after_s=10, min_duration_s=20, max_duration_s=40),
+    )
+    auth = {"method": "ccg", "client_id": CLIENT_ID, "client_secret": SECRET,
+            "subject_id": ENTERPRISE}
+    async for w in harness.webhook_world(tmp_path, sim_config, World, box={"auth": auth},
+                                         poll={}):  # the default intervals
+        yield w
+
+
+async def test_a_wrong_secret_backs_off_shows_in_readyz_and_a_sighup_resumes_polling(
+    world: World,
+) -> None:
+    """With a wrong secret and 20 active batches the daemon asks for a token once per backoff
+    step (5 s doubling), not 20 times per round; `/readyz` is 503 and says why; one log line per
+    step; a SIGHUP with the right secret resumes polling within one backoff step."""
+    w = world
+    batches = [await w.control.start_batch(1) for _ in range(BATCHES)]
+    w.daemon.start()
+    await w.daemon.wait_ready()
+
+    async def all_active() -> bool:
+        return await w.metric("box_docgen_active_batches") == BATCHES
+
+    await wait_until(all_active, 30, "20 active batches")
+    assert await w.daemon.stop() == 0
+
+    w.write_secret(WRONG)  # a rotated secret, then a restart on the same state file
+    before = await w.token_requests()
+    w.daemon.start()
+    started = time.monotonic()
+
+    async def refused() -> bool:
+        try:
+            status, body = await w.readyz()
+        except OSError:
+            return False
+        return status == 503 and str(body.get("auth", "")).startswith("refused: invalid_grant")
+
+    await wait_until(refused, 15, "/readyz to report the refused grant")
+    _, body = await w.readyz()
+    assert "next try in" in body["auth"] or body["auth"].endswith("trying again")
+    assert body["active_batches"] == BATCHES
+
+    await asyncio.sleep(max(0.0, started + WINDOW_S - time.monotonic()))  # the measured window
+    asked = await w.token_requests() - before
+    # 5 s doubling from the first try: t = 0, 5, 15 (35 is outside) -> at most 3, plus one of
+    # slack for a step that falls on the window's edge. Before: 20 per 5 s active round.
+    assert 1 <= asked <= 4, asked
+    refusals = w.log_events("box_token_refused")
+    assert len(refusals) == asked  # one line per backoff step, not per batch
+    assert {e["reason"] for e in refusals} == {"invalid_grant"}
+    assert w.log_events("active_poll_failed") == []
+    assert await w.metric('box_docgen_auth_failures_total{reason="invalid_grant"}') == asked
+    assert WRONG not in w.daemon.logs()
+
+    w.write_secret(SECRET)
+    assert w.daemon.proc is not None
+    reloaded_at = time.monotonic()
+    w.daemon.proc.send_signal(signal.SIGHUP)
+
+    async def reloaded() -> bool:
+        return bool(w.log_events("box_auth_reloaded"))
+
+    await wait_until(reloaded, 10, "the reload of box.auth")
+    await w.control.call("POST", "/_sim/clock/advance", {"seconds": 100})
+    job_ids = {b["job_ids"][0] for b in batches}
+
+    async def finished() -> bool:
+        done = {e["job"]["id"] for e in w.receiver.events().values()
+                if e["type"] == "job.status_changed"
+                and e["to_status"] in ("completed", "completed_with_error", "failed")}
+        return job_ids <= done
+
+    # Polling resumes at the next active round (5 s), well within the step in force (20 s).
+    step_s = REFUSED_BACKOFF_INITIAL_S * 4
+    await wait_until(finished, step_s, "every batch's terminal status after the SIGHUP")
+    assert time.monotonic() - reloaded_at < step_s
+    status, body = await w.readyz()
+    assert (status, body["auth"]) == (200, "ok")
+    assert await w.daemon.stop() == 0
+
