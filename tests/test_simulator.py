@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ import aiohttp
 import orjson
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import SecretStr
 
@@ -32,6 +35,8 @@ from monitor.simulator import (
     serve_forever,
     start_simulator,
 )
+from monitor.simulator.auth import GrantError, TokenStore, parse_form
+from monitor.simulator.clock import SimClock
 
 JSON = dict[str, Any]
 
@@ -49,6 +54,8 @@ CCG_FORM = {
     "box_subject_type": "enterprise",
     "box_subject_id": "sim-enterprise",
 }
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+FORM = "application/x-www-form-urlencoded"
 BATCH_BODY: JSON = {
     "file": {"type": "file", "id": "1234567890"},
     "input_source": "api",
@@ -261,6 +268,166 @@ async def test_an_issued_token_expires_on_the_simulator_clock(client: Client) ->
     assert (await client.box("GET", "/2.0/docgen_jobs", headers=headers))[0] == 200
     await client.ctl("POST", "/clock/advance", {"seconds": 1})
     assert (await client.box("GET", "/2.0/docgen_jobs", headers=headers))[0] == 401
+
+
+# -- 403 and retry-after on every route -------------------------------------------------------
+
+EVERY_ROUTE = [
+    ("list_jobs", "GET", "/2.0/docgen_jobs"),
+    ("get_job", "GET", "/2.0/docgen_jobs/1"),
+    ("batch_jobs", "GET", "/2.0/docgen_batch_jobs/1"),
+    ("create_batch", "POST", "/2.0/docgen_batches"),
+    ("users_me", "GET", "/2.0/users/me"),
+    ("token", "POST", "/oauth2/token"),
+]
+
+
+async def _call(client: Client, method: str, path: str) -> tuple[int, Any, aiohttp.ClientResponse]:
+    if path == "/oauth2/token":
+        return await client.box(method, path, headers={}, data=CCG_FORM)
+    return await client.box(method, path, json=BATCH_BODY if method == "POST" else None)
+
+
+@pytest.mark.parametrize(("route", "method", "path"), EVERY_ROUTE)
+async def test_a_403_fault_answers_on_every_route_with_its_retry_after(
+    client: Client, route: str, method: str, path: str
+) -> None:
+    await client.ctl("POST", "/faults", {"route": route, "kind": "403", "count": 1,
+                                         "retry_after_s": 3600})
+    status, body, response = await _call(client, method, path)
+    assert (status, body["type"], body["status"]) == (403, "error", 403)
+    assert body["code"] == "access_denied_insufficient_permissions"
+    assert response.headers["retry-after"] == "3600"
+    assert (await _call(client, method, path))[0] != 403  # spent after one
+
+
+async def test_retry_after_is_chosen_per_fault(client: Client) -> None:
+    """Each fault sends its own retry-after: huge numbers, verbatim text, or none at all."""
+    faults = [
+        {"route": "list_jobs", "kind": "429", "retry_after_s": 1e9},
+        {"route": "get_job", "kind": "503", "retry_after": "1e9"},
+        {"route": "batch_jobs", "kind": "429"},
+        {"route": "users_me", "kind": "500"},
+        {"route": "token", "kind": "502", "retry_after_s": 2.5},
+        {"route": "create_batch", "kind": "503", "retry_after_s": 0},
+    ]
+    for fault in faults:
+        await client.ctl("POST", "/faults", fault)
+    got = {}
+    for route, method, path in EVERY_ROUTE:
+        status, _, response = await _call(client, method, path)
+        got[route] = (status, response.headers.get("retry-after"))
+    assert got == {
+        "list_jobs": (429, "1000000000"),
+        "get_job": (503, "1e9"),
+        "batch_jobs": (429, "1"),
+        "users_me": (500, None),
+        "token": (502, "2.5"),
+        "create_batch": (503, None),
+    }
+
+
+async def test_a_403_can_say_that_doc_gen_is_off(client: Client) -> None:
+    await client.ctl("POST", "/faults", {
+        "route": "list_jobs", "kind": "403", "code": "forbidden",
+        "message": "Doc Gen is not enabled for this enterprise.",
+    })
+    status, body, response = await client.box("GET", "/2.0/docgen_jobs")
+    assert (status, body["code"], body["message"]) == (
+        403, "forbidden", "Doc Gen is not enabled for this enterprise.")
+    assert "retry-after" not in response.headers
+
+
+# -- the token endpoint answers bad requests with OAuth2 errors, never 500 --------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "error"),
+    [
+        ({**CCG_FORM, "client_secret": "s\u00e9cret-\U0001f511"}, None, "invalid_grant"),
+        ({**CCG_FORM, "client_id": "cli\u00e9nt"}, None, "invalid_client"),
+        ({"grant_type": JWT_GRANT, "assertion": "\u00e9.\u00e9.\u00e9",
+          "client_id": "sim-client-id", "client_secret": "sim-client-secret"}, None,
+         "invalid_grant"),
+        ({"grant_type": JWT_GRANT, "assertion": "x", "client_id": "sim-client-id",
+          "client_secret": "\u00fcber"}, None, "invalid_client"),
+        (b"grant_type=client_credentials&client_secret=%ff%fe", FORM, "invalid_request"),
+        (b"\xff\xfe\x00garbage", FORM, "invalid_request"),
+        (b"grant_type=client_credentials&&client_id=x", FORM, "invalid_request"),
+        (b"grant_type", FORM, "invalid_request"),
+        (b"grant_type=client_credentials&grant_type=client_credentials", FORM,
+         "invalid_request"),
+        (b"", FORM, "invalid_request"),
+        (json.dumps(CCG_FORM).encode(), "application/json", "invalid_request"),
+        ({k: v for k, v in CCG_FORM.items() if k != "client_id"}, None, "invalid_request"),
+        ({k: v for k, v in CCG_FORM.items() if k != "box_subject_id"}, None, "invalid_request"),
+    ],
+)
+async def test_a_bad_token_request_is_a_400_oauth2_error(
+    client: Client, body: Any, content_type: str | None, error: str
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else None
+    async with client.http.post(client.url + "/oauth2/token", data=body,
+                                headers=headers) as response:
+        status, answer = response.status, await response.json()
+    assert (status, answer["error"]) == (400, error)
+    assert set(answer) == {"error", "error_description"}
+    assert "sim-client-secret" not in answer["error_description"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.one_of(
+    st.binary(max_size=200),
+    st.dictionaries(
+        st.sampled_from(["grant_type", "client_id", "client_secret", "box_subject_type",
+                         "box_subject_id", "assertion", "other"]),
+        st.one_of(st.text(max_size=40), st.sampled_from(
+            ["client_credentials", JWT_GRANT, "sim-client-id", "sim-client-secret",
+             "enterprise", "user", "sim-enterprise"])),
+    ).map(lambda form: urllib.parse.urlencode(form).encode()),
+))
+def test_the_token_grant_refuses_any_body_with_an_oauth2_error(body: bytes) -> None:
+    """Whatever the bytes, parsing and granting either issue a token or raise GrantError."""
+    tokens = TokenStore(SimulatorConfig(user_ids=["31415926"]), SimClock(frozen=True))
+    refusal = None
+    try:
+        tokens.grant(parse_form("application/x-www-form-urlencoded", body))
+    except GrantError as exc:
+        refusal = exc.error
+    assert refusal in {None, "invalid_request", "invalid_client", "invalid_grant",
+                       "unsupported_grant_type"}
+
+
+# -- secret rotation --------------------------------------------------------------------------
+
+
+async def test_a_rotated_secret_is_refused_as_invalid_client(client: Client) -> None:
+    _, before = await client.token()
+    rotated = await client.ctl("POST", "/clients/sim-client-id/secret",
+                               {"client_secret": "new-secret"})
+    assert rotated == {"client_id": "sim-client-id", "revoked_tokens": 0}
+    status, body = await client.token()
+    assert (status, body["error"]) == (400, "invalid_client")
+    assert (await client.token(client_secret="never-valid"))[1]["error"] == "invalid_grant"
+    status, after = await client.token(client_secret="new-secret")
+    assert status == 200
+    for token in (before, after):  # tokens issued before a rotation live until they expire
+        assert (await client.box("GET", "/2.0/docgen_jobs",
+                                 headers=bearer(token["access_token"])))[0] == 200
+
+
+async def test_a_rotation_can_revoke_the_apps_tokens(client: Client) -> None:
+    _, before = await client.token()
+    rotated = await client.ctl("POST", "/clients/sim-client-id/secret",
+                               {"client_secret": "new-secret", "revoke_tokens": True})
+    assert rotated["revoked_tokens"] == 1
+    status, _, _ = await client.box("GET", "/2.0/docgen_jobs",
+                                    headers=bearer(before["access_token"]))
+    assert status == 401
+    assert (await client.box("GET", "/2.0/docgen_jobs"))[0] == 200  # developer tokens stay
+    async with client.http.post(f"{client.url}/_sim/clients/nobody/secret",
+                                json={"client_secret": "x"}) as response:
+        assert response.status == 404
 
 
 # -- box-version ------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ can be revoked, so a client's re-authentication path can be exercised on demand.
 
 from __future__ import annotations
 
+import math
 import secrets
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,7 @@ class Principal:
 class IssuedToken:
     principal: Principal
     expires_at_s: float
+    client_id: str
     revoked: bool = False
 
 
@@ -98,6 +101,33 @@ class App:
         return None
 
 
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 50
+
+
+def parse_form(content_type: str, body: bytes) -> dict[str, str]:
+    """The token request's form, or `invalid_request` for anything that is not one: another
+    content type, bytes that are not UTF-8, a field without `=`, a field given twice (RFC 6749
+    §3.2 forbids repeats). Never an exception of any other kind: the endpoint never answers 500."""
+    if content_type not in (FORM_CONTENT_TYPE, "application/octet-stream"):
+        raise GrantError("invalid_request", f"The body must be {FORM_CONTENT_TYPE}")
+    try:
+        text = body.decode("utf-8")
+        pairs = urllib.parse.parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=bool(text),
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except ValueError:  # UnicodeDecodeError is one
+        raise GrantError("invalid_request", "The request body is not a valid form") from None
+    form = dict(pairs)
+    if len(form) != len(pairs):
+        raise GrantError("invalid_request", "A parameter was given more than once")
+    return form
+
+
 class TokenStore:
     def __init__(self, config: SimulatorConfig, clock: SimClock) -> None:
         self._config = config
@@ -131,7 +161,7 @@ class TokenStore:
         """Run a client credentials grant; return (access_token, expires_in_s) or raise."""
         grant_type = form.get("grant_type", "")
         if grant_type == JWT_BEARER:
-            return self._issue(self._jwt_principal(form))
+            return self._issue(self._jwt_principal(form), form.get("client_id", ""))
         if grant_type in OTHER_GRANTS:
             raise GrantError("unsupported_grant_type", "Grant type is not supported")
         if grant_type != CLIENT_CREDENTIALS:
@@ -152,12 +182,12 @@ class TokenStore:
         principal = app.subject(subject_type, subject_id)
         if principal is None:
             raise GrantError("invalid_grant", "Grant credentials are invalid")
-        return self._issue(principal)
+        return self._issue(principal, client_id)
 
-    def _issue(self, principal: Principal) -> tuple[str, int]:
+    def _issue(self, principal: Principal, client_id: str) -> tuple[str, int]:
         token = secrets.token_urlsafe(24)
         expires_in_s = self._config.token_expires_in_s
-        self._issued[token] = IssuedToken(principal, self._clock.now() + expires_in_s)
+        self._issued[token] = IssuedToken(principal, self._clock.now() + expires_in_s, client_id)
         return token, expires_in_s
 
     def _jwt_principal(self, form: Mapping[str, str]) -> Principal:
@@ -176,7 +206,7 @@ class TokenStore:
         app.check_secret(client_secret, wrong_error="invalid_client")
         try:
             header = jwt.get_unverified_header(assertion)
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, ValueError, TypeError):
             raise GrantError("invalid_grant", "The assertion is not a JWT") from None
         if header.get("alg") not in JWT_ALGORITHMS:
             raise GrantError("invalid_grant", "Algorithm must be one of RS256, RS384, RS512")
@@ -198,11 +228,11 @@ class TokenStore:
             ) from None
         except jwt.InvalidAudienceError:
             raise GrantError("invalid_grant", "Please check the 'aud' claim.") from None
-        except jwt.InvalidTokenError as exc:
+        except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
             raise GrantError("invalid_grant", f"Invalid assertion: {exc}") from None
         now = self._clock.now()
         exp = claims["exp"]
-        if not isinstance(exp, int | float) or exp <= now:
+        if not isinstance(exp, int | float) or not math.isfinite(exp) or exp <= now:
             raise GrantError(
                 "invalid_grant",
                 "Current date/time MUST be before the expiration date/time listed in the "
@@ -228,11 +258,15 @@ class TokenStore:
         self._jtis[jti] = float(exp)
         return principal
 
-    def revoke(self, token: str | None = None) -> int:
-        """Revoke one token (issued or developer) or, with None, every issued token; return how
-        many were revoked."""
+    def revoke(self, token: str | None = None, *, client_id: str | None = None) -> int:
+        """Revoke one token (issued or developer) or, with None, every issued token (of one
+        app, given `client_id`); return how many were revoked."""
         if token is None:
-            live = [t for t in self._issued.values() if not t.revoked]
+            live = [
+                t
+                for t in self._issued.values()
+                if not t.revoked and client_id in (None, t.client_id)
+            ]
             for issued in live:
                 issued.revoked = True
             return len(live)

@@ -63,6 +63,12 @@ class RevokeRequest(_Body):
     token: str | None = None
 
 
+class SecretRotation(_Body):
+    client_secret: str = Field(min_length=1)
+    # Also revoke every token issued so far (Box keeps them until they expire).
+    revoke_tokens: bool = False
+
+
 class DeveloperTokenRequest(_Body):
     token: str = Field(min_length=1)
     user_id: str = Field(min_length=1)
@@ -279,6 +285,18 @@ async def revoke_tokens(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def rotate_secret(request: web.Request) -> web.Response:
+    state = _state(request)
+    client_id = request.match_info["client_id"]
+    app = state.tokens.apps.get(client_id)
+    if app is None:
+        raise NotFound(client_id=client_id)
+    body = await _parse(SecretRotation, request)
+    app.rotate(body.client_secret)
+    revoked = state.tokens.revoke(client_id=client_id) if body.revoke_tokens else 0
+    return json_response({"client_id": client_id, "revoked_tokens": revoked})
+
+
 async def add_developer_token(request: web.Request) -> web.Response:
     body = await _parse(DeveloperTokenRequest, request)
     _state(request).tokens.add_developer_token(body.token, body.user_id)
@@ -349,6 +367,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_sim/clock/advance", advance_clock, name="sim_clock_advance")
     r.add_post("/_sim/tokens/revoke", revoke_tokens, name="sim_tokens_revoke")
     r.add_post("/_sim/tokens/developer", add_developer_token, name="sim_tokens_developer")
+    r.add_post("/_sim/clients/{client_id}/secret", rotate_secret, name="sim_client_secret")
     r.add_post("/_sim/listing/omit", omit_jobs, name="sim_listing_omit")
     r.add_post("/_sim/listing/shift", add_shift, name="sim_listing_shift")
     r.add_post("/_sim/listing/duplicate", duplicate_job, name="sim_listing_duplicate")

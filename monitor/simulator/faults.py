@@ -29,6 +29,7 @@ RATE_LIMIT_HELP_URL = (
 
 
 class FaultKind(StrEnum):
+    FORBIDDEN = "403"  # Doc Gen switched off for the enterprise, or no access
     RATE_LIMITED = "429"
     INTERNAL_ERROR = "500"
     BAD_GATEWAY = "502"
@@ -39,8 +40,18 @@ class FaultKind(StrEnum):
     SCHEMA = "schema"  # 200 whose JSON breaks Box's schema (e.g. entries without `status`)
 
 
-# Server errors: status, Box code, message.
-_SERVER_ERRORS: dict[FaultKind, tuple[int, str, str]] = {
+# Answers that replace the handler's: status, Box code, message.
+_ERRORS: dict[FaultKind, tuple[int, str, str]] = {
+    FaultKind.FORBIDDEN: (
+        403,
+        "access_denied_insufficient_permissions",
+        "Access denied - insufficient permission",
+    ),
+    FaultKind.RATE_LIMITED: (
+        429,
+        "rate_limit_exceeded",
+        "Request rate limit exceeded, please try again later",
+    ),
     FaultKind.INTERNAL_ERROR: (500, "internal_server_error", "Internal Server Error"),
     FaultKind.BAD_GATEWAY: (502, "bad_gateway", "Bad Gateway"),
     FaultKind.UNAVAILABLE: (503, "unavailable", "Unavailable"),
@@ -52,12 +63,31 @@ class FaultSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    route: Literal["token", "create_batch", "list_jobs", "get_job", "batch_jobs", "*"] = "*"
+    route: Literal[
+        "token", "create_batch", "list_jobs", "get_job", "batch_jobs", "users_me", "*"
+    ] = "*"
     kind: FaultKind
     rate: float | None = Field(default=None, ge=0, le=1)
     count: int | None = Field(default=None, ge=1)
-    retry_after_s: int = Field(default=1, ge=0)
+    # Seconds in the retry-after header of an error answer (429 and 503 default to 1; 0 sends
+    # none). Any size: a client must cap what it is told (3600, 1e9).
+    retry_after_s: float | None = Field(default=None, ge=0)
+    # The header's text verbatim, when a test needs one Box might send badly ("1e9", a date).
+    retry_after: str | None = Field(default=None, min_length=1, max_length=200)
+    # ClientError code and message instead of the kind's own (a 403 saying Doc Gen is off).
+    code: str | None = Field(default=None, min_length=1)
+    message: str | None = Field(default=None, min_length=1)
     latency_s: float = Field(default=0.2, ge=0, le=60)
+
+    def retry_after_header(self) -> str | None:
+        if self.retry_after is not None:
+            return self.retry_after
+        seconds = self.retry_after_s
+        if seconds is None:
+            seconds = 1 if self.kind in (FaultKind.RATE_LIMITED, FaultKind.UNAVAILABLE) else 0
+        if not seconds:
+            return None
+        return str(int(seconds)) if float(seconds).is_integer() else str(seconds)
 
 
 @dataclass(slots=True)
@@ -131,24 +161,18 @@ class FaultRegistry:
 
 def _error_response(spec: FaultSpec) -> web.Response | None:
     """The answer that replaces the handler's, for faults that answer instead of it."""
-    if spec.kind is FaultKind.RATE_LIMITED:
-        return wire.client_error(
-            429,
-            "rate_limit_exceeded",
-            "Request rate limit exceeded, please try again later",
-            help_url=RATE_LIMIT_HELP_URL,
-            headers={"retry-after": str(spec.retry_after_s)},
-        )
-    server_error = _SERVER_ERRORS.get(spec.kind)
-    if server_error is None:
+    error = _ERRORS.get(spec.kind)
+    if error is None:
         return None
-    status, code, message = server_error
-    headers = (
-        {"retry-after": str(spec.retry_after_s)}
-        if spec.kind is FaultKind.UNAVAILABLE and spec.retry_after_s
-        else None
+    status, code, message = error
+    retry_after = spec.retry_after_header()
+    return wire.client_error(
+        status,
+        spec.code or code,
+        spec.message or message,
+        help_url=RATE_LIMIT_HELP_URL if spec.kind is FaultKind.RATE_LIMITED else wire.HELP_URL,
+        headers={"retry-after": retry_after} if retry_after is not None else None,
     )
-    return wire.client_error(status, code, message, headers=headers)
 
 
 def _violate_schema(body: Any) -> Any:

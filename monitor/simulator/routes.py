@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from monitor.simulator import faults, listing, paging, wire
-from monitor.simulator.auth import ISSUED_TOKEN_TYPE, GrantError, Principal
+from monitor.simulator.auth import ISSUED_TOKEN_TYPE, GrantError, Principal, parse_form
 from monitor.simulator.state import STATE_KEY
 
 BOX_VERSION = "2025.0"
@@ -162,10 +162,9 @@ def _page_error(exc: paging.BadPageRequest) -> web.Response:
 
 async def post_token(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    form = await request.post()
-    fields = {key: value for key, value in form.items() if isinstance(value, str)}
     try:
-        token, expires_in_s = state.tokens.grant(fields)
+        form = parse_form(request.content_type, await request.read())
+        token, expires_in_s = state.tokens.grant(form)
     except GrantError as exc:
         return wire.oauth2_error(exc.error, exc.description)
     return wire.json_response(
