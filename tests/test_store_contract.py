@@ -487,6 +487,57 @@ async def test_failed_row_without_retry_time_goes_dead_and_is_never_due(store: S
     assert await store.outbox_counts() == {"slack": {**ZERO_COUNTS, OutboxState.DEAD: 1}}
 
 
+async def test_mark_failed_many_marks_each_row_pending_or_dead_in_one_call(store: Store) -> None:
+    """Each row gets its own retry time (None: dead), one more attempt and the error."""
+    await emit(store, "e1", "e2", "e3")
+    await store.claim_due("slack", T0, 10, LEASE_S)
+    await store.mark_failed_many("slack", {"e1": T0 + 60, "e2": None}, "HTTP 500", T0 + 5)
+    [retried] = await store.list_outbox(OutboxState.PENDING)
+    assert (retried.event.id, retried.attempts, retried.next_attempt_at) == ("e1", 1, T0 + 60)
+    assert (retried.last_error, retried.first_failed_at) == ("HTTP 500", T0 + 5)
+    [untouched] = await store.list_outbox(OutboxState.CLAIMED)
+    assert (untouched.event.id, untouched.attempts, untouched.first_failed_at) == ("e3", 0, None)
+    [dead] = await store.list_outbox(OutboxState.DEAD)
+    assert (dead.event.id, dead.attempts, dead.first_failed_at) == ("e2", 1, T0 + 5)
+    await store.mark_failed_many("slack", {}, "nothing", T0 + 6)  # no rows: no change
+
+
+async def test_first_failed_at_is_kept_across_failures_and_cleared_by_an_end_of_the_run(
+    store: Store,
+) -> None:
+    """The run of failures starts at the first failure; delivery, throttling and requeue end
+    it, so the next failure starts a new run."""
+    await emit(store, "e1", "e2", "e3")
+    for at in (T0 + 1, T0 + 2):
+        await store.mark_failed_many("slack", dict.fromkeys(("e1", "e2", "e3"), at + 10), "x", at)
+    rows = await store.list_outbox(OutboxState.PENDING)
+    assert {r.event.id: (r.attempts, r.first_failed_at) for r in rows} == {
+        e: (2, T0 + 1) for e in ("e1", "e2", "e3")}
+    await store.mark_delivered_many("slack", ["e1"])
+    await store.mark_throttled("slack", ["e2"], T0 + 100)
+    await store.mark_failed_many("slack", {"e3": None}, "x", T0 + 3)
+    [delivered] = await store.list_outbox(OutboxState.DELIVERED)
+    [throttled] = await store.list_outbox(OutboxState.PENDING)
+    assert delivered.first_failed_at is None
+    assert (throttled.event.id, throttled.attempts) == ("e2", 2)
+    assert (throttled.next_attempt_at, throttled.first_failed_at) == (T0 + 100, None)
+    await store.requeue_dead(T0 + 4)
+    [requeued] = [r for r in await store.list_outbox(OutboxState.PENDING) if r.event.id == "e3"]
+    assert (requeued.attempts, requeued.first_failed_at) == (0, None)
+    await store.mark_failed_many("slack", {"e3": T0 + 60}, "x", T0 + 7)
+    [again] = [r for r in await store.list_outbox(OutboxState.PENDING) if r.event.id == "e3"]
+    assert again.first_failed_at == T0 + 7
+
+
+async def test_mark_throttled_ignores_delivered_and_dead_rows(store: Store) -> None:
+    await emit(store, "e1")
+    await dead_row(store, "e2")
+    await store.mark_delivered("e1", "slack")
+    await store.mark_throttled("slack", ["e1", "e2", "nope"], T0 + 100)
+    assert await store.outbox_counts() == {
+        "slack": {**ZERO_COUNTS, OutboxState.DELIVERED: 1, OutboxState.DEAD: 1}}
+
+
 async def test_mark_failed_keeps_a_bounded_prefix_of_a_long_error(store: Store) -> None:
     await emit(store, "e1")
     await store.mark_failed("e1", "slack", "é" * 100_000, T0 + 1)

@@ -39,7 +39,9 @@ class OutboxEntry:
     """One (event, notifier) row of the outbox.
 
     `attempts` counts delivery attempts made: each `mark_failed` and the `mark_delivered` adds
-    one; `requeue_dead` resets it. `last_error` is the latest failure, kept after a retry."""
+    one; `requeue_dead` resets it. `last_error` is the latest failure, kept after a retry.
+    `first_failed_at` is when the current run of failures began (None while there is none):
+    the row goes dead by that age; a delivery, a throttle answer or a requeue ends the run."""
 
     event: Event
     notifier: str
@@ -47,6 +49,7 @@ class OutboxEntry:
     attempts: int
     next_attempt_at: float  # unix seconds
     last_error: str | None
+    first_failed_at: float | None = None  # unix seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +158,29 @@ class Store(ABC):
 
     @abstractmethod
     async def mark_failed(
-        self, event_id: str, notifier: str, error: str, next_attempt_at: float | None
+        self,
+        event_id: str,
+        notifier: str,
+        error: str,
+        next_attempt_at: float | None,
+        now: float | None = None,
     ) -> None:
         """One more failed attempt; pending again at `next_attempt_at`, or dead when None.
-        `error` is kept truncated to `MAX_ERROR_CHARS`. Ignored for a delivered or dead row."""
+        `error` is kept truncated to `MAX_ERROR_CHARS`. Ignored for a delivered or dead row.
+        A row without `first_failed_at` gets `now` (default: the current time)."""
+
+    @abstractmethod
+    async def mark_failed_many(
+        self, notifier: str, retry_at: Mapping[str, float | None], error: str, now: float
+    ) -> None:
+        """`mark_failed(event_id, notifier, error, retry_at[event_id], now)` for every key, in
+        ONE transaction: a failed group of N events is one write, not N."""
+
+    @abstractmethod
+    async def mark_throttled(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        """The receiver throttled these rows (429, Retry-After): `defer` them to `until` and end
+        their run of failures (`first_failed_at` None). A receiver that answers is not down, so
+        throttling never brings a row closer to dead."""
 
     @abstractmethod
     async def next_due_at(self, notifier: str) -> float | None:

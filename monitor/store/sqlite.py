@@ -53,6 +53,13 @@ _IN_CHUNK = 500
 
 Migration = tuple[str, ...]
 
+# The delivered counter's two moves (schema v5 triggers).
+_COUNT_IN = (
+    "INSERT INTO outbox_delivered (notifier, n) VALUES (new.notifier, 1) "
+    "ON CONFLICT (notifier) DO UPDATE SET n = n + 1;"
+)
+_COUNT_OUT = "UPDATE outbox_delivered SET n = n - 1 WHERE notifier = old.notifier;"
+
 # Ordered schema steps; step i takes the schema from version i to version i + 1, in one
 # transaction. Never edit a released step: append a new one.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -145,6 +152,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         "DROP TABLE threads",
         "ALTER TABLE threads_v4 RENAME TO threads",
     ),
+    # Version 5 (delivery survives an outage): when a row's current run of failures began, so
+    # that it goes dead by age (`delivery.give_up_after`), not by count. The depth gauges read
+    # the rows still owed through a partial index, and the delivered count from a counter the
+    # triggers keep: never a scan of the delivered history under the store lock.
+    (
+        "ALTER TABLE outbox ADD COLUMN first_failed_at REAL",
+        "CREATE INDEX outbox_open ON outbox (notifier, state) WHERE state <> 'delivered'",
+        """CREATE TABLE outbox_delivered (
+            notifier TEXT PRIMARY KEY,
+            n        INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO outbox_delivered (notifier, n) "
+        "SELECT notifier, COUNT(*) FROM outbox WHERE state = 'delivered' GROUP BY notifier",
+        f"""CREATE TRIGGER outbox_delivered_insert AFTER INSERT ON outbox
+            WHEN new.state = 'delivered' BEGIN {_COUNT_IN} END""",
+        f"""CREATE TRIGGER outbox_delivered_update AFTER UPDATE OF state ON outbox
+            WHEN new.state = 'delivered' AND old.state <> 'delivered' BEGIN {_COUNT_IN} END""",
+        f"""CREATE TRIGGER outbox_undelivered_update AFTER UPDATE OF state ON outbox
+            WHEN old.state = 'delivered' AND new.state <> 'delivered' BEGIN {_COUNT_OUT} END""",
+        f"""CREATE TRIGGER outbox_delivered_delete AFTER DELETE ON outbox
+            WHEN old.state = 'delivered' BEGIN {_COUNT_OUT} END""",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -214,13 +243,23 @@ _THREAD_PRUNE = (
     "WHERE e.batch_id = threads.batch_id AND o.notifier = threads.notifier "
     "AND o.state <> 'delivered')"
 )
-_ENTRY_COLUMNS = "e.payload, o.notifier, o.state, o.attempts, o.next_attempt_at, o.last_error"
+# Back to pending without an attempt; a throttle answer also ends the run of failures.
+_DEFER = (
+    "UPDATE outbox SET state = 'pending', next_attempt_at = ?, claimed_until = NULL, "
+    "updated_at = ? WHERE event_id = ? AND notifier = ? AND state IN ('pending', 'claimed')"
+)
+_THROTTLE = _DEFER.replace("updated_at = ?", "first_failed_at = NULL, updated_at = ?")
+_ENTRY_COLUMNS = (
+    "e.payload, o.notifier, o.state, o.attempts, o.next_attempt_at, o.last_error, "
+    "o.first_failed_at"
+)
+_ENTRY_WIDTH = 7
 _ENTRY_FROM = "FROM outbox o JOIN events e ON e.id = o.event_id"
 _OLDEST_FIRST = "ORDER BY e.created_at, e.seq, o.notifier"
 
 
 def _entry(row: Any, state: OutboxState | None = None) -> OutboxEntry:
-    payload, notifier, row_state, attempts, next_attempt_at, last_error = row
+    payload, notifier, row_state, attempts, next_attempt_at, last_error, first_failed_at = row
     return OutboxEntry(
         event=Event.model_validate_json(payload),
         notifier=notifier,
@@ -228,6 +267,7 @@ def _entry(row: Any, state: OutboxState | None = None) -> OutboxEntry:
         attempts=attempts,
         next_attempt_at=next_attempt_at,
         last_error=last_error,
+        first_failed_at=first_failed_at,
     )
 
 
@@ -547,9 +587,9 @@ class SQLiteStore(Store):
             await conn.executemany(
                 "UPDATE outbox SET state = 'claimed', claimed_until = ?, updated_at = ? "
                 "WHERE event_id = ? AND notifier = ?",
-                [(now + lease_s, now, row[6], notifier) for row in rows],
+                [(now + lease_s, now, row[_ENTRY_WIDTH], notifier) for row in rows],
             )
-            return [_entry(row[:6], OutboxState.CLAIMED) for row in rows]
+            return [_entry(row[:_ENTRY_WIDTH], OutboxState.CLAIMED) for row in rows]
 
         return await self._write("claim_due", fn)
 
@@ -557,21 +597,42 @@ class SQLiteStore(Store):
         await self.mark_delivered_many(notifier, [event_id])
 
     async def mark_failed(
-        self, event_id: str, notifier: str, error: str, next_attempt_at: float | None
+        self,
+        event_id: str,
+        notifier: str,
+        error: str,
+        next_attempt_at: float | None,
+        now: float | None = None,
     ) -> None:
-        state = OutboxState.DEAD if next_attempt_at is None else OutboxState.PENDING
-        now = time.time()
+        at = time.time() if now is None else now
+        await self.mark_failed_many(notifier, {event_id: next_attempt_at}, error, at)
+
+    async def mark_failed_many(
+        self, notifier: str, retry_at: Mapping[str, float | None], error: str, now: float
+    ) -> None:
+        text = _truncate(error)
+        rows = [
+            (
+                OutboxState.PENDING.value if at is not None else OutboxState.DEAD.value,
+                text, at, now, now, event_id, notifier,
+            )
+            for event_id, at in retry_at.items()
+        ]
 
         async def fn(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+            await conn.executemany(
                 "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, "
                 "next_attempt_at = COALESCE(?, next_attempt_at), claimed_until = NULL, "
-                "updated_at = ? "
+                "first_failed_at = COALESCE(first_failed_at, ?), updated_at = ? "
                 "WHERE event_id = ? AND notifier = ? AND state IN ('pending', 'claimed')",
-                (state.value, _truncate(error), next_attempt_at, now, event_id, notifier),
+                rows,
             )
 
-        await self._write("mark_failed", fn)
+        if rows:
+            await self._write("mark_failed", fn)
+
+    async def mark_throttled(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        await self._defer("mark_throttled", _THROTTLE, notifier, event_ids, until)
 
     async def next_due_at(self, notifier: str) -> float | None:
         async def fn(conn: aiosqlite.Connection) -> float | None:
@@ -589,8 +650,12 @@ class SQLiteStore(Store):
     async def outbox_counts(self) -> dict[str, dict[OutboxState, int]]:
         async def fn(conn: aiosqlite.Connection) -> dict[str, dict[OutboxState, int]]:
             counts: dict[str, dict[OutboxState, int]] = {}
+            # The rows still owed through the partial index `outbox_open` (its WHERE term,
+            # verbatim, lets the planner use it); delivered ones from the counter (schema v5).
             async with conn.execute(
-                "SELECT notifier, state, COUNT(*) FROM outbox GROUP BY notifier, state"
+                "SELECT notifier, state, COUNT(*) FROM outbox WHERE state <> 'delivered' "
+                "GROUP BY notifier, state "
+                "UNION ALL SELECT notifier, 'delivered', n FROM outbox_delivered WHERE n > 0"
             ) as cur:
                 for notifier, state, count in await cur.fetchall():
                     per_state = counts.setdefault(notifier, dict.fromkeys(OutboxState, 0))
@@ -619,7 +684,7 @@ class SQLiteStore(Store):
         async def fn(conn: aiosqlite.Connection) -> int:
             cur = await conn.execute(
                 "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-                "claimed_until = NULL, updated_at = ? "
+                "claimed_until = NULL, first_failed_at = NULL, updated_at = ? "
                 "WHERE state = 'dead' AND (? IS NULL OR event_id = ?) "
                 "AND (? IS NULL OR notifier = ?)",
                 (now, now, event_id, event_id, notifier, notifier),
@@ -662,17 +727,19 @@ class SQLiteStore(Store):
     # -- notifications (schema v2) ----------------------------------------------------------
 
     async def defer(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        await self._defer("defer", _DEFER, notifier, event_ids, until)
+
+    async def _defer(
+        self, op: str, sql: str, notifier: str, event_ids: Sequence[str], until: float
+    ) -> None:
         now = time.time()
+        rows = [(until, now, event_id, notifier) for event_id in event_ids]
 
         async def fn(conn: aiosqlite.Connection) -> None:
-            await conn.executemany(
-                "UPDATE outbox SET state = 'pending', next_attempt_at = ?, claimed_until = NULL, "
-                "updated_at = ? WHERE event_id = ? AND notifier = ? "
-                "AND state IN ('pending', 'claimed')",
-                [(until, now, event_id, notifier) for event_id in event_ids],
-            )
+            await conn.executemany(sql, rows)
 
-        await self._write("defer", fn)
+        if event_ids:
+            await self._write(op, fn)
 
     async def get_thread(self, notifier: str, batch_id: str) -> ThreadRef | None:
         async def fn(conn: aiosqlite.Connection) -> ThreadRef | None:
@@ -789,7 +856,7 @@ class SQLiteStore(Store):
         async def fn(conn: aiosqlite.Connection) -> None:
             await conn.executemany(
                 "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
-                "claimed_until = NULL, updated_at = ? "
+                "claimed_until = NULL, first_failed_at = NULL, updated_at = ? "
                 "WHERE event_id = ? AND notifier = ? AND state <> 'delivered'",
                 [(now, event_id, notifier) for event_id in event_ids],
             )

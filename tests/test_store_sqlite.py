@@ -1,0 +1,30 @@
+"""What only the SQLite backend has to get right (the contract suite covers the rest)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from monitor.model import SnapshotChanges
+from monitor.store.base import OutboxState
+from monitor.store.sqlite import MIGRATIONS, SQLiteStore
+from tests.test_store_contract import ZERO_COUNTS, routed
+
+
+async def test_the_delivered_counter_starts_from_the_rows_an_older_build_delivered(
+    tmp_path: Path,
+) -> None:
+    """Schema v5 counts delivered rows once, at migration; the triggers keep it from then on."""
+    path = tmp_path / "state.db"
+    version_4 = type("SQLiteStoreV4", (SQLiteStore,), {"migrations": MIGRATIONS[:4]})
+    async with version_4(str(path)) as older:
+        await older.commit(SnapshotChanges(), [routed(f"e{i}", "slack") for i in range(3)])
+    with sqlite3.connect(path) as conn:  # what the older build's mark_delivered wrote
+        conn.execute("UPDATE outbox SET state = 'delivered' WHERE event_id IN ('e0', 'e1')")
+    conn.close()
+    async with SQLiteStore(str(path)) as store:
+        assert await store.outbox_counts() == {
+            "slack": {**ZERO_COUNTS, OutboxState.DELIVERED: 2, OutboxState.PENDING: 1}}
+        await store.mark_delivered("e2", "slack")
+        await store.prune(before=float("inf"))
+        assert await store.outbox_counts() == {}
