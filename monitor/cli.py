@@ -199,6 +199,7 @@ async def _dead_letters(
                     "type": row.event.type.value,
                     "batch_id": row.event.batch_id,
                     "attempts": row.attempts,
+                    "failing_since": row.first_failed_at,
                     "last_error": row.last_error,
                 }
                 sys.stdout.write(orjson.dumps(line).decode() + "\n")

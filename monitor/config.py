@@ -133,9 +133,15 @@ class StateConfig(_Model):
 
 
 class DeliveryConfig(_Model):
-    """Defaults for every notifier; a notifier may override `max_attempts` and `timeout`."""
+    """Defaults for every notifier; a notifier may override `max_attempts` and `timeout`.
 
-    max_attempts: int = Field(12, ge=1)
+    An event is dead for a notifier only once its sends have failed for `give_up_after` with
+    no success in between: an outage of hours delays delivery, it does not lose it. Retries back
+    off from `initial_backoff` to `max_backoff` and stay there. A throttle answer (429,
+    Retry-After) is a wait, never a failure. `max_attempts` (off by default) caps tries too."""
+
+    give_up_after: PositiveDurationS = 86400.0
+    max_attempts: int | None = Field(None, ge=1)
     initial_backoff: PositiveDurationS = 1.0
     max_backoff: PositiveDurationS = 300.0
     timeout: PositiveDurationS = 10.0

@@ -29,13 +29,14 @@ from monitor.box.client import BoxClient
 from monitor.box.errors import BoxAuthError
 from monitor.config import BoxConfig, CCGAuthConfig, Config, JWTAuthConfig
 from monitor.errors import ConfigError, MonitorError
+from monitor.looplag import LoopLagSampler
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier, NotifierRegistry
 from monitor.notify.dispatcher import Dispatcher
 from monitor.notify.router import Router
 from monitor.poller import Poller
 from monitor.store import open_store
-from monitor.store.base import OutboxState, Store
+from monitor.store.base import Store
 from monitor.stuck import StuckPolicy
 from monitor.web import WebServer, build_app
 
@@ -188,6 +189,9 @@ class Daemon:
 
     async def _start(self) -> None:
         cfg = self.config
+        lag = LoopLagSampler(self.metrics.event_loop_lag)
+        lag.start()
+        self._stack.push_async_callback(lag.stop)
         self.store = open_store(cfg.state.url)
         await self.store.open()
         self._stack.push_async_callback(self.store.close)
@@ -513,13 +517,7 @@ class Daemon:
                 if self.budget is not None:
                     self.metrics.budget_available.set(self.budget.available)
                     self.metrics.budget_rate.set(self.budget.rate_rpm)
-                counts = await self.store.outbox_counts()
-                for name in self.dispatcher.notifiers:
-                    by_state = counts.get(name, {})
-                    waiting = by_state.get(OutboxState.PENDING, 0)
-                    waiting += by_state.get(OutboxState.CLAIMED, 0)
-                    self.metrics.outbox_pending.labels(name).set(waiting)
-                    self.metrics.outbox_dead.labels(name).set(by_state.get(OutboxState.DEAD, 0))
+                await self.dispatcher.refresh_gauges()
             except Exception:
                 log.exception("gauge_refresh_failed")
             await asyncio.sleep(GAUGE_REFRESH_S)

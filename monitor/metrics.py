@@ -9,6 +9,7 @@ from monitor import __version__
 
 _JOB_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 _DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
@@ -135,6 +136,12 @@ class Metrics:
             "box_docgen_effective_interval_seconds",
             "Poll interval in force after degradation, by kind (sweep, active).",
             ["kind"],
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            "box_docgen_event_loop_lag_seconds",
+            "How late the event loop woke a sampling task (a stall delays every task at once).",
+            buckets=_LAG_BUCKETS_S,
             registry=r,
         )
         self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)

@@ -41,8 +41,6 @@ def write_config(path: Path, *, box_url: str, hook_url: str, http_port: int,
         "baseline": "silent",
         "notifiers": [{"name": "sink", "type": "webhook", "url": hook_url, "secret": "s3cret"}],
         "routes": [{"match": {}, "notify": ["sink"]}],
-        "delivery": {"initial_backoff": "100ms", "max_backoff": "1s", "max_attempts": 1000,
-                     "timeout": "3s", "drain_timeout": "3s"},
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "log": {"level": "info", "format": "json"},
     }

@@ -102,6 +102,7 @@ async def test_a_non_2xx_answer_is_a_failure_carrying_retry_after(
     assert not result.ok
     assert result.detail.startswith(f"HTTP {status}")
     assert result.retry_after_s == (float(retry_after) if retry_after else None)
+    assert result.rate_limited is (status == 429)
 
 
 async def test_a_refused_connection_and_a_timeout_are_failures_without_the_url() -> None:
@@ -124,15 +125,29 @@ async def test_a_refused_connection_and_a_timeout_are_failures_without_the_url()
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after_s("120") == 120.0
+    assert parse_retry_after_s("1.5") == 1.5
+    assert parse_retry_after_s("1e9") == 1e9  # the dispatcher clamps it
     assert parse_retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    assert parse_retry_after_s("soon") is None
+    for garbled in ("soon", "-5", "inf", "nan"):
+        assert parse_retry_after_s(garbled) is None
 
 
-def test_backoff_grows_exponentially_and_honours_retry_after() -> None:
+def test_backoff_grows_exponentially_to_max_backoff_and_stays_there() -> None:
+    """Jitter never takes a delay above `max_backoff`, and no count of attempts overflows.
+    (A receiver's Retry-After is a throttle, not a backoff: see the dispatcher tests.)"""
     cfg = DeliveryConfig(initial_backoff=1, max_backoff=30)
-    assert [backoff_s(n, cfg, None, rng=lambda: 0.5) for n in (1, 2, 3, 6, 9)] == [
-        1.0, 2.0, 4.0, 30.0, 30.0]
-    assert backoff_s(1, cfg, 12.0, rng=lambda: 0.5) == 12.0
+    assert [backoff_s(n, cfg, rng=lambda: 0.5) for n in (1, 2, 3, 6, 9, 5000)] == [
+        1.0, 2.0, 4.0, 30.0, 30.0, 30.0]
+    assert backoff_s(1, cfg, rng=lambda: 0.0) == pytest.approx(0.8)
+    assert backoff_s(1, cfg, rng=lambda: 1.0) == pytest.approx(1.2)
+    assert backoff_s(5000, cfg, rng=lambda: 1.0) == 30.0
+    assert backoff_s(5, cfg, rng=lambda: 0.0) == pytest.approx(12.8)
+
+
+def test_the_default_delivery_settings_give_up_by_age_not_by_count() -> None:
+    defaults = DeliveryConfig()
+    assert (defaults.give_up_after, defaults.max_attempts) == (86400.0, None)
+    assert (defaults.initial_backoff, defaults.max_backoff) == (1.0, 300.0)
 
 
 async def _commit(store: Store, *events: Event) -> None:

@@ -37,7 +37,7 @@ class NotifierConfig(NotifierSpec):
     `group_by: null` (the default for webhook and console) sends one event per `send`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    max_attempts: int | None = Field(None, ge=1)  # None: the `delivery` default
+    max_attempts: int | None = Field(None, ge=1)  # None: `delivery.max_attempts` (off: None)
     timeout: PositiveDurationS | None = None
     group_by: list[GroupField] | None = None
     group_wait: DurationS = 0.0

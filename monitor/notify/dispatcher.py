@@ -17,29 +17,25 @@ from monitor.config import DeliveryConfig
 from monitor.metrics import Metrics
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, Notifier
-from monitor.store.base import OutboxEntry, Store
+from monitor.store.base import OutboxEntry, OutboxState, Store
 
 log = structlog.get_logger(__name__)
 
-MAX_RETRY_AFTER_S = 3600.0
+MAX_RETRY_AFTER_S = 3600.0  # a receiver's longer Retry-After is clamped to this
 IDLE_RECHECK_S = 5.0  # a missed wake-up costs at most this long
 GROUP_CLAIM_LIMIT = 2000
 MIN_HOLD_S = 1.0  # events held back come again no sooner: never a busy loop
+_MAX_EXPONENT = 60  # 2 ** 60 seconds outgrows any max_backoff; 2.0 ** 1024 would overflow
+_LOGGED_IDS = 20  # a log line about many events names this many of them
 
 
-def backoff_s(
-    attempts: int,
-    config: DeliveryConfig,
-    retry_after_s: float | None,
-    rng: Callable[[], float] = random.random,
-) -> float:
+def backoff_s(attempts: int, config: DeliveryConfig, rng: Callable[[], float] = random.random
+              ) -> float:
     """Delay before the next try after `attempts` failures: exponential with +-20 % jitter,
-    never shorter than what the receiver asked for."""
-    delay = min(config.max_backoff, config.initial_backoff * 2.0 ** max(attempts - 1, 0))
-    delay *= 0.8 + 0.4 * rng()
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, MAX_RETRY_AFTER_S))
-    return delay
+    growing to `max_backoff` and staying there (never above it)."""
+    exponent = min(max(attempts - 1, 0), _MAX_EXPONENT)
+    delay = config.initial_backoff * 2.0**exponent * (0.8 + 0.4 * rng())
+    return min(delay, config.max_backoff)
 
 
 class Dispatcher:
@@ -92,9 +88,27 @@ class Dispatcher:
                 notifiers=sorted(n for n, t in self._tasks.items() if t in pending),
             )
 
-    def _max_attempts(self, notifier: Notifier) -> int:
+    async def refresh_gauges(self) -> None:
+        """The outbox depth of each notifier: waiting (pending or in flight) and dead."""
+        counts = await self.store.outbox_counts()
+        for name in self.notifiers:
+            by_state = counts.get(name, {})
+            waiting = by_state.get(OutboxState.PENDING, 0) + by_state.get(OutboxState.CLAIMED, 0)
+            self.metrics.outbox_pending.labels(name).set(waiting)
+            self.metrics.outbox_dead.labels(name).set(by_state.get(OutboxState.DEAD, 0))
+
+    def _max_attempts(self, notifier: Notifier) -> int | None:
         own = notifier.config.max_attempts
         return own if own is not None else self.config.max_attempts
+
+    def _gives_up(self, notifier: Notifier, row: OutboxEntry, now: float) -> bool:
+        """Dead once the row's run of failures is `give_up_after` old (or, when a cap is set,
+        at `max_attempts` tries); the failure being recorded now counts as one."""
+        started = row.first_failed_at if row.first_failed_at is not None else now
+        cap = self._max_attempts(notifier)
+        return now - started >= self.config.give_up_after or (
+            cap is not None and row.attempts + 1 >= cap
+        )
 
     async def _worker(self, notifier: Notifier) -> None:
         wake = self._wake[notifier.name]
@@ -186,56 +200,81 @@ class Dispatcher:
         result: DeliveryResult,
         group: str | None,
     ) -> None:
+        """Write down what `send` said, in a few transactions whatever the number of rows, and
+        with sets of ids: a group is up to GROUP_CLAIM_LIMIT rows, on the event loop."""
         now = self.clock()
         config = notifier.config
-        held = [r for r in rows if r.event.id in result.held]
+        held = [r.event.id for r in rows if r.event.id in result.held]
         if held:
             # Held back by the notifier (e.g. a digest waiting for its batch): not an attempt.
             hold_s = max(config.group_interval, config.group_wait, MIN_HOLD_S)
-            await self.store.defer(notifier.name, [r.event.id for r in held], now + hold_s)
+            await self.store.defer(notifier.name, held, now + hold_s)
         sent = [r for r in rows if r.event.id not in result.held]
-        delivered = sent if result.ok else [r for r in sent if r.event.id in result.settled]
-        await self.store.mark_delivered_many(notifier.name, [r.event.id for r in delivered])
+        delivered = {r.event.id for r in sent if result.ok or r.event.id in result.settled}
+        await self.store.mark_delivered_many(notifier.name, list(delivered))
         if delivered:
             self.metrics.notifications.labels(notifier.name, "delivered").inc(len(delivered))
             log.info("events_delivered", count=len(delivered), detail=result.detail)
         if group is not None and (delivered or held):
             await self.store.set_group_flushed(notifier.name, group, now)
-        failed = [r for r in sent if r not in delivered]
+        failed = [r for r in sent if r.event.id not in delivered]
         if not failed:
             return
-        if result.rate_limited:
-            # The receiver said exactly when to come back: waiting is not a failed attempt.
-            delay_s = min(result.retry_after_s or 1.0, MAX_RETRY_AFTER_S)
-            await self.store.defer(notifier.name, [r.event.id for r in failed], now + delay_s)
-            self.metrics.notifications.labels(notifier.name, "retry").inc(len(failed))
-            log.warning("rate_limited", events=len(failed), retry_in_s=delay_s)
-            return
-        # One retry time for the whole send, so that a group comes back together (a digest
-        # split by jitter would become several mails).
-        attempts = max(r.attempts for r in failed) + 1
-        retry_at = now + backoff_s(attempts, self.config, result.retry_after_s)
-        for row in failed:
-            await self._record_failure(notifier, row, result, retry_at)
+        if result.rate_limited or result.retry_after_s is not None:
+            await self._record_throttle(notifier, failed, result, now)
+        else:
+            await self._record_failures(notifier, failed, result, now)
 
-    async def _record_failure(
-        self, notifier: Notifier, row: OutboxEntry, result: DeliveryResult, retry_at: float
+    async def _record_throttle(
+        self, notifier: Notifier, rows: list[OutboxEntry], result: DeliveryResult, now: float
     ) -> None:
-        attempts = row.attempts + 1
-        if attempts >= self._max_attempts(notifier):
-            await self.store.mark_failed(row.event.id, notifier.name, result.detail, None)
-            self.metrics.notifications.labels(notifier.name, "dead").inc()
-            log.error("event_dead", event_id=row.event.id, attempts=attempts, error=result.detail)
-            return
-        await self.store.mark_failed(row.event.id, notifier.name, result.detail, retry_at)
-        self.metrics.notifications.labels(notifier.name, "retry").inc()
-        log.warning(
-            "event_delivery_failed",
-            event_id=row.event.id,
-            attempts=attempts,
-            error=result.detail,
-            retry_in_s=round(retry_at - self.clock(), 3),
-        )
+        """The receiver said when to come back (429, Retry-After): waiting is not a failure,
+        whatever the notifier type, so it never brings an event closer to dead."""
+        asked_s = result.retry_after_s
+        delay_s = self.config.initial_backoff if asked_s is None else asked_s
+        if delay_s > MAX_RETRY_AFTER_S:
+            log.warning("retry_after_clamped", asked_s=delay_s, clamped_s=MAX_RETRY_AFTER_S)
+            delay_s = MAX_RETRY_AFTER_S
+        await self.store.mark_throttled(notifier.name, [r.event.id for r in rows], now + delay_s)
+        self.metrics.notifications.labels(notifier.name, "retry").inc(len(rows))
+        log.warning("rate_limited", events=len(rows), retry_in_s=delay_s, error=result.detail)
+
+    async def _record_failures(
+        self, notifier: Notifier, rows: list[OutboxEntry], result: DeliveryResult, now: float
+    ) -> None:
+        """One failed send: every row retried at one time (so that a group comes back
+        together: a digest split by jitter would become several mails) or dead, in ONE
+        transaction, with one log line."""
+        attempts = max(r.attempts for r in rows) + 1
+        retry_in_s = backoff_s(attempts, self.config)
+        plan: dict[str, float | None] = {
+            r.event.id: None if self._gives_up(notifier, r, now) else now + retry_in_s
+            for r in rows
+        }
+        await self.store.mark_failed_many(notifier.name, plan, result.detail, now)
+        dead = [event_id for event_id, at in plan.items() if at is None]
+        retried = len(plan) - len(dead)
+        failing_since = min(r.first_failed_at or now for r in rows)
+        if retried:
+            self.metrics.notifications.labels(notifier.name, "retry").inc(retried)
+            log.warning(
+                "event_delivery_failed",
+                count=retried,
+                attempts=attempts,
+                failing_for_s=round(now - failing_since, 3),
+                error=result.detail,
+                retry_in_s=round(retry_in_s, 3),
+            )
+        if dead:
+            self.metrics.notifications.labels(notifier.name, "dead").inc(len(dead))
+            log.error(
+                "event_dead",
+                count=len(dead),
+                event_ids=dead[:_LOGGED_IDS],
+                attempts=attempts,
+                failing_for_s=round(now - failing_since, 3),
+                error=result.detail,
+            )
 
 
 def group_key(event: Event, group_by: Sequence[str]) -> str:

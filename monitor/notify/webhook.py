@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from typing import ClassVar, Literal
 
@@ -41,11 +43,17 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def parse_retry_after_s(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date (RFC 9110); None when absent or garbled."""
+    """Retry-After as delta-seconds or an HTTP date (RFC 9110); None when absent or garbled.
+    A fractional or exponent form (`1.5`, `1e9`) is read as seconds too; the dispatcher clamps
+    what is too long."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -59,10 +67,13 @@ class WebhookNotifier(HttpNotifier):
     config: WebhookConfig
 
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
+        accepted: list[str] = []
         for event in events:
             result = await self._post(event)
             if not result.ok:
-                return result
+                # The events posted before this one arrived: a retry must not repeat them.
+                return replace(result, settled=frozenset(accepted))
+            accepted.append(event.id)
         return DeliveryResult.delivered(f"{len(events)} event(s) accepted")
 
     async def _post(self, event: Event) -> DeliveryResult:
@@ -90,6 +101,7 @@ class WebhookNotifier(HttpNotifier):
                 return DeliveryResult.failed(
                     f"HTTP {resp.status}: {text}",
                     parse_retry_after_s(resp.headers.get("Retry-After")),
+                    rate_limited=resp.status == 429,
                 )
         except TimeoutError:
             return DeliveryResult.failed(f"no answer within {self.timeout_s:g}s")
