@@ -31,6 +31,7 @@ class WebhookReceiver:
     refused: int = 0  # requests answered with a failure status on purpose
     fail_status: int | None = None  # answer this instead of 200 while set
     fail_remaining: int = 0  # ...or only for this many requests
+    fail_after: int | None = None  # ...or once this many deliveries were accepted
     retry_after: str | None = None
     stall_s: float = 0.0
     _runner: web.AppRunner | None = None
@@ -56,7 +57,8 @@ class WebhookReceiver:
         raw = await request.read()
         if self.stall_s:
             await asyncio.sleep(self.stall_s)
-        if self.fail_remaining > 0 or self.fail_status is not None:
+        full = self.fail_after is not None and len(self.deliveries) >= self.fail_after
+        if self.fail_remaining > 0 or self.fail_status is not None or full:
             self.fail_remaining = max(0, self.fail_remaining - 1)
             self.refused += 1
             self._changed.set()
