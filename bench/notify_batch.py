@@ -6,7 +6,7 @@ Starts the simulator, the fake Slack Web API and an SMTP server (aiosmtpd) in th
 `docgen-monitor run` as a subprocess with one Slack bot notifier and one email digest notifier
 (default grouping: group_wait 2s, group_interval 5s, 10 failures per reply). Reports Slack API
 calls by method, thread replies, mails, and seconds from the batches' start until the final
-Slack edit and the last mail."""
+Slack edit and the last mail, and the longest event-loop stall the daemon's lag histogram saw."""
 
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ async def run(batches: int, jobs: int, failures: int, max_duration_s: float) -> 
                         break
                     await asyncio.sleep(0.2)
                 await asyncio.sleep(3)  # anything late still counts
+                stall = await daemon.loop_stall_s()
             finally:
                 await daemon.stop()
     methods: dict[str, int] = {}
@@ -94,6 +95,8 @@ async def run(batches: int, jobs: int, failures: int, max_duration_s: float) -> 
     print(f"  mails: {len(smtp.received())}")
     print(f"  final Slack edit after {final_edit_s and round(final_edit_s, 1)}s, "
           f"last mail after {mail_s and round(mail_s, 1)}s")
+    print(f"  longest event-loop stall: {stall[0]:g}-{stall[1]:g}s "
+          f"(box_docgen_event_loop_lag_seconds, {stall[2]} samples)")
     smtp.stop()
     await slack.stop()
     await sim.close()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.receiver import WebhookReceiver
@@ -112,6 +113,25 @@ class DaemonProcess:
             self.proc.wait()
             logs = self.logs()
             raise AssertionError(f"daemon did not stop within {timeout_s}s:\n{logs}") from None
+
+    async def loop_stall_s(self) -> tuple[float, float, int]:
+        """From /metrics: bounds (lower, upper) of the longest event-loop stall the lag
+        histogram saw, and its number of samples. A stall is known to a bucket's width."""
+        status, text = await self.get("/metrics")
+        assert status == 200, text
+        buckets: list[tuple[float, float]] = []
+        for family in text_string_to_metric_families(text):
+            if family.name == "box_docgen_event_loop_lag_seconds":
+                buckets = [(float(s.labels["le"]), s.value) for s in family.samples
+                           if s.name.endswith("_bucket")]
+        assert buckets, "no box_docgen_event_loop_lag_seconds in /metrics"
+        total = buckets[-1][1]
+        lower = 0.0
+        for le, count in buckets:
+            if count >= total:
+                return lower, le, int(total)
+            lower = le
+        return lower, float("inf"), int(total)
 
     def kill(self) -> None:
         assert self.proc is not None
