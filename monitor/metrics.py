@@ -91,7 +91,7 @@ class Metrics:
         )
         self.outbox_dead = Gauge(
             "box_docgen_outbox_dead",
-            "Events that ran out of delivery attempts, by notifier.",
+            "Events that failed for delivery.give_up_after (or max_attempts), by notifier.",
             ["notifier"],
             registry=r,
         )
