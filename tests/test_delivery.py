@@ -26,7 +26,9 @@ from monitor.store import open_store
 from monitor.store.base import OutboxState, RoutedEvent, Store
 from tests.receiver import WebhookReceiver
 
-FAST = DeliveryConfig(max_attempts=3, initial_backoff=0.05, max_backoff=0.2, timeout=2.0)
+# The test about the optional max_attempts cap sets it; its short backoff only keeps the three
+# tries within a fraction of a second.
+CAPPED = DeliveryConfig(max_attempts=3, initial_backoff=0.05, max_backoff=0.2)
 
 
 def event(n: int = 1, to_status: str = "failed") -> Event:
@@ -171,7 +173,7 @@ async def test_dispatcher_retries_until_the_receiver_recovers(
     receiver.fail_remaining = 2
     metrics = Metrics()
     notifier = webhook(receiver.url)
-    dispatcher = Dispatcher(store, {"sink": notifier}, FAST, metrics)
+    dispatcher = Dispatcher(store, {"sink": notifier}, DeliveryConfig(), metrics)
     await _commit(store, event(1), event(2))
     dispatcher.start()
     try:
@@ -190,7 +192,7 @@ async def test_dispatcher_dead_letters_after_max_attempts_and_logs_it(
     receiver.fail_status = 500
     metrics = Metrics()
     notifier = webhook(receiver.url)
-    dispatcher = Dispatcher(store, {"sink": notifier}, FAST, metrics)
+    dispatcher = Dispatcher(store, {"sink": notifier}, CAPPED, metrics)
     await _commit(store, event(1))
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         dispatcher.start()
@@ -217,7 +219,7 @@ async def test_a_stalled_receiver_does_not_block_another_notifier(
                                              "url": receiver.url, "secret": "s3cret"})
     registry = NotifierRegistry.from_entry_points()
     notifiers = {"sink": webhook(slow.url), "fast": registry.create(fast_spec, timeout_s=10)}
-    dispatcher = Dispatcher(store, notifiers, FAST, Metrics())
+    dispatcher = Dispatcher(store, notifiers, DeliveryConfig(), Metrics())
     await store.commit(SnapshotChanges(), [RoutedEvent(event(1), ("sink", "fast"))])
     dispatcher.start()
     try:

@@ -21,7 +21,7 @@ from monitor.store import open_store
 from monitor.store.base import OutboxState, RoutedEvent, Store
 from tests.harness import wait_until
 
-FAST = DeliveryConfig(max_attempts=3, initial_backoff=0.05, max_backoff=0.2, timeout=2.0)
+DEFAULTS = DeliveryConfig()
 
 
 class RecordingConfig(NotifierConfig):
@@ -82,7 +82,7 @@ async def test_groups_wait_then_flush_at_most_once_per_interval_even_across_a_re
     rec = recording(group_by=["batch"], group_wait=0.4, group_interval=1.0)
     t0 = time.time()
     await emit(store, event("j1", "b1", t0), event("j2", "b2", t0), event("j3", "b1", t0))
-    dispatcher = Dispatcher(store, {"rec": rec}, FAST, Metrics())
+    dispatcher = Dispatcher(store, {"rec": rec}, DEFAULTS, Metrics())
     dispatcher.start()
     try:
         await wait_until(lambda: _true(len(rec.sends) == 2), 5, "both groups flushed")
@@ -97,7 +97,7 @@ async def test_groups_wait_then_flush_at_most_once_per_interval_even_across_a_re
 
     again = recording(group_by=["batch"], group_wait=0.4, group_interval=1.0)
     await emit(store, event("j4", "b1", time.time()))
-    restarted = Dispatcher(store, {"rec": again}, FAST, Metrics())  # a new process
+    restarted = Dispatcher(store, {"rec": again}, DEFAULTS, Metrics())  # a new process
     restarted.start()
     try:
         await wait_until(lambda: _true(len(again.sends) == 1), 5, "the b1 group's next flush")
@@ -116,7 +116,7 @@ async def test_held_events_come_back_with_the_next_flush_and_cost_no_attempt(
     rec = recording(group_by=[], group_wait=0, group_interval=0.2)
     rec.script = [DeliveryResult.delivered(held=["j2:2:submitted:completed"])]
     await emit(store, event("j1", "b1", time.time()), event("j2", "b1", time.time()))
-    dispatcher = Dispatcher(store, {"rec": rec}, FAST, Metrics())
+    dispatcher = Dispatcher(store, {"rec": rec}, DEFAULTS, Metrics())
     dispatcher.start()
     try:
         await wait_until(lambda: _true(len(rec.sends) == 2), 5, "the held event again")
@@ -141,7 +141,7 @@ async def test_partial_success_is_not_repeated_and_a_rate_limit_is_not_an_attemp
         DeliveryResult.failed("HTTP 500 after the first", settled=["j1:2:submitted:completed"]),
     ]
     await emit(store, event("j1", "b1", time.time()), event("j2", "b1", time.time()))
-    dispatcher = Dispatcher(store, {"rec": rec}, FAST, Metrics())
+    dispatcher = Dispatcher(store, {"rec": rec}, DEFAULTS, Metrics())
     dispatcher.start()
     try:
         async def settled() -> bool:
