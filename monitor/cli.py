@@ -21,6 +21,7 @@ from monitor.config import Config, load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.logging import configure_logging
 from monitor.notify.base import NotifierRegistry
+from monitor.simulator.options import add_arguments as add_simulate_arguments
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -69,24 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="metrics port (default: a free one)")
 
     sim = sub.add_parser("simulate", help="serve the Box Doc Gen simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8900)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument(
-        "--token",
-        action="append",
-        default=None,
-        help="developer token to accept (repeatable; default dev-token)",
-    )
-    sim.add_argument(
-        "--stream-every",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="start a batch every SECONDS (a steady, realistic stream)",
-    )
-    sim.add_argument("--stream-jobs", type=int, default=5, help="jobs per streamed batch")
-    sim.add_argument("--seed-jobs", type=int, default=0, help="historic jobs created at start")
+    add_simulate_arguments(sim)
     return p
 
 
@@ -279,22 +263,21 @@ async def _watch(config: Config, batch_id: str) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from pydantic import SecretStr
+    from monitor.simulator import start_simulator
+    from monitor.simulator.options import SimulateConfigError, config_from_args
 
-    from monitor.simulator import SimulatorConfig, SteadyStreamConfig, start_simulator
-
-    stream = None
-    if args.stream_every:
-        stream = SteadyStreamConfig(every_s=args.stream_every, jobs_per_batch=args.stream_jobs)
-    tokens = [SecretStr(t) for t in (args.token or ["dev-token"])]
-    config = SimulatorConfig(seed=args.seed, developer_tokens=tokens, stream=stream)
+    try:
+        config = config_from_args(args)
+    except SimulateConfigError as exc:
+        print(f"docgen-monitor simulate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
     async def serve() -> None:
         async with await start_simulator(config, args.host, args.port) as sim:
             if args.seed_jobs:
                 sim.state.seed_history(args.seed_jobs)
             log.info(
-                "simulator_listening", url=sim.url, seed=args.seed, historic_jobs=args.seed_jobs
+                "simulator_listening", url=sim.url, seed=config.seed, historic_jobs=args.seed_jobs
             )
             print(sim.url, flush=True)
             stop = asyncio.Event()

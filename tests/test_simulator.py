@@ -8,9 +8,14 @@ timelines are exact and no test waits on wall time except where wall time is the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
+import secrets
+import signal
+import socket
+import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +26,7 @@ import aiohttp
 import orjson
 import pytest
 import structlog
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -1248,3 +1254,153 @@ async def test_the_schema_check_catches_a_schema_fault(
     _, body, _ = await client.box("GET", "/2.0/docgen_jobs")
     errors = list(box_schemas.validator("/docgen_jobs", "get", 200).iter_errors(body))
     assert errors
+
+
+# -- docgen-monitor simulate ------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "monitor.cli", "simulate"]
+
+
+@contextlib.asynccontextmanager
+async def simulate_process(*args: str) -> AsyncIterator[str]:
+    """`docgen-monitor simulate` as a subprocess on a free port; yields its URL; SIGTERM at
+    the end, which must stop it cleanly."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "--port", str(port), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.decode().strip() == f"http://127.0.0.1:{port}", line
+        yield f"http://127.0.0.1:{port}"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def run_simulate(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+def _rsa_pair() -> tuple[Any, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return key, public
+
+
+async def _grant(http: aiohttp.ClientSession, url: str, form: dict[str, str]) -> tuple[int, JSON]:
+    async with http.post(url + "/oauth2/token", data=form) as response:
+        return response.status, await response.json()
+
+
+async def _me(http: aiohttp.ClientSession, url: str, token: str) -> JSON:
+    async with http.get(url + "/2.0/users/me", params={"fields": "enterprise"},
+                        headers={"Authorization": f"Bearer {token}"}) as response:
+        assert response.status == 200, await response.text()
+        body: JSON = await response.json()
+        return body
+
+
+async def test_simulate_from_a_config_file_serves_every_auth_method(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Developer tokens of two users, CCG enterprise and user grants, a JWT grant and a second
+    app, all configured in sim.yaml (plus a flag), each acting as the user it should."""
+    import jwt
+
+    key, public = _rsa_pair()
+    (tmp_path / "key-1.pem").write_text(public)
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump({
+        "client_id": "cli-app", "client_secret": "cli-secret", "enterprise_id": "900",
+        "enterprise_name": "CLI Corp", "service_account_user_id": "100",
+        "user_ids": ["101"], "token_expires_in_s": 600,
+        "jwt_public_keys": {"key-1": "key-1.pem"},
+        "users": [{"id": "101", "name": "Grace Hopper", "developer_tokens": ["t101"]}],
+        "apps": [{"client_id": "app-2", "client_secret": "secret-2", "enterprise_id": "901",
+                  "service_account_user_id": "200"}],
+    }))
+    async with simulate_process("--config", str(tmp_path / "sim.yaml"),
+                                "--user-token", "102=t102") as url:
+        users = {token: (await _me(http, url, token))["id"]
+                 for token in ("dev-token", "t101", "t102")}
+        assert users == {"dev-token": "100", "t101": "101", "t102": "102"}
+        ccg = {"grant_type": "client_credentials", "client_id": "cli-app",
+               "client_secret": "cli-secret", "box_subject_type": "enterprise",
+               "box_subject_id": "900"}
+        status, token = await _grant(http, url, ccg)
+        assert (status, token["expires_in"]) == (200, 600)
+        me = await _me(http, url, token["access_token"])
+        assert (me["id"], me["enterprise"]["name"]) == ("100", "CLI Corp")
+        status, token = await _grant(http, url, {**ccg, "box_subject_type": "user",
+                                                 "box_subject_id": "101"})
+        assert (await _me(http, url, token["access_token"]))["name"] == "Grace Hopper"
+        assertion = jwt.encode(
+            {"iss": "cli-app", "sub": "900", "box_sub_type": "enterprise",
+             "aud": "https://api.box.com/oauth2/token", "jti": secrets.token_hex(16),
+             "exp": int(time.time()) + 30},
+            key, algorithm="RS256", headers={"kid": "key-1"})
+        status, token = await _grant(http, url, {
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion,
+            "client_id": "cli-app", "client_secret": "cli-secret"})
+        assert status == 200, token
+        assert (await _me(http, url, token["access_token"]))["id"] == "100"
+        status, token = await _grant(http, url, {**ccg, "client_id": "app-2",
+                                                 "client_secret": "secret-2",
+                                                 "box_subject_id": "901"})
+        assert (await _me(http, url, token["access_token"]))["id"] == "200"
+
+
+async def test_simulate_flags_configure_a_ccg_client(http: aiohttp.ClientSession) -> None:
+    async with simulate_process("--client-id", "flag-app", "--client-secret", "flag-secret",
+                                "--enterprise-id", "77", "--user", "4242",
+                                "--token-lifetime", "120", "--seed-jobs", "5") as url:
+        status, token = await _grant(http, url, {
+            "grant_type": "client_credentials", "client_id": "flag-app",
+            "client_secret": "flag-secret", "box_subject_type": "user",
+            "box_subject_id": "4242"})
+        assert (status, token["expires_in"]) == (200, 120)
+        async with http.get(url + "/2.0/docgen_jobs", headers=BOX_HEADERS) as response:
+            assert len((await response.json())["entries"]) == 5  # the Service Account's
+        async with http.get(url + "/2.0/docgen_jobs",
+                            headers=bearer(token["access_token"])) as response:
+            assert (await response.json())["entries"] == []  # the user has none
+
+
+async def test_simulate_refuses_a_bad_config_listing_every_problem_by_path(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump({
+        "client_secret": "hunter2-do-not-print", "token_expires_in_s": "soon",
+        "apps": [{"client_id": "a", "client_secret": "s3cr3t-do-not-print"}],
+        "colour": "blue",
+    }))
+    code, err = await run_simulate("--config", str(path), "--jwt-key", "nokey")
+    assert code == 2
+    assert "--jwt-key: expected KEY=VALUE" in err
+    assert "Traceback" not in err and "do-not-print" not in err
+    code, err = await run_simulate("--config", str(path))
+    assert code == 2
+    for problem in ["token_expires_in_s:", "apps[0].enterprise_id:",
+                    "apps[0].service_account_user_id:", "colour:"]:
+        assert problem in err, err
+    assert "Traceback" not in err and "do-not-print" not in err
+    path.write_text("client_secret: hunter2-do-not-print\nusers: [\n")
+    code, err = await run_simulate("--config", str(path))
+    assert code == 2
+    assert f"{path}:3:1" in err
+    assert "Traceback" not in err and "do-not-print" not in err
