@@ -45,13 +45,16 @@ async def monitor_sweep(url: str, state_dir: str) -> dict[str, float]:
     from monitor.metrics import Metrics
     from monitor.notify.router import Router
     from monitor.poller import Poller
+    from monitor.recorder import Recorder
     from monitor.store import open_store
 
     async with (
         open_store(f"sqlite:///{state_dir}/state.db") as store,
         BoxClient(url, DeveloperTokenAuth(SecretStr(TOKEN)), timeout_s=60) as box,
     ):
-        poller = Poller(box, store, Router([]), Metrics(), page_size=1000)
+        metrics = Metrics()
+        recorder = Recorder(store, Router([]), metrics)
+        poller = Poller(box, store, recorder, metrics, page_size=1000)
         t0 = time.perf_counter()
         result = await poller.sweep()
         wall_s = time.perf_counter() - t0

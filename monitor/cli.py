@@ -205,20 +205,15 @@ async def _once(config: Config, registry: NotifierRegistry) -> int:
     from monitor.metrics import Metrics
     from monitor.notify.router import Router
     from monitor.poller import Poller
+    from monitor.recorder import Recorder
     from monitor.store import open_store
 
     metrics = Metrics()
     auth, box = make_box_client(config.box, metrics)
     async with open_store(config.state.url) as store, box:
         try:
-            poller = Poller(
-                box,
-                store,
-                Router(config.routes),
-                metrics,
-                baseline=config.baseline,
-                page_size=config.box.page_size,
-            )
+            recorder = Recorder(store, Router(config.routes), metrics, baseline=config.baseline)
+            poller = Poller(box, store, recorder, metrics, page_size=config.box.page_size)
             result = await poller.sweep()
         finally:
             await auth.aclose()

@@ -26,6 +26,7 @@ from pydantic import (
 
 from monitor.errors import ConfigError
 from monitor.model import EventType
+from monitor.store.registry import check_url
 
 ENV_PREFIX = "DOCGEN_MONITOR_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -127,8 +128,7 @@ class StateConfig(_Model):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if not value.startswith("sqlite:///") or value == "sqlite:///":
-            raise ValueError("expected sqlite:///relative/path or sqlite:////absolute/path")
+        check_url(value)  # the backends' own table decides
         return value
 
 

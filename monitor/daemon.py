@@ -10,31 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from enum import Enum
 from types import TracebackType
 from typing import Any, Self
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth, JWTAuth
-from monitor.box.budget import Degradation, Plan, RequestBudget, plan_intervals
+from monitor.box.budget import RequestBudget
 from monitor.box.client import BoxClient
-from monitor.box.errors import BoxAuthError
 from monitor.config import BoxConfig, CCGAuthConfig, Config, JWTAuthConfig
-from monitor.errors import ConfigError, MonitorError
+from monitor.errors import ConfigError
 from monitor.looplag import LoopLagSampler
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier, NotifierRegistry
 from monitor.notify.dispatcher import Dispatcher
 from monitor.notify.router import Router
 from monitor.poller import Poller
+from monitor.recorder import META_LAST_SWEEP_AT, Recorder
+from monitor.schedule import PollSchedule
 from monitor.store import open_store
 from monitor.store.base import Store
 from monitor.stuck import StuckPolicy
@@ -139,24 +137,16 @@ class Daemon:
         self.state = RunState.NEW
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
-        self._sweep_task: asyncio.Task[Any] | None = None
-        self._active_task: asyncio.Task[Any] | None = None
-        self._last_sweep_started = float("-inf")
-        self._last_active_started = float("-inf")
         self.budget: RequestBudget | None = None
-        poll = config.poll
-        self.plan = Plan(poll.sweep_interval, poll.active_interval, Degradation.NORMAL)
-        self._sweep_failures = 0
-        self._next_sweep_at = 0.0
-        self._last_error: str | None = None
-        self.last_success_at: float | None = None
         self._notifiers: dict[str, Notifier] = {}
         # A reload swaps several parts; stopping waits for one in progress instead of racing it.
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self.store: Store
         self.box: BoxClient
+        self.recorder: Recorder
         self.poller: Poller
+        self.schedule: PollSchedule
         self.dispatcher: Dispatcher
         self.web: WebServer
 
@@ -207,21 +197,34 @@ class Daemon:
         self.dispatcher.start()
         self._stack.push_async_callback(self._stop_delivery)
 
-        self.poller = Poller(
-            box,
+        self.recorder = Recorder(
             self.store,
             Router(cfg.routes),
             self.metrics,
             baseline=cfg.baseline,
-            page_size=cfg.box.page_size,
             stuck=StuckPolicy(cfg.poll.stuck_after, dict(cfg.poll.stuck_after_by_template)),
+            wake=self.dispatcher.wake,
+            clock=self.clock,
+        )
+        self.poller = Poller(
+            box,
+            self.store,
+            self.recorder,
+            self.metrics,
+            page_size=cfg.box.page_size,
             watch_ttl_s=cfg.poll.watch_ttl,
-            on_commit=self.dispatcher.wake,
             clock=self.clock,
         )
         await self.poller.start()
-        self.last_success_at = _float_or_none(await self.store.get_meta("last_sweep_at"))
-        await self.poller.refresh_job_gauge()
+        await self.recorder.refresh_job_gauge()
+        self.schedule = PollSchedule(
+            self.poller,
+            cfg.poll,
+            self.metrics,
+            budget=self.budget,
+            last_success_at=_float_or_none(await self.store.get_meta(META_LAST_SWEEP_AT)),
+            clock=self.clock,
+        )
 
         self.web = WebServer(
             build_app(
@@ -243,39 +246,7 @@ class Daemon:
             pruner = asyncio.create_task(self._prune_forever(cfg.delivery.retention), name="prune")
             self._stack.push_async_callback(_cancel, pruner)
 
-        # A tick skipped because the last sweep is still running is expected under load; the
-        # sweep's own logs and metrics tell that story, APScheduler's warning would only repeat it.
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(
-            self._sweep_tick,
-            "interval",
-            seconds=cfg.poll.sweep_interval,
-            id="sweep",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-            misfire_grace_time=None,
-        )
-        scheduler.add_job(
-            self._active_tick,
-            "interval",
-            seconds=cfg.poll.active_interval,
-            id="active",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
-        self._update_plan()
-        scheduler.start()
-        self._stack.push_async_callback(self._stop_polling, scheduler)
-
-    async def _stop_polling(self, scheduler: AsyncIOScheduler) -> None:
-        scheduler.shutdown(wait=False)
-        for task in (self._sweep_task, self._active_task):
-            if task is not None and not task.done():
-                # An unfinished poll has committed nothing; a commit, if started, is shielded.
-                await _cancel(task)
+        await self.schedule.start(self._stack)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -365,13 +336,13 @@ class Daemon:
                 log.info("box_auth_reloaded", method=new.box.auth.method)
             old_notifiers, old_delivery = self._notifiers, self.config.delivery
             # Rows routed to a notifier now wait in the outbox until its worker starts below.
-            self.poller.router = Router(new.routes)
+            self.recorder.set_router(Router(new.routes))
             await self.dispatcher.stop(old_delivery.drain_timeout)
             await _close_all(old_notifiers.values())
             self._notifiers = notifiers
             self.dispatcher = Dispatcher(self.store, notifiers, new.delivery, self.metrics)
             self.dispatcher.start()
-            self.poller.on_commit = self.dispatcher.wake
+            self.recorder.set_wake(self.dispatcher.wake)
             self.config = new
             for name in old_notifiers.keys() - notifiers.keys():
                 for gauge in (self.metrics.outbox_pending, self.metrics.outbox_dead):
@@ -386,132 +357,23 @@ class Daemon:
             )
             return True
 
-    # -- polling --------------------------------------------------------------------------
-
-    def _update_plan(self) -> None:
-        """Fit the intervals to the budget (stretch the sweep first, then active polls)."""
-        poll = self.config.poll
-        rate = self.budget.rate_rpm if self.budget is not None else float("inf")
-        plan = plan_intervals(
-            rate,
-            len(self.poller.active),
-            self.poller.last_sweep_requests,
-            poll.sweep_interval,
-            poll.active_interval,
-        )
-        if plan.level != self.plan.level:
-            log.warning(
-                "degradation_changed" if plan.level else "degradation_cleared",
-                level=plan.level.name.lower(),
-                sweep_interval_s=round(plan.sweep_interval_s, 1),
-                active_interval_s=round(plan.active_interval_s, 1),
-                budget_rpm=round(rate, 1),
-            )
-        self.plan = plan
-        self.metrics.degradation.set(plan.level)
-        self.metrics.effective_interval.labels("sweep").set(plan.sweep_interval_s)
-        self.metrics.effective_interval.labels("active").set(plan.active_interval_s)
-
-    def _due(self, last_started: float, interval_s: float, tick_s: float) -> bool:
-        # Ticks come every `tick_s`; a stretched interval skips ticks until it has passed.
-        return self.clock() - last_started >= interval_s - tick_s / 2
-
-    async def _active_tick(self) -> None:
-        self._update_plan()
-        poll = self.config.poll
-        interval_s = self.plan.active_interval_s
-        if not self._due(self._last_active_started, interval_s, poll.active_interval):
-            return
-        self._last_active_started = self.clock()
-        self._active_task = asyncio.current_task()
-        try:
-            await self.poller.poll_active()
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            log.exception("active_round_failed")
-        finally:
-            self._active_task = None
-            self.metrics.detection_lag.set(self.poller.detection_lag_s())
-
-    async def _sweep_tick(self) -> None:
-        if self.clock() < self._next_sweep_at:
-            return  # backing off after failures
-        poll = self.config.poll
-        if not self._due(self._last_sweep_started, self.plan.sweep_interval_s, poll.sweep_interval):
-            return  # degraded: the budget cannot hold the configured interval
-        self._last_sweep_started = self.clock()
-        self._sweep_task = asyncio.current_task()
-        started = time.perf_counter()
-        try:
-            await self.poller.sweep()
-        except asyncio.CancelledError:
-            log.info("sweep_cancelled")  # stopping: nothing was committed, nothing is lost
-            return
-        except Exception as exc:
-            self._sweep_failed(exc, time.perf_counter() - started)
-        else:
-            self._sweep_failures = 0
-            self._next_sweep_at = 0.0
-            self._last_error = None
-            self.last_success_at = self.clock()
-            self.metrics.polls.labels("sweep", "ok").inc()
-        finally:
-            self._sweep_task = None
-
-    def _sweep_failed(self, exc: Exception, duration_s: float) -> None:
-        interval = self.config.poll.sweep_interval
-        self._sweep_failures += 1
-        delay_s = min(self.config.poll.max_backoff, interval * 2 ** (self._sweep_failures - 1))
-        if isinstance(exc, BoxAuthError):
-            delay_s = interval  # the auth's own backoff spaces token requests; resume with it
-        # run again at the first tick at or after the delay
-        self._next_sweep_at = self.clock() + delay_s - interval / 2
-        self._last_error = f"{type(exc).__name__}: {exc}"
-        self.metrics.polls.labels("sweep", "error").inc()
-        self.metrics.poll_duration.labels("sweep").observe(duration_s)
-        log.error(
-            "sweep_failed",
-            error=self._last_error,
-            failures=self._sweep_failures,
-            next_try_in_s=round(delay_s, 1),
-            exc_info=not isinstance(exc, MonitorError),
-        )
-
     # -- health ---------------------------------------------------------------------------
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        details: dict[str, Any] = {}
         try:
             await self.store.ping()
-            details["store"] = "ok"
+            store = "ok"
         except Exception as exc:
-            details["store"] = f"error: {type(exc).__name__}"
-        max_age_s = 3 * max(self.config.poll.sweep_interval, self.plan.sweep_interval_s)
-        if self.last_success_at is None:
-            details["last_sweep"] = "none yet"
-            fresh = False
-        else:
-            age_s = self.clock() - self.last_success_at
-            details["last_sweep_age_s"] = round(age_s, 3)
-            fresh = age_s <= max_age_s
-        details["max_sweep_age_s"] = max_age_s
+            store = f"error: {type(exc).__name__}"
+        polling, details = self.schedule.status()
         auth = self.box.auth.status()
-        details["auth"] = auth.detail
-        if self._last_error is not None:
-            details["last_error"] = self._last_error
-        details["degradation"] = self.plan.level.name.lower()
-        details["sweep_interval_s"] = round(self.plan.sweep_interval_s, 3)
-        details["active_interval_s"] = round(self.plan.active_interval_s, 3)
-        details["active_batches"] = len(self.poller.active)
-        if self.budget is not None:
-            details["budget_rate_per_minute"] = round(self.budget.rate_rpm, 1)
-        return details["store"] == "ok" and fresh and auth.ok, details
+        details = {"store": store, "auth": auth.detail, **details}
+        return store == "ok" and polling and auth.ok, details
 
     async def _refresh_gauges(self) -> None:
         while True:
             try:
-                await self.poller.heartbeat()
+                await self.recorder.heartbeat()
                 self.metrics.detection_lag.set(self.poller.detection_lag_s())
                 self.metrics.active_batches.set(len(self.poller.active))
                 if self.budget is not None:

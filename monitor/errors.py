@@ -21,9 +21,10 @@ class StoreError(MonitorError):
 
 
 class UnsupportedStoreURL(StoreError):
-    def __init__(self, url: str) -> None:
-        scheme = url.split(":", 1)[0]
-        super().__init__(f"unsupported state url scheme {scheme!r} (expected sqlite:///PATH)")
+    def __init__(self, url: str, known: list[str]) -> None:
+        scheme = url.split(":", 1)[0] if ":" in url else ""
+        expected = ", ".join(f"{k}://..." for k in known)
+        super().__init__(f"unsupported state url scheme {scheme!r} (expected {expected})")
 
 
 class SchemaTooNew(StoreError):

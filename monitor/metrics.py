@@ -3,9 +3,12 @@ each test and each daemon instance has its own. No label ever carries a job or b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor import __version__
+from monitor.model import KNOWN_STATUSES
 
 _JOB_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 _DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -146,3 +149,13 @@ class Metrics:
         )
         self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)
         self.build_info.info({"version": __version__})
+        self._job_statuses: set[str] = set(KNOWN_STATUSES)
+
+    def set_job_counts(self, counts: Mapping[str, int]) -> None:
+        """`box_docgen_jobs` from the snapshot's counts; a status no longer seen reads 0."""
+        self._job_statuses |= counts.keys()
+        for status in self._job_statuses:
+            self.jobs.labels(status).set(counts.get(status, 0))
+
+    def count_transition(self, from_status: str | None, to_status: str | None) -> None:
+        self.job_transitions.labels(from_status, to_status).inc()

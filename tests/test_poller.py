@@ -20,6 +20,7 @@ from monitor.metrics import Metrics
 from monitor.model import Event, EventType, SnapshotChanges
 from monitor.notify.router import Router
 from monitor.poller import Poller
+from monitor.recorder import Recorder
 from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
 from monitor.store.sqlite import SQLiteStore
 from monitor.stuck import StuckPolicy
@@ -81,8 +82,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     )
     clock = Clock()
 
-    def make_poller(**kw: Any) -> Poller:
-        return Poller(box, store, Router([]), metrics, page_size=7, clock=clock, **kw)
+    def make_poller(stuck: StuckPolicy | None = None, **kw: Any) -> Poller:
+        recorder = Recorder(store, Router([]), metrics, stuck=stuck, clock=clock)
+        return Poller(box, store, recorder, metrics, page_size=7, clock=clock, **kw)
 
     try:
         yield Rig(sim, SimControl(sim.url, session), store, box, budget, metrics, clock,
@@ -225,14 +227,14 @@ async def test_changes_made_while_stopped_come_back_late_and_nothing_else_repeat
     await poller.sweep()
     batch = await rig.control.start_batch(3)
     await poller.sweep()  # discovered while running: not late
-    await poller.heartbeat()
+    await poller.recorder.heartbeat()
     stopped_at = rig.clock.now
     # the daemon is stopped; Box moves on
     await rig.advance_sim(60)
     rig.clock.now += 600
     restarted = rig.make_poller()
     await restarted.start()
-    assert restarted.last_running_at == stopped_at
+    assert restarted.recorder.last_running_at == stopped_at
     events = await restarted.poll_batch(batch["batch_id"])
     assert events and all(e.extra.get("late") is True for e in events)
     assert {e.wire()["last_running_at"] for e in events} == {"2030-03-17T17:46:40Z"}

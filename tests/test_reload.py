@@ -224,7 +224,7 @@ async def test_reload_keeps_everything_when_a_new_notifier_fails_to_start(
             daemon.metrics.outbox_pending.labels("sink").set(3)
             assert await daemon.reload(load()) is True
             assert list(daemon.dispatcher.notifiers) == ["out"]
-            assert daemon.poller.router.routes == tuple(daemon.config.routes)
+            assert daemon.recorder.router.routes == tuple(daemon.config.routes)
             exposed = generate_latest(daemon.metrics.registry).decode()
             assert 'notifier="sink"' not in exposed  # a removed notifier leaves no stale gauge
     finally:

@@ -20,7 +20,7 @@ from monitor.errors import UnknownNotifierType
 from monitor.model import Event
 
 if TYPE_CHECKING:
-    from monitor.store.base import Store
+    from monitor.store.base import NotifierStore
 
 ENTRY_POINT_GROUP = "docgen_monitor.notifiers"
 
@@ -94,9 +94,9 @@ class Notifier(ABC):
         self.config = config
         self.name = config.name
         self.timeout_s = config.timeout if config.timeout is not None else timeout_s
-        self.store: Store | None = None
+        self.store: NotifierStore | None = None
 
-    def attach(self, store: Store) -> None:
+    def attach(self, store: NotifierStore) -> None:
         """The state store, for notifiers that keep state (Slack threads, batch counts)."""
         self.store = store
 

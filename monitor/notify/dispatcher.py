@@ -17,7 +17,7 @@ from monitor.config import DeliveryConfig
 from monitor.metrics import Metrics
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, Notifier
-from monitor.store.base import OutboxEntry, OutboxState, Store
+from monitor.store.base import DeliveryStore, OutboxEntry, OutboxState
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +41,7 @@ def backoff_s(attempts: int, config: DeliveryConfig, rng: Callable[[], float] = 
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
+        store: DeliveryStore,
         notifiers: Mapping[str, Notifier],
         config: DeliveryConfig,
         metrics: Metrics,

@@ -26,7 +26,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from monitor.model import Event, EventType, JobState, is_terminal
 
 if TYPE_CHECKING:
-    from monitor.store.base import Store
+    from monitor.store.base import SnapshotReader
 
 MAX_TEXT_CHARS = 300  # one untrusted text (an error message) in a message
 MAX_TEXTS_PER_JOB = 3
@@ -245,7 +245,7 @@ class Templates:
 
 
 async def load_batch_view(
-    store: Store | None, batch_id: str, events: Sequence[Event]
+    store: SnapshotReader | None, batch_id: str, events: Sequence[Event]
 ) -> BatchView:
     """`batch_view` over the batch's stored snapshot rows (none without a store)."""
     jobs = (await store.load_batches([batch_id])).values() if store is not None else ()

@@ -1,16 +1,22 @@
 """The state store interface: the job snapshot and the delivery outbox, committed together.
 
-Every backend (SQLite now, PostgreSQL later) implements `Store` and passes the same contract
-suite in `tests/test_store_contract.py`. Dialect differences stay inside the backend."""
+The interface is split into roles, one protocol each, so that every consumer depends only on what
+it uses: the `Recorder` commits (`SnapshotStore`), the `Poller` reads and stages a sweep but
+cannot commit (`SnapshotReader` + `SweepStaging`), the `Dispatcher` works the outbox
+(`DeliveryStore`), a notifier keeps its own state (`NotifierStore`). `Store` is their union.
+
+Every backend (SQLite now, PostgreSQL later) implements `Store`, registers its URL scheme in
+`monitor/store/registry.py` and passes the same contract suite in `tests/test_store_contract.py`.
+Dialect differences stay inside the backend."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from monitor.model import Event, JobState, SnapshotChanges
 
@@ -75,24 +81,8 @@ class PendingEdit:
     failing_since: float
 
 
-class Store(ABC):
-    """Async, single-process view of the durable state. Open with `async with`.
-
-    Every method but `open` and `close` raises `StoreError` when the store is not open or the
-    backend fails. Writes are shielded from the caller's cancellation: the caller gets
-    `CancelledError` at once, while the transaction still commits or rolls back whole."""
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+class StoreLifecycle(Protocol):
+    """Opening, closing and a liveness check: the daemon's part."""
 
     @abstractmethod
     async def open(self) -> None:
@@ -107,7 +97,10 @@ class Store(ABC):
     async def ping(self) -> None:
         """Raise if the store cannot answer a trivial query (readiness)."""
 
-    # -- snapshot ---------------------------------------------------------------------------
+
+
+class SnapshotReader(Protocol):
+    """Reads of the job snapshot and of the meta keys a commit set."""
 
     @abstractmethod
     async def load_snapshot(self) -> dict[str, JobState]:
@@ -118,8 +111,30 @@ class Store(ABC):
         """The snapshot rows of every job in the given batches, by job id."""
 
     @abstractmethod
+    async def load_jobs(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """The snapshot rows of the given jobs that exist, by job id."""
+
+    @abstractmethod
     async def status_counts(self) -> dict[str, int]:
         """Number of snapshot jobs per status."""
+
+    @abstractmethod
+    async def active_batch_ids(self) -> set[str]:
+        """Ids of batches with at least one non-terminal job in the snapshot."""
+
+    @abstractmethod
+    async def stuck_marks(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """For each given job that has one, the id of the last `job.stuck` event committed for
+        it (`commit` records it; removing the job forgets it)."""
+
+    @abstractmethod
+    async def get_meta(self, key: str) -> str | None:
+        """A value set by `commit(meta=...)`, or None."""
+
+
+
+class SnapshotStore(SnapshotReader, Protocol):
+    """The snapshot's writes: every commit goes through here (the `Recorder`)."""
 
     @abstractmethod
     async def commit(
@@ -137,10 +152,51 @@ class Store(ABC):
         example an empty notifier name) raises `StoreError` and nothing is written."""
 
     @abstractmethod
-    async def get_meta(self, key: str) -> str | None:
-        """A value set by `commit(meta=...)`, or None."""
+    async def commit_sweep(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> int:
+        """`commit`, plus every fresh staged row written, in the same ONE transaction; the stage
+        is emptied."""
 
-    # -- outbox -----------------------------------------------------------------------------
+
+
+class SweepStaging(Protocol):
+    """A streaming sweep's staging area: pages staged, then read back at the end.
+
+    Staging never changes the snapshot; `SnapshotStore.commit_sweep` lands it."""
+
+    @abstractmethod
+    async def sweep_begin(self) -> int:
+        """Start a streaming sweep: forget what an unfinished one staged and return its
+        generation number, larger than any before; staging under an older one raises
+        `StoreError`. Staging is never durable: it does not survive `close`."""
+
+    @abstractmethod
+    async def sweep_stage(
+        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
+    ) -> None:
+        """Record one page of a sweep: the ids it listed and the rows
+        to write at the end, each with the `seq` the job had when read (0 when new). The
+        snapshot itself is unchanged until `commit_sweep`; a second staging of a job is
+        ignored (the first sighting counts)."""
+
+    @abstractmethod
+    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
+        """Snapshot rows first seen before `seen_before` that no page of this sweep listed."""
+
+    @abstractmethod
+    async def sweep_stale_ids(self) -> set[str]:
+        """Staged jobs whose stored `seq` moved since they were read (another poll committed):
+        `commit_sweep` skips them."""
+
+
+
+class OutboxStore(Protocol):
+    """The delivery outbox: claims, marks, retries, dead letters, retention."""
 
     @abstractmethod
     async def claim_due(
@@ -155,6 +211,10 @@ class Store(ABC):
     async def mark_delivered(self, event_id: str, notifier: str) -> None:
         """The receiver accepted the event (whatever the row's state: a late success after the
         lease expired, or after it went dead, is still the truth). No-op for an unknown row."""
+
+    @abstractmethod
+    async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
+        """`mark_delivered` for each of `event_ids`, in one transaction (a group's events)."""
 
     @abstractmethod
     async def mark_failed(
@@ -183,9 +243,21 @@ class Store(ABC):
         throttling never brings a row closer to dead."""
 
     @abstractmethod
+    async def defer(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        """Put claimed or pending rows back to pending, due at `until`, without counting an
+        attempt (a group not yet due, events a notifier holds back, a receiver's rate limit).
+        Ignored for delivered or dead rows."""
+
+    @abstractmethod
     async def next_due_at(self, notifier: str) -> float | None:
         """Earliest `next_attempt_at` of pending rows or lease expiry of claimed rows (dead
         rows are never due), or None when there is none."""
+
+    @abstractmethod
+    async def release_claims(self, notifier: str, now: float) -> int:
+        """Make every claimed row of `notifier` pending, due at `now`, without counting an
+        attempt: at start-up, the claims of a process that died are released at once instead
+        of after their lease. Returns how many."""
 
     @abstractmethod
     async def outbox_counts(self) -> dict[str, dict[OutboxState, int]]:
@@ -206,6 +278,11 @@ class Store(ABC):
         `now`, with attempts reset; returns how many."""
 
     @abstractmethod
+    async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
+        """Delete dead rows (all, or those of one event and/or one notifier); returns how many.
+        The event stays recorded, so a replay of its id still mints no new row."""
+
+    @abstractmethod
     async def prune(self, before: float) -> int:
         """Delete delivered outbox rows last updated before `before`, then events created before
         it that no outbox row refers to; returns the events deleted. Safe: an event id can only
@@ -214,18 +291,11 @@ class Store(ABC):
         batch is over: no non-terminal job in the snapshot, no undelivered (pending, claimed or
         dead) row of the thread's notifier for an event of the batch, no pending edit."""
 
-    @abstractmethod
-    async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
-        """Delete dead rows (all, or those of one event and/or one notifier); returns how many.
-        The event stays recorded, so a replay of its id still mints no new row."""
 
-    # -- notifications ----------------------------------------------------------------------
 
-    @abstractmethod
-    async def defer(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
-        """Put claimed or pending rows back to pending, due at `until`, without counting an
-        attempt (a group not yet due, events a notifier holds back, a receiver's rate limit).
-        Ignored for delivered or dead rows."""
+class NotifierState(Protocol):
+    """What notifiers remember between sends: Slack threads (and their posts and edits in
+    flight), group flush times."""
 
     @abstractmethod
     async def get_thread(self, notifier: str, batch_id: str) -> ThreadRef | None:
@@ -267,62 +337,50 @@ class Store(ABC):
     async def set_group_flushed(self, notifier: str, group_key: str, at: float) -> None:
         """Record that `notifier` sent the group `group_key` at `at`."""
 
-    @abstractmethod
-    async def release_claims(self, notifier: str, now: float) -> int:
-        """Make every claimed row of `notifier` pending, due at `now`, without counting an
-        attempt: at start-up, the claims of a process that died are released at once instead
-        of after their lease. Returns how many."""
+
+class NotifierStore(NotifierState, SnapshotReader, Protocol):
+    """What a notifier may touch: its own state, the snapshot rows a message shows, and the mark
+    of events it settled itself (`Notifier.settle`)."""
 
     @abstractmethod
     async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
-        """`mark_delivered` for each of `event_ids`, in one transaction (a group's events)."""
+        """As `OutboxStore.mark_delivered_many`."""
 
-    # -- active set, streaming sweeps, stuck marks ---------------------------------------------
 
+class DeliveryStore(OutboxStore, NotifierStore, Protocol):
+    """What the dispatcher uses: the outbox, and the notifier state of the notifiers it runs."""
+
+
+class PollStore(SnapshotReader, SweepStaging, Protocol):
+    """What the poller uses: it reads the snapshot and stages sweeps, and cannot commit."""
+
+
+class RecorderStore(SnapshotStore, SweepStaging, Protocol):
+    """What the recorder uses: it closes a staged sweep and commits every observation."""
+
+
+class Store(StoreLifecycle, SnapshotStore, SweepStaging, OutboxStore, NotifierStore):
+    """Every role, as one backend implements them: async, single-process view of the durable
+    state. Open with `async with`.
+
+    Every method but `open` and `close` raises `StoreError` when the store is not open or the
+    backend fails. Writes are shielded from the caller's cancellation: the caller gets
+    `CancelledError` at once, while the transaction still commits or rolls back whole."""
+
+    @classmethod
     @abstractmethod
-    async def active_batch_ids(self) -> set[str]:
-        """Ids of batches with at least one non-terminal job in the snapshot."""
+    def from_url(cls, url: str) -> Self:
+        """A store for `url` (its registered scheme), not yet opened. Raises `ValueError`
+        saying what is wrong with a malformed URL; touches nothing on disk or network."""
 
-    @abstractmethod
-    async def load_jobs(self, job_ids: Sequence[str]) -> dict[str, JobState]:
-        """The snapshot rows of the given jobs that exist, by job id."""
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
 
-    @abstractmethod
-    async def sweep_begin(self) -> int:
-        """Start a streaming sweep: forget what an unfinished one staged and return its
-        generation number, larger than any before; staging under an older one raises
-        `StoreError`. Staging is never durable: it does not survive `close`."""
-
-    @abstractmethod
-    async def sweep_stage(
-        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
-    ) -> None:
-        """Record one page of a sweep: the ids it listed and the rows
-        to write at the end, each with the `seq` the job had when read (0 when new). The
-        snapshot itself is unchanged until `commit_sweep`; a second staging of a job is
-        ignored (the first sighting counts)."""
-
-    @abstractmethod
-    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
-        """Snapshot rows first seen before `seen_before` that no page of this sweep listed."""
-
-    @abstractmethod
-    async def sweep_stale_ids(self) -> set[str]:
-        """Staged jobs whose stored `seq` moved since they were read (another poll committed):
-        `commit_sweep` skips them."""
-
-    @abstractmethod
-    async def commit_sweep(
+    async def __aexit__(
         self,
-        changes: SnapshotChanges,
-        events: Sequence[RoutedEvent],
-        meta: Mapping[str, str] | None = None,
-        now: float | None = None,
-    ) -> int:
-        """`commit`, plus every fresh staged row written, in the same ONE transaction; the stage
-        is emptied."""
-
-    @abstractmethod
-    async def stuck_marks(self, job_ids: Sequence[str]) -> dict[str, str]:
-        """For each given job that has one, the id of the last `job.stuck` event committed for
-        it (`commit` records it; removing the job forgets it)."""
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

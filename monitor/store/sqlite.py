@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import aiosqlite
 import orjson
@@ -324,6 +324,14 @@ class SQLiteStore(Store):
         self._lock = asyncio.Lock()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._sweep_generation = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """`sqlite:///relative/path` or `sqlite:////absolute/path`."""
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ValueError("expected sqlite:///relative/path or sqlite:////absolute/path")
+        return cls(path)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"

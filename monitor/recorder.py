@@ -1,0 +1,231 @@
+"""The one commit pipeline: from "Box told us this" to "committed".
+
+Every way into the snapshot (the sweep, a batch poll, a single-job poll, later a Box webhook
+hint) hands its observation to the `Recorder`, which builds the events (diff, stuck, late
+marking), routes them, commits snapshot rows and outbox rows in one transaction under one lock,
+counts what the commit changed, and wakes delivery. There is no second commit path: the poller's
+store role (`PollStore`) cannot commit.
+
+Late marking: after a restart, changes first seen by the first poll of each batch (and by the
+first sweep) may have happened while the daemon was stopped: their events carry `late: true` and
+`last_running_at` in `Event.extra`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from monitor.diff import events_for, snapshot_changes
+from monitor.metrics import Metrics
+from monitor.model import Event, EventType, JobState, Observation, SnapshotChanges, is_terminal
+from monitor.notify.router import Router
+from monitor.store.base import RecorderStore, RoutedEvent
+from monitor.stuck import StuckPolicy, stuck_events
+
+log = structlog.get_logger(__name__)
+
+META_BASELINE_AT = "baseline_at"
+META_LAST_SWEEP_AT = "last_sweep_at"
+META_LAST_RUNNING_AT = "last_running_at"
+
+
+@dataclass(slots=True)
+class StagedSweep:
+    """A complete listing, staged page by page in the store (generation `generation`), ready to
+    be closed: `changed` are the staged rows events will be built from (empty for a silent
+    baseline) and `before` their stored rows. `started_at` is wall-clock time: the snapshot's
+    `first_seen_at` is compared with it to find the jobs no page listed."""
+
+    generation: int
+    started_at: float
+    baseline: bool  # the first sweep of this store: it records the baseline
+    changed: dict[str, JobState] = field(default_factory=dict)
+    before: dict[str, JobState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one commit produced: its events and the snapshot changes."""
+
+    events: tuple[Event, ...]
+    changes: SnapshotChanges
+    snapshot: Mapping[str, JobState]  # the batch's rows after the commit (polls only)
+
+
+class Recorder:
+    def __init__(
+        self,
+        store: RecorderStore,
+        router: Router,
+        metrics: Metrics,
+        *,
+        baseline: str = "silent",
+        stuck: StuckPolicy | None = None,
+        wake: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.baseline = baseline
+        self.stuck = stuck or StuckPolicy()
+        self.clock = clock
+        self._router = router
+        self._wake = wake
+        self.last_running_at: float | None = None  # before this process started
+        self._swept = False  # a sweep committed since start: nothing is late any more
+        self._caught_up: set[str] = set()  # before the first sweep: batches polled since start
+        # Sweep and polls read then write the same rows: one commit at a time.
+        self._lock = asyncio.Lock()
+
+    # -- wiring that survives a reload ------------------------------------------------------
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    def set_router(self, router: Router) -> None:
+        """Route the next commits by `router` (a reload's new rules)."""
+        self._router = router
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        """Call `wake` after each commit that added outbox rows (a reload's new dispatcher)."""
+        self._wake = wake
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load when the daemon last ran: the catch-up after a stop starts from there."""
+        last = await self.store.get_meta(META_LAST_RUNNING_AT)
+        self.last_running_at = float(last) if last is not None else None
+
+    async def heartbeat(self) -> None:
+        """Record that the daemon is running."""
+        meta = {META_LAST_RUNNING_AT: repr(self.clock())}
+        await self.store.commit(SnapshotChanges(), [], meta=meta)
+
+    async def needs_baseline(self) -> bool:
+        """No sweep has ever committed to this store: the next one records the baseline."""
+        return await self.store.get_meta(META_BASELINE_AT) is None
+
+    def silent(self, baseline: bool) -> bool:
+        """A baseline sweep emits no events unless configured to."""
+        return baseline and self.baseline == "silent"
+
+    # -- observations -----------------------------------------------------------------------
+
+    async def record_sweep(self, sweep: StagedSweep) -> tuple[Event, ...]:
+        """Close a staged complete listing: rows an active poll committed meanwhile are skipped,
+        jobs no page listed are gone, events built, routed and committed with every staged row
+        in ONE transaction."""
+        silent = self.silent(sweep.baseline)
+        changed, before = sweep.changed, sweep.before
+        async with self._lock:
+            now = self.clock()
+            for stale in await self.store.sweep_stale_ids():
+                changed.pop(stale, None)  # an active poll got there first
+            gone = await self.store.sweep_unseen(sweep.generation, sweep.started_at)
+            changes = SnapshotChanges(tuple(changed.values()), tuple(gone))
+            events: tuple[Event, ...] = ()
+            if not silent:
+                touched = {j.batch_id for j in changed.values()}
+                touched |= {j.batch_id for j in (*before.values(), *gone.values())}
+                snapshot = {**before, **gone, **await self.store.load_batches(touched)}
+                events = self._mark_late(events_for(snapshot, changes, now), None)
+            meta = {META_LAST_SWEEP_AT: repr(now), META_LAST_RUNNING_AT: repr(now)}
+            if sweep.baseline:
+                meta[META_BASELINE_AT] = repr(now)
+            routed = self._route(events)
+            await self.store.commit_sweep(changes, routed, meta=meta, now=now)
+        self._swept = True
+        self._caught_up.clear()  # never consulted again
+        self._count(events, changes, before)
+        await self.refresh_job_gauge()
+        if routed:
+            self._wake()
+        return events
+
+    async def record_batch(self, batch_id: str, jobs: Sequence[JobState]) -> Recorded:
+        """Every job Box lists for one batch (none when Box does not know it): a partial
+        observation, so no job of it can vanish."""
+        return await self._record_poll(batch_id, jobs, "batch")
+
+    async def record_job(self, job: JobState) -> Recorded:
+        """One job read by its id: a partial observation of its batch."""
+        return await self._record_poll(job.batch_id, [job], "job")
+
+    def forget(self, batch_id: str) -> None:
+        """`batch_id` left the active set: nothing to remember about it."""
+        self._caught_up.discard(batch_id)
+
+    async def _record_poll(self, batch_id: str, jobs: Sequence[JobState], kind: str) -> Recorded:
+        async with self._lock:
+            now = self.clock()
+            snapshot = await self.store.load_batches([batch_id])
+            observation = Observation(tuple(jobs), complete=False, observed_at=now, kind=kind)
+            changes = snapshot_changes(snapshot, observation, now)
+            events = self._mark_late(events_for(snapshot, changes, now), batch_id)
+            after = {**snapshot, **{j.id: j for j in changes.upserts}}
+            if self.stuck.enabled:
+                marks = await self.store.stuck_marks(list(after))
+                events += stuck_events(after.values(), marks, self.stuck, now)
+            routed = self._route(events)
+            if changes.upserts or routed:
+                meta = {META_LAST_RUNNING_AT: repr(now)}
+                await self.store.commit(changes, routed, meta=meta, now=now)
+        if not self._swept:
+            self._caught_up.add(batch_id)
+        self._count(events, changes, snapshot)
+        if routed:
+            self._wake()
+        return Recorded(events, changes, after)
+
+    # -- the metrics of a commit ----------------------------------------------------------
+
+    async def refresh_job_gauge(self) -> None:
+        """`box_docgen_jobs` from the snapshot's counts per status."""
+        counts = await self.store.status_counts()
+        self.metrics.set_job_counts(counts)
+
+    def _count(
+        self, events: tuple[Event, ...], changes: SnapshotChanges, before: Mapping[str, JobState]
+    ) -> None:
+        for event in events:
+            self.metrics.events.labels(event.type.value).inc()
+            if event.type is EventType.JOB_STATUS_CHANGED:
+                self.metrics.count_transition(event.from_status, event.to_status)
+        for job in changes.upserts:
+            old = before.get(job.id)
+            if is_terminal(job.status) and (old is None or not is_terminal(old.status)):
+                started = _created_s(job.created_at) or (old or job).first_seen_at
+                self.metrics.job_duration.labels(job.status).observe(
+                    max(0.0, job.changed_at - started)
+                )
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def _route(self, events: tuple[Event, ...]) -> list[RoutedEvent]:
+        return [RoutedEvent(e, self._router.route(e)) for e in events]
+
+    def _mark_late(self, events: tuple[Event, ...], batch_id: str | None) -> tuple[Event, ...]:
+        """Events of the first look at something after a restart may be about the downtime."""
+        if self.last_running_at is None:
+            return events
+        if self._swept or (batch_id is not None and batch_id in self._caught_up):
+            return events
+        since = datetime.fromtimestamp(self.last_running_at, UTC).isoformat()
+        extra = {"late": True, "last_running_at": since.replace("+00:00", "Z")}
+        return tuple(e.model_copy(update={"extra": {**e.extra, **extra}}) for e in events)
+
+
+def _created_s(created_at: str | None) -> float | None:
+    if not created_at:
+        return None
+    try:
+        return datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,211 @@
+"""When to poll: the sweep and active ticks, the intervals fitted to the request budget,
+backoff after failed sweeps, degradation, and what `/readyz` says about polling.
+
+APScheduler's `AsyncIOScheduler` ticks at the configured intervals (max_instances=1, coalesce);
+a tick runs only when the planned interval has passed, so a degraded plan skips ticks instead of
+rescheduling jobs. The schedule registers its own teardown on the daemon's exit stack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from monitor.box.budget import Degradation, Plan, RequestBudget, plan_intervals
+from monitor.box.errors import BoxAuthError
+from monitor.config import PollConfig
+from monitor.errors import MonitorError
+from monitor.metrics import Metrics
+from monitor.poller import Poller
+
+log = structlog.get_logger(__name__)
+
+
+class PollSchedule:
+    def __init__(
+        self,
+        poller: Poller,
+        config: PollConfig,
+        metrics: Metrics,
+        *,
+        budget: RequestBudget | None = None,
+        last_success_at: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.poller = poller
+        self.config = config
+        self.metrics = metrics
+        self.budget = budget
+        self.clock = clock
+        self.plan = Plan(config.sweep_interval, config.active_interval, Degradation.NORMAL)
+        self.last_success_at = last_success_at  # the last committed sweep
+        self.last_error: str | None = None
+        self._sweep_failures = 0
+        self._next_sweep_at = 0.0
+        self._last_sweep_started = float("-inf")
+        self._last_active_started = float("-inf")
+        self._sweep_task: asyncio.Task[Any] | None = None
+        self._active_task: asyncio.Task[Any] | None = None
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Start ticking (the first sweep at once); `stack` closes it before what it uses."""
+        # A tick skipped because the last sweep is still running is expected under load; the
+        # sweep's own logs and metrics tell that story, APScheduler's warning would only repeat it.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._sweep_tick,
+            "interval",
+            seconds=self.config.sweep_interval,
+            id="sweep",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+            misfire_grace_time=None,
+        )
+        scheduler.add_job(
+            self._active_tick,
+            "interval",
+            seconds=self.config.active_interval,
+            id="active",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        self.update_plan()
+        scheduler.start()
+        stack.push_async_callback(self._stop, scheduler)
+
+    async def _stop(self, scheduler: AsyncIOScheduler) -> None:
+        scheduler.shutdown(wait=False)
+        for task in (self._sweep_task, self._active_task):
+            if task is not None and not task.done():
+                # An unfinished poll has committed nothing; a commit, if started, is shielded.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # -- the plan ---------------------------------------------------------------------------
+
+    def update_plan(self) -> None:
+        """Fit the intervals to the budget (stretch the sweep first, then active polls)."""
+        poll = self.config
+        rate = self.budget.rate_rpm if self.budget is not None else float("inf")
+        plan = plan_intervals(
+            rate,
+            len(self.poller.active),
+            self.poller.last_sweep_requests,
+            poll.sweep_interval,
+            poll.active_interval,
+        )
+        if plan.level != self.plan.level:
+            log.warning(
+                "degradation_changed" if plan.level else "degradation_cleared",
+                level=plan.level.name.lower(),
+                sweep_interval_s=round(plan.sweep_interval_s, 1),
+                active_interval_s=round(plan.active_interval_s, 1),
+                budget_rpm=round(rate, 1),
+            )
+        self.plan = plan
+        self.metrics.degradation.set(plan.level)
+        self.metrics.effective_interval.labels("sweep").set(plan.sweep_interval_s)
+        self.metrics.effective_interval.labels("active").set(plan.active_interval_s)
+
+    def _due(self, last_started: float, interval_s: float, tick_s: float) -> bool:
+        # Ticks come every `tick_s`; a stretched interval skips ticks until it has passed.
+        return self.clock() - last_started >= interval_s - tick_s / 2
+
+    # -- ticks ------------------------------------------------------------------------------
+
+    async def _active_tick(self) -> None:
+        self.update_plan()
+        interval_s = self.plan.active_interval_s
+        if not self._due(self._last_active_started, interval_s, self.config.active_interval):
+            return
+        self._last_active_started = self.clock()
+        self._active_task = asyncio.current_task()
+        try:
+            await self.poller.poll_active()
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("active_round_failed")
+        finally:
+            self._active_task = None
+            self.metrics.detection_lag.set(self.poller.detection_lag_s())
+
+    async def _sweep_tick(self) -> None:
+        if self.clock() < self._next_sweep_at:
+            return  # backing off after failures
+        interval_s = self.plan.sweep_interval_s
+        if not self._due(self._last_sweep_started, interval_s, self.config.sweep_interval):
+            return  # degraded: the budget cannot hold the configured interval
+        self._last_sweep_started = self.clock()
+        self._sweep_task = asyncio.current_task()
+        started = time.perf_counter()
+        try:
+            await self.poller.sweep()
+        except asyncio.CancelledError:
+            log.info("sweep_cancelled")  # stopping: nothing was committed, nothing is lost
+            return
+        except Exception as exc:
+            self._sweep_failed(exc, time.perf_counter() - started)
+        else:
+            self._sweep_failures = 0
+            self._next_sweep_at = 0.0
+            self.last_error = None
+            self.last_success_at = self.clock()
+            self.metrics.polls.labels("sweep", "ok").inc()
+        finally:
+            self._sweep_task = None
+
+    def _sweep_failed(self, exc: Exception, duration_s: float) -> None:
+        interval = self.config.sweep_interval
+        self._sweep_failures += 1
+        delay_s = min(self.config.max_backoff, interval * 2 ** (self._sweep_failures - 1))
+        if isinstance(exc, BoxAuthError):
+            delay_s = interval  # the auth's own backoff spaces token requests; resume with it
+        # run again at the first tick at or after the delay
+        self._next_sweep_at = self.clock() + delay_s - interval / 2
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.metrics.polls.labels("sweep", "error").inc()
+        self.metrics.poll_duration.labels("sweep").observe(duration_s)
+        log.error(
+            "sweep_failed",
+            error=self.last_error,
+            failures=self._sweep_failures,
+            next_try_in_s=round(delay_s, 1),
+            exc_info=not isinstance(exc, MonitorError),
+        )
+
+    # -- readiness --------------------------------------------------------------------------
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, details) for `/readyz`: ready while the last sweep is fresh enough."""
+        details: dict[str, Any] = {}
+        max_age_s = 3 * max(self.config.sweep_interval, self.plan.sweep_interval_s)
+        if self.last_success_at is None:
+            details["last_sweep"] = "none yet"
+            fresh = False
+        else:
+            age_s = self.clock() - self.last_success_at
+            details["last_sweep_age_s"] = round(age_s, 3)
+            fresh = age_s <= max_age_s
+        details["max_sweep_age_s"] = max_age_s
+        if self.last_error is not None:
+            details["last_error"] = self.last_error
+        details["degradation"] = self.plan.level.name.lower()
+        details["sweep_interval_s"] = round(self.plan.sweep_interval_s, 3)
+        details["active_interval_s"] = round(self.plan.active_interval_s, 3)
+        details["active_batches"] = len(self.poller.active)
+        if self.budget is not None:
+            details["budget_rate_per_minute"] = round(self.budget.rate_rpm, 1)
+        return fresh, details

@@ -1,0 +1,56 @@
+"""Backends are chosen by URL scheme through one table (`monitor.store.registry.BACKENDS`),
+which both `open_store` and the configuration check ask: a new backend is one class plus one
+line there, with no other place to edit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+import pytest
+from pydantic import ValidationError
+
+from monitor.config import StateConfig
+from monitor.errors import UnsupportedStoreURL
+from monitor.store import open_store
+from monitor.store.registry import BACKENDS
+from monitor.store.sqlite import SQLiteStore
+
+
+class ScratchStore(SQLiteStore):
+    """A stand-in second backend: `scratch:PATH` (SQLite underneath, another scheme on top)."""
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        path = url.removeprefix("scratch:")
+        if not path:
+            raise ValueError("expected scratch:PATH")
+        return cls(path)
+
+
+def test_an_unregistered_scheme_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValidationError) as info:
+        StateConfig(url="scratch:/tmp/x.db")
+    assert "unsupported state url scheme 'scratch' (expected sqlite://...)" in str(info.value)
+    with pytest.raises(UnsupportedStoreURL):
+        open_store("scratch:/tmp/x.db")
+
+
+async def test_one_registry_line_makes_a_backend_configurable_and_openable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(BACKENDS, "scratch", f"{__name__}:ScratchStore")
+    url = f"scratch:{tmp_path / 'state.db'}"
+    assert StateConfig(url=url).url == url
+    with pytest.raises(ValidationError, match="expected scratch:PATH"):
+        StateConfig(url="scratch:")
+    store = open_store(url)
+    assert type(store) is ScratchStore
+    async with store:
+        await store.ping()
+    assert (tmp_path / "state.db").exists()
+
+
+def test_a_malformed_sqlite_url_names_the_expected_form() -> None:
+    with pytest.raises(ValidationError, match=r"expected sqlite:///relative/path"):
+        StateConfig(url="sqlite:///")
