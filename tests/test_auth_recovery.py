@@ -15,11 +15,16 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from monitor.box.auth import REFUSED_BACKOFF_INITIAL_S
-from monitor.simulator import SimulatorConfig, TimelineConfig
+from monitor.box.errors import BoxAuthError, BoxConnectionError
+from monitor.config import Config, load_config
+from monitor.daemon import Daemon
+from monitor.simulator import SimulatorConfig, TimelineConfig, start_simulator
 from tests import harness
 from tests.harness import wait_until
+from tests.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +149,90 @@ async def test_a_wrong_secret_backs_off_shows_in_readyz_and_a_sighup_resumes_pol
     assert (status, body["auth"]) == (200, "ok")
     assert await w.daemon.stop() == 0
 
+
+
+# -- in process: what a reload may and may not change in `box` -----------------------------
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Path]]:
+    """A daemon in this process on a simulator, with the CCG secret right."""
+    sim = await start_simulator(SimulatorConfig(
+        seed=12, client_id=CLIENT_ID, client_secret=SecretStr(SECRET), enterprise_id=ENTERPRISE))
+    receiver = await WebhookReceiver().start()
+    path = harness.write_config(tmp_path / "config.yaml", box_url=sim.url, hook_url=receiver.url,
+                                http_port=0)
+    raw = yaml.safe_load(path.read_text())
+    raw["box"]["auth"] = {"method": "ccg", "client_id": CLIENT_ID, "client_secret": SECRET,
+                          "subject_id": ENTERPRISE}
+    path.write_text(yaml.safe_dump(raw))
+    try:
+        async with Daemon(load_config(path)) as daemon:
+            yield daemon, path
+    finally:
+        await sim.close()
+        await receiver.close()
+
+
+def _edit(path: Path, **box: Any) -> Config:
+    raw = yaml.safe_load(path.read_text())
+    raw["box"].update(box)
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+async def test_a_reload_names_each_restart_only_box_key_and_changes_nothing(
+    running: tuple[Daemon, Path],
+) -> None:
+    daemon, path = running
+    auth = daemon.box.auth
+    new = _edit(path, timeout="5s", page_size=100,
+                auth={"method": "ccg", "client_id": CLIENT_ID, "client_secret": "rotated",
+                      "subject_id": ENTERPRISE})
+
+    with capture_logs() as logs:
+        assert await daemon.reload(new) is False
+
+    (refused,) = [e for e in logs if e["event"] == "config_reload_refused"]
+    assert refused["settings"] == ["box.timeout", "box.page_size"]
+    assert daemon.box.auth is auth
+    assert "rotated" not in repr(logs)
+
+
+async def test_a_reload_with_a_broken_jwt_file_keeps_the_running_credentials(
+    running: tuple[Daemon, Path], tmp_path: Path,
+) -> None:
+    daemon, path = running
+    auth, config = daemon.box.auth, daemon.config
+    broken = tmp_path / "box-config.json"
+    broken.write_text("{}")
+    new = _edit(path, auth={"method": "jwt", "config_file": str(broken)})
+
+    with capture_logs() as logs:
+        assert await daemon.reload(new) is False
+
+    (failed,) = [e for e in logs if e["event"] == "config_reload_failed"]
+    assert "box.auth.config_file" in failed["error"] and "not a Box config.json" in failed["error"]
+    assert daemon.box.auth is auth and daemon.config is config
+    assert (await daemon.readiness())[1]["auth"] == "ok"
+
+
+async def test_a_reload_with_new_credentials_closes_the_old_auth_and_uses_the_new(
+    running: tuple[Daemon, Path],
+) -> None:
+    daemon, path = running
+    old = daemon.box.auth
+    token = await old.token()
+    new = _edit(path, auth={"method": "ccg", "client_id": "unknown-app", "client_secret": SECRET,
+                            "subject_id": ENTERPRISE})
+
+    assert await daemon.reload(new) is True
+
+    assert daemon.box.auth is not old
+    await old.invalidate(token)
+    with pytest.raises(BoxConnectionError):  # closed: a late caller retries with the new one
+        await old.token()
+    with pytest.raises(BoxAuthError):
+        await daemon.box.auth.token()
+    ready, details = await daemon.readiness()
+    assert not ready and details["auth"] == "refused: invalid_client, next try in 5s"

@@ -4,6 +4,7 @@ and refuses every kind of bad one the way Box does (400 invalid_grant)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -20,7 +21,7 @@ from pydantic import SecretStr
 
 from monitor.box.auth import JWT_AUDIENCE, JWTAuth
 from monitor.box.client import BoxClient
-from monitor.box.errors import BoxAuthError
+from monitor.box.errors import BoxAuthBackoff, BoxAuthError
 from monitor.simulator import RunningSimulator, SimulatorConfig, start_simulator
 
 CLIENT_ID, CLIENT_SECRET, ENTERPRISE = "jwt-client", "jwt-secret", "ent-1"
@@ -198,3 +199,17 @@ async def test_jwt_auth_surfaces_a_refusal_as_box_auth_error(sim: RunningSimulat
         with pytest.raises(BoxAuthError) as refused:
             await auth.token()
     assert refused.value.status == 400 and CLIENT_SECRET not in str(refused.value)
+
+
+async def test_a_refused_jwt_grant_backs_off_like_ccg(sim: RunningSimulator,
+                                                      tmp_path: Path) -> None:
+    """A key Box does not know (a rotated key pair) is asked once; every caller meanwhile gets
+    `BoxAuthBackoff` without a request, and the status names the OAuth2 error."""
+    auth = JWTAuth.from_config_file(f"{sim.url}/oauth2/token",
+                                    box_config_json(tmp_path / "c.json"), user_id="not-allowed")
+    async with auth:
+        results = await asyncio.gather(*(auth.token() for _ in range(5)), return_exceptions=True)
+        status = auth.status()
+    assert [type(r) for r in results] == [BoxAuthError] + [BoxAuthBackoff] * 4
+    assert sim.state.stats.count("token") == 1
+    assert not status.ok and status.detail.startswith("refused: invalid_grant, next try in")
