@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -149,6 +150,53 @@ async def test_a_wrong_secret_backs_off_shows_in_readyz_and_a_sighup_resumes_pol
     assert (status, body["auth"]) == (200, "ok")
     assert await w.daemon.stop() == 0
 
+
+
+async def test_a_secret_rotated_at_box_and_fixed_there_resumes_polling_without_a_reload(
+    world: World,
+) -> None:
+    """Box rotates the app's secret and revokes its tokens while the daemon runs: the next poll
+    is refused (`invalid_client`) and `/readyz` says so; once the secret is fixed at Box, the
+    daemon's next try, at most one backoff step later, resumes polling, with no SIGHUP."""
+    w = world
+    batches = [await w.control.start_batch(1) for _ in range(5)]
+    w.daemon.start()
+    await w.daemon.wait_ready()
+
+    async def all_active() -> bool:
+        return await w.metric("box_docgen_active_batches") == len(batches)
+
+    await wait_until(all_active, 30, "5 active batches")
+    await w.control.call("POST", f"/_sim/clients/{CLIENT_ID}/secret",
+                         {"client_secret": "rotated-at-box", "revoke_tokens": True})
+
+    async def refused() -> bool:
+        status, body = await w.readyz()
+        return status == 503 and str(body["auth"]).startswith("refused: invalid_client")
+
+    await wait_until(refused, 15, "/readyz to report the rotated secret")
+    await w.control.call("POST", f"/_sim/clients/{CLIENT_ID}/secret", {"client_secret": SECRET})
+    fixed_at = time.monotonic()
+    _, body = await w.readyz()
+    wait = re.search(r"next try in (\d+)s", body["auth"])
+    step_s = float(wait.group(1)) if wait else 0.0  # 0: "trying again"
+    await w.control.call("POST", "/_sim/clock/advance", {"seconds": 100})
+    job_ids = {b["job_ids"][0] for b in batches}
+
+    async def finished() -> bool:
+        done = {e["job"]["id"] for e in w.receiver.events().values()
+                if e["type"] == "job.status_changed"
+                and e["to_status"] in ("completed", "completed_with_error", "failed")}
+        return job_ids <= done
+
+    # The next try comes with the first active round (every 5 s) after the step is over.
+    await wait_until(finished, step_s + 5 + 5, "every batch's outcome after the fix")
+    assert time.monotonic() - fixed_at <= step_s + 5 + 5
+    assert (await w.readyz())[0] == 200
+    assert w.log_events("box_auth_reloaded") == []
+    (accepted,) = w.log_events("box_token_accepted_again")
+    assert accepted["after_refusals"] >= 1
+    assert await w.daemon.stop() == 0
 
 
 # -- in process: what a reload may and may not change in `box` -----------------------------

@@ -37,7 +37,7 @@ from monitor.box import (
     token_url,
 )
 from monitor.box._http import parse_retry_after
-from monitor.box.auth import Auth
+from monitor.box.auth import REFUSED_BACKOFF_INITIAL_S, Auth
 from monitor.box.budget import RequestBudget
 from monitor.metrics import Metrics
 from monitor.simulator import SimulatorConfig, start_simulator
@@ -91,6 +91,9 @@ class Control:
 
     async def clear_faults(self) -> None:
         await self._json("DELETE", "/_sim/faults")
+
+    async def rotate_secret(self, client_id: str, secret: str) -> None:
+        await self._json("POST", f"/_sim/clients/{client_id}/secret", {"client_secret": secret})
 
     async def revoke_tokens(self) -> None:
         await self._json("POST", "/_sim/tokens/revoke")
@@ -826,6 +829,33 @@ async def test_a_wrong_secret_never_reaches_the_backoff_error_or_status(
             await client.get_job("1")
         assert secret not in str(caught.value) and secret not in repr(caught.value)
     assert secret not in auth.status().detail
+
+
+async def test_calls_succeed_again_once_box_accepts_the_secret_after_one_backoff_step(
+    control: Control, make_client: MakeClient, make_ccg: Callable[..., CCGAuth]
+) -> None:
+    """The secret is fixed at Box (rotated to the one the monitor has): nothing is asked until
+    the backoff step is over, then the next call gets a token, without a new auth."""
+    created = await control.batch(1)
+    clock = Clock()
+    auth = make_ccg(client_secret="next-secret", clock=clock)
+    client = make_client(auth)
+    with pytest.raises(BoxAuthError):
+        await client.get_job(created["job_ids"][0])
+
+    await control.rotate_secret(CLIENT_ID, "next-secret")
+    with pytest.raises(BoxAuthBackoff):
+        await client.get_job(created["job_ids"][0])
+    assert await control.requests("token") == {"400": 1}
+    clock.now += REFUSED_BACKOFF_INITIAL_S
+    with capture_logs() as logs:
+        job = await client.get_job(created["job_ids"][0])
+
+    assert job.id == created["job_ids"][0]
+    assert await control.requests("token") == {"400": 1, "200": 1}
+    assert auth.status() == AuthStatus(True, "ok")
+    (accepted,) = [e for e in logs if e["event"] == "box_token_accepted_again"]
+    assert accepted["after_refusals"] == 1
 
 
 async def test_token_requests_draw_from_the_request_budget(
