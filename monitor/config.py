@@ -5,14 +5,16 @@ Every problem is reported with its path (`notifiers[0].url: ...`) in one `Config
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,22 +29,32 @@ from pydantic import (
 from monitor.errors import ConfigError
 from monitor.model import EventType
 from monitor.store.registry import check_url
+from monitor.yaml_input import YAMLInputError, parse_yaml, read_config_text
 
 ENV_PREFIX = "DOCGEN_MONITOR_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: The longest duration accepted (ten years): past it timers and date arithmetic overflow.
+MAX_DURATION_S = 3650 * 86400.0
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
 def parse_duration_s(value: Any) -> float:
-    """`500ms`, `2s`, `5m`, `1h`, `7d` or a plain number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 500ms, 2s, 5m or a number of seconds")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        return float(m.group(1)) * _UNIT_S[m.group(2)]
-    raise ValueError(f"invalid duration {value!r}: expected e.g. 500ms, 2s, 5m or seconds")
+    """`500ms`, `2s`, `5m`, `1h`, `7d` or a plain number of seconds -> seconds. Finite and at
+    most `MAX_DURATION_S` (YAML's `.inf` is a float). The value is not echoed: it may come from
+    an environment variable."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds is None:
+        raise ValueError("invalid duration: expected e.g. 500ms, 2s, 5m or a number of seconds")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValueError("invalid duration: must be finite and at most 3650d")
+    return seconds
 
 
 DurationS = Annotated[float, BeforeValidator(parse_duration_s), Field(ge=0)]
@@ -57,7 +69,9 @@ StrList = Annotated[list[str] | None, BeforeValidator(_as_list)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class DeveloperTokenAuthConfig(_Model):
@@ -91,7 +105,7 @@ AuthConfig = Annotated[
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"expected an http(s) URL, got {value!r}")
+        raise ValueError("expected an http(s) URL")
     return value.rstrip("/")
 
 
@@ -184,6 +198,9 @@ class Route(_Model):
 class HttpConfig(_Model):
     listen: str = "127.0.0.1:9464"
     api_token: SecretStr | None = None  # bearer token of the HTTP API (watch); off when unset
+    # Batches watched through the API that Box does not list yet; the watch API answers 429
+    # beyond this many.
+    max_watched_batches: int = Field(1000, ge=1, le=100_000)
 
     @field_validator("listen")
     @classmethod
@@ -191,6 +208,8 @@ class HttpConfig(_Model):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected HOST:PORT, got {value!r}")
+        if not _is_ip_or_hostname(host):
+            raise ValueError(f"{host!r} is neither an IP address nor a host name")
         return value
 
     @property
@@ -200,6 +219,17 @@ class HttpConfig(_Model):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+def _is_ip_or_hostname(host: str) -> bool:
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        # A name's last label is never all digits: `999.1.1.1` is a mistyped address.
+        last_label = host.rstrip(".").rsplit(".", 1)[-1]
+        return not bracketed and _HOSTNAME.match(host) is not None and not last_label.isdigit()
+    return address.version == 6 if bracketed else True
 
 
 class LogConfig(_Model):
@@ -314,29 +344,95 @@ def expand_vars(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any,
     return data, problems
 
 
-def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def apply_env_overrides(
+    data: dict[str, Any],
+    env: Mapping[str, str],
+    notifier_models: Mapping[str, type[NotifierSpec]] | None = None,
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """`DOCGEN_MONITOR_POLL__SWEEP_INTERVAL=5s` sets `poll.sweep_interval`; list items by index
-    (`DOCGEN_MONITOR_NOTIFIERS__0__URL`). Values are parsed as YAML scalars."""
+    (`DOCGEN_MONITOR_NOTIFIERS__0__URL`). A value is typed by the field it sets: a scalar field
+    (a string, a secret, a number, a duration) takes the raw string, for pydantic to check; only a
+    list or a mapping is parsed as YAML. Returns the data, the key path each variable set, and the
+    problems, which name the variable, never its value (it may be a secret)."""
+    set_by: dict[str, str] = {}
+    problems: list[str] = []
     for key in sorted(env):
         if not key.startswith(ENV_PREFIX):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
         node: Any = data
+        annotation: Any = Config
+        path = ""
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if isinstance(node, list) and part.isdigit() and int(part) < len(node):
                 index: int | str = int(part)
+                path += f"[{index}]"
             elif isinstance(node, dict):
                 index = part
+                path = f"{path}.{part}" if path else part
             else:
                 break  # a path that does not exist in a list: ignored, like a wrong index
+            annotation = _child_annotation(annotation, part, node, notifier_models)
             if last:
-                node[index] = yaml.safe_load(env[key]) if env[key] else ""
+                set_by[path] = key
+                if not _is_structured(annotation):
+                    node[index] = env[key]
+                    continue
+                try:
+                    node[index] = parse_yaml(env[key]) if env[key] else ""
+                except YAMLInputError as exc:
+                    problems.append(f"{path}: environment variable {key}: {exc}")
             else:
                 if isinstance(node, dict) and not isinstance(node.get(part), dict | list):
                     node[part] = {}
                 node = node[index]
-    return data
+    return data, set_by, problems
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types an annotation allows: `Annotated` unwrapped, unions split, `None` left out."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _child_annotation(
+    annotation: Any,
+    part: str,
+    node: Any,
+    notifier_models: Mapping[str, type[NotifierSpec]] | None,
+) -> Any:
+    """The annotation of `part` inside a value of `annotation` (`node` is that value's data),
+    or None when it is free-form (a notifier setting of an unknown type)."""
+    for member in _members(annotation):
+        origin = get_origin(member)
+        if origin is list and part.isdigit():
+            item = get_args(member)[0]
+            entry = node[int(part)] if isinstance(node, list) and int(part) < len(node) else None
+            if item is NotifierSpec and notifier_models and isinstance(entry, dict):
+                return notifier_models.get(str(entry.get("type")), NotifierSpec)
+            return item
+        if origin is dict:
+            return get_args(member)[1]
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            for name, field in member.model_fields.items():
+                if part in (name, field.alias):
+                    return field.annotation
+    return None
+
+
+def _is_structured(annotation: Any) -> bool:
+    """A list, a mapping or a model: set from YAML text. Everything else takes the raw text."""
+    for member in _members(annotation):
+        if get_origin(member) in (list, dict, tuple, set) or member in (list, dict):
+            return True
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return True
+    return False
 
 
 def load_config(
@@ -350,17 +446,18 @@ def load_config(
     when given, each notifier entry is validated against its type's model too."""
     env = os.environ if env is None else env
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = parse_yaml(read_config_text(Path(path)))
     except OSError as exc:
-        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"(file): {path} is not valid YAML: {exc}"]) from exc
+        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from None
+    except YAMLInputError as exc:
+        raise ConfigError([f"(file): {path}: {exc}"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of settings"])
     data, problems = expand_vars(raw, env)
-    data = apply_env_overrides(data, env)
+    data, set_by, env_problems = apply_env_overrides(data, env, notifier_models)
+    problems += env_problems
     config: Config | None = None
     problems += reference_problems(data)
     try:
@@ -374,10 +471,26 @@ def load_config(
         typed, notifier_problems = _typed_notifiers(data.get("notifiers"), notifier_models)
         problems += notifier_problems
     if problems or config is None:
-        raise ConfigError(_without_follow_ups(problems))
+        raise ConfigError(_without_follow_ups(_name_variables(problems, set_by)))
     if notifier_models is not None:
         config = config.model_copy(update={"notifiers": typed})
     return config
+
+
+def _within(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith((prefix + ".", prefix + "["))
+
+
+def _name_variables(problems: list[str], set_by: Mapping[str, str]) -> list[str]:
+    """A problem with a value an environment variable set says which variable set it."""
+    named = []
+    for problem in problems:
+        path = problem.split(": ", 1)[0]
+        var = next((v for p, v in set_by.items() if _within(path, p)), None)
+        if var is not None and var not in problem:
+            problem = f"{problem} (set by {var})"
+        named.append(problem)
+    return named
 
 
 def _without_follow_ups(problems: list[str]) -> list[str]:

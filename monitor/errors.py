@@ -13,7 +13,17 @@ class ConfigError(MonitorError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"invalid configuration: {problems[0]}")
+        else:
+            super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class ListenError(ConfigError):
+    """`http.listen` names an address this host cannot listen on (in use, not local, unknown)."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__([f"http.listen: cannot listen on {address}: {reason}"])
 
 
 class StoreError(MonitorError):

@@ -119,3 +119,160 @@ def test_check_config_exits_2_listing_problems_and_0_when_valid(tmp_path: Path) 
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout
+
+
+# -- bad input: clear answers, no secret, no traceback ------------------------------------
+
+
+def check_config(path: Path, env: dict[str, str] | None = None,
+                 memory_limit_bytes: int | None = None) -> subprocess.CompletedProcess[str]:
+    """`docgen-monitor check-config PATH` as a user runs it (optionally with capped memory, so a
+    regression that blows up fails fast instead of eating the machine)."""
+    import os
+    import resource
+
+    def cap() -> None:
+        if memory_limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
+    return subprocess.run([sys.executable, "-m", "monitor.cli", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})}, preexec_fn=cap)
+
+
+def assert_one_clean_problem(out: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    (line,) = out.stderr.splitlines()
+    for text in expected:
+        assert text in line, line
+
+
+def test_a_yaml_syntax_error_gives_line_column_and_kind_but_never_the_text(
+    tmp_path: Path,
+) -> None:
+    """The offending line may hold an inline secret: only where and what kind are printed."""
+    bad = write(tmp_path, 'box:\n  auth: {method: developer_token, token: "hunter2-inline}\n')
+    out = check_config(bad)
+    assert_one_clean_problem(out, str(bad), "line 3, column 1", "invalid YAML",
+                             "while scanning a quoted scalar")
+    assert "hunter2" not in out.stderr and "developer_token" not in out.stderr
+
+
+def test_a_yaml_tag_or_alias_name_is_not_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "box: {auth: *hunter2alias}\n"), env={})
+    (problem,) = info.value.problems
+    assert "line 1, column 13" in problem and "undefined alias" in problem
+    assert "hunter2" not in problem
+
+
+def test_an_override_of_a_secret_field_takes_the_raw_string(tmp_path: Path) -> None:
+    """A string or secret field is never YAML-parsed: `[secret` is the token, not a syntax error."""
+    env = {"BOX_TOKEN": "t", "DOCGEN_MONITOR_BOX__AUTH__TOKEN": "[secret: #1",
+           "DOCGEN_MONITOR_NOTIFIERS__0__SECRET": "null", "DOCGEN_MONITOR_BOX__MAX_ATTEMPTS": "7"}
+    config = load_config(write(tmp_path, VALID), env=env, notifier_models=models())
+    assert config.box.auth.token.get_secret_value() == "[secret: #1"  # type: ignore[union-attr]
+    assert config.notifiers[0].secret.get_secret_value() == "null"  # type: ignore[attr-defined]
+    assert config.box.max_attempts == 7
+
+
+def test_an_override_with_invalid_yaml_names_the_variable_never_its_value(
+    tmp_path: Path,
+) -> None:
+    out = check_config(write(tmp_path, VALID), env={
+        "BOX_TOKEN": "t", "DOCGEN_MONITOR_ROUTES": "[{notify: hunter2-in-env"})
+    assert_one_clean_problem(out, "routes: environment variable DOCGEN_MONITOR_ROUTES",
+                             "line 1, column", "invalid YAML")
+    assert "hunter2" not in out.stderr
+
+
+def test_a_structured_override_is_parsed_as_yaml(tmp_path: Path) -> None:
+    env = {"BOX_TOKEN": "t", "DOCGEN_MONITOR_ROUTES__0__NOTIFY": "[sink]",
+           "DOCGEN_MONITOR_POLL__STUCK_AFTER_BY_TEMPLATE": "{'123': 5m}"}
+    config = load_config(write(tmp_path, VALID), env=env)
+    assert config.routes[0].notify == ["sink"]
+    assert config.poll.stuck_after_by_template == {"123": 300.0}
+
+
+def test_an_override_that_fails_validation_names_its_variable(tmp_path: Path) -> None:
+    env = {"BOX_TOKEN": "t", "DOCGEN_MONITOR_BOX__TIMEOUT": "soon-hunter2"}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, VALID), env=env)
+    (problem,) = info.value.problems
+    assert problem.startswith("box.timeout: ") and "(set by DOCGEN_MONITOR_BOX__TIMEOUT)" in problem
+    assert "hunter2" not in problem
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    """Nine levels of nine aliases: 387 million strings once expanded, refused while small."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    bomb = write(tmp_path, VALID + "\n".join(lines) + "\n")
+    out = check_config(bomb, env={"BOX_TOKEN": "t"}, memory_limit_bytes=1 << 30)
+    assert_one_clean_problem(out, "expands to more than 100,000 nodes")
+
+
+def test_a_merge_key_bomb_is_refused_too(tmp_path: Path) -> None:
+    lines = ["m0: &m0 {k0: v}"]
+    lines += [f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 9)}]}}" for i in range(1, 10)]
+    with pytest.raises(ConfigError, match="expands to more than"):
+        load_config(write(tmp_path, "\n".join(lines) + "\n"), env={})
+
+
+def test_an_oversized_file_is_refused(tmp_path: Path) -> None:
+    big = write(tmp_path, VALID + "#" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(big, env={"BOX_TOKEN": "t"})
+    assert info.value.problems == [f"(file): {big}: larger than 1024 KiB"]
+
+
+def test_a_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(VALID.replace("s3cret", "s\xe9cret").encode("latin-1"))
+    out = check_config(path, env={"BOX_TOKEN": "t"})
+    assert_one_clean_problem(out, str(path), "not UTF-8 text (byte 0xe9)", "line 9, column 78")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("poll", "{sweep_interval: .inf}"), ("delivery", "{retention: .inf}"),
+    ("poll", "{watch_ttl: .nan}"), ("poll", "{sweep_interval: 1e300}"),
+    ("box", "{auth: {method: developer_token, token: x}, requests_per_minute: .inf}"),
+])
+def test_infinite_nan_or_overflowing_numbers_are_refused(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    text = VALID.replace("poll: {sweep_interval: 2s}\n", "") + f"{key}: {value}\n"
+    if key == "box":
+        text = text.replace("box:\n  base_url: http://127.0.0.1:8900\n  auth: "
+                            '{method: developer_token, token: "${BOX_TOKEN}"}\n', "")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={"BOX_TOKEN": "t"})
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{key}."), problem
+
+
+def test_an_infinite_duration_exits_2_with_its_key_path(tmp_path: Path) -> None:
+    out = check_config(write(tmp_path, VALID.replace("sweep_interval: 2s", "sweep_interval: .inf")),
+                       env={"BOX_TOKEN": "t"})
+    assert_one_clean_problem(out, "poll.sweep_interval:", "finite")
+
+
+@pytest.mark.parametrize("listen", [
+    "not a host:9464", "under_score:9464", "[1.2.3.4]:9464", "-dash.example:9464",
+    "999.1.1.1.1:80",
+])
+def test_http_listen_must_name_an_ip_address_or_a_host_name(tmp_path: Path, listen: str) -> None:
+    text = VALID.replace('listen: "127.0.0.1:9464"', f'listen: "{listen}"')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={"BOX_TOKEN": "t"})
+    (problem,) = info.value.problems
+    assert problem.startswith("http.listen: ")
+    assert "neither an IP address nor a host name" in problem
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9464", "[::1]:0", "monitor.internal:80",
+                                    "localhost:9464"])
+def test_http_listen_accepts_addresses_and_host_names(tmp_path: Path, listen: str) -> None:
+    text = VALID.replace('listen: "127.0.0.1:9464"', f'listen: "{listen}"')
+    assert load_config(write(tmp_path, text), env={"BOX_TOKEN": "t"}).http.listen == listen
