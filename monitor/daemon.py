@@ -213,6 +213,7 @@ class Daemon:
             self.metrics,
             page_size=cfg.box.page_size,
             watch_ttl_s=cfg.poll.watch_ttl,
+            max_watched=cfg.http.max_watched_batches,
             clock=self.clock,
         )
         await self.poller.start()

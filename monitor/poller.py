@@ -38,6 +38,14 @@ log = structlog.get_logger(__name__)
 ACTIVE_CONCURRENCY = 8
 #: Pages fetched ahead of the one being diffed.
 PREFETCH_PAGES = 2
+#: Watched batches Box does not list yet are polled at most this many per active round (fewest
+#: tries first), each less often the longer Box does not know it: a flood of watches for ids
+#: that never appear costs a bounded share of the budget, and real active batches keep their
+#: interval.
+WATCH_POLLS_PER_ROUND = 4
+#: The delay between two polls of one such batch doubles from the first to the last value.
+WATCH_RETRY_FIRST_S = 1.0
+WATCH_RETRY_MAX_S = 60.0
 
 
 def job_state(job: DocGenJob) -> JobState:
@@ -87,6 +95,19 @@ class _Active:
 
     observed_at: float
     watched_until: float | None = None  # a watched batch Box does not list yet, kept until then
+    tries: int = 0  # polls of such a batch that found nothing
+    next_try_at: float = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """Watched, and not (yet) listed by Box."""
+        return self.watched_until is not None
+
+    @property
+    def turn(self) -> tuple[int, float]:
+        """Among pending watches, who is polled first: fewest tries; among the untried, the
+        newest (a flood of old watches does not delay a new one); else the longest due."""
+        return (self.tries, -self.next_try_at if self.tries == 0 else self.next_try_at)
 
 
 class Poller:
@@ -101,6 +122,7 @@ class Poller:
         *,
         page_size: int = 1000,
         watch_ttl_s: float = 600.0,
+        max_watched: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.box = box
@@ -109,6 +131,7 @@ class Poller:
         self.metrics = metrics
         self.page_size = page_size
         self.watch_ttl_s = watch_ttl_s
+        self.max_watched = max_watched
         self.clock = clock
         self.active: dict[str, _Active] = {}
         self.last_sweep_requests = 0
@@ -189,13 +212,48 @@ class Poller:
 
     # -- the active set -----------------------------------------------------------------------
 
-    def watch(self, batch_id: str) -> None:
-        """Put a batch into the active set now, before any sweep has seen it."""
+    def watch(self, batch_id: str) -> bool:
+        """Put a batch into the active set now, before any sweep has seen it. False (nothing
+        changed) when `max_watched` batches Box does not list yet are watched already."""
         now = self.clock()
-        entry = self.active.setdefault(batch_id, _Active(observed_at=now))
+        entry = self.active.get(batch_id)
+        if entry is not None and not entry.pending:
+            return True  # followed already: its jobs decide when it leaves
+        if entry is None:
+            if self.watched_count >= self.max_watched:
+                log.warning("watch_refused", batch_id=batch_id, watched=self.watched_count)
+                return False
+            entry = self.active[batch_id] = _Active(observed_at=now, next_try_at=now)
         entry.watched_until = now + self.watch_ttl_s
         self.metrics.active_batches.set(len(self.active))
         log.info("batch_watched", batch_id=batch_id)
+        return True
+
+    @property
+    def watched_count(self) -> int:
+        """Watched batches Box does not list yet."""
+        return sum(1 for a in self.active.values() if a.pending)
+
+    @property
+    def batches_per_round(self) -> int:
+        """Polls of one active round at most, for the budget plan: every batch Box lists, and
+        at most `WATCH_POLLS_PER_ROUND` of those it does not list yet."""
+        pending = self.watched_count
+        return len(self.active) - pending + min(pending, WATCH_POLLS_PER_ROUND)
+
+    def _round(self, now: float) -> list[str]:
+        """This round's batches: every listed one (oldest observation first), then the pending
+        watches that are due, in `_Active.turn` order, up to `WATCH_POLLS_PER_ROUND`. A watch past
+        its TTL leaves first, polled or not: a sweep still finds the batch if Box lists it."""
+        for batch_id, entry in list(self.active.items()):
+            if entry.watched_until is not None and now >= entry.watched_until:
+                del self.active[batch_id]
+                self.recorder.forget(batch_id)
+        listed = [b for b, a in self.active.items() if not a.pending]
+        listed.sort(key=lambda b: self.active[b].observed_at)
+        due = [b for b, a in self.active.items() if a.pending and a.next_try_at <= now]
+        due.sort(key=lambda b: self.active[b].turn)
+        return listed + due[:WATCH_POLLS_PER_ROUND]
 
     async def poll_active(self) -> int:
         """Poll every active batch once (oldest observation first); returns how many were
@@ -203,7 +261,7 @@ class Poller:
         if not self._baseline_done:
             return 0  # the first sweep records the baseline; nothing to compare against yet
         started = time.perf_counter()
-        order = sorted(self.active, key=lambda b: self.active[b].observed_at)
+        order = self._round(self.clock())
         gate = asyncio.Semaphore(ACTIVE_CONCURRENCY)
 
         async def one(batch_id: str) -> bool:
@@ -257,15 +315,21 @@ class Poller:
                 del self.active[batch_id]
         elif entry.watched_until is None or now >= entry.watched_until:
             del self.active[batch_id]
+        else:  # Box does not know it yet: try again later, less often each time
+            entry.tries += 1
+            entry.next_try_at = now + min(
+                WATCH_RETRY_MAX_S, WATCH_RETRY_FIRST_S * 2 ** (entry.tries - 1)
+            )
         if batch_id not in self.active:
             self.recorder.forget(batch_id)
         self.metrics.active_batches.set(len(self.active))
 
     def detection_lag_s(self) -> float:
         """How stale the oldest observation of an active batch is."""
-        if not self.active:
-            return 0.0
-        return max(0.0, self.clock() - min(a.observed_at for a in self.active.values()))
+        followed = [a.observed_at for a in self.active.values() if not a.pending]
+        if not followed:
+            return 0.0  # a watch of a batch Box does not list yet is not a detection delay
+        return max(0.0, self.clock() - min(followed))
 
     def _note_unknown_statuses(self, jobs: Iterable[tuple[str, str]]) -> None:
         """Count each sighting of a status this build does not know; log each such status once.

@@ -101,7 +101,7 @@ class PollSchedule:
         rate = self.budget.rate_rpm if self.budget is not None else float("inf")
         plan = plan_intervals(
             rate,
-            len(self.poller.active),
+            self.poller.batches_per_round,
             self.poller.last_sweep_requests,
             poll.sweep_interval,
             poll.active_interval,

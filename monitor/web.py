@@ -1,9 +1,11 @@
 """The daemon's HTTP server: /metrics (Prometheus text), /healthz (the process answers),
 /readyz (the store answers and polling is fresh), with details as JSON, and the HTTP API:
-`POST /api/v1/watch/batches/{batch_id}` (bearer token; absent when no token is configured)."""
+`POST /api/v1/watch/batches/{batch_id}` (bearer token; absent when no token is configured).
+A batch id is a Box id, digits only (400 otherwise); a watch the monitor has no room for is 429."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,15 +14,22 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import SecretStr
 
+from monitor.errors import ListenError
+
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 READY_KEY = web.AppKey("ready", object)
 WATCH_KEY = web.AppKey("watch", object)
 TOKEN_KEY = web.AppKey("api_token", SecretStr)
-#: Box ids are digit strings; anything much longer than one is not a batch id.
-MAX_BATCH_ID_CHARS = 64
+#: Box ids are digit strings (64-bit numbers today); anything longer is not a batch id.
+MAX_BATCH_ID_CHARS = 20
+BATCH_ID = re.compile(rf"[0-9]{{1,{MAX_BATCH_ID_CHARS}}}")
 WATCH_ROUTE = "/api/v1/watch/batches/{batch_id}"
+# Matches any rest of the path, empty and `..%2F..` included, so each gets a 400, not a 404.
+_WATCH_PATTERN = "/api/v1/watch/batches/{batch_id:.*}"
+#: `watch(batch_id)` answers False when the monitor has no room for another watched batch.
+WatchFn = Callable[[str], bool]
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -48,10 +57,16 @@ async def _watch(request: web.Request) -> web.Response:
             {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"}
         )
     batch_id = request.match_info["batch_id"]
-    if len(batch_id) > MAX_BATCH_ID_CHARS or not batch_id.isprintable():
-        return web.json_response({"error": "invalid batch id"}, status=400)
-    watch: Callable[[str], None] = request.app[WATCH_KEY]  # type: ignore[assignment]
-    watch(batch_id)
+    if BATCH_ID.fullmatch(batch_id) is None:  # never echoed: it is the caller's text
+        return web.json_response(
+            {"error": f"invalid batch id: expected a Box id of 1 to {MAX_BATCH_ID_CHARS} digits"},
+            status=400,
+        )
+    watch: WatchFn = request.app[WATCH_KEY]  # type: ignore[assignment]
+    if not watch(batch_id):
+        return web.json_response(
+            {"error": "too many watched batches (http.max_watched_batches)"}, status=429
+        )
     return web.json_response({"batch_id": batch_id, "watched": True}, status=202)
 
 
@@ -59,7 +74,7 @@ def build_app(
     registry: CollectorRegistry,
     ready: ReadyCheck,
     *,
-    watch: Callable[[str], None] | None = None,
+    watch: WatchFn | None = None,
     api_token: SecretStr | None = None,
 ) -> web.Application:
     app = web.Application()
@@ -71,7 +86,7 @@ def build_app(
     if watch is not None and api_token is not None and api_token.get_secret_value():
         app[WATCH_KEY] = watch
         app[TOKEN_KEY] = api_token
-        app.router.add_post(WATCH_ROUTE, _watch)
+        app.router.add_post(_WATCH_PATTERN, _watch)
     return app
 
 
@@ -86,7 +101,11 @@ class WebServer:
     async def start(self) -> None:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # in use, not an address of this host, a name that resolves not
+            await self._runner.cleanup()
+            raise ListenError(self.url.removeprefix("http://"), exc.strerror or str(exc)) from None
         self.port = self._runner.addresses[0][1]  # the real port when 0 was asked for
 
     @property

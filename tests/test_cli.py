@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from monitor.logging import configure_logging
 from monitor.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.harness import TOKEN, free_port, write_config
+from tests.harness import TOKEN, DaemonProcess, free_port, wait_until, write_config
 
 CLI = [sys.executable, "-m", "monitor.cli"]
 
@@ -154,3 +154,66 @@ def test_logs_are_json_lines_off_a_terminal_and_mask_secret_keys() -> None:
     assert record["event"] == "token_fetched" and record["job_id"] == "j1"
     assert record["token"] == "**********" and record["client_secret"] == "**********"
     assert record["level"] == "info" and record["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize("kind", ["busy", "not an address of this host"])
+async def test_a_busy_or_unbindable_listen_address_exits_2_naming_key_and_address(
+    sim: RunningSimulator, tmp_path: Path, kind: str
+) -> None:
+    import socket
+
+    holder = socket.socket()
+    try:
+        if kind == "busy":
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            address = f"127.0.0.1:{holder.getsockname()[1]}"
+        else:
+            address = "192.0.2.1:9464"  # TEST-NET-1: never an address of this host
+        config = write_config(tmp_path / "c.yaml", box_url=sim.url,
+                              hook_url="http://127.0.0.1:9/h", http_port=0,
+                              http={"listen": address})
+        code, _, err = await run_cli("run", "--config", str(config))
+    finally:
+        holder.close()
+    assert code == 2, err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("docgen-monitor:")]
+    assert line.startswith(f"docgen-monitor: invalid configuration: http.listen: cannot listen "
+                           f"on {address}: "), line
+    assert len(line) < 200
+
+
+async def test_a_sighup_reload_of_broken_yaml_logs_where_and_what_never_the_line(
+    sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """The rejected reload names file, line, column and the kind of error; the line itself,
+    with the secret written inline on it, appears nowhere in the daemon's output."""
+    port = free_port()
+    config = write_config(tmp_path / "c.yaml", box_url=sim.url, hook_url="http://127.0.0.1:9/h",
+                          http_port=port)
+    daemon = DaemonProcess(config, port)
+    try:
+        daemon.start()
+        await daemon.wait_ready()
+        text = config.read_text()
+        config.write_text(text + 'extra: {token: "hunter2-inline-secret\n')
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+
+        def rejected() -> list[dict[str, object]]:
+            lines = [json.loads(ln) for ln in daemon.logs().splitlines() if ln.startswith("{")]
+            return [e for e in lines if e["event"] == "config_reload_rejected"]
+
+        async def answered() -> bool:
+            return bool(rejected())
+
+        await wait_until(answered, 15, "the reload to be rejected")
+        (problem,) = rejected()[0]["problems"]  # type: ignore[misc]
+        lines = len(text.splitlines())
+        assert problem == (f"(file): {config}: line {lines + 2}, column 1: invalid YAML: found "
+                           "unexpected end of stream while scanning a quoted scalar")
+        assert await daemon.stop() == 0
+    finally:
+        daemon.ensure_stopped()
+    assert "hunter2" not in daemon.logs()

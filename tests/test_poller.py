@@ -320,3 +320,38 @@ async def test_a_lone_straggler_is_read_by_its_own_id(rig: Rig) -> None:
     stats = rig.sim.state.stats
     assert (stats.count("get_job"), stats.count("batch_jobs")) == (2, 0)
     assert batch["batch_id"] not in poller.active
+
+
+async def test_watches_box_does_not_list_take_a_bounded_share_of_each_round(rig: Rig) -> None:
+    """1,000 watches of ids Box does not know: a real batch is still polled every round, a round
+    polls at most `WATCH_POLLS_PER_ROUND` of the unknown ones (fewest tries first), and the
+    budget plan counts no more than that."""
+    from monitor.box.budget import Degradation, plan_intervals
+    from monitor.poller import WATCH_POLLS_PER_ROUND
+
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    batch = await rig.control.start_batch(2)
+    assert poller.watch(batch["batch_id"])
+    await poller.poll_active()  # Box lists it: followed from now on
+    bogus = [str(9_000_000_000 + i) for i in range(1000)]
+    assert all(poller.watch(b) for b in bogus)
+    assert not poller.watch("8999999999")  # http.max_watched_batches reached
+    assert poller.watch(bogus[0]) and poller.watch(batch["batch_id"])  # known ids: no new slot
+    assert poller.batches_per_round == 1 + WATCH_POLLS_PER_ROUND
+    plan = plan_intervals(600, poller.batches_per_round, 1, 60, 5)
+    assert plan.level is Degradation.NORMAL and plan.active_interval_s == 5
+
+    before = rig.sim.state.stats.count("batch_jobs")
+    for _ in range(3):
+        assert await poller.poll_active() == 1 + WATCH_POLLS_PER_ROUND
+        rig.clock.now += 5
+    assert rig.sim.state.stats.count("batch_jobs") - before <= 3 * (1 + WATCH_POLLS_PER_ROUND)
+    assert poller.active[batch["batch_id"]].observed_at == rig.clock.now - 5
+    fresh = "8999999998"
+    del poller.active[bogus[-1]]
+    assert poller.watch(fresh)
+    await poller.poll_active()
+    assert poller.active[fresh].tries == 1  # a new watch goes before those tried already
+    assert poller.detection_lag_s() == 0.0  # unknown watches are no detection delay
