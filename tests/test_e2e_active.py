@@ -47,6 +47,18 @@ class World(harness.World):
                 and (batch_id is None or (e.get("job") or e.get("batch") or {}).get(
                     "batch_id", (e.get("batch") or {}).get("id")) == batch_id)]
 
+    async def start_and_watch_a_batch(self, history: int, jobs: int = 3) -> dict[str, Any]:
+        """Seed `history` jobs, start the daemon, start a batch of `jobs`, watch it through the
+        CLI and wait until every job of it was announced."""
+        await self.control.call("POST", "/_sim/seed", {"count": history})
+        self.daemon.start()
+        await self.daemon.wait_ready()
+        batch = await self.control.start_batch(jobs)
+        assert (await asyncio.to_thread(self.watch, batch["batch_id"])).returncode == 0
+        await self.receiver.wait_for(
+            lambda r: len(self.of("job.discovered", batch["batch_id"])) == jobs, 10)
+        return batch
+
     async def metric(self, name: str) -> float:
         _, text = await self.daemon.get("/metrics")
         for line in text.splitlines():
@@ -110,13 +122,7 @@ async def test_a_watched_batch_is_detected_within_the_active_interval(world: Wor
 
 
 async def test_changes_made_while_the_daemon_was_stopped_arrive_late_once(world: World) -> None:
-    await world.control.call("POST", "/_sim/seed", {"count": 20})
-    world.daemon.start()
-    await world.daemon.wait_ready()
-    batch = await world.control.start_batch(3)
-    assert (await asyncio.to_thread(world.watch, batch["batch_id"])).returncode == 0
-    await world.receiver.wait_for(
-        lambda r: len(world.of("job.discovered", batch["batch_id"])) == 3, 10)
+    batch = await world.start_and_watch_a_batch(history=20)
     assert await world.daemon.stop() == 0
     stopped_at = time.time()
 

@@ -63,13 +63,7 @@ async def test_unknown_watches_are_capped_and_never_slow_a_real_active_batch(
     """1,000 watches (the default `http.max_watched_batches`) of ids Box does not know: the
     next one is 429, the plan keeps the configured active interval and a real batch watched
     before them is followed to its outcome within a few active intervals."""
-    await world.control.call("POST", "/_sim/seed", {"count": 10})
-    world.daemon.start()
-    await world.daemon.wait_ready()
-    batch = await world.control.start_batch(3)
-    assert (await asyncio.to_thread(world.watch, batch["batch_id"])).returncode == 0
-    await world.receiver.wait_for(
-        lambda r: len(world.of("job.discovered", batch["batch_id"])) == 3, 10)
+    batch = await world.start_and_watch_a_batch(history=10)
     async with aiohttp.ClientSession() as session:
         statuses = await asyncio.gather(
             *(post_watch(session, world, str(9_000_000_000 + i)) for i in range(1000)))
