@@ -4,7 +4,8 @@ run` as a subprocess, the fake Slack Web API and a real SMTP server (aiosmtpd).
 A 500-job batch with 20 failures must give ONE parent Slack message whose final edit shows the
 true counts, the failures in at most 5 thread replies, and one digest mail, through a SIGKILL
 and restart, a Slack 429 storm and an SMTP outage. The figures (Slack calls, mails) are printed
-with `-s`."""
+with `-s`. A SIGKILL between Slack storing a parent and the daemon saving its ts leaves one
+parent."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
+from tests import harness
 from tests.fake_slack import FakeSlack, untrusted_leaks
 from tests.harness import TOKEN, DaemonProcess, SimControl, free_port, wait_until, write_config
 from tests.smtp_sink import SmtpSink, parts
@@ -197,3 +199,62 @@ async def test_a_slack_429_storm_and_an_smtp_outage_lose_nothing(world: World) -
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- the crash window between chat.postMessage and saving the parent's ts -----------------------
+
+
+@pytest.fixture
+async def slack_world(tmp_path: Path) -> AsyncIterator[tuple[harness.World, FakeSlack]]:
+    slack = await FakeSlack().start()
+    sim_config = SimulatorConfig(
+        seed=11, developer_tokens=[SecretStr(TOKEN)],
+        timeline=TimelineConfig(submitted_after_s=0.3, min_duration_s=1.0, max_duration_s=3.0),
+    )
+    notifiers = [{"name": "team-slack", "type": "slack", "token": "xoxb-test",
+                  "channel": CHANNEL, "api_url": slack.api_url,
+                  "group_by": ["batch"], "group_wait": "1s", "group_interval": "2s"}]
+    try:
+        async for w in harness.webhook_world(
+            tmp_path, sim_config, harness.World, notifiers=notifiers,
+            routes=[{"match": {}, "notify": ["team-slack"]}],
+        ):
+            yield w, slack
+    finally:
+        await slack.stop()
+
+
+async def test_a_sigkill_between_the_parent_post_and_saving_its_ts_leaves_one_parent(
+    slack_world: tuple[harness.World, FakeSlack],
+) -> None:
+    """Slack stores the parent and holds its answer; the daemon is SIGKILLed while it waits.
+    The restarted daemon finds the message by its metadata: exactly one parent, ever."""
+    w, slack = slack_world
+    slack.answer_next_post_late_s = 30.0  # stored at once, answered long after the kill
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    batch = await w.control.start_batch(12)
+
+    async def parent_stored() -> bool:
+        return bool(slack.parents())
+
+    await wait_until(parent_stored, 20, "Slack to store the parent")
+    w.daemon.kill()  # the answer (and its ts) never reached the daemon
+    [parent] = slack.parents()
+    w.daemon.start()
+    await w.daemon.wait_ready()
+
+    async def final_edit() -> bool:
+        return "12/12 jobs done" in parent.text
+
+    try:
+        await wait_until(final_edit, 40, "the parent to show the whole batch", interval_s=0.3)
+    except AssertionError:
+        raise AssertionError(f"--- daemon log tail ---\n{w.daemon.logs()[-5000:]}") from None
+    assert slack.parents() == [parent]
+    assert parent.metadata == {"event_type": "docgen_batch", "event_payload": {
+        "batch_id": batch["batch_id"], "notifier": "team-slack"}}
+    assert '"slack_parent_recovered"' in w.daemon.logs()
+    assert [r.method for r in slack.calls("conversations.history", ok=True)] == [
+        "conversations.history"]
+    assert await w.daemon.stop(signal.SIGTERM) == 0

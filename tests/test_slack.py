@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from monitor.config import NotifierSpec
 from monitor.model import Event, EventBatch, EventJob, EventType, JobState, SnapshotChanges
@@ -19,8 +20,8 @@ from monitor.notify.base import NotifierRegistry
 from monitor.notify.slack import SlackNotifier
 from monitor.store import open_store
 from monitor.store.base import Store, ThreadRef
-from tests.fake_slack import FakeSlack, untrusted_leaks
-from tests.harness import free_port
+from tests.fake_slack import FakeSlack, Message, untrusted_leaks
+from tests.harness import free_port, wait_until
 
 CHANNEL = "C0123456789"
 T0 = time.time() - 5
@@ -289,3 +290,159 @@ def test_config_needs_exactly_one_mode() -> None:
         spec = NotifierSpec.model_validate({"name": "s", "type": "slack", **settings})
         with pytest.raises(ValueError, match=r"token|webhook_url"):
             registry.create(spec, timeout_s=1)
+
+
+# -- the parent: a failing edit waits on its own; an unanswered post is never repeated ----------
+
+
+async def parent_text_contains(slack: FakeSlack, text: str) -> bool:
+    return any(text in p.text for p in slack.parents())
+
+
+async def test_a_failing_parent_edit_does_not_stop_the_replies_and_is_retried_on_its_own(
+    slack: FakeSlack, store: Store
+) -> None:
+    """The thread replies go on and the batch is delivered while `chat.update` fails; the edit
+    keeps its own retry (store + timer) and the parent converges to the final text."""
+    jobs = [job(n) for n in range(6)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    notifier = bot(slack, store, failures_per_reply=2)
+    try:
+        assert (await notifier.send([changed(jobs[0], "pending")])).ok
+        [parent] = slack.parents()
+        done = [replace(j, status="completed") for j in jobs[:3]]
+        bad = [replace(j, status="failed", errors=(f"error {j.id}",)) for j in jobs[3:]]
+        await store.commit(SnapshotChanges(upserts=(*done, *bad)), [])
+        slack.fail_updates = 2  # this send's edit and the first retry fail
+        result = await notifier.send([*(changed(j) for j in (*done, *bad)),
+                                      completed("b1", {"completed": 3, "failed": 3})])
+        assert result.ok and not result.held, result
+        assert [len(section_texts(r.blocks)) for r in slack.replies(parent.ts)] == [2, 1]
+        assert "6/6 jobs done" not in parent.text
+        [pending] = await store.pending_edits("team-slack")
+        assert pending.thread == ThreadRef(CHANNEL, parent.ts)
+        await wait_until(lambda: parent_text_contains(slack, "6/6 jobs done"), 15,
+                         "the parent edit to be retried until it lands")
+        assert await store.pending_edits("team-slack") == []
+    finally:
+        await notifier.close()
+    assert len(slack.parents()) == 1 and "failed: *3*" in parent.text
+    assert [r.status for r in slack.calls("chat.update")] == [500, 500, 200]
+
+
+async def test_a_pending_parent_edit_is_retried_after_a_restart(
+    slack: FakeSlack, store: Store
+) -> None:
+    jobs = [job(n) for n in range(2)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    before = bot(slack, store)
+    try:
+        assert (await before.send([changed(jobs[0], "pending")])).ok
+        final = [replace(j, status="completed") for j in jobs]
+        await store.commit(SnapshotChanges(upserts=tuple(final)), [])
+        slack.fail_updates = 1000
+        assert (await before.send([changed(j) for j in final])).ok
+    finally:
+        await before.close()
+    assert len(await store.pending_edits("team-slack")) == 1
+    slack.fail_updates = 0
+    after = bot(slack, store)  # a new process: the edit is known only to the store
+    try:
+        await after.start()
+        await wait_until(lambda: parent_text_contains(slack, "2/2 jobs done"), 10,
+                         "the restarted notifier to retry the stored edit")
+    finally:
+        await after.close()
+    assert await store.pending_edits("team-slack") == []
+
+
+async def test_a_parent_edit_slack_can_never_accept_is_abandoned(
+    slack: FakeSlack, store: Store
+) -> None:
+    jobs = [job(n) for n in range(2)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    notifier = bot(slack, store)
+    try:
+        assert (await notifier.send([changed(jobs[0], "pending")])).ok
+        slack.messages.clear()  # someone deleted the parent
+        await store.commit(SnapshotChanges(upserts=(replace(jobs[0], status="completed"),)), [])
+        with capture_logs() as logs:
+            assert (await notifier.send([changed(replace(jobs[0], status="completed"))])).ok
+    finally:
+        await notifier.close()
+    [abandoned] = [e for e in logs if e["event"] == "slack_parent_edit_abandoned"]
+    assert abandoned["error"] == "chat.update: message_not_found"
+    assert await store.pending_edits("team-slack") == []
+
+
+async def test_a_parent_whose_answer_never_came_is_found_by_its_metadata_not_posted_twice(
+    slack: FakeSlack, store: Store
+) -> None:
+    """Slack stored the parent but its answer was lost (here: past the client's timeout):
+    the next attempt finds the message in conversations.history by its metadata."""
+    jobs = [job(n) for n in range(3)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    notifier = bot(slack, store, failures_per_reply=1)
+    started = time.time()
+    try:
+        slack.answer_next_post_late_s = 3.0  # the client gives up after 2 s
+        first = await notifier.send([changed(jobs[0], "pending")])
+        assert (first.ok, first.detail) == (False, "no answer within 2s")
+        [parent] = slack.parents()
+        assert await store.get_thread("team-slack", "b1") is None
+        bad = replace(jobs[1], status="failed", errors=("boom",))
+        await store.commit(SnapshotChanges(upserts=(bad,)), [])
+        with capture_logs() as logs:
+            second = await notifier.send([changed(jobs[0], "pending"), changed(bad)])
+        assert second.ok, second
+    finally:
+        await notifier.close()
+    assert slack.parents() == [parent]
+    assert parent.metadata == {"event_type": "docgen_batch",
+                               "event_payload": {"batch_id": "b1", "notifier": "team-slack"}}
+    assert await store.get_thread("team-slack", "b1") == ThreadRef(CHANNEL, parent.ts)
+    assert "1/3 jobs done" in parent.text  # edited to the current counts
+    assert len(slack.replies(parent.ts)) == 1
+    [lookup] = slack.calls("conversations.history")
+    assert lookup.args["include_all_metadata"] == "true" and lookup.args["channel"] == CHANNEL
+    assert float(parent.ts) > float(lookup.args["oldest"]) >= started - 61
+    assert [e["ts"] for e in logs if e["event"] == "slack_parent_recovered"] == [parent.ts]
+
+
+async def test_the_parent_lookup_pages_back_through_a_busy_channel(
+    slack: FakeSlack, store: Store
+) -> None:
+    await store.commit(SnapshotChanges(upserts=(job(1),)), [])
+    slack.enforce_rate = False
+    notifier = bot(slack, store, post_interval=0)
+    try:
+        slack.answer_next_post_late_s = 3.0
+        assert not (await notifier.send([changed(job(1), "pending")])).ok
+        for n in range(450):  # other messages posted since: three pages of 200
+            ts = f"{int(time.time())}.{500_000 + n:06d}"  # newer than the parent, not future
+            slack.messages[(CHANNEL, ts)] = Message(CHANNEL, ts, "B001", f"noise {n}", None, None)
+        assert (await notifier.send([changed(job(1), "pending")])).ok
+    finally:
+        await notifier.close()
+    assert len(slack.parents()) == 451
+    assert len(slack.calls("conversations.history", ok=True)) == 3
+
+
+async def test_without_history_access_a_lost_answer_gives_way_to_a_second_post(
+    slack: FakeSlack, store: Store
+) -> None:
+    """A bot without channels:history cannot look: it logs why and posts again rather than
+    never posting (the documented degraded mode)."""
+    slack.scopes["xoxb-test"] = frozenset({"chat:write"})
+    await store.commit(SnapshotChanges(upserts=(job(1),)), [])
+    notifier = bot(slack, store)
+    try:
+        slack.answer_next_post_late_s = 3.0
+        assert not (await notifier.send([changed(job(1), "pending")])).ok
+        with capture_logs() as logs:
+            assert (await notifier.send([changed(job(1), "pending")])).ok
+    finally:
+        await notifier.close()
+    assert len(slack.parents()) == 2
+    [warning] = [e for e in logs if e["event"] == "slack_parent_lookup_unavailable"]
+    assert warning["error"] == "conversations.history: missing_scope"

@@ -4,9 +4,20 @@ Bot mode (`token` + `channel`, Web API): one parent message per batch, edited in
 `chat.update` as the batch progresses (counts, progress bar, elapsed time, template and output
 type), failed and completed-with-error jobs posted as thread replies, several jobs per reply.
 The (batch -> channel, ts) mapping lives in the store, so after a restart the same thread goes
-on and a batch never gets a second parent. Edits are coalesced by grouping (`group_by: [batch]`,
-at most one flush per batch every `group_interval`); posts to the channel are paced to Slack's
-one message per second.
+on. Edits are coalesced by grouping (`group_by: [batch]`, at most one flush per batch every
+`group_interval`); posts to the channel are paced to Slack's one message per second.
+
+A batch never gets a second parent, even when the process dies after Slack accepted the post
+and before its ts was saved (Slack has no idempotency key): the post is recorded as started
+first and carries message metadata (`event_type: docgen_batch`, the batch id and notifier
+name); a later attempt that finds a start without a ts looks the message up in
+`conversations.history` (`include_all_metadata`, from the first start on) before posting again.
+
+A failing parent edit never holds the thread back: the replies go on, the events the edit
+shows are settled, and the edit waits in the store (its latest content) for its own retry, by
+a timer of this notifier with its own backoff, or by the batch's next send, until the parent
+shows the newest text. An edit Slack can never accept (the parent deleted, not ours) is
+abandoned with an error log.
 
 Webhook mode (`webhook_url`): one grouped summary per flush; webhooks cannot edit or thread.
 
@@ -21,12 +32,14 @@ Untrusted text is escaped for mrkdwn by the templates (see `render.py`); `link_n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import aiohttp
 import orjson
+import structlog
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from monitor.config import DurationS
@@ -51,15 +64,46 @@ MAX_TEXT_CHARS = 4000  # top-level `text` (chat.update's documented msg_too_long
 MAX_SECTION_CHARS = 3000
 MAX_HEADER_CHARS = 150
 MAX_BLOCKS = 50
-UPDATE_INTERVAL_S = 1.2  # chat.update: Tier 3, 50 a minute
+UPDATE_INTERVAL_S = 1.2  # chat.update and conversations.history: Tier 3, 50 a minute
+
+# The parent's message metadata, and its lookup after an unfinished post: pages of 200 from
+# the first start on (less a margin for the skew between our clock and Slack's ts), at most 10.
+METADATA_EVENT_TYPE = "docgen_batch"
+HISTORY_PAGE_LIMIT = 200
+HISTORY_MAX_PAGES = 10
+LOOKUP_MARGIN_S = 60.0
+# Answers that mean the lookup cannot work for this token or channel (no channels:history,
+# a channel name instead of an id): posting again is the lesser harm than never posting.
+LOOKUP_UNAVAILABLE = frozenset(
+    {"missing_scope", "not_in_channel", "channel_not_found", "not_allowed_token_type"}
+)
+# A failed parent edit: its own backoff, abandoned after a day or for an answer no retry
+# changes (the parent was deleted, is not ours, or the workspace forbids edits).
+EDIT_RETRY_INITIAL_S = 2.0
+EDIT_RETRY_MAX_S = 300.0
+EDIT_GIVE_UP_S = 86_400.0
+EDIT_RECHECK_S = 30.0
+EDIT_PERMANENT = frozenset(
+    {"message_not_found", "cant_update_message", "edit_window_closed", "is_inactive"}
+)
+
+log = structlog.get_logger(__name__)
 
 
 class SlackError(Exception):
-    def __init__(self, detail: str, retry_after_s: float | None = None, *, limited: bool = False):
+    def __init__(
+        self,
+        detail: str,
+        retry_after_s: float | None = None,
+        *,
+        limited: bool = False,
+        code: str | None = None,
+    ):
         super().__init__(detail)
         self.detail = detail
         self.retry_after_s = retry_after_s
         self.limited = limited
+        self.code = code  # Slack's `error` of an ok:false answer
 
 
 class SlackConfig(NotifierConfig):
@@ -110,6 +154,12 @@ class SlackNotifier(HttpNotifier):
         self.templates = Templates(self.config.template_dir)
         self._last_call_at: dict[str, float] = {}  # Web API method -> monotonic time
         self._last_parent: dict[str, str] = {}  # batch id -> text last written (skip no-ops)
+        # Parent edits that failed: batch id -> (failures, monotonic time of the next retry).
+        self._edits: dict[str, tuple[int, float]] = {}
+        self._edits_loaded = False  # the store's pending edits read since start
+        self._edit_lock = asyncio.Lock()  # one parent edit at a time: never an older text last
+        self._edit_wake = asyncio.Event()
+        self._edit_task: asyncio.Task[None] | None = None
         self.calls = 0
 
     @property
@@ -123,6 +173,21 @@ class SlackNotifier(HttpNotifier):
         for job in context["failures"]:
             problems += self.templates.check([("mrkdwn", "slack_failure.j2")], {"job": job})
         return problems
+
+    async def start(self) -> None:
+        await super().start()
+        if self.bot and self._edit_task is None:
+            self._edit_task = asyncio.create_task(
+                self._retry_edits_forever(), name=f"slack-edits:{self.name}"
+            )
+
+    async def close(self) -> None:
+        task, self._edit_task = self._edit_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await super().close()
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -151,30 +216,12 @@ class SlackNotifier(HttpNotifier):
     async def _bot_batch(self, batch_id: str, events: list[Event], settled: set[str]) -> set[str]:
         """Parent post or edit, then thread replies; returns the failures held for later."""
         view = await load_batch_view(self.store, batch_id, events)
-        context = view.context()
-        title = cap(self.templates.render("mrkdwn", "slack_title.j2", context), MAX_HEADER_CHARS)
-        body = self.templates.render("mrkdwn", "slack_parent.j2", context)
-        blocks = [
-            {"type": "header", "text": {"type": "plain_text", "text": title}},
-            section(body),
-        ]
-        text = cap(f"{title}\n{body}", MAX_TEXT_CHARS)
+        content = self._parent_content(view)
         thread = await self.store.get_thread(self.name, batch_id) if self.store else None
         if thread is None:
-            answer = await self._api(
-                "chat.postMessage",
-                {"channel": self.config.channel, "text": text, "blocks": blocks},
-            )
-            thread = ThreadRef(str(answer["channel"]), str(answer["ts"]))
-            if self.store is not None:
-                thread = await self.store.save_thread(self.name, batch_id, thread)
-            self._last_parent[batch_id] = text
-        elif self._last_parent.get(batch_id) != text:
-            await self._api(
-                "chat.update",
-                {"channel": thread.channel, "ts": thread.ts, "text": text, "blocks": blocks},
-            )
-            self._last_parent[batch_id] = text
+            thread = await self._post_parent(batch_id, content)
+        elif self._last_parent.get(batch_id) != content["text"]:
+            await self._edit_parent(batch_id, thread, content)
         failures = [e for e in events if is_failure(e)]
         shown = {e.id for e in events if not is_failure(e)}
         await self.settle(shown)
@@ -193,6 +240,173 @@ class SlackNotifier(HttpNotifier):
         if view.complete:
             self._last_parent.pop(batch_id, None)  # bounded: only batches still running
         return {e.id for e in failures[cut:]}
+
+    def _parent_content(self, view: BatchView) -> dict[str, Any]:
+        context = view.context()
+        title = cap(self.templates.render("mrkdwn", "slack_title.j2", context), MAX_HEADER_CHARS)
+        body = self.templates.render("mrkdwn", "slack_parent.j2", context)
+        return {
+            "text": cap(f"{title}\n{body}", MAX_TEXT_CHARS),
+            "blocks": [
+                {"type": "header", "text": {"type": "plain_text", "text": title}},
+                section(body),
+            ],
+        }
+
+    # -- the parent: one post, ever ---------------------------------------------------------
+
+    async def _post_parent(self, batch_id: str, content: dict[str, Any]) -> ThreadRef:
+        """Post the parent, unless an earlier unfinished post reached Slack: then adopt it."""
+        if self.store is not None:
+            started_at = await self.store.start_thread_post(self.name, batch_id, time.time())
+            if started_at is not None:
+                found = await self._find_parent(batch_id, started_at)
+                if found is not None:
+                    thread, shown = found
+                    log.info("slack_parent_recovered", notifier=self.name, batch_id=batch_id,
+                             ts=thread.ts)
+                    thread = await self.store.save_thread(self.name, batch_id, thread)
+                    self._last_parent[batch_id] = shown
+                    if shown != content["text"]:
+                        await self._edit_parent(batch_id, thread, content)
+                    return thread
+        metadata = {
+            "event_type": METADATA_EVENT_TYPE,
+            "event_payload": {"batch_id": batch_id, "notifier": self.name},
+        }
+        answer = await self._api(
+            "chat.postMessage", {"channel": self.config.channel, **content, "metadata": metadata}
+        )
+        thread = ThreadRef(str(answer["channel"]), str(answer["ts"]))
+        if self.store is not None:
+            thread = await self.store.save_thread(self.name, batch_id, thread)
+        self._last_parent[batch_id] = content["text"]
+        return thread
+
+    async def _find_parent(
+        self, batch_id: str, started_at: float
+    ) -> tuple[ThreadRef, str] | None:
+        """The parent an unfinished post left in the channel (by its metadata), and its text;
+        None when there is none, or when this token or channel cannot read the history."""
+        channel = str(self.config.channel)
+        params = {
+            "channel": channel,
+            "oldest": f"{started_at - LOOKUP_MARGIN_S:.6f}",
+            "include_all_metadata": "true",
+            "limit": str(HISTORY_PAGE_LIMIT),
+        }
+        for _ in range(HISTORY_MAX_PAGES):
+            try:
+                answer = await self._api("conversations.history", params, read=True)
+            except SlackError as exc:
+                if exc.code not in LOOKUP_UNAVAILABLE:
+                    raise  # transient: the send is retried, the lookup with it
+                log.warning("slack_parent_lookup_unavailable", notifier=self.name,
+                            batch_id=batch_id, error=exc.detail,
+                            hint="give the bot channels:history and `channel` as an id")
+                return None
+            for message in answer.get("messages") or []:
+                if self._is_parent_of(message, batch_id):
+                    return ThreadRef(channel, str(message["ts"])), str(message.get("text", ""))
+            cursor = (answer.get("response_metadata") or {}).get("next_cursor")
+            if not answer.get("has_more") or not cursor:
+                return None
+            params = {**params, "cursor": str(cursor)}
+        log.warning("slack_parent_lookup_truncated", notifier=self.name, batch_id=batch_id,
+                    pages=HISTORY_MAX_PAGES)
+        return None
+
+    def _is_parent_of(self, message: Any, batch_id: str) -> bool:
+        metadata = message.get("metadata") if isinstance(message, dict) else None
+        if not isinstance(metadata, dict) or metadata.get("event_type") != METADATA_EVENT_TYPE:
+            return False
+        payload = metadata.get("event_payload")
+        return (
+            isinstance(payload, dict)
+            and payload.get("batch_id") == batch_id
+            and payload.get("notifier") == self.name
+        )
+
+    # -- the parent's edits: retried on their own -------------------------------------------
+
+    async def _edit_parent(
+        self, batch_id: str, thread: ThreadRef, content: dict[str, Any], since: float | None = None
+    ) -> bool:
+        """Edit the parent; a failure is kept as a pending edit, never raised. Call it only
+        without `_edit_lock` held (`_retry_due_edits` holds it and calls `_try_edit`)."""
+        async with self._edit_lock:
+            return await self._try_edit(batch_id, thread, content, since)
+
+    async def _try_edit(
+        self, batch_id: str, thread: ThreadRef, content: dict[str, Any], since: float | None
+    ) -> bool:
+        try:
+            await self._api("chat.update", {"channel": thread.channel, "ts": thread.ts, **content})
+        except SlackError as exc:
+            await self._edit_failed(batch_id, content, exc, since)
+            return False
+        self._last_parent[batch_id] = content["text"]
+        if self.store is not None and (batch_id in self._edits or not self._edits_loaded):
+            await self.store.clear_pending_edit(self.name, batch_id)
+        if self._edits.pop(batch_id, None) is not None:
+            log.info("slack_parent_edit_recovered", notifier=self.name, batch_id=batch_id)
+        return True
+
+    async def _edit_failed(
+        self, batch_id: str, content: dict[str, Any], exc: SlackError, since: float | None
+    ) -> None:
+        failures = self._edits.get(batch_id, (0, 0.0))[0] + 1
+        self._last_parent.pop(batch_id, None)  # the parent shows something older
+        too_long = since is not None and time.time() - since > EDIT_GIVE_UP_S
+        if exc.code in EDIT_PERMANENT or too_long:
+            log.error("slack_parent_edit_abandoned", notifier=self.name, batch_id=batch_id,
+                      error=exc.detail, attempts=failures)
+            self._edits.pop(batch_id, None)
+            if self.store is not None:
+                await self.store.clear_pending_edit(self.name, batch_id)
+            return
+        delay_s = min(EDIT_RETRY_MAX_S, EDIT_RETRY_INITIAL_S * 2.0 ** (failures - 1))
+        if exc.retry_after_s is not None:
+            delay_s = max(delay_s, min(exc.retry_after_s, EDIT_RETRY_MAX_S))
+        self._edits[batch_id] = (failures, time.monotonic() + delay_s)
+        if self.store is not None:
+            content_json = orjson.dumps(content).decode()
+            await self.store.set_pending_edit(self.name, batch_id, content_json, time.time())
+        self._edit_wake.set()
+        log.warning("slack_parent_edit_failed", notifier=self.name, batch_id=batch_id,
+                    error=exc.detail, attempts=failures, retry_in_s=round(delay_s, 3))
+
+    async def _retry_edits_forever(self) -> None:
+        while True:
+            self._edit_wake.clear()
+            try:
+                wait_s = await self._retry_due_edits()
+            except Exception:
+                log.exception("slack_parent_edit_retry_failed", notifier=self.name)
+                wait_s = EDIT_RECHECK_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._edit_wake.wait(), wait_s)
+
+    async def _retry_due_edits(self) -> float:
+        """Retry every parent edit that is due (after a restart: all of them, at once); the
+        seconds until the next one is due."""
+        if self.store is None:
+            return EDIT_RECHECK_S
+        async with self._edit_lock:
+            pending = await self.store.pending_edits(self.name)
+            self._edits_loaded = True
+            for edit in pending:
+                now = time.monotonic()
+                _, due = self._edits.setdefault(edit.batch_id, (edit.attempts, now))
+                if due <= now:
+                    content = orjson.loads(edit.content)
+                    await self._try_edit(edit.batch_id, edit.thread, content, edit.failing_since)
+        next_due = min((due for _, due in self._edits.values()), default=None)
+        if next_due is None:
+            return EDIT_RECHECK_S
+        return min(max(next_due - time.monotonic(), 0.0), EDIT_RECHECK_S)
+
+    # -- thread replies ---------------------------------------------------------------------
 
     async def _reply(self, thread: ThreadRef, view: BatchView, chunk: list[Event]) -> None:
         # The jobs these events announce: each failure reaches the thread exactly once.
@@ -227,28 +441,35 @@ class SlackNotifier(HttpNotifier):
             await asyncio.sleep(wait_s)
         self._last_call_at[method] = time.monotonic()
 
-    async def _api(self, method: str, payload: dict[str, Any]) -> Any:
+    async def _api(self, method: str, payload: dict[str, Any], *, read: bool = False) -> Any:
+        """One Web API call: a JSON POST, or for a `read` method a GET with query parameters
+        (the documented way for conversations.history)."""
         await self._pace(method)
-        payload = {**payload, "unfurl_links": False, "unfurl_media": False}
-        if method == "chat.update":
-            del payload["unfurl_links"], payload["unfurl_media"]
+        if method == "chat.postMessage":
+            payload = {**payload, "unfurl_links": False, "unfurl_media": False}
         assert self.config.token is not None
         answer = await self._post(
-            self.config.api_url + method, payload, self.config.token.get_secret_value()
+            self.config.api_url + method, payload, self.config.token.get_secret_value(),
+            read=read,
         )
         if not isinstance(answer, dict) or answer.get("ok") is not True:
             error = answer.get("error") if isinstance(answer, dict) else "not JSON"
-            raise SlackError(f"{method}: {error}")
+            raise SlackError(f"{method}: {error}", code=str(error))
         return answer
 
-    async def _post(self, url: str, payload: dict[str, Any], token: str | None) -> Any:
+    async def _post(
+        self, url: str, payload: dict[str, Any], token: str | None, *, read: bool = False
+    ) -> Any:
         session = await self.session()
         self.calls += 1
-        headers = {"Content-Type": "application/json; charset=utf-8"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        if read:
+            request = session.get(url, params=payload, headers=headers)
+        else:
+            headers["Content-Type"] = "application/json; charset=utf-8"
+            request = session.post(url, data=orjson.dumps(payload), headers=headers)
         try:
-            async with session.post(url, data=orjson.dumps(payload), headers=headers) as r:
+            async with request as r:
                 raw = await r.read()
                 retry_after = parse_retry_after_s(r.headers.get("Retry-After"))
                 if r.status == 429:
