@@ -446,3 +446,27 @@ async def test_without_history_access_a_lost_answer_gives_way_to_a_second_post(
     assert len(slack.parents()) == 2
     [warning] = [e for e in logs if e["event"] == "slack_parent_lookup_unavailable"]
     assert warning["error"] == "conversations.history: missing_scope"
+
+
+async def test_a_throttled_parent_edit_waits_for_retry_after_without_growing_its_backoff(
+    slack: FakeSlack, store: Store
+) -> None:
+    """A 429 storm on the edit is a wait (Retry-After: 1), not a failure: the parent is
+    current about a second after the storm, not after minutes of grown backoff."""
+    jobs = [job(n) for n in range(2)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    notifier = bot(slack, store)
+    try:
+        assert (await notifier.send([changed(jobs[0], "pending")])).ok
+        final = [replace(j, status="completed") for j in jobs]
+        await store.commit(SnapshotChanges(upserts=tuple(final)), [])
+        slack.throttle_next, slack.throttle_retry_after = 8, 1
+        with capture_logs() as logs:
+            assert (await notifier.send([changed(j) for j in final])).ok
+            await wait_until(lambda: parent_text_contains(slack, "2/2 jobs done"), 15,
+                             "the throttled edit to land once the storm passed")
+    finally:
+        await notifier.close()
+    waits = [e["retry_in_s"] for e in logs if e["event"] == "slack_parent_edit_failed"]
+    assert len(waits) == 8 and set(waits) == {1.0}, waits
+    assert await store.pending_edits("team-slack") == []

@@ -355,7 +355,8 @@ class SlackNotifier(HttpNotifier):
     async def _edit_failed(
         self, batch_id: str, content: dict[str, Any], exc: SlackError, since: float | None
     ) -> None:
-        failures = self._edits.get(batch_id, (0, 0.0))[0] + 1
+        # A throttle is a wait, not a failure: it neither grows the backoff nor counts.
+        failures = self._edits.get(batch_id, (0, 0.0))[0] + (0 if exc.limited else 1)
         self._last_parent.pop(batch_id, None)  # the parent shows something older
         too_long = since is not None and time.time() - since > EDIT_GIVE_UP_S
         if exc.code in EDIT_PERMANENT or too_long:
@@ -365,9 +366,12 @@ class SlackNotifier(HttpNotifier):
             if self.store is not None:
                 await self.store.clear_pending_edit(self.name, batch_id)
             return
-        delay_s = min(EDIT_RETRY_MAX_S, EDIT_RETRY_INITIAL_S * 2.0 ** (failures - 1))
-        if exc.retry_after_s is not None:
-            delay_s = max(delay_s, min(exc.retry_after_s, EDIT_RETRY_MAX_S))
+        if exc.limited:
+            delay_s = min(exc.retry_after_s or 1.0, EDIT_RETRY_MAX_S)
+        else:
+            delay_s = min(EDIT_RETRY_MAX_S, EDIT_RETRY_INITIAL_S * 2.0 ** max(failures - 1, 0))
+            if exc.retry_after_s is not None:
+                delay_s = max(delay_s, min(exc.retry_after_s, EDIT_RETRY_MAX_S))
         self._edits[batch_id] = (failures, time.monotonic() + delay_s)
         if self.store is not None:
             content_json = orjson.dumps(content).decode()
