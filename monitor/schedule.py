@@ -178,6 +178,8 @@ class PollSchedule:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.metrics.polls.labels("sweep", "error").inc()
         self.metrics.poll_duration.labels("sweep").observe(duration_s)
+        if isinstance(exc, BoxAuthError):
+            return  # the auth logs each refused token request once, for every poll
         log.error(
             "sweep_failed",
             error=self.last_error,

@@ -120,7 +120,7 @@ async def test_a_wrong_secret_backs_off_shows_in_readyz_and_a_sighup_resumes_pol
     refusals = w.log_events("box_token_refused")
     assert len(refusals) == asked  # one line per backoff step, not per batch
     assert {e["reason"] for e in refusals} == {"invalid_grant"}
-    assert w.log_events("active_poll_failed") == []
+    assert w.log_events("active_poll_failed") == [] and w.log_events("sweep_failed") == []
     assert await w.metric('box_docgen_auth_failures_total{reason="invalid_grant"}') == asked
     assert WRONG not in w.daemon.logs()
 
