@@ -230,7 +230,7 @@ async def test_a_sigkill_between_the_parent_post_and_saving_its_ts_leaves_one_pa
     """Slack stores the parent and holds its answer; the daemon is SIGKILLed while it waits.
     The restarted daemon finds the message by its metadata: exactly one parent, ever."""
     w, slack = slack_world
-    slack.answer_next_post_late_s = 30.0  # stored at once, answered long after the kill
+    slack.answer_next_post_late_s = 10.0  # stored at once, answered long after the kill
     w.daemon.start()
     await w.daemon.wait_ready()
     batch = await w.control.start_batch(12)
