@@ -1,6 +1,9 @@
 """structlog setup: JSON lines when the log stream is not a terminal, the console renderer when it
 is. Logs go to stderr so that stdout stays clean for data (`once` prints events as JSON lines).
-A last processor masks values under secret-looking keys, in case one is ever passed by mistake."""
+A last processor masks values under secret-looking keys, in case one is ever passed by mistake,
+and every renderer gets strings without control or bidirectional-override characters (a value
+may be Box's text: an escape sequence or a forged newline must not reach a terminal or a log);
+only a traceback keeps its newlines."""
 
 from __future__ import annotations
 
@@ -11,7 +14,11 @@ from typing import Any, TextIO
 
 import structlog
 
+from monitor.safe_text import clean_data
+
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "private_key", "passphrase")
+#: Values that are text over several lines by nature.
+_MULTI_LINE_KEYS = frozenset({"exception", "stack"})
 
 
 def _mask_secrets(
@@ -20,6 +27,16 @@ def _mask_secrets(
     for key in event_dict:
         if any(s in key.lower() for s in _SECRET_KEYS) and event_dict[key] is not None:
             event_dict[key] = "**********"
+    return event_dict
+
+
+def _clean_text(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Strings (in lists and mappings too) without control or bidi characters. Other objects
+    are left to the renderer (the console renderer formats `exc_info` itself)."""
+    for key, value in event_dict.items():
+        event_dict[key] = clean_data(value, multiline=key in _MULTI_LINE_KEYS)
     return event_dict
 
 
@@ -42,6 +59,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 _mask_secrets,
+                _clean_text,
                 renderer,
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
@@ -56,6 +74,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             _mask_secrets,
+            _clean_text,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

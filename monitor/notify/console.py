@@ -1,4 +1,6 @@
-"""`type: console`: one readable line per event on stdout, for the demo and for a first look."""
+"""`type: console`: one readable line per event on stdout, for the demo and for a first look.
+Text from Box reaches a terminal here: every string goes out without control or bidirectional
+characters (`monitor.safe_text`), so a status or a failure text cannot rewrite the screen."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import orjson
 
 from monitor.model import Event, EventType
 from monitor.notify.base import DeliveryResult, Notifier, NotifierConfig
+from monitor.safe_text import clean, clean_data
 
 
 class ConsoleConfig(NotifierConfig):
@@ -48,8 +51,8 @@ class ConsoleNotifier(Notifier):
         out = self.stream or sys.stdout
         for event in events:
             if self.config.format == "json":
-                out.write(orjson.dumps(event.wire()).decode() + "\n")
+                out.write(orjson.dumps(clean_data(event.wire())).decode() + "\n")
             else:
-                out.write(describe(event) + "\n")
+                out.write(clean(describe(event)) + "\n")
         out.flush()
         return DeliveryResult.delivered()
