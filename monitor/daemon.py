@@ -41,6 +41,8 @@ from monitor.web import WebServer, build_app
 log = structlog.get_logger(__name__)
 
 GAUGE_REFRESH_S = 5.0
+#: Consecutive failed commits after which the store is closed and opened again.
+STORE_WRITE_FAILURES_BEFORE_REOPEN = 3
 PRUNE_EVERY_S = 3600.0
 # What a reload may change; every other top-level section differs only through a restart.
 LIVE_SECTIONS = frozenset({"notifiers", "routes", "delivery"})
@@ -129,16 +131,22 @@ class Daemon:
         registry: NotifierRegistry | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` (wall) stamps what is stored and shown; `monotonic` times every interval,
+        deadline and backoff (a wall-clock step must not stall polling)."""
         self.config = config
         self.registry = registry or NotifierRegistry.from_entry_points()
         self.metrics = metrics or Metrics()
         self.clock = clock
+        self.monotonic = monotonic
         self.state = RunState.NEW
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
         self.budget: RequestBudget | None = None
         self._notifiers: dict[str, Notifier] = {}
+        self._dead_reason: str | None = None  # why /healthz fails
+        self._store_reopened = False
         # A reload swaps several parts; stopping waits for one in progress instead of racing it.
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[bool]] = set()
@@ -215,6 +223,7 @@ class Daemon:
             watch_ttl_s=cfg.poll.watch_ttl,
             max_watched=cfg.http.max_watched_batches,
             clock=self.clock,
+            monotonic=self.monotonic,
         )
         await self.poller.start()
         await self.recorder.refresh_job_gauge()
@@ -225,6 +234,7 @@ class Daemon:
             budget=self.budget,
             last_success_at=_float_or_none(await self.store.get_meta(META_LAST_SWEEP_AT)),
             clock=self.clock,
+            monotonic=self.monotonic,
         )
 
         self.web = WebServer(
@@ -233,6 +243,7 @@ class Daemon:
                 self.readiness,
                 watch=self.poller.watch,
                 api_token=cfg.http.api_token,
+                live=self.liveness,
             ),
             cfg.http.host,
             cfg.http.port,
@@ -371,8 +382,43 @@ class Daemon:
         details = {"store": store, "auth": auth.detail, **details}
         return store == "ok" and polling and auth.ok, details
 
+    def liveness(self) -> str | None:
+        """None while alive; the reason when a restart is the only way out (`/healthz`)."""
+        return self._dead_reason
+
+    async def _check_store(self) -> None:
+        """A store that keeps refusing commits is closed and opened again, once; if writes
+        still fail the daemon reports itself not alive, so the supervisor restarts it. A
+        commit that succeeds again clears it."""
+        failures = self.recorder.write_failures
+        if failures == 0:
+            self._dead_reason = None
+            self._store_reopened = False
+            return
+        if failures < STORE_WRITE_FAILURES_BEFORE_REOPEN or self._dead_reason is not None:
+            return
+        if not self._store_reopened:
+            self._store_reopened = True
+            log.error("store_reopening", failures=failures, error=self.recorder.last_write_error)
+            try:
+                await self.store.close()
+                await self.store.open()
+                await self.recorder.heartbeat()
+            except Exception as exc:
+                self._dead_reason = f"state store cannot be written: {exc}"
+            else:
+                log.info("store_reopened")
+                return
+        else:
+            self._dead_reason = f"state store cannot be written: {self.recorder.last_write_error}"
+        log.error("store_unwritable", reason=self._dead_reason, action="restart the daemon")
+
     async def _refresh_gauges(self) -> None:
         while True:
+            try:
+                await self._check_store()
+            except Exception:
+                log.exception("store_check_failed")
             try:
                 await self.recorder.heartbeat()
                 self.metrics.detection_lag.set(self.poller.detection_lag_s())

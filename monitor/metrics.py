@@ -1,5 +1,6 @@
 """Every metric, defined once, on a registry passed in (never the process-wide default), so that
-each test and each daemon instance has its own. No label ever carries a job or batch id."""
+each test and each daemon instance has its own. No label ever carries a job or batch id, and no
+label carries text from Box as it is: a job status label is one of Box's five or `unknown`."""
 
 from __future__ import annotations
 
@@ -149,13 +150,28 @@ class Metrics:
         )
         self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)
         self.build_info.info({"version": __version__})
-        self._job_statuses: set[str] = set(KNOWN_STATUSES)
 
     def set_job_counts(self, counts: Mapping[str, int]) -> None:
-        """`box_docgen_jobs` from the snapshot's counts; a status no longer seen reads 0."""
-        self._job_statuses |= counts.keys()
-        for status in self._job_statuses:
-            self.jobs.labels(status).set(counts.get(status, 0))
+        """`box_docgen_jobs` from the snapshot's counts per raw status; every status Box does
+        not document is summed under `unknown`, and every label reads 0 when none."""
+        by_label = dict.fromkeys(STATUS_LABELS, 0)
+        for status, count in counts.items():
+            by_label[status_label(status)] += count
+        for label, count in by_label.items():
+            self.jobs.labels(label).set(count)
 
     def count_transition(self, from_status: str | None, to_status: str | None) -> None:
-        self.job_transitions.labels(from_status, to_status).inc()
+        self.job_transitions.labels(status_label(from_status), status_label(to_status)).inc()
+
+    def observe_job_duration(self, outcome: str, duration_s: float) -> None:
+        self.job_duration.labels(status_label(outcome)).observe(duration_s)
+
+
+def status_label(status: str | None) -> str:
+    """A job status as a label value: Box's five as they are, anything else `unknown` (a status
+    is text from Box: used as it is, every invented value would be a new series)."""
+    return status if status in KNOWN_STATUSES else UNKNOWN_STATUS
+
+
+UNKNOWN_STATUS = "unknown"
+STATUS_LABELS = (*sorted(KNOWN_STATUSES), UNKNOWN_STATUS)

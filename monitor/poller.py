@@ -46,6 +46,9 @@ WATCH_POLLS_PER_ROUND = 4
 #: The delay between two polls of one such batch doubles from the first to the last value.
 WATCH_RETRY_FIRST_S = 1.0
 WATCH_RETRY_MAX_S = 60.0
+#: An unknown status is logged cut to this many characters, and only the first this many.
+MAX_STATUS_LOG_CHARS = 64
+MAX_UNKNOWN_LOGGED = 50
 
 
 def job_state(job: DocGenJob) -> JobState:
@@ -91,7 +94,8 @@ class SweepResult:
 
 @dataclass(slots=True)
 class _Active:
-    """One batch of the active set. `observed_at` is when it was last polled successfully."""
+    """One batch of the active set. `observed_at` is when it was last polled successfully
+    (monotonic seconds, as are `watched_until` and `next_try_at`)."""
 
     observed_at: float
     watched_until: float | None = None  # a watched batch Box does not list yet, kept until then
@@ -124,6 +128,7 @@ class Poller:
         watch_ttl_s: float = 600.0,
         max_watched: int = 1000,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.box = box
         self.store = store
@@ -132,7 +137,8 @@ class Poller:
         self.page_size = page_size
         self.watch_ttl_s = watch_ttl_s
         self.max_watched = max_watched
-        self.clock = clock
+        self.clock = clock  # wall: a sweep's start is compared with stored sighting times
+        self.monotonic = monotonic  # the active set's ages, watch deadlines and retries
         self.active: dict[str, _Active] = {}
         self.last_sweep_requests = 0
         self._baseline_done = False
@@ -142,7 +148,7 @@ class Poller:
         """Load what survives a restart: the active set (and the recorder's catch-up point)."""
         await self.recorder.start()
         self._baseline_done = not await self.recorder.needs_baseline()
-        now = self.clock()
+        now = self.monotonic()
         for batch_id in await self.store.active_batch_ids():
             self.active.setdefault(batch_id, _Active(observed_at=now))
         self.metrics.active_batches.set(len(self.active))
@@ -162,14 +168,14 @@ class Poller:
             jobs_seen += len(page["entries"])
             await self._stage_page(staged_sweep, page["entries"], keep=not silent)
         events = await self.recorder.record_sweep(staged_sweep)
-        now = self.clock()
+        now = self.monotonic()
         self._baseline_done = True
         self.last_sweep_requests = requests
         for batch_id in await self.store.active_batch_ids():
             self.active.setdefault(batch_id, _Active(observed_at=now))
         self.metrics.active_batches.set(len(self.active))
         self.metrics.poll_duration.labels("sweep").observe(time.perf_counter() - started)
-        self.metrics.poll_last_success.set(now)
+        self.metrics.poll_last_success.set(self.clock())
         if first:
             log.info("baseline_recorded", jobs=jobs_seen, mode=self.recorder.baseline)
         log.info(
@@ -215,7 +221,7 @@ class Poller:
     def watch(self, batch_id: str) -> bool:
         """Put a batch into the active set now, before any sweep has seen it. False (nothing
         changed) when `max_watched` batches Box does not list yet are watched already."""
-        now = self.clock()
+        now = self.monotonic()
         entry = self.active.get(batch_id)
         if entry is not None and not entry.pending:
             return True  # followed already: its jobs decide when it leaves
@@ -261,7 +267,7 @@ class Poller:
         if not self._baseline_done:
             return 0  # the first sweep records the baseline; nothing to compare against yet
         started = time.perf_counter()
-        order = self._round(self.clock())
+        order = self._round(self.monotonic())
         gate = asyncio.Semaphore(ACTIVE_CONCURRENCY)
 
         async def one(batch_id: str) -> bool:
@@ -301,7 +307,7 @@ class Poller:
             recorded = await self.recorder.record_job(jobs[0])
         else:
             recorded = await self.recorder.record_batch(batch_id, jobs)
-        self._settle(batch_id, recorded.snapshot.values(), self.clock())
+        self._settle(batch_id, recorded.snapshot.values(), self.monotonic())
         return recorded.events
 
     def _settle(self, batch_id: str, jobs: Iterable[JobState], now: float) -> None:
@@ -329,22 +335,31 @@ class Poller:
         followed = [a.observed_at for a in self.active.values() if not a.pending]
         if not followed:
             return 0.0  # a watch of a batch Box does not list yet is not a detection delay
-        return max(0.0, self.clock() - min(followed))
+        return max(0.0, self.monotonic() - min(followed))
 
     def _note_unknown_statuses(self, jobs: Iterable[tuple[str, str]]) -> None:
-        """Count each sighting of a status this build does not know; log each such status once.
-        `jobs` are (status, job id) pairs."""
+        """Count each sighting of a status this build does not know; log each such status once
+        (cut to `MAX_STATUS_LOG_CHARS`; after `MAX_UNKNOWN_LOGGED` of them, no more: Box's text
+        must not grow the log or this set without bound). `jobs` are (status, job id) pairs."""
         for status, job_id in jobs:
-            if status not in KNOWN_STATUSES:
-                self.metrics.unknown_statuses.inc()
-                if status not in self._unknown_statuses:
-                    self._unknown_statuses.add(status)
-                    log.warning(
-                        "unknown_job_status",
-                        status=status,
-                        job_id=job_id,
-                        treated_as="non-terminal",
-                    )
+            if status in KNOWN_STATUSES:
+                continue
+            self.metrics.unknown_statuses.inc()
+            shown = status[:MAX_STATUS_LOG_CHARS]
+            if shown in self._unknown_statuses or len(self._unknown_statuses) > MAX_UNKNOWN_LOGGED:
+                continue
+            self._unknown_statuses.add(shown)
+            if len(self._unknown_statuses) > MAX_UNKNOWN_LOGGED:
+                log.warning("unknown_job_statuses_unlogged", after=MAX_UNKNOWN_LOGGED)
+                continue
+            log.warning(
+                "unknown_job_status",
+                status=shown,
+                status_chars=len(status),
+                job_id=job_id[:MAX_STATUS_LOG_CHARS],
+                treated_as="non-terminal",
+                metric_label="unknown",
+            )
 
 
 def _unchanged(stored: JobState | None, entry: ListedJob) -> bool:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
 
 from monitor.diff import events_for, snapshot_changes
+from monitor.errors import StoreError
 from monitor.metrics import Metrics
 from monitor.model import Event, EventType, JobState, Observation, SnapshotChanges, is_terminal
 from monitor.notify.router import Router
@@ -81,6 +82,8 @@ class Recorder:
         self._caught_up: set[str] = set()  # before the first sweep: batches polled since start
         # Sweep and polls read then write the same rows: one commit at a time.
         self._lock = asyncio.Lock()
+        self.write_failures = 0  # consecutive failed commits (the daemon reopens the store)
+        self.last_write_error: str | None = None
 
     # -- wiring that survives a reload ------------------------------------------------------
 
@@ -106,7 +109,7 @@ class Recorder:
     async def heartbeat(self) -> None:
         """Record that the daemon is running."""
         meta = {META_LAST_RUNNING_AT: repr(self.clock())}
-        await self.store.commit(SnapshotChanges(), [], meta=meta)
+        await self._write(self.store.commit(SnapshotChanges(), [], meta=meta))
 
     async def needs_baseline(self) -> bool:
         """No sweep has ever committed to this store: the next one records the baseline."""
@@ -140,7 +143,7 @@ class Recorder:
             if sweep.baseline:
                 meta[META_BASELINE_AT] = repr(now)
             routed = self._route(events)
-            await self.store.commit_sweep(changes, routed, meta=meta, now=now)
+            await self._write(self.store.commit_sweep(changes, routed, meta=meta, now=now))
         self._swept = True
         self._caught_up.clear()  # never consulted again
         self._count(events, changes, before)
@@ -157,6 +160,12 @@ class Recorder:
     async def record_job(self, job: JobState) -> Recorded:
         """One job read by its id: a partial observation of its batch."""
         return await self._record_poll(job.batch_id, [job], "job")
+
+    @property
+    def catching_up(self) -> frozenset[str]:
+        """Batches polled since start whose events are no longer late (before the first sweep
+        only: at most the active set, never every batch ever polled)."""
+        return frozenset(self._caught_up)
 
     def forget(self, batch_id: str) -> None:
         """`batch_id` left the active set: nothing to remember about it."""
@@ -176,13 +185,25 @@ class Recorder:
             routed = self._route(events)
             if changes.upserts or routed:
                 meta = {META_LAST_RUNNING_AT: repr(now)}
-                await self.store.commit(changes, routed, meta=meta, now=now)
+                await self._write(self.store.commit(changes, routed, meta=meta, now=now))
         if not self._swept:
             self._caught_up.add(batch_id)
         self._count(events, changes, snapshot)
         if routed:
             self._wake()
         return Recorded(events, changes, after)
+
+    async def _write(self, commit: Awaitable[int]) -> None:
+        """Run one commit, counting consecutive failures: a store that cannot be written makes
+        the daemon reopen it, then report itself not alive."""
+        try:
+            await commit
+        except StoreError as exc:
+            self.write_failures += 1
+            self.last_write_error = str(exc)
+            raise
+        self.write_failures = 0
+        self.last_write_error = None
 
     # -- the metrics of a commit ----------------------------------------------------------
 
@@ -202,9 +223,7 @@ class Recorder:
             old = before.get(job.id)
             if is_terminal(job.status) and (old is None or not is_terminal(old.status)):
                 started = _created_s(job.created_at) or (old or job).first_seen_at
-                self.metrics.job_duration.labels(job.status).observe(
-                    max(0.0, job.changed_at - started)
-                )
+                self.metrics.observe_job_duration(job.status, max(0.0, job.changed_at - started))
 
     # -- shared -----------------------------------------------------------------------------
 

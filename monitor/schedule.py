@@ -1,23 +1,25 @@
 """When to poll: the sweep and active ticks, the intervals fitted to the request budget,
 backoff after failed sweeps, degradation, and what `/readyz` says about polling.
 
-APScheduler's `AsyncIOScheduler` ticks at the configured intervals (max_instances=1, coalesce);
-a tick runs only when the planned interval has passed, so a degraded plan skips ticks instead of
-rescheduling jobs. The schedule registers its own teardown on the daemon's exit stack."""
+Every interval, deadline and backoff here is on the monotonic clock (the event loop's): a wall
+clock stepped back by NTP or an operator must not hold polling for the step's size. That is why
+the ticks are two asyncio tasks and not APScheduler 3's interval jobs, whose trigger and wake-ups
+read `datetime.now()`. The semantics are those of such jobs (max_instances=1, coalesce): ticks
+fall on a fixed grid, a run that overlaps later ticks swallows them, the first sweep is at once.
+A planned interval longer than the tick (degradation) skips ticks until it has passed. The
+schedule registers its own teardown on the daemon's exit stack."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.box.budget import Degradation, Plan, RequestBudget, plan_intervals
 from monitor.box.errors import BoxAuthError
@@ -39,59 +41,60 @@ class PollSchedule:
         budget: RequestBudget | None = None,
         last_success_at: float | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`last_success_at` is the wall-clock time of the last committed sweep (stored by an
+        earlier run), or None; `clock` is only used to turn it into an age."""
         self.poller = poller
         self.config = config
         self.metrics = metrics
         self.budget = budget
-        self.clock = clock
+        self.monotonic = monotonic
         self.plan = Plan(config.sweep_interval, config.active_interval, Degradation.NORMAL)
-        self.last_success_at = last_success_at  # the last committed sweep
         self.last_error: str | None = None
+        self._last_success: float | None = None  # monotonic
+        if last_success_at is not None:
+            self._last_success = monotonic() - max(0.0, clock() - last_success_at)
         self._sweep_failures = 0
-        self._next_sweep_at = 0.0
+        self._next_sweep_at = float("-inf")
         self._last_sweep_started = float("-inf")
         self._last_active_started = float("-inf")
-        self._sweep_task: asyncio.Task[Any] | None = None
-        self._active_task: asyncio.Task[Any] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, stack: AsyncExitStack) -> None:
-        """Start ticking (the first sweep at once); `stack` closes it before what it uses."""
-        # A tick skipped because the last sweep is still running is expected under load; the
-        # sweep's own logs and metrics tell that story, APScheduler's warning would only repeat it.
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(
-            self._sweep_tick,
-            "interval",
-            seconds=self.config.sweep_interval,
-            id="sweep",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-            misfire_grace_time=None,
-        )
-        scheduler.add_job(
-            self._active_tick,
-            "interval",
-            seconds=self.config.active_interval,
-            id="active",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
+        """Start ticking (the first sweep at once); `stack` stops it before what it uses."""
         self.update_plan()
-        scheduler.start()
-        stack.push_async_callback(self._stop, scheduler)
+        self._tasks = [
+            asyncio.create_task(self._every(self.config.sweep_interval, self._sweep_tick, 0.0)),
+            asyncio.create_task(
+                self._every(self.config.active_interval, self._active_tick, None)
+            ),
+        ]
+        stack.push_async_callback(self._stop)
 
-    async def _stop(self, scheduler: AsyncIOScheduler) -> None:
-        scheduler.shutdown(wait=False)
-        for task in (self._sweep_task, self._active_task):
-            if task is not None and not task.done():
-                # An unfinished poll has committed nothing; a commit, if started, is shielded.
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    async def _stop(self) -> None:
+        # An unfinished poll has committed nothing; a commit, if started, is shielded.
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @staticmethod
+    async def _every(
+        period_s: float, tick: Callable[[], Awaitable[None]], first_delay_s: float | None
+    ) -> None:
+        """Run `tick` on a grid of `period_s` on the event loop's (monotonic) clock, the first
+        after `first_delay_s` (one period when None); ticks a run overlapped are skipped."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + (period_s if first_delay_s is None else first_delay_s)
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            try:
+                await tick()
+            except Exception:
+                log.exception("poll_tick_failed")  # the next tick tries again
+            next_at += period_s * max(1, math.floor((loop.time() - next_at) / period_s) + 1)
 
     # -- the plan ---------------------------------------------------------------------------
 
@@ -121,7 +124,7 @@ class PollSchedule:
 
     def _due(self, last_started: float, interval_s: float, tick_s: float) -> bool:
         # Ticks come every `tick_s`; a stretched interval skips ticks until it has passed.
-        return self.clock() - last_started >= interval_s - tick_s / 2
+        return self.monotonic() - last_started >= interval_s - tick_s / 2
 
     # -- ticks ------------------------------------------------------------------------------
 
@@ -130,42 +133,35 @@ class PollSchedule:
         interval_s = self.plan.active_interval_s
         if not self._due(self._last_active_started, interval_s, self.config.active_interval):
             return
-        self._last_active_started = self.clock()
-        self._active_task = asyncio.current_task()
+        self._last_active_started = self.monotonic()
         try:
             await self.poller.poll_active()
-        except asyncio.CancelledError:
-            return
         except Exception:
             log.exception("active_round_failed")
         finally:
-            self._active_task = None
             self.metrics.detection_lag.set(self.poller.detection_lag_s())
 
     async def _sweep_tick(self) -> None:
-        if self.clock() < self._next_sweep_at:
+        if self.monotonic() < self._next_sweep_at:
             return  # backing off after failures
         interval_s = self.plan.sweep_interval_s
         if not self._due(self._last_sweep_started, interval_s, self.config.sweep_interval):
             return  # degraded: the budget cannot hold the configured interval
-        self._last_sweep_started = self.clock()
-        self._sweep_task = asyncio.current_task()
+        self._last_sweep_started = self.monotonic()
         started = time.perf_counter()
         try:
             await self.poller.sweep()
         except asyncio.CancelledError:
             log.info("sweep_cancelled")  # stopping: nothing was committed, nothing is lost
-            return
+            raise
         except Exception as exc:
             self._sweep_failed(exc, time.perf_counter() - started)
         else:
             self._sweep_failures = 0
-            self._next_sweep_at = 0.0
+            self._next_sweep_at = float("-inf")
             self.last_error = None
-            self.last_success_at = self.clock()
+            self._last_success = self.monotonic()
             self.metrics.polls.labels("sweep", "ok").inc()
-        finally:
-            self._sweep_task = None
 
     def _sweep_failed(self, exc: Exception, duration_s: float) -> None:
         interval = self.config.sweep_interval
@@ -174,7 +170,7 @@ class PollSchedule:
         if isinstance(exc, BoxAuthError):
             delay_s = interval  # the auth's own backoff spaces token requests; resume with it
         # run again at the first tick at or after the delay
-        self._next_sweep_at = self.clock() + delay_s - interval / 2
+        self._next_sweep_at = self.monotonic() + delay_s - interval / 2
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.metrics.polls.labels("sweep", "error").inc()
         self.metrics.poll_duration.labels("sweep").observe(duration_s)
@@ -194,11 +190,11 @@ class PollSchedule:
         """(ready, details) for `/readyz`: ready while the last sweep is fresh enough."""
         details: dict[str, Any] = {}
         max_age_s = 3 * max(self.config.sweep_interval, self.plan.sweep_interval_s)
-        if self.last_success_at is None:
+        if self._last_success is None:
             details["last_sweep"] = "none yet"
             fresh = False
         else:
-            age_s = self.clock() - self.last_success_at
+            age_s = self.monotonic() - self._last_success
             details["last_sweep_age_s"] = round(age_s, 3)
             fresh = age_s <= max_age_s
         details["max_sweep_age_s"] = max_age_s

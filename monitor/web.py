@@ -1,4 +1,5 @@
-"""The daemon's HTTP server: /metrics (Prometheus text), /healthz (the process answers),
+"""The daemon's HTTP server: /metrics (Prometheus text), /healthz (the process answers and can
+still do its work: 503 with the reason when only a restart can help),
 /readyz (the store answers and polling is fresh), with details as JSON, and the HTTP API:
 `POST /api/v1/watch/batches/{batch_id}` (bearer token; absent when no token is configured).
 A batch id is a Box id, digits only (400 otherwise); a watch the monitor has no room for is 429."""
@@ -17,9 +18,12 @@ from pydantic import SecretStr
 from monitor.errors import ListenError
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+#: None while the process is alive; else why a supervisor should restart it.
+LiveCheck = Callable[[], str | None]
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 READY_KEY = web.AppKey("ready", object)
+LIVE_KEY = web.AppKey("live", object)
 WATCH_KEY = web.AppKey("watch", object)
 TOKEN_KEY = web.AppKey("api_token", SecretStr)
 #: Box ids are digit strings (64-bit numbers today); anything longer is not a batch id.
@@ -37,7 +41,11 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _healthz(_: web.Request) -> web.Response:
+async def _healthz(request: web.Request) -> web.Response:
+    check: LiveCheck = request.app[LIVE_KEY]  # type: ignore[assignment]
+    problem = check()
+    if problem is not None:
+        return web.json_response({"status": "failing", "reason": problem}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -76,10 +84,12 @@ def build_app(
     *,
     watch: WatchFn | None = None,
     api_token: SecretStr | None = None,
+    live: LiveCheck = lambda: None,
 ) -> web.Application:
     app = web.Application()
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
+    app[LIVE_KEY] = live
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -11,7 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from monitor.box.auth import DeveloperTokenAuth
 from monitor.box.budget import RequestBudget
@@ -19,7 +21,7 @@ from monitor.box.client import BoxClient
 from monitor.metrics import Metrics
 from monitor.model import Event, EventType, SnapshotChanges
 from monitor.notify.router import Router
-from monitor.poller import Poller
+from monitor.poller import MAX_STATUS_LOG_CHARS, MAX_UNKNOWN_LOGGED, Poller
 from monitor.recorder import Recorder
 from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
 from monitor.store.sqlite import SQLiteStore
@@ -84,7 +86,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
     def make_poller(stuck: StuckPolicy | None = None, **kw: Any) -> Poller:
         recorder = Recorder(store, Router([]), metrics, stuck=stuck, clock=clock)
-        return Poller(box, store, recorder, metrics, page_size=7, clock=clock, **kw)
+        return Poller(
+            box, store, recorder, metrics, page_size=7, clock=clock, monotonic=clock, **kw
+        )
 
     try:
         yield Rig(sim, SimControl(sim.url, session), store, box, budget, metrics, clock,
@@ -355,3 +359,69 @@ async def test_watches_box_does_not_list_take_a_bounded_share_of_each_round(rig:
     await poller.poll_active()
     assert poller.active[fresh].tries == 1  # a new watch goes before those tried already
     assert poller.detection_lag_s() == 0.0  # unknown watches are no detection delay
+
+
+async def test_invented_statuses_become_one_unknown_label_and_short_log_lines(rig: Rig) -> None:
+    """300 statuses Box never documented (long ones too) leave a bounded set of series, no
+    metrics line longer than 200 characters, and at most one short log line per status up to
+    a cap: the raw text reaches neither labels nor logs as it is."""
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    batch = await rig.control.start_batch(3)
+    poller.watch(batch["batch_id"])
+    await poller.poll_batch(batch["batch_id"])
+    with capture_logs() as logs:
+        for i in range(100):
+            for n, job_id in enumerate(batch["job_ids"]):
+                status = f"invented-{i}-{n}-" + "x" * (i * 40)
+                await rig.control.call("PUT", f"/_sim/jobs/{job_id}", {"status": status})
+            assert of_type(await poller.poll_batch(batch["batch_id"]),
+                           EventType.JOB_STATUS_CHANGED)
+        for job_id in batch["job_ids"]:
+            await rig.control.call("PUT", f"/_sim/jobs/{job_id}", {"status": "failed"})
+        await poller.poll_batch(batch["batch_id"])
+        await poller.sweep()
+
+    text = generate_latest(rig.metrics.registry).decode()
+    assert max(len(line) for line in text.splitlines()) <= 200
+    transitions = [line for line in text.splitlines()
+                   if line.startswith("box_docgen_job_transitions_total{")]
+    assert 'from_status="unknown",to_status="unknown"' in text
+    assert 'from_status="unknown",to_status="failed"' in text
+    assert len(transitions) <= 6 * 6
+    jobs = [line for line in text.splitlines() if line.startswith("box_docgen_jobs{")]
+    assert {line.split('"')[1] for line in jobs} == {
+        "pending", "submitted", "completed", "completed_with_error", "failed", "unknown"}
+    assert "invented" not in text
+    assert rig.metrics.registry.get_sample_value("box_docgen_unknown_status_total") >= 300
+    logged = [e for e in logs if e["event"] == "unknown_job_status"]
+    assert 0 < len(logged) <= MAX_UNKNOWN_LOGGED
+    assert all(len(e["status"]) <= MAX_STATUS_LOG_CHARS for e in logged)
+    assert [e["event"] for e in logs].count("unknown_job_statuses_unlogged") == 1
+
+
+async def test_the_late_marking_memory_holds_only_batches_still_being_caught_up(
+    rig: Rig,
+) -> None:
+    """After a restart, batches polled before the first sweep are remembered (their later
+    events are not late) only while they are active; the first sweep forgets them all."""
+    poller = rig.make_poller()
+    await poller.start()
+    await poller.sweep()
+    await poller.recorder.heartbeat()
+    restarted = rig.make_poller()
+    await restarted.start()
+    batches = [await rig.control.start_batch(2) for _ in range(5)]
+    for batch in batches:
+        restarted.watch(batch["batch_id"])
+        await restarted.poll_batch(batch["batch_id"])
+    assert restarted.recorder.catching_up == {b["batch_id"] for b in batches}
+    await rig.advance_sim(120)  # every job reaches its outcome
+    for batch in batches[:4]:
+        events = await restarted.poll_batch(batch["batch_id"])
+        assert events and not any(e.extra.get("late") for e in events)
+        assert batch["batch_id"] not in restarted.active
+    assert restarted.recorder.catching_up == {batches[4]["batch_id"]}
+    await restarted.sweep()
+    assert restarted.recorder.catching_up == frozenset()
