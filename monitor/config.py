@@ -136,6 +136,16 @@ class PollConfig(_Model):
     watch_ttl: PositiveDurationS = 600.0  # a watched batch Box does not know yet is kept this long
 
 
+def url_without_password(url: str) -> str:
+    """`url` with the password of its user part masked, for logs, errors and rendered config."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return parts._replace(netloc=f"{user}:**********@{netloc[2]}").geturl()
+
+
 class StateConfig(_Model):
     url: str = "sqlite:///docgen-monitor.db"
 
@@ -259,6 +269,7 @@ class Config(_Model):
         """The configuration as JSON-able data with every secret masked. Notifier settings not
         yet checked against their type's model are masked whole: nothing says they are safe."""
         data = self.model_dump(mode="json", by_alias=True)
+        data["state"]["url"] = url_without_password(self.state.url)
         for rendered, spec in zip(data["notifiers"], self.notifiers, strict=True):
             if type(spec) is NotifierSpec:
                 for key in spec.model_extra or {}:

@@ -3,20 +3,35 @@ fixtures in `tests/conftest.py`.
 
 A backend knows how to build stores on one test's database and how to count the connections
 they left open; everything backend-specific (paths, SQL, threads) stays here, so the contract
-suite speaks only the `Store` interface. A PostgreSQL backend joins by adding its class to
-`BACKENDS`."""
+suite speaks only the `Store` interface. Each backend is a class in `BACKENDS`.
+
+PostgreSQL: the server at `DOCGEN_MONITOR_TEST_POSTGRES_URL` (default: the machine's,
+127.0.0.1:5432, database `test`, user `postgres`); each test gets its own schema, dropped after.
+Where that server does not answer its tests skip, except under CI (`CI=true`), where they fail:
+CI must never pass without them."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
+import os
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
+
+import asyncpg
+import pytest
 
 from monitor.store.base import Store
+from monitor.store.postgres import PostgresStore
 from monitor.store.sqlite import SQLiteStore
+
+_T = TypeVar("_T")
 
 LEAK_WAIT_S = 2.0
 
@@ -100,4 +115,95 @@ class SQLiteBackend(StoreBackend):
         return sum(thread.is_alive() for thread in left)
 
 
-BACKENDS: list[Callable[[Path], StoreBackend]] = [SQLiteBackend]
+POSTGRES_URL = os.environ.get(
+    "DOCGEN_MONITOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def run_sync(make: Callable[[], Awaitable[_T]]) -> _T:
+    """Run a coroutine to completion on its own loop in another thread: for the synchronous
+    parts of `StoreBackend` while a test's loop is running in this one."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, make()).result()  # type: ignore[arg-type]
+
+
+async def postgres_admin(sql: str, *args: Any) -> Any:
+    """One statement on a connection of its own to the test server (schemas, leak counts)."""
+    conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+@functools.cache
+def postgres_unreachable() -> str | None:
+    """Why the test server does not answer, or None when it does (asked once a session)."""
+    try:
+        run_sync(lambda: postgres_admin("SELECT 1"))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"PostgreSQL at {POSTGRES_URL} does not answer: {exc}"
+    return None
+
+
+def require_postgres() -> None:
+    """Skip the calling test when the server is away; fail it under CI."""
+    if (reason := postgres_unreachable()) is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: .ci/run must start it)")
+        pytest.skip(reason)
+
+
+class PostgresBackend(StoreBackend):
+    """One test's schema on the test server; its connections are told apart from everyone
+    else's by their application_name, which is the schema's name."""
+
+    name = "postgres"
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__()
+        require_postgres()
+        self.schema = f"test_{uuid.uuid4().hex[:16]}"
+        sep = "&" if "?" in POSTGRES_URL else "?"
+        self.url = f"{POSTGRES_URL}{sep}schema={self.schema}&application_name={self.schema}"
+
+    @property
+    def schema_version(self) -> int:
+        return len(PostgresStore.migrations)
+
+    def _build(self, schema_delta: int) -> Store:
+        migrations = PostgresStore.migrations
+        if schema_delta < 0:
+            migrations = migrations[:schema_delta]
+        elif schema_delta > 0:
+            migrations += tuple(
+                (f"CREATE TABLE from_the_future_{i} (x INTEGER)",) for i in range(schema_delta)
+            )
+        if migrations is PostgresStore.migrations:
+            return PostgresStore(self.url)
+        build = type("PostgresStoreOfAnotherBuild", (PostgresStore,), {"migrations": migrations})
+        return build(self.url)
+
+    def prepare_empty(self) -> None:
+        run_sync(lambda: postgres_admin(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+
+    def open_connections(self) -> int:
+        async def count() -> int:
+            deadline = time.monotonic() + LEAK_WAIT_S
+            while True:  # a closed connection's backend may take a moment to exit
+                n = int(await postgres_admin(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1",
+                    self.schema,
+                ))
+                if n == 0 or time.monotonic() > deadline:
+                    return n
+                await asyncio.sleep(0.05)
+
+        return run_sync(count)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await postgres_admin(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+BACKENDS: list[Callable[[Path], StoreBackend]] = [SQLiteBackend, PostgresBackend]

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 #: scheme -> "module:Class" of a `Store` whose `from_url` builds it from the whole URL.
 BACKENDS: dict[str, str] = {
     "sqlite": "monitor.store.sqlite:SQLiteStore",
+    "postgresql": "monitor.store.postgres:PostgresStore",
+    "postgres": "monitor.store.postgres:PostgresStore",
 }
 
 

@@ -1,0 +1,1135 @@
+"""The PostgreSQL state store, reached through an asyncpg pool: for a database operators
+already run, and shared by several processes.
+
+Reads take any pooled connection and no lock: PostgreSQL's MVCC never shows them another
+transaction's uncommitted rows. Writes run as one transaction each, inside a task the caller's
+cancellation cannot reach (`asyncio.shield`), so a commit lands whole or rolls back whole;
+`close()` waits for them. Claims lock the rows they take (`FOR UPDATE SKIP LOCKED`), so two
+claimers never hand out one row twice. Bulk writes (a 100,000-job baseline) are one statement
+per table: the rows travel as arrays (`unnest`), which keeps `ON CONFLICT` and needs no
+temporary table.
+
+The schema mirrors SQLite's, version for version (`MIGRATIONS[i]` is SQLite's step i in this
+dialect), so "schema v5" means the same on both backends. Starters that open one database at
+once take a transaction-scoped advisory lock per schema, so exactly one applies each step.
+
+A streaming sweep stages into UNLOGGED tables keyed by the sweep's generation (a sequence):
+any pooled connection sees them, no fsync is paid, and each process only ever reads its own
+generation. A generation is deleted by the next `sweep_begin` or by `close`; one a crashed
+process left behind goes after `_STAGE_MAX_AGE_S`.
+
+Connection loss: an operation that could not get a connection, and a read whose connection
+broke, are tried again with backoff (`RETRY_DELAYS_S`, each retry logged). A write whose
+connection broke inside its transaction is not: PostgreSQL rolled it back, so it committed
+nothing, and it raises `StoreError`; its caller (the next poll, the next delivery round) tries
+again, and a replayed commit mints nothing twice (event ids are unique). A break during COMMIT
+itself leaves the outcome unknown to the client; the replay rule covers that case too.
+
+URL: `postgresql://user:password@host:port/database?sslmode=...&schema=...`. Query parameters
+are libpq's as asyncpg reads them (`sslmode`, `sslrootcert`, `application_name`, ...), plus
+`schema`: the schema the tables live in (created on open when missing; default: the server's
+`search_path`, normally `public`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
+from typing import Any, ClassVar, Self, TypeAlias, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+from asyncpg.transaction import Transaction
+
+from monitor.config import url_without_password
+from monitor.errors import SchemaTooNew, StoreError
+from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, SnapshotChanges
+from monitor.store.base import (
+    MAX_ERROR_CHARS,
+    OutboxEntry,
+    OutboxState,
+    PendingEdit,
+    RoutedEvent,
+    Store,
+    ThreadRef,
+)
+
+_T = TypeVar("_T")
+_Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what the pool hands out
+_log = structlog.get_logger(__name__)
+
+SCHEMES = ("postgresql", "postgres")
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 4  # the poller, the dispatcher, the web handlers: a few at once at most
+CONNECT_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 10.0
+# Waits before each retry of an operation that lost its connection: about 7 s in all, enough
+# for a server restart or a failover of a managed database, short enough for a poll cycle.
+RETRY_DELAYS_S = (0.1, 0.4, 1.5, 5.0)
+_STAGE_MAX_AGE_S = 86_400.0  # no sweep runs a day: older staging was left by a dead process
+
+Migration = tuple[str, ...]
+
+# The delivered counter (schema v5): one trigger function keeps `outbox_delivered` in step with
+# the rows that enter or leave the delivered state.
+_DELIVERED_COUNTER = """CREATE FUNCTION outbox_delivered_count() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF TG_OP <> 'DELETE' AND NEW.state = 'delivered'
+       AND (TG_OP = 'INSERT' OR OLD.state <> 'delivered') THEN
+        INSERT INTO outbox_delivered (notifier, n) VALUES (NEW.notifier, 1)
+        ON CONFLICT (notifier) DO UPDATE SET n = outbox_delivered.n + 1;
+    END IF;
+    IF TG_OP <> 'INSERT' AND OLD.state = 'delivered' THEN
+        IF TG_OP = 'DELETE' OR NEW.state <> 'delivered' THEN
+            UPDATE outbox_delivered SET n = n - 1 WHERE notifier = OLD.notifier;
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$"""
+
+# Ordered schema steps; step i takes the schema from version i to version i + 1, in one
+# transaction. Never edit a released step: append a new one (and SQLite's twin).
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        """CREATE TABLE jobs (
+            id               TEXT PRIMARY KEY,
+            batch_id         TEXT NOT NULL,
+            status           TEXT NOT NULL,
+            template_file_id TEXT NOT NULL,
+            output_type      TEXT NOT NULL,
+            output_file_id   TEXT,
+            created_at       TEXT,
+            created_by_id    TEXT,
+            seq              BIGINT NOT NULL,
+            first_seen_at    DOUBLE PRECISION NOT NULL,
+            changed_at       DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX jobs_batch_id ON jobs (batch_id)",
+        # seq orders events by insertion within one commit and across commits of one writer.
+        """CREATE TABLE events (
+            seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id         TEXT NOT NULL UNIQUE,
+            type       TEXT NOT NULL,
+            batch_id   TEXT,
+            payload    TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX events_batch_id ON events (batch_id)",
+        """CREATE TABLE outbox (
+            event_id        TEXT NOT NULL REFERENCES events (id),
+            notifier        TEXT NOT NULL CHECK (notifier <> ''),
+            state           TEXT NOT NULL
+                            CHECK (state IN ('pending', 'claimed', 'delivered', 'dead')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            claimed_until   DOUBLE PRECISION,
+            last_error      TEXT,
+            updated_at      DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (event_id, notifier)
+        )""",
+        "CREATE INDEX outbox_due ON outbox (notifier, state, next_attempt_at)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+    # v2 (notifications): a job's failure texts; where a batch's Slack parent message lives;
+    # when each notification group was last flushed.
+    (
+        "ALTER TABLE jobs ADD COLUMN errors TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'",
+        """CREATE TABLE threads (
+            notifier   TEXT NOT NULL,
+            batch_id   TEXT NOT NULL,
+            channel    TEXT NOT NULL,
+            ts         TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (notifier, batch_id)
+        )""",
+        """CREATE TABLE notify_groups (
+            notifier      TEXT NOT NULL,
+            group_key     TEXT NOT NULL,
+            last_flush_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (notifier, group_key)
+        )""",
+    ),
+    # v3: stuck marks, the index the active set is read from, and the sweep's staging (SQLite
+    # keeps that in TEMP tables; here any pooled connection must see it, see the docstring).
+    (
+        "CREATE INDEX jobs_status_batch ON jobs (status, batch_id)",
+        """CREATE TABLE stuck_marks (
+            job_id   TEXT PRIMARY KEY,
+            event_id TEXT NOT NULL
+        )""",
+        "CREATE SEQUENCE sweep_generation",
+        """CREATE UNLOGGED TABLE sweep_runs (
+            generation BIGINT PRIMARY KEY,
+            started_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE UNLOGGED TABLE sweep_seen (
+            generation BIGINT NOT NULL,
+            id         TEXT NOT NULL,
+            PRIMARY KEY (generation, id)
+        )""",
+        # The jobs table's columns (as of this version) and the seq the sweep read.
+        """CREATE UNLOGGED TABLE sweep_stage (
+            generation BIGINT NOT NULL,
+            LIKE jobs,
+            base_seq   BIGINT NOT NULL,
+            PRIMARY KEY (generation, id)
+        )""",
+    ),
+    # v4: a parent post is recorded as started before it is sent (channel and ts stay NULL
+    # until Slack answers), and a failed parent edit waits in the thread's row for its retry.
+    (
+        "ALTER TABLE threads ALTER COLUMN channel DROP NOT NULL",
+        "ALTER TABLE threads ALTER COLUMN ts DROP NOT NULL",
+        "ALTER TABLE threads ADD COLUMN pending_edit TEXT",
+        "ALTER TABLE threads ADD COLUMN edit_attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE threads ADD COLUMN edit_failing_since DOUBLE PRECISION",
+    ),
+    # v5 (delivery survives an outage): when a row's current run of failures began; the rows
+    # still owed through a partial index; the delivered count from a counter a trigger keeps.
+    (
+        "ALTER TABLE outbox ADD COLUMN first_failed_at DOUBLE PRECISION",
+        "CREATE INDEX outbox_open ON outbox (notifier, state) WHERE state <> 'delivered'",
+        """CREATE TABLE outbox_delivered (
+            notifier TEXT PRIMARY KEY,
+            n        BIGINT NOT NULL
+        )""",
+        "INSERT INTO outbox_delivered (notifier, n) "
+        "SELECT notifier, COUNT(*) FROM outbox WHERE state = 'delivered' GROUP BY notifier",
+        _DELIVERED_COUNTER,
+        """CREATE TRIGGER outbox_delivered_count
+            AFTER INSERT OR UPDATE OF state OR DELETE ON outbox
+            FOR EACH ROW EXECUTE FUNCTION outbox_delivered_count()""",
+    ),
+)
+
+_SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    applied_at DOUBLE PRECISION NOT NULL
+)"""
+
+# Column order is JobState's field order, so a row is `_job(row)`. A field added to JobState
+# without a migration fails loudly at the first commit (column does not exist).
+_JOB_COLUMNS = tuple(f.name for f in fields(JobState))
+_JSON_LIST_COLUMNS = frozenset({"errors", "warnings"})  # tuples of texts, stored as JSON arrays
+_JOB_TYPES = {"seq": "bigint", "first_seen_at": "float8", "changed_at": "float8"}
+_JOB_LIST = ", ".join(_JOB_COLUMNS)
+_JOB_ARRAYS = ", ".join(
+    f"${i}::{_JOB_TYPES.get(c, 'text')}[]" for i, c in enumerate(_JOB_COLUMNS, start=1)
+)
+_JOB_SELECT = f"SELECT {_JOB_LIST} FROM jobs"  # noqa: S608 (constant names)
+_JOB_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in _JOB_COLUMNS if c != "id")
+_JOB_UPSERT = (
+    f"INSERT INTO jobs ({_JOB_LIST}) SELECT * FROM unnest({_JOB_ARRAYS}) "  # noqa: S608
+    f"ON CONFLICT (id) DO UPDATE SET {_JOB_SET}"
+)
+_BASE_SEQ_ARG = len(_JOB_COLUMNS) + 1
+_GENERATION_ARG = len(_JOB_COLUMNS) + 2
+_STAGE_INSERT = (
+    f"INSERT INTO sweep_stage (generation, {_JOB_LIST}, base_seq) "  # noqa: S608
+    f"SELECT ${_GENERATION_ARG}::bigint, * FROM unnest({_JOB_ARRAYS}, ${_BASE_SEQ_ARG}::bigint[]) "
+    "ON CONFLICT (generation, id) DO NOTHING"
+)
+# A staged row is stale when the job changed after the sweep read it (an active poll committed
+# in between): applying it would roll the job back.
+_STAGE_FRESH = "COALESCE((SELECT j.seq FROM jobs j WHERE j.id = s.id), 0) = s.base_seq"
+_STAGE_APPLY = (
+    f"INSERT INTO jobs ({_JOB_LIST}) "  # noqa: S608 (constant names)
+    f"SELECT {', '.join('s.' + c for c in _JOB_COLUMNS)} FROM sweep_stage s "
+    f"WHERE s.generation = $1 AND {_STAGE_FRESH} "
+    f"ON CONFLICT (id) DO UPDATE SET {_JOB_SET}"
+)
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+# Rows come back in the order given (ORDINALITY), so `seq` follows the order given to commit;
+# RETURNING names the events this transaction inserted: only they get outbox rows, so a
+# replayed event id never gets a second row.
+_EVENT_INSERT = (
+    "INSERT INTO events (id, type, batch_id, payload, created_at) "
+    "SELECT id, type, batch_id, payload, $5::float8 FROM "
+    "unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
+    "AS e (id, type, batch_id, payload, ord) ORDER BY ord "
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+_OUTBOX_INSERT = (
+    "INSERT INTO outbox (event_id, notifier, state, attempts, next_attempt_at, updated_at) "
+    "SELECT event_id, notifier, 'pending', 0, $3::float8, $3::float8 "
+    "FROM unnest($1::text[], $2::text[]) AS r (event_id, notifier) "
+    "ON CONFLICT (event_id, notifier) DO NOTHING"
+)
+_STUCK_UPSERT = (
+    "INSERT INTO stuck_marks (job_id, event_id) SELECT * FROM unnest($1::text[], $2::text[]) "
+    "ON CONFLICT (job_id) DO UPDATE SET event_id = EXCLUDED.event_id"
+)
+_META_UPSERT = (
+    "INSERT INTO meta (key, value) SELECT * FROM unnest($1::text[], $2::text[]) "
+    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+)
+# A batch's thread is kept while its batch runs (a non-terminal job), while its notifier still
+# owes an event of the batch (pending, claimed or dead: a dead row may be retried), and while
+# a parent edit waits.
+_THREAD_PRUNE = (
+    "DELETE FROM threads WHERE created_at < $1 AND pending_edit IS NULL "  # noqa: S608
+    "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = threads.batch_id "
+    f"AND j.status NOT IN ({_TERMINAL_SQL})) "
+    "AND NOT EXISTS (SELECT 1 FROM events e JOIN outbox o ON o.event_id = e.id "
+    "WHERE e.batch_id = threads.batch_id AND o.notifier = threads.notifier "
+    "AND o.state <> 'delivered')"
+)
+# Back to pending without an attempt; a throttle answer also ends the run of failures.
+_DEFER = (
+    "UPDATE outbox SET state = 'pending', next_attempt_at = $1, claimed_until = NULL, "
+    "updated_at = $2 WHERE event_id = ANY($3::text[]) AND notifier = $4 "
+    "AND state IN ('pending', 'claimed')"
+)
+_THROTTLE = _DEFER.replace("updated_at = $2", "first_failed_at = NULL, updated_at = $2")
+_MARK_FAILED = (
+    "UPDATE outbox o SET state = r.state, attempts = o.attempts + 1, last_error = $2, "
+    "next_attempt_at = COALESCE(r.retry_at, o.next_attempt_at), claimed_until = NULL, "
+    "first_failed_at = COALESCE(o.first_failed_at, $3), updated_at = $3 "
+    "FROM unnest($4::text[], $5::text[], $6::float8[]) AS r (event_id, state, retry_at) "
+    "WHERE o.event_id = r.event_id AND o.notifier = $1 AND o.state IN ('pending', 'claimed')"
+)
+_ENTRY_COLUMNS = (
+    "e.payload, o.notifier, o.state, o.attempts, o.next_attempt_at, o.last_error, "
+    "o.first_failed_at"
+)
+_ENTRY_FROM = "FROM outbox o JOIN events e ON e.id = o.event_id"
+_OLDEST_FIRST = "ORDER BY e.created_at, e.seq, o.notifier"
+# Lock the due rows (skipping those another claimer holds), claim them, and hand them back in
+# the order they were picked.
+_CLAIM = (
+    "WITH due AS (SELECT o.event_id, e.created_at, e.seq "  # noqa: S608 (constant names)
+    f"{_ENTRY_FROM} WHERE o.notifier = $1 AND ("
+    "(o.state = 'pending' AND o.next_attempt_at <= $2) "
+    "OR (o.state = 'claimed' AND o.claimed_until <= $2)) "
+    f"{_OLDEST_FIRST} LIMIT $3 FOR UPDATE OF o SKIP LOCKED), "
+    "claimed AS (UPDATE outbox o SET state = 'claimed', claimed_until = $4, updated_at = $2 "
+    "FROM due WHERE o.event_id = due.event_id AND o.notifier = $1 "
+    "RETURNING o.*, due.created_at AS created_at_, due.seq AS seq_) "
+    f"SELECT {_ENTRY_COLUMNS} FROM claimed o JOIN events e ON e.id = o.event_id "
+    "ORDER BY o.created_at_, o.seq_"
+)
+
+# Failures that say the connection, not the statement, failed: worth another try. Not every
+# OSError: asyncpg raises a bare ConnectionError for a refused TLS upgrade, which is final.
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    TimeoutError,
+    socket.gaierror,  # a name server that does not answer yet (a pod just started)
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08, and a connection lost
+    asyncpg.exceptions.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+_TRANSIENT_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ETIMEDOUT})
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, _TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+# What a failed statement or connection raises; everything else is a bug and propagates.
+_BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def _entry(row: Any, state: OutboxState | None = None) -> OutboxEntry:
+    payload, notifier, row_state, attempts, next_attempt_at, last_error, first_failed_at = row
+    return OutboxEntry(
+        event=Event.model_validate_json(payload),
+        notifier=notifier,
+        state=state if state is not None else OutboxState(row_state),
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        last_error=last_error,
+        first_failed_at=first_failed_at,
+    )
+
+
+def _job(row: Any) -> JobState:
+    values: list[Any] = [
+        tuple(orjson.loads(v)) if c in _JSON_LIST_COLUMNS else v
+        for c, v in zip(_JOB_COLUMNS, row, strict=True)
+    ]
+    return JobState(*values)
+
+
+def _job_columns(jobs: Iterable[JobState]) -> list[list[Any]]:
+    """One array per column of `jobs` (the last sighting of an id wins), for `unnest`."""
+    by_id = {job.id: job for job in jobs}
+    return [
+        [
+            orjson.dumps(list(v)).decode() if c in _JSON_LIST_COLUMNS else v
+            for job in by_id.values()
+            for v in (getattr(job, c),)
+        ]
+        for c in _JOB_COLUMNS
+    ]
+
+
+def _truncate(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _row_count(status: str) -> int:
+    """The row count of a command status such as `INSERT 0 3` or `UPDATE 2`."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _split_url(url: str) -> tuple[str, str | None, dict[str, str]]:
+    """asyncpg's DSN (our own `schema` parameter taken out), the schema if one is named, and
+    the session settings to add: `application_name` unless the URL sets one."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise ValueError("expected postgresql://user:password@host:port/database")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    if any(not name for name in schemas):
+        raise ValueError("schema= needs a name")
+    rest = [(key, value) for key, value in query if key != "schema"]
+    settings = {} if any(key == "application_name" for key, _ in rest) else {
+        "application_name": "docgen-monitor"}
+    schema = schemas[-1] if schemas else None
+    if schema is not None:
+        settings["search_path"] = _quote_ident(schema)
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema, settings
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _saved_thread(
+    conn: _Conn, notifier: str, batch_id: str
+) -> ThreadRef | None:
+    row = await conn.fetchrow(
+        "SELECT channel, ts FROM threads WHERE notifier = $1 AND batch_id = $2 AND ts IS NOT NULL",
+        notifier,
+        batch_id,
+    )
+    return None if row is None else ThreadRef(str(row[0]), str(row[1]))
+
+
+_Work = Callable[[_Conn], Awaitable[_T]]
+
+
+class PostgresStore(Store):
+    """The state in one PostgreSQL database (and schema) named by `url`."""
+
+    migrations: ClassVar[tuple[Migration, ...]] = MIGRATIONS
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._dsn, self.schema, self._settings = _split_url(url)
+        self._pool: asyncpg.Pool | None = None
+        self._closing = False
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._sweep_generation = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """`postgresql://user:password@host:port/database[?sslmode=...&schema=...]`."""
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({url_without_password(self.url)!r})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            raise StoreError(f"{self!r} is already open")
+        try:
+            pool = await self._retrying(
+                "open",
+                lambda: asyncpg.create_pool(
+                    self._dsn,
+                    min_size=POOL_MIN_SIZE,
+                    max_size=POOL_MAX_SIZE,
+                    timeout=CONNECT_TIMEOUT_S,
+                    server_settings=self._settings,
+                ),
+            )
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"cannot open {self!r}: {exc}") from exc
+        try:
+            async with pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException as exc:
+            await self._close_pool(pool)
+            if isinstance(exc, _BACKEND_ERRORS):
+                raise StoreError(f"cannot open {self!r}: {exc}") from exc
+            raise
+        self._pool = pool
+        self._closing = False
+
+    @staticmethod
+    async def _close_pool(pool: asyncpg.Pool) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+        except _BACKEND_ERRORS:
+            pool.terminate()
+
+    async def _migrate(self, conn: _Conn) -> None:
+        known = len(self.migrations)
+        schema = self.schema or await conn.fetchval("SELECT current_schema()") or "public"
+        while True:
+            async with conn.transaction():
+                # Concurrent starters on one schema: the first migrates, the others wait here
+                # and then find the step applied. Released at the end of the transaction.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    f"docgen-monitor schema {schema}",
+                )
+                if self.schema is not None:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(schema)}")
+                await conn.execute(_SCHEMA_VERSION_TABLE)
+                version = int(
+                    await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                )
+                if version > known:
+                    raise SchemaTooNew(version, known)
+                if version == known:
+                    return
+                for statement in self.migrations[version]:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                    version + 1,
+                    time.time(),
+                )
+            _log.info("store.migrated", store=repr(self), schema_version=version + 1)
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        self._closing = True  # refuse new work; let shielded writes finish
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+        pool, self._pool = self._pool, None
+        if self._sweep_generation:
+            try:
+                async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
+                    await self._forget_sweep(conn, self._sweep_generation)
+            except _BACKEND_ERRORS as exc:
+                # Left behind, it is deleted by age (`_STAGE_MAX_AGE_S`); no reader sees it.
+                _log.warning("store.sweep_stage_left", store=repr(self), error=str(exc))
+        await self._close_pool(pool)
+
+    async def ping(self) -> None:
+        pool = self._open_pool()
+        try:
+            await pool.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT_S)
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"{self!r} does not answer: {exc}") from exc
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _open_pool(self) -> asyncpg.Pool:
+        if self._pool is None or self._closing:
+            raise StoreError(f"{self!r} is not open")
+        return self._pool
+
+    async def _retrying(self, op: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """`attempt()`, tried again after each delay of `RETRY_DELAYS_S` while it fails for a
+        transient reason (`_transient`); every other failure propagates at once."""
+        for delay_s in (*RETRY_DELAYS_S, None):
+            try:
+                return await attempt()
+            except _BACKEND_ERRORS as exc:
+                if delay_s is None or self._closing or not _transient(exc):
+                    raise
+                _log.warning(
+                    "store.retry", store=repr(self), op=op, delay_s=delay_s, error=str(exc)
+                )
+                await asyncio.sleep(delay_s)
+        raise AssertionError("unreachable")  # the last round returns or raises
+
+    async def _read(self, op: str, fn: _Work[_T]) -> _T:
+        """`fn` on a pooled connection; a lost connection is tried again (reads are
+        idempotent)."""
+        pool = self._open_pool()
+
+        async def attempt() -> _T:
+            async with pool.acquire() as conn:
+                return await fn(conn)
+
+        try:
+            return await self._retrying(op, attempt)
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"postgresql store {op} failed: {exc}") from exc
+
+    async def _write(self, op: str, fn: _Work[_T]) -> _T:
+        """Run `fn` in one transaction that the caller's cancellation cannot tear: the caller
+        sees CancelledError at once, the transaction still commits or rolls back whole."""
+        pool = self._open_pool()
+        task = asyncio.ensure_future(self._transaction(op, pool, fn))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._log_abandoned_failure)
+            raise
+
+    def _log_abandoned_failure(self, task: asyncio.Task[Any]) -> None:
+        # Its caller was cancelled, so nobody else will hear that this write failed.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.error("store.write_failed_after_cancel", store=repr(self), error=str(exc))
+
+    async def _transaction(self, op: str, pool: asyncpg.Pool, fn: _Work[_T]) -> _T:
+        async def begin() -> tuple[_Conn, Transaction]:
+            conn = await pool.acquire()
+            try:
+                transaction = conn.transaction()
+                await transaction.start()
+            except BaseException:
+                await pool.release(conn)
+                raise
+            return conn, transaction
+
+        try:
+            # Only getting a connection and beginning are tried again: once the transaction
+            # began, a lost connection means it rolled back, and the caller decides.
+            conn, transaction = await self._retrying(op, begin)
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"postgresql store {op} failed: {exc}") from exc
+        try:
+            try:
+                result = await fn(conn)
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+            return result
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"postgresql store {op} failed: {exc}") from exc
+        finally:
+            await pool.release(conn)
+
+    # -- snapshot ---------------------------------------------------------------------------
+
+    async def load_snapshot(self) -> dict[str, JobState]:
+        async def fn(conn: _Conn) -> dict[str, JobState]:
+            return {row[0]: _job(row) for row in await conn.fetch(_JOB_SELECT)}
+
+        return await self._read("load_snapshot", fn)
+
+    async def load_batches(self, batch_ids: Iterable[str]) -> dict[str, JobState]:
+        ids = sorted(set(batch_ids))
+
+        async def fn(conn: _Conn) -> dict[str, JobState]:
+            rows = await conn.fetch(f"{_JOB_SELECT} WHERE batch_id = ANY($1::text[])", ids)
+            return {row[0]: _job(row) for row in rows}
+
+        return await self._read("load_batches", fn)
+
+    async def status_counts(self) -> dict[str, int]:
+        async def fn(conn: _Conn) -> dict[str, int]:
+            rows = await conn.fetch("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            return {status: count for status, count in rows}
+
+        return await self._read("status_counts", fn)
+
+    async def commit(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> int:
+        return await self._commit(changes, events, meta, now, sweep=False)
+
+    async def _commit(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None,
+        now: float | None,
+        *,
+        sweep: bool,
+    ) -> int:
+        at = time.time() if now is None else now
+        # Serialised before the transaction: nothing below depends on the database.
+        job_columns = _job_columns(changes.upserts)
+        removals = list(changes.removals)
+        event_columns = [
+            [r.event.id for r in events],
+            [r.event.type.value for r in events],
+            [r.event.batch_id for r in events],
+            [r.event.model_dump_json() for r in events],
+        ]
+        routes = [(r.event.id, notifier) for r in events for notifier in r.notifiers]
+        stuck = {
+            r.event.job.id: r.event.id
+            for r in events
+            if r.event.type is EventType.JOB_STUCK and r.event.job is not None
+        }
+        generation = self._sweep_generation
+
+        async def fn(conn: _Conn) -> int:
+            if changes.upserts:
+                await conn.execute(_JOB_UPSERT, *job_columns)
+            if removals:
+                await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", removals)
+                await conn.execute(
+                    "DELETE FROM stuck_marks WHERE job_id = ANY($1::text[])", removals
+                )
+            if stuck:
+                await conn.execute(_STUCK_UPSERT, list(stuck), list(stuck.values()))
+            if sweep:
+                await conn.execute(_STAGE_APPLY, generation)
+                await self._forget_sweep(conn, generation, keep_run=True)
+            added = 0
+            if events:
+                inserted = {row[0] for row in await conn.fetch(_EVENT_INSERT, *event_columns, at)}
+                rows = [(e, n) for e, n in routes if e in inserted]
+                if rows:
+                    status = await conn.execute(
+                        _OUTBOX_INSERT, [e for e, _ in rows], [n for _, n in rows], at
+                    )
+                    added = _row_count(status)
+            if meta:
+                await conn.execute(_META_UPSERT, list(meta), list(meta.values()))
+            return added
+
+        return await self._write("commit_sweep" if sweep else "commit", fn)
+
+    async def get_meta(self, key: str) -> str | None:
+        async def fn(conn: _Conn) -> str | None:
+            value = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
+            return None if value is None else str(value)
+
+        return await self._read("get_meta", fn)
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def claim_due(
+        self, notifier: str, now: float, limit: int, lease_s: float
+    ) -> list[OutboxEntry]:
+        if limit <= 0:
+            return []
+
+        async def fn(conn: _Conn) -> list[OutboxEntry]:
+            rows = await conn.fetch(_CLAIM, notifier, now, limit, now + lease_s)
+            return [_entry(row, OutboxState.CLAIMED) for row in rows]
+
+        return await self._write("claim_due", fn)
+
+    async def mark_delivered(self, event_id: str, notifier: str) -> None:
+        await self.mark_delivered_many(notifier, [event_id])
+
+    async def mark_failed(
+        self,
+        event_id: str,
+        notifier: str,
+        error: str,
+        next_attempt_at: float | None,
+        now: float | None = None,
+    ) -> None:
+        at = time.time() if now is None else now
+        await self.mark_failed_many(notifier, {event_id: next_attempt_at}, error, at)
+
+    async def mark_failed_many(
+        self, notifier: str, retry_at: Mapping[str, float | None], error: str, now: float
+    ) -> None:
+        text = _truncate(error)
+        event_ids = list(retry_at)
+        states = [
+            OutboxState.PENDING.value if at is not None else OutboxState.DEAD.value
+            for at in retry_at.values()
+        ]
+        times = list(retry_at.values())
+
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(_MARK_FAILED, notifier, text, now, event_ids, states, times)
+
+        if event_ids:
+            await self._write("mark_failed", fn)
+
+    async def mark_throttled(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        await self._defer("mark_throttled", _THROTTLE, notifier, event_ids, until)
+
+    async def next_due_at(self, notifier: str) -> float | None:
+        async def fn(conn: _Conn) -> float | None:
+            value = await conn.fetchval(
+                "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at "
+                "ELSE claimed_until END) FROM outbox "
+                "WHERE notifier = $1 AND state IN ('pending', 'claimed')",
+                notifier,
+            )
+            return None if value is None else float(value)
+
+        return await self._read("next_due_at", fn)
+
+    async def outbox_counts(self) -> dict[str, dict[OutboxState, int]]:
+        async def fn(conn: _Conn) -> dict[str, dict[OutboxState, int]]:
+            counts: dict[str, dict[OutboxState, int]] = {}
+            # The rows still owed through the partial index `outbox_open`; delivered ones from
+            # the counter (schema v5).
+            rows = await conn.fetch(
+                "SELECT notifier, state, COUNT(*) FROM outbox WHERE state <> 'delivered' "
+                "GROUP BY notifier, state "
+                "UNION ALL SELECT notifier, 'delivered', n FROM outbox_delivered WHERE n > 0"
+            )
+            for notifier, state, count in rows:
+                per_state = counts.setdefault(notifier, dict.fromkeys(OutboxState, 0))
+                per_state[OutboxState(state)] = count
+            return counts
+
+        return await self._read("outbox_counts", fn)
+
+    async def list_outbox(
+        self, state: OutboxState, notifier: str | None = None, limit: int = 1000
+    ) -> list[OutboxEntry]:
+        async def fn(conn: _Conn) -> list[OutboxEntry]:
+            sql = (
+                f"SELECT {_ENTRY_COLUMNS} {_ENTRY_FROM} "
+                "WHERE o.state = $1 AND ($2::text IS NULL OR o.notifier = $2) "
+                f"{_OLDEST_FIRST} LIMIT $3"
+            )
+            return [_entry(row) for row in await conn.fetch(sql, state.value, notifier, limit)]
+
+        return await self._read("list_outbox", fn)
+
+    async def requeue_dead(
+        self, now: float, event_id: str | None = None, notifier: str | None = None
+    ) -> int:
+        async def fn(conn: _Conn) -> int:
+            status = await conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, "
+                "claimed_until = NULL, first_failed_at = NULL, updated_at = $1 "
+                "WHERE state = 'dead' AND ($2::text IS NULL OR event_id = $2) "
+                "AND ($3::text IS NULL OR notifier = $3)",
+                now,
+                event_id,
+                notifier,
+            )
+            return _row_count(status)
+
+        return await self._write("requeue_dead", fn)
+
+    async def drop_dead(self, event_id: str | None = None, notifier: str | None = None) -> int:
+        # The event row stays: its id must keep blocking a replay from minting new rows.
+        async def fn(conn: _Conn) -> int:
+            status = await conn.execute(
+                "DELETE FROM outbox WHERE state = 'dead' AND ($1::text IS NULL OR event_id = $1) "
+                "AND ($2::text IS NULL OR notifier = $2)",
+                event_id,
+                notifier,
+            )
+            return _row_count(status)
+
+        return await self._write("drop_dead", fn)
+
+    async def prune(self, before: float) -> int:
+        async def fn(conn: _Conn) -> int:
+            await conn.execute(
+                "DELETE FROM outbox WHERE state = 'delivered' AND updated_at < $1", before
+            )
+            status = await conn.execute(
+                "DELETE FROM events WHERE created_at < $1 AND NOT EXISTS "
+                "(SELECT 1 FROM outbox o WHERE o.event_id = events.id)",
+                before,
+            )
+            # Notification bookkeeping of batches that are over: a thread goes only when
+            # nothing more can be said in it.
+            await conn.execute(_THREAD_PRUNE, before)
+            await conn.execute("DELETE FROM notify_groups WHERE last_flush_at < $1", before)
+            return _row_count(status)
+
+        return await self._write("prune", fn)
+
+    # -- notifications ----------------------------------------------------------------------
+
+    async def defer(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
+        await self._defer("defer", _DEFER, notifier, event_ids, until)
+
+    async def _defer(
+        self, op: str, sql: str, notifier: str, event_ids: Sequence[str], until: float
+    ) -> None:
+        now = time.time()
+        ids = list(event_ids)
+
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(sql, until, now, ids, notifier)
+
+        if ids:
+            await self._write(op, fn)
+
+    async def get_thread(self, notifier: str, batch_id: str) -> ThreadRef | None:
+        async def fn(conn: _Conn) -> ThreadRef | None:
+            return await _saved_thread(conn, notifier, batch_id)
+
+        return await self._read("get_thread", fn)
+
+    async def save_thread(self, notifier: str, batch_id: str, thread: ThreadRef) -> ThreadRef:
+        async def fn(conn: _Conn) -> ThreadRef:
+            await conn.execute(
+                "INSERT INTO threads (notifier, batch_id, channel, ts, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (notifier, batch_id) DO UPDATE SET "
+                "channel = EXCLUDED.channel, ts = EXCLUDED.ts WHERE threads.ts IS NULL",
+                notifier,
+                batch_id,
+                thread.channel,
+                thread.ts,
+                time.time(),
+            )
+            saved = await _saved_thread(conn, notifier, batch_id)
+            assert saved is not None
+            return saved
+
+        return await self._write("save_thread", fn)
+
+    async def start_thread_post(self, notifier: str, batch_id: str, at: float) -> float | None:
+        async def fn(conn: _Conn) -> float | None:
+            inserted = await conn.fetchval(
+                "INSERT INTO threads (notifier, batch_id, created_at) VALUES ($1, $2, $3) "
+                "ON CONFLICT (notifier, batch_id) DO NOTHING RETURNING true",
+                notifier,
+                batch_id,
+                at,
+            )
+            if inserted:
+                return None
+            row = await conn.fetchrow(
+                "SELECT ts, created_at FROM threads WHERE notifier = $1 AND batch_id = $2",
+                notifier,
+                batch_id,
+            )
+            return None if row is None or row[0] is not None else float(row[1])
+
+        return await self._write("start_thread_post", fn)
+
+    async def set_pending_edit(
+        self, notifier: str, batch_id: str, content: str, at: float
+    ) -> None:
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                "UPDATE threads SET pending_edit = $1, edit_attempts = edit_attempts + 1, "
+                "edit_failing_since = COALESCE(edit_failing_since, $2) "
+                "WHERE notifier = $3 AND batch_id = $4 AND ts IS NOT NULL",
+                content,
+                at,
+                notifier,
+                batch_id,
+            )
+
+        await self._write("set_pending_edit", fn)
+
+    async def pending_edits(self, notifier: str) -> list[PendingEdit]:
+        async def fn(conn: _Conn) -> list[PendingEdit]:
+            rows = await conn.fetch(
+                "SELECT batch_id, channel, ts, pending_edit, edit_attempts, edit_failing_since "
+                "FROM threads WHERE notifier = $1 AND pending_edit IS NOT NULL "
+                "ORDER BY edit_failing_since, batch_id",
+                notifier,
+            )
+            return [
+                PendingEdit(str(b), ThreadRef(str(c), str(t)), str(p), int(n), float(since))
+                for b, c, t, p, n, since in rows
+            ]
+
+        return await self._read("pending_edits", fn)
+
+    async def clear_pending_edit(self, notifier: str, batch_id: str) -> None:
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                "UPDATE threads SET pending_edit = NULL, edit_attempts = 0, "
+                "edit_failing_since = NULL WHERE notifier = $1 AND batch_id = $2",
+                notifier,
+                batch_id,
+            )
+
+        await self._write("clear_pending_edit", fn)
+
+    async def group_flushed_at(self, notifier: str, group_key: str) -> float | None:
+        async def fn(conn: _Conn) -> float | None:
+            value = await conn.fetchval(
+                "SELECT last_flush_at FROM notify_groups WHERE notifier = $1 AND group_key = $2",
+                notifier,
+                group_key,
+            )
+            return None if value is None else float(value)
+
+        return await self._read("group_flushed_at", fn)
+
+    async def set_group_flushed(self, notifier: str, group_key: str, at: float) -> None:
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                "INSERT INTO notify_groups (notifier, group_key, last_flush_at) "
+                "VALUES ($1, $2, $3) ON CONFLICT (notifier, group_key) DO UPDATE SET "
+                "last_flush_at = EXCLUDED.last_flush_at",
+                notifier,
+                group_key,
+                at,
+            )
+
+        await self._write("set_group_flushed", fn)
+
+    async def release_claims(self, notifier: str, now: float) -> int:
+        async def fn(conn: _Conn) -> int:
+            status = await conn.execute(
+                "UPDATE outbox SET state = 'pending', next_attempt_at = $1, "
+                "claimed_until = NULL, updated_at = $1 WHERE notifier = $2 AND state = 'claimed'",
+                now,
+                notifier,
+            )
+            return _row_count(status)
+
+        return await self._write("release_claims", fn)
+
+    async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
+        now = time.time()
+        ids = list(event_ids)
+
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
+                "claimed_until = NULL, first_failed_at = NULL, updated_at = $1 "
+                "WHERE event_id = ANY($2::text[]) AND notifier = $3 AND state <> 'delivered'",
+                now,
+                ids,
+                notifier,
+            )
+
+        if ids:
+            await self._write("mark_delivered", fn)
+
+    # -- active set, streaming sweeps, stuck marks ---------------------------------------------
+
+    async def active_batch_ids(self) -> set[str]:
+        async def fn(conn: _Conn) -> set[str]:
+            sql = f"SELECT DISTINCT batch_id FROM jobs WHERE status NOT IN ({_TERMINAL_SQL})"  # noqa: S608
+            return {row[0] for row in await conn.fetch(sql)}
+
+        return await self._read("active_batch_ids", fn)
+
+    async def load_jobs(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        ids = list(dict.fromkeys(job_ids))
+
+        async def fn(conn: _Conn) -> dict[str, JobState]:
+            rows = await conn.fetch(f"{_JOB_SELECT} WHERE id = ANY($1::text[])", ids)
+            return {row[0]: _job(row) for row in rows}
+
+        return await self._read("load_jobs", fn)
+
+    async def sweep_begin(self) -> int:
+        previous = self._sweep_generation
+        now = time.time()
+
+        async def fn(conn: _Conn) -> int:
+            await self._forget_sweep(conn, previous)
+            # What a process that died mid-sweep left behind (no live sweep is that old).
+            for stale in await conn.fetch(
+                "SELECT generation FROM sweep_runs WHERE started_at < $1",
+                now - _STAGE_MAX_AGE_S,
+            ):
+                await self._forget_sweep(conn, stale[0])
+            generation = int(await conn.fetchval("SELECT nextval('sweep_generation')"))
+            await conn.execute(
+                "INSERT INTO sweep_runs (generation, started_at) VALUES ($1, $2)",
+                generation,
+                now,
+            )
+            return generation
+
+        self._sweep_generation = await self._write("sweep_begin", fn)
+        return self._sweep_generation
+
+    @staticmethod
+    async def _forget_sweep(
+        conn: _Conn, generation: int, *, keep_run: bool = False
+    ) -> None:
+        await conn.execute("DELETE FROM sweep_stage WHERE generation = $1", generation)
+        await conn.execute("DELETE FROM sweep_seen WHERE generation = $1", generation)
+        if not keep_run:
+            await conn.execute("DELETE FROM sweep_runs WHERE generation = $1", generation)
+
+    def _check_generation(self, generation: int) -> None:
+        if generation != self._sweep_generation:
+            raise StoreError(f"sweep {generation} was superseded by {self._sweep_generation}")
+
+    async def sweep_stage(
+        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
+    ) -> None:
+        self._check_generation(generation)
+        seen = list(seen_ids)
+        # The first staging of a job counts: keep each id's first row.
+        first: dict[str, tuple[JobState, int]] = {}
+        for job, base in staged:
+            first.setdefault(job.id, (job, base))
+        columns = _job_columns(job for job, _ in first.values())
+        bases = [base for _, base in first.values()]
+
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                "INSERT INTO sweep_seen (generation, id) SELECT $1::bigint, unnest($2::text[]) "
+                "ON CONFLICT DO NOTHING",
+                generation,
+                seen,
+            )
+            if first:
+                await conn.execute(_STAGE_INSERT, *columns, bases, generation)
+
+        await self._write("sweep_stage", fn)
+
+    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
+        self._check_generation(generation)
+
+        async def fn(conn: _Conn) -> dict[str, JobState]:
+            sql = (
+                f"{_JOB_SELECT} WHERE first_seen_at < $1 AND NOT EXISTS "  # noqa: S608
+                "(SELECT 1 FROM sweep_seen s WHERE s.generation = $2 AND s.id = jobs.id)"
+            )
+            rows = await conn.fetch(sql, seen_before, generation)
+            return {row[0]: _job(row) for row in rows}
+
+        return await self._read("sweep_unseen", fn)
+
+    async def sweep_stale_ids(self) -> set[str]:
+        generation = self._sweep_generation
+
+        async def fn(conn: _Conn) -> set[str]:
+            sql = f"SELECT s.id FROM sweep_stage s WHERE s.generation = $1 AND NOT ({_STAGE_FRESH})"  # noqa: S608
+            return {row[0] for row in await conn.fetch(sql, generation)}
+
+        return await self._read("sweep_stale_ids", fn)
+
+    async def commit_sweep(
+        self,
+        changes: SnapshotChanges,
+        events: Sequence[RoutedEvent],
+        meta: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> int:
+        return await self._commit(changes, events, meta, now, sweep=True)
+
+    async def stuck_marks(self, job_ids: Sequence[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(job_ids))
+
+        async def fn(conn: _Conn) -> dict[str, str]:
+            rows = await conn.fetch(
+                "SELECT job_id, event_id FROM stuck_marks WHERE job_id = ANY($1::text[])", ids
+            )
+            return {row[0]: row[1] for row in rows}
+
+        return await self._read("stuck_marks", fn)

@@ -1,0 +1,244 @@
+"""What only the PostgreSQL backend has to get right (the contract suite covers the rest):
+concurrent starters, staging seen from every pooled connection, connection loss (through a TCP
+proxy the test cuts, so the machine's server keeps running), sslmode and the URL's password."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+from pydantic import ValidationError
+from structlog.testing import capture_logs
+
+from monitor.config import StateConfig, load_config
+from monitor.errors import StoreError
+from monitor.model import SnapshotChanges
+from monitor.store import open_store
+from monitor.store.base import OutboxState, Store
+from monitor.store.postgres import MIGRATIONS, PostgresStore
+from tests.harness import wait_until
+from tests.store_fixtures import POSTGRES_URL, PostgresBackend, postgres_admin
+from tests.tcp_proxy import TcpProxy
+from tests.test_store_contract import T0, ids, job, routed
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[PostgresBackend]:
+    """One test's schema; fails the test if a connection of it is left open."""
+    made = PostgresBackend(tmp_path)
+    yield made
+    await made.aclose()
+    assert made.open_connections() == 0, "a connection was left open"
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    target = urlsplit(POSTGRES_URL)
+    made = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await made.start()
+    yield made
+    await made.aclose()
+
+
+def through(proxy: TcpProxy, url: str, password: str | None = None) -> str:
+    """`url` with its host and port replaced by the proxy's (and a password, if given)."""
+    parts = urlsplit(url)
+    user = parts.username or "postgres"
+    secret = f":{password}" if password else ""
+    return parts._replace(netloc=f"{user}{secret}@127.0.0.1:{proxy.port}").geturl()
+
+
+def proxied_store(backend: PostgresBackend, proxy: TcpProxy, password: str | None = None) -> Store:
+    store = PostgresStore(through(proxy, backend.url, password))
+    backend.built.append(store)  # closed, and checked for leaks, with the others
+    return store
+
+
+async def rows_in(backend: PostgresBackend, table: str) -> object:
+    return await postgres_admin(f'SELECT COUNT(*) FROM "{backend.schema}".{table}')  # noqa: S608
+
+
+async def test_concurrent_starters_migrate_an_empty_schema_exactly_once(
+    backend: PostgresBackend,
+) -> None:
+    """Four processes' worth of stores open one new schema at once: all of them open, and each
+    migration step was applied once (the advisory lock makes the others wait, then skip)."""
+    stores = [backend.build() for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+    versions = await postgres_admin(
+        f'SELECT array_agg(version ORDER BY version) FROM "{backend.schema}".schema_version'  # noqa: S608
+    )
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    for store in stores:
+        await store.ping()
+
+
+async def test_sweep_pages_staged_on_different_pooled_connections_all_count(
+    backend: PostgresBackend,
+) -> None:
+    """Pages staged at once go over several pooled connections; the sweep sees all of them
+    (a per-connection TEMP table would lose the pages staged on the other connections)."""
+    store = backend.build()
+    await store.open()
+    await store.commit(SnapshotChanges(upserts=tuple(
+        job(f"old{i}", seq=1, first_seen_at=T0) for i in range(8))), [])
+    generation = await store.sweep_begin()
+    pages = [([f"old{i}"], [(job(f"new{i}", seq=1, first_seen_at=T0), 0)]) for i in range(4)]
+    await asyncio.gather(*(store.sweep_stage(generation, seen, rows) for seen, rows in pages))
+    used = await postgres_admin(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1", backend.schema
+    )
+    assert used > 1  # the pages really did go over more than one connection
+    assert set(await store.sweep_unseen(generation, T0 + 1)) == {f"old{i}" for i in range(4, 8)}
+    await store.commit_sweep(SnapshotChanges(), [])
+    assert {f"new{i}" for i in range(4)} <= set(await store.load_snapshot())
+
+
+async def test_two_stores_on_one_schema_keep_their_sweeps_apart(backend: PostgresBackend) -> None:
+    """A sweep that begins in another process forgets nothing this process staged."""
+    first, second = backend.build(), backend.build()
+    await first.open()
+    await second.open()
+    mine = await first.sweep_begin()
+    await first.sweep_stage(mine, ["a"], [(job("a", seq=1), 0)])
+    theirs = await second.sweep_begin()
+    await second.sweep_stage(theirs, ["b"], [(job("b", seq=1), 0)])
+    await first.commit_sweep(SnapshotChanges(), [])
+    assert set(await first.load_snapshot()) == {"a"}
+    await second.commit_sweep(SnapshotChanges(), [])
+    assert set(await first.load_snapshot()) == {"a", "b"}
+
+
+async def test_a_read_outlasts_a_short_outage_and_each_retry_is_logged(
+    backend: PostgresBackend, proxy: TcpProxy
+) -> None:
+    store = proxied_store(backend, proxy)
+    await store.open()
+    await store.commit(SnapshotChanges(upserts=(job("j1"),)), [])
+    await proxy.cut()
+    with capture_logs() as logs:
+        read = asyncio.create_task(store.load_snapshot())
+        await wait_until(lambda: _logged(logs, "store.retry"), 5, "a first retry")
+        await proxy.restore()
+        assert set(await asyncio.wait_for(read, 10)) == {"j1"}
+    retries = [entry for entry in logs if entry["event"] == "store.retry"]
+    assert retries and all(r["op"] == "load_snapshot" and r["log_level"] == "warning"
+                           for r in retries)
+
+
+async def _logged(logs: list[dict[str, object]], event: str) -> bool:
+    return any(entry["event"] == event for entry in logs)
+
+
+async def test_an_outage_longer_than_the_retries_is_a_store_error_without_the_password(
+    backend: PostgresBackend, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries are bounded: past the last one the caller gets StoreError. The URL's password
+    shows neither in the error nor in the retry logs."""
+    monkeypatch.setattr("monitor.store.postgres.RETRY_DELAYS_S", (0.05, 0.05))
+    store = proxied_store(backend, proxy, password="hunter2")
+    await store.open()
+    await proxy.cut()
+    with capture_logs() as logs, pytest.raises(StoreError) as failed:
+        await store.load_snapshot()
+    assert [entry["delay_s"] for entry in logs if entry["event"] == "store.retry"] == [0.05, 0.05]
+    assert "hunter2" not in str(failed.value) and "hunter2" not in repr(logs)
+    assert "load_snapshot failed" in str(failed.value)
+
+
+async def test_a_commit_in_flight_when_postgresql_goes_away_commits_nothing(
+    backend: PostgresBackend, proxy: TcpProxy
+) -> None:
+    """The connection drops while the commit's transaction waits inside PostgreSQL: the caller
+    gets StoreError, none of it is committed, and the same commit made again lands whole."""
+    store = proxied_store(backend, proxy)
+    await store.open()
+    jobs = tuple(job(f"j{i:05d}") for i in range(1000))
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        # Hold the meta table so that the commit stops at its last statement, mid-transaction.
+        blocker = admin.transaction()
+        await blocker.start()
+        await admin.execute(f'LOCK TABLE "{backend.schema}".meta IN ACCESS EXCLUSIVE MODE')
+        commit = asyncio.create_task(store.commit(
+            SnapshotChanges(upserts=jobs), [routed("e1", "slack")], meta={"k": "v"}, now=T0))
+
+        async def waiting_on_the_lock() -> bool:
+            return bool(await postgres_admin(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1 "
+                "AND wait_event_type = 'Lock'", backend.schema))
+
+        await wait_until(waiting_on_the_lock, 10, "the commit to wait on the meta lock")
+        await proxy.cut()
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(commit, 10)
+        await blocker.rollback()
+    finally:
+        await admin.close()
+
+    async def gone() -> bool:  # PostgreSQL rolls the orphaned transaction back as it ends
+        return not await postgres_admin(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1", backend.schema)
+
+    await wait_until(gone, 10, "the orphaned session to end")
+    assert await rows_in(backend, "jobs") == 0
+    assert await rows_in(backend, "events") == 0
+    assert await rows_in(backend, "meta") == 0
+
+    await proxy.restore()
+    assert await store.commit(
+        SnapshotChanges(upserts=jobs), [routed("e1", "slack")], meta={"k": "v"}, now=T0) == 1
+    assert len(await store.load_snapshot()) == len(jobs)
+    assert ids(await store.list_outbox(OutboxState.PENDING)) == ["e1"]
+
+
+async def test_sslmode_is_honoured(backend: PostgresBackend) -> None:
+    """`sslmode=require` never falls back to a plain connection (a server without TLS is
+    refused at once, without retries); `disable` never uses TLS."""
+    server_ssl = await postgres_admin("SHOW ssl") == "on"
+    plain = PostgresStore(f"{backend.url}&sslmode=disable")
+    backend.built.append(plain)
+    await plain.open()
+    assert await postgres_admin(
+        "SELECT bool_or(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+        "WHERE a.application_name = $1", backend.schema) is False
+    await plain.close()
+    required = PostgresStore(f"{backend.url}&sslmode=require")
+    backend.built.append(required)
+    if server_ssl:
+        await required.open()
+        assert await postgres_admin(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+            "WHERE a.application_name = $1", backend.schema) is True
+    else:
+        with capture_logs() as logs, pytest.raises(StoreError, match="SSL"):
+            await required.open()
+        assert not await _logged(logs, "store.retry")  # a refusal is final, not an outage
+
+
+async def test_the_url_password_comes_from_the_environment_and_is_never_rendered(
+    backend: PostgresBackend, tmp_path: Path
+) -> None:
+    parts = urlsplit(backend.url)
+    url = parts._replace(netloc=f"postgres:${{PG_PASSWORD}}@{parts.hostname}:{parts.port}").geturl()
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "box: {auth: {method: developer_token, token: t}}\n"
+        f"state: {{url: '{url}'}}\n"
+    )
+    config = load_config(path, env={"PG_PASSWORD": "hunter2"})
+    assert ":hunter2@" in config.state.url
+    rendered = config.redacted()["state"]["url"]
+    assert "hunter2" not in rendered and ":**********@" in rendered
+    async with open_store(config.state.url) as store:
+        assert "hunter2" not in repr(store)
+        await store.ping()
+
+
+def test_a_malformed_postgresql_url_names_the_expected_form() -> None:
+    with pytest.raises(ValidationError, match="expected postgresql://user:password@host"):
+        StateConfig(url="postgresql:///no-host")
