@@ -31,7 +31,8 @@ class ScratchStore(SQLiteStore):
 def test_an_unregistered_scheme_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(ValidationError) as info:
         StateConfig(url="scratch:/tmp/x.db")
-    assert "unsupported state url scheme 'scratch' (expected sqlite://...)" in str(info.value)
+    assert ("unsupported state url scheme 'scratch' "
+            "(expected postgres://..., postgresql://..., sqlite://...)") in str(info.value)
     with pytest.raises(UnsupportedStoreURL):
         open_store("scratch:/tmp/x.db")
 
