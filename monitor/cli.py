@@ -18,7 +18,7 @@ import structlog
 
 from monitor import __version__
 from monitor.config import Config, load_config
-from monitor.errors import ConfigError, MonitorError
+from monitor.errors import ConfigError, IdentityMismatch, MonitorError
 from monitor.logging import configure_logging
 from monitor.notify.base import NotifierRegistry
 from monitor.simulator.options import add_arguments as add_simulate_arguments
@@ -37,6 +37,18 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the config"
     )
     run.add_argument("--config", required=True, type=Path)
+    run.add_argument(
+        "--adopt-identity",
+        action="store_true",
+        help="take over a state store recorded for another Box user or enterprise (its next "
+        "sweep records a new silent baseline)",
+    )
+    run.add_argument(
+        "--accept-mass-vanish",
+        action="store_true",
+        help="confirm (by id) even when a listing misses more than 20%% of the jobs: they "
+        "really were deleted",
+    )
 
     once = sub.add_parser("once", help="one sweep; print its events as JSON lines; exit")
     once.add_argument("--config", required=True, type=Path)
@@ -113,8 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_test_notify(config, registry, args.name))
         if args.command == "dead-letters":
             return asyncio.run(_dead_letters(config, args.action, args.notifier, args.event))
-        return asyncio.run(_run(config, registry, args.config))
-    except ConfigError as exc:
+        return asyncio.run(
+            _run(config, registry, args.config, args.adopt_identity, args.accept_mass_vanish)
+        )
+    except (ConfigError, IdentityMismatch) as exc:
         print(f"docgen-monitor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except MonitorError as exc:
@@ -190,10 +204,22 @@ async def _dead_letters(
     return EXIT_OK
 
 
-async def _run(config: Config, registry: NotifierRegistry, path: Path) -> int:
+async def _run(
+    config: Config,
+    registry: NotifierRegistry,
+    path: Path,
+    adopt_identity: bool = False,
+    accept_mass_vanish: bool = False,
+) -> int:
     from monitor.daemon import Daemon
 
-    async with Daemon(config, registry=registry) as daemon:
+    daemon = Daemon(
+        config,
+        registry=registry,
+        adopt_identity=adopt_identity,
+        accept_mass_vanish=accept_mass_vanish,
+    )
+    async with daemon:
         daemon.install_signal_handlers(reload=lambda: load(path, registry))
         log.info("daemon_running", metrics_url=f"{daemon.web.url}/metrics")
         await daemon.wait_stopped()
@@ -202,6 +228,7 @@ async def _run(config: Config, registry: NotifierRegistry, path: Path) -> int:
 
 async def _once(config: Config, registry: NotifierRegistry) -> int:
     from monitor.daemon import make_box_client
+    from monitor.identity import IdentityGuard
     from monitor.metrics import Metrics
     from monitor.notify.router import Router
     from monitor.poller import Poller
@@ -213,7 +240,15 @@ async def _once(config: Config, registry: NotifierRegistry) -> int:
     async with open_store(config.state.url) as store, box:
         try:
             recorder = Recorder(store, Router(config.routes), metrics, baseline=config.baseline)
-            poller = Poller(box, store, recorder, metrics, page_size=config.box.page_size)
+            poller = Poller(
+                box,
+                store,
+                recorder,
+                metrics,
+                page_size=config.box.page_size,
+                vanish_confirm_max=config.poll.vanish_confirm_max,
+                identity=IdentityGuard(box, store, metrics),
+            )
             result = await poller.sweep()
         finally:
             await auth.aclose()

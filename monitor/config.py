@@ -134,6 +134,9 @@ class PollConfig(_Model):
     stuck_after: PositiveDurationS | None = None  # job.stuck after this long in one status
     stuck_after_by_template: dict[str, PositiveDurationS] = {}
     watch_ttl: PositiveDurationS = 600.0  # a watched batch Box does not know yet is kept this long
+    # Jobs a complete listing missed are read by id (404 = gone) before `job.vanished`; at most
+    # this many a sweep, the rest wait for the next sweep.
+    vanish_confirm_max: int = Field(200, ge=1, le=10_000)
 
 
 def url_without_password(url: str) -> str:

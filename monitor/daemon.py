@@ -23,8 +23,10 @@ import structlog
 from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth, JWTAuth
 from monitor.box.budget import RequestBudget
 from monitor.box.client import BoxClient
+from monitor.box.errors import BoxError
 from monitor.config import BoxConfig, CCGAuthConfig, Config, JWTAuthConfig
 from monitor.errors import ConfigError
+from monitor.identity import IdentityGuard
 from monitor.looplag import LoopLagSampler
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier, NotifierRegistry
@@ -132,10 +134,14 @@ class Daemon:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        adopt_identity: bool = False,
+        accept_mass_vanish: bool = False,
     ) -> None:
         """`clock` (wall) stamps what is stored and shown; `monotonic` times every interval,
         deadline and backoff (a wall-clock step must not stall polling)."""
         self.config = config
+        self.adopt_identity = adopt_identity
+        self.accept_mass_vanish = accept_mass_vanish
         self.registry = registry or NotifierRegistry.from_entry_points()
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -153,6 +159,7 @@ class Daemon:
         self.store: Store
         self.box: BoxClient
         self.recorder: Recorder
+        self.identity: IdentityGuard
         self.poller: Poller
         self.schedule: PollSchedule
         self.dispatcher: Dispatcher
@@ -200,6 +207,11 @@ class Daemon:
         self._stack.push_async_callback(lambda: self.box.auth.aclose())  # the current one
         await self._stack.enter_async_context(box)
 
+        self.identity = IdentityGuard(
+            box, self.store, self.metrics, adopt=self.adopt_identity, clock=self.clock
+        )
+        await self._check_identity()
+
         self._notifiers = await self._open_notifiers(cfg)
         self.dispatcher = Dispatcher(self.store, self._notifiers, cfg.delivery, self.metrics)
         self.dispatcher.start()
@@ -222,6 +234,9 @@ class Daemon:
             page_size=cfg.box.page_size,
             watch_ttl_s=cfg.poll.watch_ttl,
             max_watched=cfg.http.max_watched_batches,
+            vanish_confirm_max=cfg.poll.vanish_confirm_max,
+            identity=self.identity,
+            accept_mass_vanish=self.accept_mass_vanish,
             clock=self.clock,
             monotonic=self.monotonic,
         )
@@ -259,6 +274,17 @@ class Daemon:
             self._stack.push_async_callback(_cancel, pruner)
 
         await self.schedule.start(self._stack)
+
+    async def _check_identity(self) -> None:
+        """Whose jobs the credentials see, against the store's record: another identity stops
+        the start (`IdentityMismatch`). Box unreachable now: the first sweep asks again before
+        it commits anything."""
+        try:
+            identity = await self.identity.verify()
+        except BoxError as exc:
+            log.warning("identity_unverified", error=str(exc), next_try="before the first sweep")
+            return
+        log.info("box_identity", user_id=identity.user_id, enterprise_id=identity.enterprise_id)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -345,6 +371,7 @@ class Daemon:
                 return False
             if auth is not None:
                 await self.box.replace_auth(auth)
+                self.identity.forget()  # new credentials may act for someone else
                 log.info("box_auth_reloaded", method=new.box.auth.method)
             old_notifiers, old_delivery = self._notifiers, self.config.delivery
             # Rows routed to a notifier now wait in the outbox until its worker starts below.
@@ -380,7 +407,10 @@ class Daemon:
         polling, details = self.schedule.status()
         auth = self.box.auth.status()
         details = {"store": store, "auth": auth.detail, **details}
-        return store == "ok" and polling and auth.ok, details
+        if self.poller.refusal is not None:
+            details["refused"] = self.poller.refusal
+        ready = store == "ok" and polling and auth.ok and self.poller.refusal is None
+        return ready, details
 
     def liveness(self) -> str | None:
         """None while alive; the reason when a restart is the only way out (`/healthz`)."""

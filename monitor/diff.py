@@ -41,25 +41,41 @@ def vanished_id(job_id: str, seq: int) -> str:
     return f"{job_id}:{seq}:vanished"
 
 
+def reappeared_id(job_id: str, seq: int) -> str:
+    # `seq` continues from the vanish: a second reappearance gets a new id, a replay the same.
+    return f"{job_id}:{seq}:reappeared"
+
+
 def batch_completed_id(batch_id: str, job_count: int) -> str:
     return f"{batch_id}:completed:{job_count}"
 
 
-def diff(snapshot: Mapping[str, JobState], observation: Observation, now: float) -> Diff:
+def diff(
+    snapshot: Mapping[str, JobState],
+    observation: Observation,
+    now: float,
+    vanished: Mapping[str, int] | None = None,
+) -> Diff:
     """Compare what was stored with what was seen: the changed rows and the events they make.
 
     `snapshot` must hold every stored job of each batch the observation touches (all jobs for a
     complete sweep), so that `batch.completed` is judged on the whole batch. Only a complete
-    observation may declare a job vanished.
+    observation may declare a job vanished. `vanished` maps jobs reported vanished before to the
+    `seq` of that report: seen again, they reappear instead of being discovered a second time.
     """
-    changes = snapshot_changes(snapshot, observation, now)
+    changes = snapshot_changes(snapshot, observation, now, vanished)
     return Diff(events_for(snapshot, changes, now), changes)
 
 
 def snapshot_changes(
-    snapshot: Mapping[str, JobState], observation: Observation, now: float
+    snapshot: Mapping[str, JobState],
+    observation: Observation,
+    now: float,
+    vanished: Mapping[str, int] | None = None,
 ) -> SnapshotChanges:
-    """The rows to write. A silent baseline stops here: it records, it announces nothing."""
+    """The rows to write. A silent baseline stops here: it records, it announces nothing.
+    A job that is not in `snapshot` starts at `seq` 1, or one past its vanish in `vanished`."""
+    gone_seqs = vanished or {}
     upserts: dict[str, JobState] = {}
     seen: set[str] = set()
     for job in observation.jobs:
@@ -70,7 +86,7 @@ def snapshot_changes(
         if old is not None:
             job = _keep_unreported(old, job)
         if old is None:
-            new = replace(job, seq=1, first_seen_at=now, changed_at=now)
+            new = replace(job, seq=gone_seqs.get(job.id, 0) + 1, first_seen_at=now, changed_at=now)
         elif old.status != job.status:
             new = replace(job, seq=old.seq + 1, first_seen_at=old.first_seen_at, changed_at=now)
         elif not old.same_observation(job):
@@ -83,6 +99,23 @@ def snapshot_changes(
         upserts[job.id] = new
     removals = tuple(i for i in snapshot if i not in seen) if observation.complete else ()
     return SnapshotChanges(tuple(upserts.values()), removals)
+
+
+def drop_regressions(
+    snapshot: Mapping[str, JobState], jobs: Iterable[JobState]
+) -> tuple[list[JobState], list[str]]:
+    """A listing that shows a job non-terminal after a terminal status was committed for it
+    (from a batch or job read) is behind: Box never takes a finished job back. Returns the
+    jobs to diff and the ids of the ones ignored."""
+    kept: list[JobState] = []
+    behind: list[str] = []
+    for job in jobs:
+        old = snapshot.get(job.id)
+        if old is not None and is_terminal(old.status) and not is_terminal(job.status):
+            behind.append(job.id)
+        else:
+            kept.append(job)
+    return kept, behind
 
 
 def _keep_unreported(old: JobState, seen: JobState) -> JobState:
@@ -107,7 +140,18 @@ def events_for(
     events: list[Event] = []
     for new in changes.upserts:
         old = snapshot.get(new.id)
-        if old is None:
+        if old is None and new.seq > 1:  # known before: reported vanished, now back
+            events.append(
+                job_event(
+                    EventType.JOB_REAPPEARED,
+                    reappeared_id(new.id, new.seq),
+                    None,
+                    new,
+                    detected_at,
+                    new.status,
+                )
+            )
+        elif old is None:
             events.append(
                 job_event(
                     EventType.JOB_DISCOVERED,

@@ -47,3 +47,19 @@ class SchemaTooNew(StoreError):
 class UnknownNotifierType(MonitorError):
     def __init__(self, type_name: str, known: list[str]) -> None:
         super().__init__(f"unknown notifier type {type_name!r}; known: {', '.join(sorted(known))}")
+
+
+class IdentityMismatch(MonitorError):
+    """The store was written for another Box user or enterprise than the credentials act for.
+    `stored` and `seen` describe both (`user 123 (enterprise 456)`)."""
+
+    def __init__(self, stored: str, seen: str, where: str) -> None:
+        self.stored = stored
+        self.seen = seen
+        super().__init__(
+            f"the state store {where} belongs to Box {stored}, but the configured credentials "
+            f"act for Box {seen}. Nothing was changed. To watch {seen}, point state.url at a "
+            "new state file; to take this store over for it, start once with "
+            "`docgen-monitor run --adopt-identity` (its next sweep records a new silent "
+            "baseline)."
+        )

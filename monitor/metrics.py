@@ -148,6 +148,45 @@ class Metrics:
             buckets=_LAG_BUCKETS_S,
             registry=r,
         )
+        self.listing_invalid_entries = Counter(
+            "box_docgen_listing_invalid_entries",
+            "Listing entries set aside as malformed (job left as it was; no vanish that sweep).",
+            registry=r,
+        )
+        self.listing_misses = Counter(
+            "box_docgen_listing_misses",
+            "Jobs a complete listing missed that Box still returned by id (the listing shifted).",
+            registry=r,
+        )
+        self.listing_regressions = Counter(
+            "box_docgen_listing_regressions",
+            "Listing entries older than a committed terminal status (ignored).",
+            registry=r,
+        )
+        self.listing_conflicts = Counter(
+            "box_docgen_listing_conflicts",
+            "Job ids one listing showed with different statuses (settled by reading the job).",
+            registry=r,
+        )
+        self.vanish_confirmations = Counter(
+            "box_docgen_vanish_confirmations",
+            "Jobs missing from a listing, read by id before a vanish, by outcome "
+            "(gone, present, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.vanish_suspects = Gauge(
+            "box_docgen_vanish_suspects",
+            "Jobs a complete listing missed that wait for a confirmation by id.",
+            registry=r,
+        )
+        self.mass_change_refused = Counter(
+            "box_docgen_mass_change_refused",
+            "Sweeps whose change was refused as too large to be true, by reason "
+            "(vanish, identity).",
+            ["reason"],
+            registry=r,
+        )
         self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)
         self.build_info.info({"version": __version__})
 

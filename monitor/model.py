@@ -74,11 +74,25 @@ class SnapshotChanges:
     removals: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class BoxIdentity:
+    """The Box user (and enterprise) whose jobs a store holds: `GET /2.0/users/me`. A store
+    watched by one identity is never diffed against another's listing."""
+
+    user_id: str
+    enterprise_id: str | None = None
+
+    def describe(self) -> str:
+        enterprise = self.enterprise_id if self.enterprise_id is not None else "none"
+        return f"user {self.user_id} (enterprise {enterprise})"
+
+
 class EventType(StrEnum):
     JOB_DISCOVERED = "job.discovered"
     JOB_STATUS_CHANGED = "job.status_changed"
     JOB_STUCK = "job.stuck"
     JOB_VANISHED = "job.vanished"
+    JOB_REAPPEARED = "job.reappeared"
     BATCH_COMPLETED = "batch.completed"
 
 

@@ -23,19 +23,27 @@ from dataclasses import dataclass
 
 import structlog
 
+from monitor.box.budget import Priority
 from monitor.box.client import BoxClient
-from monitor.box.errors import BoxAuthError, BoxNotFound
-from monitor.box.models import DocGenJob, JobListingPage, ListedJob
-from monitor.diff import snapshot_changes
+from monitor.box.errors import BoxAuthError, BoxError, BoxNotFound
+from monitor.box.listing import InvalidEntry, ListingPage
+from monitor.box.models import DocGenJob, ListedJob
+from monitor.diff import drop_regressions, snapshot_changes
+from monitor.identity import IdentityGuard
 from monitor.metrics import Metrics
 from monitor.model import KNOWN_STATUSES, Event, JobState, Observation, is_terminal
 from monitor.recorder import Recorder, StagedSweep
 from monitor.store.base import PollStore
+from monitor.vanish import plan_vanish
 
 log = structlog.get_logger(__name__)
 
 #: Batches polled at once in one active round (each is one request from the budget).
 ACTIVE_CONCURRENCY = 8
+#: Malformed listing entries remembered so that each is logged once.
+MAX_INVALID_LOGGED = 10_000
+#: Jobs read by id at once when a listing is checked (missing or conflicting jobs).
+CONFIRM_CONCURRENCY = 8
 #: Pages fetched ahead of the one being diffed.
 PREFETCH_PAGES = 2
 #: Watched batches Box does not list yet are polled at most this many per active round (fewest
@@ -127,6 +135,9 @@ class Poller:
         page_size: int = 1000,
         watch_ttl_s: float = 600.0,
         max_watched: int = 1000,
+        vanish_confirm_max: int = 200,
+        identity: IdentityGuard | None = None,
+        accept_mass_vanish: bool = False,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -137,12 +148,18 @@ class Poller:
         self.page_size = page_size
         self.watch_ttl_s = watch_ttl_s
         self.max_watched = max_watched
+        self.vanish_confirm_max = vanish_confirm_max
+        self.identity = identity
+        self.accept_mass_vanish = accept_mass_vanish
         self.clock = clock  # wall: a sweep's start is compared with stored sighting times
         self.monotonic = monotonic  # the active set's ages, watch deadlines and retries
         self.active: dict[str, _Active] = {}
         self.last_sweep_requests = 0
+        #: Why the last complete sweep was refused as a mass change (None: it was not).
+        self.refusal: str | None = None
         self._baseline_done = False
         self._unknown_statuses: set[str] = set()
+        self._invalid_logged: set[str] = set()
 
     async def start(self) -> None:
         """Load what survives a restart: the active set (and the recorder's catch-up point)."""
@@ -159,14 +176,20 @@ class Poller:
         """One complete listing, staged page by page, then recorded in one commit. Raises (and
         commits nothing) on failure."""
         started = time.perf_counter()
+        if self.identity is not None:
+            await self.identity.verify()  # no-op once verified
         first = await self.recorder.needs_baseline()
         silent = self.recorder.silent(first)
         staged_sweep = StagedSweep(await self.store.sweep_begin(), self.clock(), first)
-        jobs_seen = requests = 0
+        jobs_seen = requests = invalid = 0
         async for page in _prefetch(self.box.iter_job_listing(self.page_size), PREFETCH_PAGES):
             requests += 1
-            jobs_seen += len(page["entries"])
-            await self._stage_page(staged_sweep, page["entries"], keep=not silent)
+            jobs_seen += len(page.entries)
+            invalid += self._note_invalid(page.invalid)
+            await self._stage_page(staged_sweep, page.entries, keep=not silent)
+        requests += await self._settle_conflicts(staged_sweep, keep=not silent)
+        if not invalid:  # a listing with an entry set aside is not complete: it vanishes nothing
+            requests += await self._judge_missing(staged_sweep, keep=not silent)
         events = await self.recorder.record_sweep(staged_sweep)
         now = self.monotonic()
         self._baseline_done = True
@@ -197,24 +220,158 @@ class Poller:
         stored = await self.store.load_jobs(ids)
         # Most jobs of a steady sweep are unchanged: recognised on the raw entry, they never
         # become JobStates; the rest go through the pure diff.
-        fresh = tuple(
-            listed_job_state(e) for e in entries if not _unchanged(stored.get(e["id"]), e)
+        fresh, behind = drop_regressions(
+            stored, (listed_job_state(e) for e in entries if not _unchanged(stored.get(e["id"]), e))
         )
+        if behind:
+            self.metrics.listing_regressions.inc(len(behind))
+            log.info("listing_behind_ignored", jobs=len(behind), sample=behind[:5])
+        seen = [(e["id"], e["status"]) for e in entries]
+        await self._stage(sweep, fresh, stored, seen, keep=keep)
+
+    async def _stage(
+        self,
+        sweep: StagedSweep,
+        jobs: Sequence[JobState],
+        stored: dict[str, JobState],
+        seen: Sequence[tuple[str, str]],
+        *,
+        keep: bool,
+    ) -> None:
+        """Diff `jobs` against their `stored` rows (a job back after its vanish reappears) and
+        stage the changed ones, with `seen` the (id, status) pairs listed."""
         start_at = sweep.started_at
-        page_changes = snapshot_changes(
-            stored, Observation(fresh, complete=False, observed_at=start_at), start_at
+        unknown = [j.id for j in jobs if j.id not in stored]
+        vanished = await self.store.vanished_seqs(unknown) if unknown else {}
+        changes = snapshot_changes(
+            stored, Observation(tuple(jobs), complete=False, observed_at=start_at), start_at,
+            vanished,
         )
         staged = [
             (j, stored[j.id].seq if j.id in stored else 0)
-            for j in page_changes.upserts
+            for j in changes.upserts
             if j.id not in sweep.changed
         ]
-        await self.store.sweep_stage(sweep.generation, ids, staged)
+        await self.store.sweep_stage(sweep.generation, seen, staged)
         if keep:
             for job, _ in staged:
                 sweep.changed[job.id] = job
                 if job.id in stored:
                     sweep.before[job.id] = stored[job.id]
+
+    # -- what a listing cannot settle alone ----------------------------------------------------
+
+    async def _settle_conflicts(self, sweep: StagedSweep, *, keep: bool) -> int:
+        """Ids the listing showed with different statuses are read by id (up to the confirm
+        cap): Box's answer is recorded, never one of the copies; an id that cannot be read
+        stays as it was. Returns the requests made."""
+        conflicts = sorted(await self.store.sweep_conflicts(sweep.generation))
+        if not conflicts:
+            return 0
+        self.metrics.listing_conflicts.inc(len(conflicts))
+        await self.store.sweep_unstage(sweep.generation, conflicts)
+        for job_id in conflicts:
+            sweep.changed.pop(job_id, None)
+            sweep.before.pop(job_id, None)
+        to_read = conflicts[: self.vanish_confirm_max]
+        found, _, _ = await self._read_jobs(to_read)
+        await self._stage_reads(sweep, found, keep=keep)
+        log.info(
+            "listing_conflicts_settled", jobs=len(conflicts), read=len(to_read), settled=len(found)
+        )
+        return len(to_read)
+
+    async def _judge_missing(self, sweep: StagedSweep, *, keep: bool) -> int:
+        """The jobs this complete listing missed: read by id (404 = gone, 200 = the listing
+        shifted and Box's answer is recorded), held as suspects beyond the cap, or, when too many
+        are missing, refused as a mass change. Returns the requests made."""
+        missing = await self.store.sweep_unseen(sweep.generation, sweep.started_at)
+        if sweep.baseline:  # a new baseline records what Box lists now, silently
+            sweep.gone, sweep.suspects = set(missing), {}
+            self._clear_refusal()
+            return 0
+        now = self.clock()
+        suspects = await self.store.load_suspects()
+        size = sum((await self.store.status_counts()).values())
+        plan = plan_vanish(
+            {i: j.first_seen_at for i, j in missing.items()},
+            suspects,
+            size,
+            self.vanish_confirm_max,
+            now,
+            guard=not self.accept_mass_vanish,
+        )
+        if plan.refused:
+            self._refuse_mass_vanish(len(missing), size)
+            return 0
+        self._clear_refusal()
+        found, gone, failed = await self._read_jobs(plan.confirm)
+        for outcome, n in (("gone", len(gone)), ("present", len(found)), ("error", len(failed))):
+            if n:
+                self.metrics.vanish_confirmations.labels(outcome).inc(n)
+        if found:
+            self.metrics.listing_misses.inc(len(found))
+            log.info("listing_missed_jobs", jobs=len(found), sample=sorted(found)[:5])
+        await self._stage_reads(sweep, found, keep=keep)
+        sweep.gone = gone
+        sweep.suspects = {**plan.hold, **{i: suspects.get(i, now) for i in failed}}
+        self.metrics.vanish_suspects.set(len(sweep.suspects))
+        return len(plan.confirm)
+
+    def _refuse_mass_vanish(self, missing: int, size: int) -> None:
+        self.metrics.mass_change_refused.labels("vanish").inc()
+        reason = (
+            f"mass vanish refused: {missing} of {size} jobs missing from a complete listing"
+        )
+        if self.refusal != reason:
+            log.error(
+                "mass_vanish_refused",
+                missing=missing,
+                snapshot=size,
+                effect="nothing vanished; /readyz false until a listing shows them again",
+                if_really_deleted="start once with `run --accept-mass-vanish`",
+            )
+        self.refusal = reason
+
+    def _clear_refusal(self) -> None:
+        if self.refusal is not None:
+            log.info("mass_vanish_cleared")
+        self.refusal = None
+
+    async def _read_jobs(
+        self, job_ids: Sequence[str]
+    ) -> tuple[dict[str, JobState], set[str], set[str]]:
+        """Each job by id, from the budget at sweep priority: (found, gone (404), failed)."""
+        found: dict[str, JobState] = {}
+        gone: set[str] = set()
+        failed: set[str] = set()
+        gate = asyncio.Semaphore(CONFIRM_CONCURRENCY)
+
+        async def one(job_id: str) -> None:
+            async with gate:
+                try:
+                    found[job_id] = job_state(
+                        await self.box.get_job(job_id, priority=Priority.SWEEP)
+                    )
+                except BoxNotFound:
+                    gone.add(job_id)
+                except BoxError as exc:
+                    failed.add(job_id)
+                    log.warning("job_read_failed", job_id=job_id, error=str(exc))
+
+        await asyncio.gather(*(one(i) for i in job_ids))
+        return found, gone, failed
+
+    async def _stage_reads(
+        self, sweep: StagedSweep, found: dict[str, JobState], *, keep: bool
+    ) -> None:
+        """Jobs Box answered by id, staged with the sweep as the truth about them."""
+        if not found:
+            return
+        jobs = list(found.values())
+        self._note_unknown_statuses((j.status, j.id) for j in jobs)
+        stored = await self.store.load_jobs(list(found))
+        await self._stage(sweep, jobs, stored, [(j.id, j.status) for j in jobs], keep=keep)
 
     # -- the active set -----------------------------------------------------------------------
 
@@ -337,6 +494,24 @@ class Poller:
             return 0.0  # a watch of a batch Box does not list yet is not a detection delay
         return max(0.0, self.monotonic() - min(followed))
 
+    def _note_invalid(self, entries: Sequence[InvalidEntry]) -> int:
+        """Count each malformed listing entry; log the ones not logged before, in one line per
+        page (a page whose every entry breaks is one line, not a thousand). Returns how many
+        there were."""
+        if not entries:
+            return 0
+        self.metrics.listing_invalid_entries.inc(len(entries))
+        new = [e for e in entries if (e.job_id or e.reason) not in self._invalid_logged]
+        if new and len(self._invalid_logged) < MAX_INVALID_LOGGED:
+            self._invalid_logged.update(e.job_id or e.reason for e in new)
+            log.warning(
+                "listing_entries_invalid",
+                entries=len(new),
+                samples=[{"job_id": e.job_id, "reason": e.reason} for e in new[:5]],
+                effect="their jobs left as they were; this listing vanishes nothing",
+            )
+        return len(entries)
+
     def _note_unknown_statuses(self, jobs: Iterable[tuple[str, str]]) -> None:
         """Count each sighting of a status this build does not know; log each such status once
         (cut to `MAX_STATUS_LOG_CHARS`; after `MAX_UNKNOWN_LOGGED` of them, no more: Box's text
@@ -386,11 +561,11 @@ def _lone_straggler(batch: dict[str, JobState]) -> str | None:
 
 
 async def _prefetch(
-    pages: AsyncIterator[JobListingPage], depth: int
-) -> AsyncIterator[JobListingPage]:
+    pages: AsyncIterator[ListingPage], depth: int
+) -> AsyncIterator[ListingPage]:
     """Fetch up to `depth` pages ahead while the caller diffs the current one. A failure of the
     listing is raised to the caller at the page where it happened."""
-    queue: asyncio.Queue[JobListingPage | BaseException | None] = asyncio.Queue(depth)
+    queue: asyncio.Queue[ListingPage | BaseException | None] = asyncio.Queue(depth)
 
     async def produce() -> None:
         try:

@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 META_BASELINE_AT = "baseline_at"
 META_LAST_SWEEP_AT = "last_sweep_at"
 META_LAST_RUNNING_AT = "last_running_at"
+#: Set when a store is adopted for another Box identity: the next sweep records a new baseline.
+META_REBASELINE = "rebaseline_requested"
 
 
 @dataclass(slots=True)
@@ -47,6 +49,10 @@ class StagedSweep:
     baseline: bool  # the first sweep of this store: it records the baseline
     changed: dict[str, JobState] = field(default_factory=dict)
     before: dict[str, JobState] = field(default_factory=dict)
+    # What the poller settled about the jobs no page listed: the ones Box confirmed gone (404
+    # by id), and the suspects left for a later sweep (None: the stored ones stay as they are).
+    gone: set[str] = field(default_factory=set)
+    suspects: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +118,13 @@ class Recorder:
         await self._write(self.store.commit(SnapshotChanges(), [], meta=meta))
 
     async def needs_baseline(self) -> bool:
-        """No sweep has ever committed to this store: the next one records the baseline."""
-        return await self.store.get_meta(META_BASELINE_AT) is None
+        """No sweep has ever committed to this store, or the store was adopted for another Box
+        identity since the last baseline: the next sweep records the baseline."""
+        baseline_at = await self.store.get_meta(META_BASELINE_AT)
+        if baseline_at is None:
+            return True
+        rebaseline = await self.store.get_meta(META_REBASELINE)
+        return rebaseline is not None and float(rebaseline) >= float(baseline_at)
 
     def silent(self, baseline: bool) -> bool:
         """A baseline sweep emits no events unless configured to."""
@@ -123,15 +134,15 @@ class Recorder:
 
     async def record_sweep(self, sweep: StagedSweep) -> tuple[Event, ...]:
         """Close a staged complete listing: rows an active poll committed meanwhile are skipped,
-        jobs no page listed are gone, events built, routed and committed with every staged row
-        in ONE transaction."""
+        the jobs the poller found gone (`sweep.gone`) are removed, events built, routed and
+        committed with every staged row and the suspects in ONE transaction."""
         silent = self.silent(sweep.baseline)
         changed, before = sweep.changed, sweep.before
         async with self._lock:
             now = self.clock()
             for stale in await self.store.sweep_stale_ids():
                 changed.pop(stale, None)  # an active poll got there first
-            gone = await self.store.sweep_unseen(sweep.generation, sweep.started_at)
+            gone = await self.store.load_jobs(sorted(sweep.gone)) if sweep.gone else {}
             changes = SnapshotChanges(tuple(changed.values()), tuple(gone))
             events: tuple[Event, ...] = ()
             if not silent:
@@ -143,7 +154,11 @@ class Recorder:
             if sweep.baseline:
                 meta[META_BASELINE_AT] = repr(now)
             routed = self._route(events)
-            await self._write(self.store.commit_sweep(changes, routed, meta=meta, now=now))
+            await self._write(
+                self.store.commit_sweep(
+                    changes, routed, meta=meta, now=now, suspects=sweep.suspects
+                )
+            )
         self._swept = True
         self._caught_up.clear()  # never consulted again
         self._count(events, changes, before)
@@ -176,7 +191,9 @@ class Recorder:
             now = self.clock()
             snapshot = await self.store.load_batches([batch_id])
             observation = Observation(tuple(jobs), complete=False, observed_at=now, kind=kind)
-            changes = snapshot_changes(snapshot, observation, now)
+            unknown = [j.id for j in jobs if j.id not in snapshot]
+            vanished = await self.store.vanished_seqs(unknown) if unknown else {}
+            changes = snapshot_changes(snapshot, observation, now, vanished)
             events = self._mark_late(events_for(snapshot, changes, now), batch_id)
             after = {**snapshot, **{j.id: j for j in changes.upserts}}
             if self.stuck.enabled:

@@ -1041,3 +1041,31 @@ def test_constructor_rejects_nonsense() -> None:
         BoxClient("http://x", auth, timeout_s=0)
     with pytest.raises(ValueError, match="subject_type"):
         CCGAuth("http://x/oauth2/token", "id", SecretStr("s"), "group", "1")
+
+
+async def test_a_dropped_connection_is_retried_until_box_answers(
+    control: Control, make_client: MakeClient, sleeps: Sleeps, metrics: Metrics
+) -> None:
+    """The simulator closes the connection without an answer (aiohttp itself retries an
+    idempotent request once on a fresh connection, so three drops reach the client twice)."""
+    batch = await control.batch(1)
+    await control.fault("get_job", "disconnect", count=3)
+    job = await make_client().get_job(batch["job_ids"][0])
+    assert job.id == batch["job_ids"][0]
+    assert len(sleeps.delays) >= 1
+    retried = metrics.registry.get_sample_value(
+        "box_docgen_api_retries_total", {"reason": "connection_error"}
+    )
+    assert retried is not None and retried >= 1
+
+
+async def test_a_listing_with_a_schema_broken_entry_keeps_the_rest_of_the_page(
+    control: Control, make_client: MakeClient, sleeps: Sleeps
+) -> None:
+    """The `schema` fault strips `status` from every entry: each is set aside, the page is not
+    a failed request (and is not retried)."""
+    await control.seed(3)
+    await control.fault("list_jobs", "schema", count=1)
+    pages = [p async for p in make_client().iter_job_listing()]
+    assert sum(len(p.invalid) for p in pages) == 3 and all(not p.entries for p in pages)
+    assert sleeps.delays == []

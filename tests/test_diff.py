@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.diff import Diff, diff
+from monitor.diff import Diff, diff, drop_regressions
 from monitor.model import EventType, JobState, Observation, is_terminal
 
 STATUSES = ["pending", "submitted", "completed", "completed_with_error", "failed", "paused_new"]
@@ -34,7 +34,9 @@ def statuses_after_events(snapshot: dict[str, JobState], result: Diff) -> dict[s
     seen = {j.id: j.status for j in snapshot.values()}
     for event in result.events:
         assert event.job is not None or event.type is EventType.BATCH_COMPLETED
-        if event.type in (EventType.JOB_DISCOVERED, EventType.JOB_STATUS_CHANGED):
+        if event.type in (
+            EventType.JOB_DISCOVERED, EventType.JOB_STATUS_CHANGED, EventType.JOB_REAPPEARED
+        ):
             assert event.job is not None and event.to_status is not None
             seen[event.job.id] = event.to_status
         elif event.type is EventType.JOB_VANISHED:
@@ -191,3 +193,39 @@ def test_a_standard_variant_read_keeps_the_stored_creator_and_creation_time() ->
     assert (row.created_by_id, row.created_at) == ("u7", "2026-11-28T09:00:00-08:00")
     event = next(e for e in result.events if e.type is EventType.JOB_STATUS_CHANGED)
     assert event.job is not None and event.job.created_by_id == "u7"
+
+
+def test_a_job_seen_again_after_its_vanish_reappears_with_a_new_event_id() -> None:
+    """Reported vanished at seq 3, it is announced again (never swallowed as a repeat of its
+    first discovery), and a second vanish and return get ids of their own."""
+    back = diff({}, Observation((job("j1", "failed"),), False, NOW), NOW, vanished={"j1": 3})
+    (event,) = [e for e in back.events if e.type is not EventType.BATCH_COMPLETED]
+    assert event.type is EventType.JOB_REAPPEARED
+    assert event.id == "j1:4:reappeared" and event.to_status == "failed"
+    (row,) = back.changes.upserts
+    assert row.seq == 4 and row.first_seen_at == NOW
+    gone = diff({"j1": row}, Observation((), True, NOW + 1), NOW + 1)
+    assert [e.id for e in gone.events] == ["j1:5:vanished"]
+    again = diff({}, Observation((job("j1", "failed"),), False, NOW + 2), NOW + 2,
+                 vanished={"j1": 5})
+    assert [e.id for e in again.events if e.job] == ["j1:6:reappeared"]
+
+
+def test_a_job_never_vanished_is_discovered_as_before() -> None:
+    result = diff({}, Observation((job("j1", "pending"),), False, NOW), NOW, vanished={"j2": 4})
+    assert [(e.type, e.id) for e in result.events] == [
+        (EventType.JOB_DISCOVERED, "j1:discovered")
+    ]
+
+
+def test_a_listing_behind_a_committed_terminal_status_is_dropped_not_diffed() -> None:
+    """Terminal back to non-terminal is a stale listing; terminal to terminal is still news."""
+    snapshot = {
+        "j1": job("j1", "completed", seq=3),
+        "j2": job("j2", "completed", seq=3),
+        "j3": job("j3", "submitted", seq=2),
+    }
+    listed = [job("j1", "submitted"), job("j2", "failed"), job("j3", "pending"), job("j4", "x")]
+    kept, behind = drop_regressions(snapshot, listed)
+    assert behind == ["j1"]
+    assert [j.id for j in kept] == ["j2", "j3", "j4"]

@@ -147,30 +147,102 @@ async def test_sigkill_mid_scenario_loses_nothing_and_mints_no_second_id(world: 
     assert await w.daemon.stop(signal.SIGTERM) == 0
 
 
-async def test_faults_at_box_and_receiver_lose_nothing_and_vanish_nothing(world: World) -> None:
-    w = world
+@pytest.fixture
+async def ccg_world(tmp_path: Path) -> AsyncIterator[World]:
+    """The daemon signs in with the Client Credentials Grant, and the simulator's tokens live
+    3 s, so `/oauth2/token` is asked again and again while faults fire on it."""
+    sim_config = SimulatorConfig(
+        seed=43, token_expires_in_s=3,
+        timeline=TimelineConfig(submitted_after_s=0.3, min_duration_s=1.0, max_duration_s=4.0),
+    )
+    auth = {"method": "ccg", "client_id": sim_config.client_id,
+            "client_secret": sim_config.client_secret.get_secret_value(),
+            "subject_type": "enterprise", "subject_id": sim_config.enterprise_id}
+    async for w in webhook_world(tmp_path, sim_config, World, box={"auth": auth}):
+        yield w
+
+
+#: Every Box route the daemon calls, and what each one suffers (count or rate, so that retries
+#: and later polls get through).
+FAULTS_BY_ROUTE: dict[str, list[dict[str, Any]]] = {
+    "list_jobs": [
+        {"kind": "429", "count": 2, "retry_after_s": 1},
+        {"kind": "500", "rate": 0.15},
+        {"kind": "502", "count": 2},
+        {"kind": "malformed", "count": 2},
+        {"kind": "truncated", "count": 2},
+        {"kind": "schema", "count": 2},
+        {"kind": "disconnect", "count": 4},
+        {"kind": "latency", "rate": 0.1, "latency_s": 0.3},
+    ],
+    "batch_jobs": [
+        {"kind": "429", "count": 2, "retry_after_s": 1},
+        {"kind": "503", "rate": 0.1, "retry_after_s": 1},
+        {"kind": "500", "rate": 0.1},
+        {"kind": "disconnect", "rate": 0.05},
+    ],
+    "get_job": [
+        {"kind": "429", "count": 2, "retry_after_s": 1},
+        {"kind": "500", "rate": 0.2},
+        {"kind": "disconnect", "count": 4},
+    ],
+    "token": [
+        {"kind": "429", "count": 1, "retry_after_s": 1},
+        {"kind": "500", "count": 3},
+        {"kind": "disconnect", "count": 2},
+    ],
+}
+
+
+async def test_faults_on_every_box_route_and_the_receiver_lose_nothing_and_vanish_nothing(
+    ccg_world: World,
+) -> None:
+    """5xx, 429 with Retry-After and dropped connections on the listing, the batch reads, the
+    single-job reads and the token endpoint, and a receiver that fails for a while: every change
+    still arrives exactly once and no job is called vanished."""
+    w = ccg_world
     await w.control.call("POST", "/_sim/seed", {"count": 3000})  # several pages per sweep
     w.daemon.start()
     await w.daemon.wait_ready()
     w.receiver.fail_remaining = 40  # the receiver answers 500 for a while
-    for fault in (
-        {"route": "list_jobs", "kind": "429", "count": 4, "retry_after_s": 1},
-        {"route": "list_jobs", "kind": "500", "rate": 0.15},
-        {"route": "list_jobs", "kind": "502", "count": 2},
-        {"route": "list_jobs", "kind": "malformed", "count": 2},
-        {"route": "list_jobs", "kind": "truncated", "count": 2},
-        {"route": "list_jobs", "kind": "schema", "count": 2},
-        {"route": "list_jobs", "kind": "latency", "rate": 0.1, "latency_s": 0.3},
-    ):
-        await w.control.fault(**fault)
+    for route, faults in FAULTS_BY_ROUTE.items():
+        for fault in faults:
+            await w.control.fault(route=route, **fault)
     batch_ids = await start_batches(w, 10, 20)
-    await wait_all_delivered(w, batch_ids, timeout_s=90)
-    stats = await w.control.call("GET", "/_sim/stats")
-    codes = stats["requests"]["list_jobs"]
-    assert int(codes.get("429", 0)) >= 4 and int(codes.get("500", 0)) >= 1
+    # Batches that run for longer than an active interval are read through
+    # GET /2.0/docgen_batch_jobs/{id} (shorter ones are all seen by the 500 ms sweeps).
+    for _ in range(2):
+        slow = await w.control.start_batch(4, min_duration_s=40.0, max_duration_s=50.0)
+        batch_ids.add(slow["batch_id"])
+    # A lone straggler is read by its own id (GET /2.0/docgen_jobs/{id}): hold one job of a
+    # batch back until the daemon has read it that way a few times.
+    straggler_batch = await w.control.start_batch(3, min_duration_s=0.5, max_duration_s=1.0)
+    batch_ids.add(straggler_batch["batch_id"])
+    held = straggler_batch["job_ids"][0]
+    await w.control.call("PUT", f"/_sim/jobs/{held}", {"status": "submitted"})
+
+    async def read_often(route: str, n: int) -> bool:
+        stats = await w.control.call("GET", "/_sim/stats")
+        return sum(int(c) for c in stats["requests"].get(route, {}).values()) >= n
+
+    await wait_until(lambda: read_often("get_job", 6), 90, "the straggler to be read by id")
+    await wait_until(lambda: read_often("batch_jobs", 6), 90, "the slow batches to be read")
+    await w.control.call("PUT", f"/_sim/jobs/{held}", {"status": "completed"})
+    await wait_all_delivered(w, batch_ids, timeout_s=120)
+    stats = (await w.control.call("GET", "/_sim/stats"))["requests"]
+    fired = {f["route"]: f for f in (await w.control.call("GET", "/_sim/faults"))["entries"]}
+    assert fired  # the rate faults are still armed; the counted ones are spent
+    for route in FAULTS_BY_ROUTE:
+        codes = stats.get(route, {})
+        faulted = sum(int(codes.get(c, 0)) for c in ("429", "444", "500", "502", "503"))
+        assert faulted >= 2 and int(codes.get("200", 0)) >= 1, (route, codes)
+    assert int(stats["token"].get("444", 0)) >= 2 and int(stats["get_job"].get("444", 0)) >= 4
+    assert int(stats["list_jobs"].get("444", 0)) >= 4
     status, metrics = await w.daemon.get("/metrics")
     assert status == 200
-    assert 'box_docgen_api_requests_total{code="429",endpoint="/2.0/docgen_jobs"}' in metrics
+    for endpoint in ("/2.0/docgen_jobs", "/2.0/docgen_batch_jobs/{batch_id}",
+                     "/2.0/docgen_jobs/{job_id}"):
+        assert f'box_docgen_api_requests_total{{code="429",endpoint="{endpoint}"}}' in metrics
     await w.control.clear_faults()
     assert await w.daemon.stop(signal.SIGTERM) == 0
 

@@ -84,8 +84,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     )
     clock = Clock()
 
-    def make_poller(stuck: StuckPolicy | None = None, **kw: Any) -> Poller:
-        recorder = Recorder(store, Router([]), metrics, stuck=stuck, clock=clock)
+    def make_poller(
+        stuck: StuckPolicy | None = None, baseline: str = "silent", **kw: Any
+    ) -> Poller:
+        recorder = Recorder(store, Router([]), metrics, stuck=stuck, clock=clock,
+                            baseline=baseline)
         return Poller(
             box, store, recorder, metrics, page_size=7, clock=clock, monotonic=clock, **kw
         )
@@ -292,7 +295,7 @@ async def test_a_sweep_does_not_roll_back_what_an_active_poll_committed_meanwhil
     stored = await rig.store.load_jobs(batch["job_ids"])
     generation = await rig.store.sweep_begin()
     staged = [(replace(j, status="submitted", seq=j.seq + 1), j.seq) for j in stored.values()]
-    await rig.store.sweep_stage(generation, list(stored), staged)
+    await rig.store.sweep_stage(generation, [(i, "pending") for i in stored], staged)
     await rig.advance_sim(60)
     await poller.poll_batch(batch["batch_id"])  # the outcome, committed while the sweep runs
     assert await rig.store.sweep_stale_ids() == set(batch["job_ids"])
@@ -425,3 +428,181 @@ async def test_the_late_marking_memory_holds_only_batches_still_being_caught_up(
     assert restarted.recorder.catching_up == {batches[4]["batch_id"]}
     await restarted.sweep()
     assert restarted.recorder.catching_up == frozenset()
+
+
+@pytest.mark.parametrize("kind", ["missing_status", "null_batch", "integer_id", "lone_surrogate"])
+async def test_one_malformed_listing_entry_is_set_aside_and_the_rest_is_recorded(
+    rig: Rig, kind: str
+) -> None:
+    """The bad entry is counted and logged once, its job stays as it was, the other jobs'
+    changes are recorded, and that listing vanishes nothing (today: every sweep fails)."""
+    await rig.control.call("POST", "/_sim/seed", {"count": 20})
+    poller = rig.make_poller(baseline="notify")
+    await poller.start()
+    await poller.sweep()
+    victim, *others = list(await rig.control.jobs())[:3]
+    before = (await rig.store.load_jobs([victim]))[victim]
+    await rig.control.call("POST", "/_sim/listing/malformed", {"job_ids": [victim], "kind": kind})
+    batch = await rig.control.start_batch(2)
+    for job_id in others:
+        await rig.control.call("PUT", f"/_sim/jobs/{job_id}", {"status": "failed"})
+    with capture_logs() as logs:
+        first = await poller.sweep()
+        second = await poller.sweep()
+    assert not of_type(first.events + second.events, EventType.JOB_VANISHED)
+    assert {e.job.id for e in of_type(first.events, EventType.JOB_DISCOVERED) if e.job} == set(
+        batch["job_ids"])
+    stored = await rig.store.load_jobs([victim, *others])
+    assert stored[victim] == before
+    assert all(stored[j].status == "failed" for j in others)
+    assert rig.metrics.registry.get_sample_value(
+        "box_docgen_listing_invalid_entries_total") == 2
+    lines = [e for e in logs if e["event"] == "listing_entries_invalid"]
+    assert len(lines) == 1 and lines[0]["entries"] == 1
+    assert lines[0]["samples"][0]["job_id"] in (victim, None)
+    await rig.control.call("DELETE", "/_sim/listing")
+    assert not of_type((await poller.sweep()).events, EventType.JOB_VANISHED)
+
+
+# -- a job is gone only when Box says so (listing distortions) ------------------------------
+
+
+def sample(r: Rig, name: str, labels: dict[str, str] | None = None) -> float:
+    return r.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def seeded(r: Rig, count: int, **kw: Any) -> tuple[Any, list[str]]:
+    """A poller with a baseline of `count` historic jobs, and their ids (newest first)."""
+    await r.control.call("POST", "/_sim/seed", {"count": count})
+    poller = r.make_poller(baseline="notify", **kw)
+    await poller.start()
+    await poller.sweep()
+    r.sim.state.stats.reset()
+    return poller, list(await r.control.jobs())
+
+
+async def sweep(r: Rig, poller: Any) -> Any:
+    """One sweep a minute after the last (the poller's clock is the test's)."""
+    r.clock.now += 60
+    return await poller.sweep()
+
+
+def job_events(events: tuple[Event, ...]) -> list[tuple[str, str | None]]:
+    return [(e.type.value, e.job.id if e.job else None) for e in events
+            if e.type is not EventType.BATCH_COMPLETED]
+
+
+async def test_a_job_the_listing_misses_but_box_returns_by_id_is_not_vanished(rig: Rig) -> None:
+    """The answer by id is recorded (its new status becomes the event), the miss is counted."""
+    poller, ids = await seeded(rig, 20)
+    hidden = ids[5]
+    await rig.control.call("POST", "/_sim/listing/omit", {"job_ids": [hidden]})
+    await rig.control.call("PUT", f"/_sim/jobs/{hidden}", {"status": "failed"})
+    result = await sweep(rig, poller)
+    assert job_events(result.events) == [("job.status_changed", hidden)]
+    assert (await rig.store.load_jobs([hidden]))[hidden].status == "failed"
+    assert rig.sim.state.stats.count("get_job") == 1
+    assert sample(rig, "box_docgen_listing_misses_total") == 1
+    assert sample(rig, "box_docgen_vanish_confirmations_total", {"outcome": "present"}) == 1
+    assert job_events((await sweep(rig, poller)).events) == []  # still hidden: nothing new
+
+
+async def test_a_job_box_answers_404_for_vanishes_and_its_return_is_announced(rig: Rig) -> None:
+    """404 by id makes the vanish; when the job is listed again it gets `job.reappeared` with
+    an id of its own (today the store swallowed its second `discovered`)."""
+    poller, ids = await seeded(rig, 20)
+    gone = ids[3]
+    await rig.control.call("POST", "/_sim/listing/omit", {"job_ids": [gone]})
+    await rig.control.fault(route="get_job", kind="404", count=1)
+    vanished = await sweep(rig, poller)
+    (event,) = of_type(vanished.events, EventType.JOB_VANISHED)
+    assert event.job is not None and event.job.id == gone
+    assert await rig.store.load_jobs([gone]) == {}
+    await rig.control.call("DELETE", "/_sim/listing")
+    back = await sweep(rig, poller)
+    (again,) = of_type(back.events, EventType.JOB_REAPPEARED)
+    assert again.job is not None and again.job.id == gone
+    assert again.id != event.id and again.id.endswith(":reappeared")
+    assert again.to_status == (await rig.control.jobs())[gone]["status"]
+    assert job_events((await sweep(rig, poller)).events) == []
+
+
+async def test_beyond_the_confirm_cap_the_missing_wait_as_suspects_for_later_sweeps(
+    rig: Rig,
+) -> None:
+    poller, ids = await seeded(rig, 40, vanish_confirm_max=2)
+    deleted = ids[10:15]
+    for job_id in deleted:
+        await rig.control.call("DELETE", f"/_sim/jobs/{job_id}")
+    vanished: list[str] = []
+    for left in (3, 1, 0):
+        rig.sim.state.stats.reset()
+        result = await sweep(rig, poller)
+        vanished += [e.job.id for e in of_type(result.events, EventType.JOB_VANISHED) if e.job]
+        assert rig.sim.state.stats.count("get_job") <= 2
+        assert len(await rig.store.load_suspects()) == left
+        assert sample(rig, "box_docgen_vanish_suspects") == left
+    assert sorted(vanished) == sorted(deleted)
+
+
+async def test_a_listing_missing_more_than_a_fifth_of_the_jobs_is_refused(rig: Rig) -> None:
+    """No vanish, no read by id, a metric and a refusal the daemon's /readyz reports; a
+    whole listing clears it."""
+    poller, _ = await seeded(rig, 50)
+    await rig.control.call("POST", "/_sim/listing/omit", {"fraction": 0.3})
+    for _ in range(2):
+        result = await sweep(rig, poller)
+        assert job_events(result.events) == []
+    assert rig.sim.state.stats.count("get_job") == 0
+    assert poller.refusal is not None and "of 50 jobs" in poller.refusal
+    assert sample(rig, "box_docgen_mass_change_refused_total", {"reason": "vanish"}) == 2
+    assert len(await rig.store.load_jobs(list(await rig.control.jobs()))) == 50
+    await rig.control.call("DELETE", "/_sim/listing")
+    assert job_events((await sweep(rig, poller)).events) == []
+    assert poller.refusal is None
+
+
+async def test_accepting_a_mass_vanish_still_asks_box_job_by_job(rig: Rig) -> None:
+    poller, _ = await seeded(rig, 30, accept_mass_vanish=True)
+    await rig.control.call("POST", "/_sim/listing/omit", {"fraction": 0.5})
+    result = await sweep(rig, poller)
+    assert job_events(result.events) == [] and poller.refusal is None
+    hidden = rig.sim.state.stats.count("get_job")
+    assert hidden >= 10 and sample(rig, "box_docgen_listing_misses_total") == hidden
+
+
+async def test_one_id_listed_with_two_statuses_is_settled_by_reading_it(rig: Rig) -> None:
+    """The copy on the first page and the real entry further on disagree: Box's answer by id
+    decides, sweep after sweep, and nothing flip-flops."""
+    poller, ids = await seeded(rig, 30)
+    old = ids[-1]  # the oldest: listed on the last page
+    truth = (await rig.control.jobs())[old]["status"]
+    await rig.control.call("POST", "/_sim/listing/duplicate", {"job_id": old})
+    events: list[Event] = []
+    for _ in range(4):
+        events += (await sweep(rig, poller)).events
+    assert job_events(tuple(events)) == []
+    assert (await rig.store.load_jobs([old]))[old].status == truth
+    assert sample(rig, "box_docgen_listing_conflicts_total") == 4
+    assert rig.sim.state.stats.count("get_job") == 4
+
+
+async def test_a_stale_listing_never_takes_a_finished_job_back(rig: Rig) -> None:
+    """The batch poll committed the outcome; a listing that still shows the job running is
+    ignored and counted, never a backward `job.status_changed`."""
+    poller, _ = await seeded(rig, 10)
+    batch = await rig.control.start_batch(2)
+    poller.watch(batch["batch_id"])
+    await poller.poll_batch(batch["batch_id"])
+    await rig.advance_sim(60)
+    await poller.poll_batch(batch["batch_id"])
+    job_id = batch["job_ids"][0]
+    assert (await rig.store.load_jobs([job_id]))[job_id].status in (
+        "completed", "completed_with_error", "failed")
+    await rig.control.call("POST", "/_sim/listing/omit", {"job_ids": [job_id]})
+    await rig.control.call("POST", "/_sim/listing/duplicate",
+                           {"job_id": job_id, "status": "submitted"})
+    result = await sweep(rig, poller)
+    assert job_events(result.events) == []
+    assert sample(rig, "box_docgen_listing_regressions_total") == 1
+    assert (await rig.store.load_jobs([job_id]))[job_id].status != "submitted"

@@ -917,7 +917,7 @@ async def test_a_baseline_of_100000_jobs_commits_and_loads_back(
 async def test_a_database_two_versions_old_upgrades_in_one_open(
     store_backend: StoreBackend,
 ) -> None:
-    """Steps are applied in order, whatever lies between (v1 -> v3 here). The older build
+    """Steps are applied in order, whatever lies between (two versions here). The older build
     writes only an event: this build's job rows carry columns it lacks."""
     async with store_backend.build(schema_delta=-2) as older:
         await older.commit(SnapshotChanges(), [routed("e0", "a")])
@@ -926,7 +926,7 @@ async def test_a_database_two_versions_old_upgrades_in_one_open(
         await store.commit(SnapshotChanges(upserts=(job("j0"),)), [])
         assert set(await store.active_batch_ids()) == {"b1"}
         generation = await store.sweep_begin()
-        await store.sweep_stage(generation, ["j0"], [])
+        await store.sweep_stage(generation, [("j0", "pending")], [])
         assert await store.sweep_unseen(generation, T0) == {}
 
 
@@ -958,8 +958,10 @@ async def test_a_staged_sweep_changes_nothing_until_it_commits(store: Store) -> 
     generation = await store.sweep_begin()
     new = job("new", seq=1, first_seen_at=T0 + 10)
     moved = job("kept", status="submitted", seq=2, first_seen_at=T0)
-    await store.sweep_stage(generation, ["new", "kept"], [(new, 0), (moved, 1)])
-    await store.sweep_stage(generation, ["kept"], [(replace(moved, status="failed"), 1)])
+    await store.sweep_stage(generation, [("new", "pending"), ("kept", "submitted")],
+                            [(new, 0), (moved, 1)])
+    await store.sweep_stage(generation, [("kept", "failed")],
+                            [(replace(moved, status="failed"), 1)])
     assert set(await store.load_snapshot()) == {"old", "kept"}
     assert (await store.load_jobs(["kept"]))["kept"].status == "pending"
     assert set(await store.sweep_unseen(generation, T0 + 10)) == {"old"}
@@ -975,7 +977,7 @@ async def test_a_staged_sweep_changes_nothing_until_it_commits(store: Store) -> 
 async def test_a_new_sweep_forgets_an_unfinished_one(store: Store) -> None:
     await store.commit(SnapshotChanges(upserts=(job("a", seq=1, first_seen_at=T0),)), [])
     first = await store.sweep_begin()
-    await store.sweep_stage(first, ["a"], [(job("b", seq=1), 0)])
+    await store.sweep_stage(first, [("a", "pending")], [(job("b", seq=1), 0)])
     second = await store.sweep_begin()
     assert second > first
     assert set(await store.sweep_unseen(second, T0 + 1)) == {"a"}  # first's marks do not count
@@ -986,7 +988,8 @@ async def test_a_new_sweep_forgets_an_unfinished_one(store: Store) -> None:
 async def test_a_staged_row_whose_job_moved_meanwhile_is_skipped(store: Store) -> None:
     await store.commit(SnapshotChanges(upserts=(job("j", seq=1),)), [])
     generation = await store.sweep_begin()
-    await store.sweep_stage(generation, ["j"], [(job("j", status="submitted", seq=2), 1)])
+    await store.sweep_stage(generation, [("j", "submitted")],
+                            [(job("j", status="submitted", seq=2), 1)])
     await store.commit(SnapshotChanges(upserts=(job("j", status="completed", seq=2),)), [])
     assert await store.sweep_stale_ids() == {"j"}
     await store.commit_sweep(SnapshotChanges(), [])
@@ -1002,3 +1005,61 @@ async def test_a_stuck_event_leaves_a_mark_that_removing_the_job_forgets(store: 
     assert await store.stuck_marks(["j1"]) == {"j1": "j1:3:stuck"}
     await store.commit(SnapshotChanges(removals=("j1",)), [])
     assert await store.stuck_marks(["j1"]) == {}
+
+
+async def test_a_removed_job_leaves_the_seq_of_its_vanish_until_it_is_written_again(
+    store: Store,
+) -> None:
+    await store.commit(SnapshotChanges(upserts=(job("j1", seq=3), job("j2", seq=1))), [])
+    assert await store.vanished_seqs(["j1", "j2"]) == {}
+    await store.commit(SnapshotChanges(removals=("j1",)), [])
+    assert await store.vanished_seqs(["j1", "j2", "nope"]) == {"j1": 4}
+    await store.commit(SnapshotChanges(upserts=(job("j1", seq=5),)), [])
+    assert await store.vanished_seqs(["j1"]) == {}
+
+
+async def test_a_sweep_that_stages_a_vanished_job_clears_its_vanish_mark(store: Store) -> None:
+    await store.commit(SnapshotChanges(upserts=(job("j1", seq=2),)), [])
+    await store.commit(SnapshotChanges(removals=("j1",)), [])
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, [("j1", "pending")], [(job("j1", seq=4), 0)])
+    await store.commit_sweep(SnapshotChanges(), [])
+    assert await store.vanished_seqs(["j1"]) == {}
+    assert (await store.load_jobs(["j1"]))["j1"].seq == 4
+
+
+async def test_a_sweep_reports_ids_listed_twice_with_different_statuses(store: Store) -> None:
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, [("a", "pending"), ("b", "failed"), ("a", "pending")], [])
+    await store.sweep_stage(generation, [("b", "submitted"), ("c", "failed")], [])
+    await store.sweep_stage(generation, [("b", "failed")], [])
+    assert await store.sweep_conflicts(generation) == {"b"}
+    assert set(await store.sweep_unseen(generation, T0 + 1)) == set()
+
+
+async def test_an_unstaged_row_can_be_staged_again_and_the_new_one_counts(store: Store) -> None:
+    await store.commit(SnapshotChanges(upserts=(job("j", seq=1, first_seen_at=T0),)), [])
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, [("j", "submitted")],
+                            [(job("j", status="submitted", seq=2, first_seen_at=T0), 1)])
+    await store.sweep_unstage(generation, ["j"])
+    await store.sweep_stage(generation, [], [(job("j", status="failed", seq=2,
+                                                  first_seen_at=T0), 1)])
+    assert set(await store.sweep_unseen(generation, T0 + 1)) == set()  # still seen
+    await store.commit_sweep(SnapshotChanges(), [])
+    assert (await store.load_jobs(["j"]))["j"].status == "failed"
+
+
+async def test_commit_sweep_replaces_the_suspects_of_jobs_still_in_the_snapshot(
+    store: Store,
+) -> None:
+    await store.commit(SnapshotChanges(upserts=(job("a"), job("b"), job("c"))), [])
+    assert await store.load_suspects() == {}
+    await store.commit_sweep(SnapshotChanges(), [], suspects={"a": T0, "b": T0 + 1, "x": T0})
+    assert await store.load_suspects() == {"a": T0, "b": T0 + 1}
+    await store.commit_sweep(SnapshotChanges(), [])  # not given: unchanged
+    assert await store.load_suspects() == {"a": T0, "b": T0 + 1}
+    await store.commit(SnapshotChanges(removals=("a",)), [])
+    assert await store.load_suspects() == {"b": T0 + 1}
+    await store.commit_sweep(SnapshotChanges(), [], suspects={"c": T0 + 2})
+    assert await store.load_suspects() == {"c": T0 + 2}

@@ -40,6 +40,7 @@ from monitor.box.models import (
     FileReference,
     FileVersion,
     OAuth2Error,
+    User,
     UserRef,
 )
 
@@ -79,6 +80,7 @@ __all__ = [
     "JWTAuth",
     "OAuth2Error",
     "TokenGrantAuth",
+    "User",
     "UserRef",
     "token_url",
 ]

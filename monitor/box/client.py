@@ -47,12 +47,13 @@ from monitor.box.errors import (
     BoxTokenUnavailable,
     BoxUnauthorized,
 )
+from monitor.box.listing import ListingPage, parse_listing
 from monitor.box.models import (
     DocGenBatch,
     DocGenJob,
     DocGenJobs,
     DocGenJobsFull,
-    JobListingPage,
+    User,
 )
 from monitor.metrics import Metrics
 
@@ -62,6 +63,7 @@ __all__ = [
     "EP_BATCH_JOBS",
     "EP_JOB",
     "EP_JOBS",
+    "EP_USER_ME",
     "MAX_PAGE_SIZE",
     "BoxClient",
 ]
@@ -74,18 +76,20 @@ EP_JOBS = "/2.0/docgen_jobs"
 EP_JOB = "/2.0/docgen_jobs/{job_id}"
 EP_BATCH_JOBS = "/2.0/docgen_batch_jobs/{batch_id}"
 EP_BATCHES = "/2.0/docgen_batches"
+EP_USER_ME = "/2.0/users/me"
+# What `GET /users/me` is asked for: the enterprise is sent only when asked.
+_USER_FIELDS = "id,type,name,login,enterprise"
 
 _USER_AGENT = f"docgen-monitor/{__version__}"
 
 T = TypeVar("T")
-P = TypeVar("P", DocGenJobs, DocGenJobsFull, JobListingPage)
+P = TypeVar("P", DocGenJobs, DocGenJobsFull, ListingPage)
 
 Sleep = Callable[[float], Awaitable[None]]
 
 # The batch reference is a pydantic dataclass (it is nested in every job), so it validates
 # through an adapter.
 _BATCH = TypeAdapter(DocGenBatch)
-_LISTING: TypeAdapter[JobListingPage] = TypeAdapter(JobListingPage)
 
 
 class BoxClient:
@@ -187,13 +191,14 @@ class BoxClient:
 
     async def iter_job_listing(
         self, page_size: int | None = None
-    ) -> AsyncGenerator[JobListingPage, None]:
+    ) -> AsyncGenerator[ListingPage, None]:
         """`iter_job_pages` validated against the sweep's projection (`JobListingPage`): only
-        the fields a sweep reads, as plain dicts, at about a third of the cost."""
+        the fields a sweep reads, as plain dicts, at about a third of the cost. An entry that
+        breaks the projection is set aside in `ListingPage.invalid`, not a failed page."""
         pages = self._pages(
             EP_JOBS,
             "/2.0/docgen_jobs",
-            _LISTING.validate_json,
+            parse_listing,
             page_size,
             self._log,
             Priority.SWEEP,
@@ -214,12 +219,25 @@ class BoxClient:
             jobs.extend(page.entries)
         return jobs
 
-    async def get_job(self, job_id: str) -> DocGenJob:
+    async def get_job(self, job_id: str, *, priority: Priority = Priority.ACTIVE) -> DocGenJob:
         """One job (`GET /2.0/docgen_jobs/{job_id}`); `BoxNotFound` if Box does not know it."""
         path = f"/2.0/docgen_jobs/{_segment(job_id)}"
         log = self._log.bind(job_id=job_id)
         return await self._call(
-            "GET", EP_JOB, path, DocGenJob.model_validate_json, log=log, priority=Priority.ACTIVE
+            "GET", EP_JOB, path, DocGenJob.model_validate_json, log=log, priority=priority
+        )
+
+    async def get_current_user(self) -> User:
+        """The user the token acts for, with its enterprise (`GET /2.0/users/me`). Not a Doc Gen
+        route: it exists in Box's unversioned API, so it is sent without `box-version`."""
+        return await self._call(
+            "GET",
+            EP_USER_ME,
+            "/2.0/users/me",
+            User.model_validate_json,
+            params={"fields": _USER_FIELDS},
+            log=self._log,
+            versioned=False,
         )
 
     async def create_batch(
@@ -310,6 +328,7 @@ class BoxClient:
         idempotent: bool = True,
         log: Any,
         priority: Priority = Priority.ACTIVE,
+        versioned: bool = True,
     ) -> T:
         session = self._ensure_session()
         url = URL(self._base_url + path, encoded=True)
@@ -330,7 +349,7 @@ class BoxClient:
                     path=path,
                     timeout_s=self._timeout_s,
                     metrics=self._metrics,
-                    headers=self._headers(token, json_body=body is not None),
+                    headers=self._headers(token, json_body=body is not None, versioned=versioned),
                     params=params,
                     data=body,
                 )
@@ -356,13 +375,14 @@ class BoxClient:
                 self._note_retry(log, endpoint, attempt, reason, delay, exc)
                 await self._sleep(delay)
 
-    def _headers(self, token: str, *, json_body: bool) -> dict[str, str]:
+    def _headers(self, token: str, *, json_body: bool, versioned: bool) -> dict[str, str]:
         headers = {
             "Authorization": f"Bearer {token}",
-            "box-version": BOX_VERSION,
             "Accept": "application/json",
             "User-Agent": _USER_AGENT,
         }
+        if versioned:
+            headers["box-version"] = BOX_VERSION
         if json_body:
             headers["Content-Type"] = "application/json"
         return headers

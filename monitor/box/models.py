@@ -178,6 +178,21 @@ class JobListingPage(TypedDict):
     next_marker: NotRequired[str | None]
 
 
+# -- the user behind a token ---------------------------------------------------------------------
+
+
+class User(BoxModel):
+    """`User` (`GET /2.0/users/me`), the fields the monitor reads: which account's jobs a token
+    sees. `enterprise` is sent only when asked for with `fields`, and is null for a free
+    account."""
+
+    id: str
+    type: Literal["user"]
+    name: str | None = None
+    login: str | None = None
+    enterprise: EnterpriseRef | None = None
+
+
 # -- errors and tokens -----------------------------------------------------------------------
 
 

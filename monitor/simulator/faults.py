@@ -30,6 +30,7 @@ RATE_LIMIT_HELP_URL = (
 
 class FaultKind(StrEnum):
     FORBIDDEN = "403"  # Doc Gen switched off for the enterprise, or no access
+    NOT_FOUND = "404"  # Box says the job is not there (gone, or not visible to this user)
     RATE_LIMITED = "429"
     INTERNAL_ERROR = "500"
     BAD_GATEWAY = "502"
@@ -38,6 +39,12 @@ class FaultKind(StrEnum):
     TRUNCATED = "truncated"  # 200 whose body is a valid JSON prefix, cut off
     MALFORMED = "malformed"  # 200 whose body is not JSON at all
     SCHEMA = "schema"  # 200 whose JSON breaks Box's schema (e.g. entries without `status`)
+    DISCONNECT = "disconnect"  # the connection is closed without an answer
+
+
+#: What `/_sim/stats` counts for a request whose connection was dropped (nginx's "closed
+#: without response").
+DROPPED_STATUS = 444
 
 
 # Answers that replace the handler's: status, Box code, message.
@@ -47,6 +54,7 @@ _ERRORS: dict[FaultKind, tuple[int, str, str]] = {
         "access_denied_insufficient_permissions",
         "Access denied - insufficient permission",
     ),
+    FaultKind.NOT_FOUND: (404, "not_found", "Not Found"),
     FaultKind.RATE_LIMITED: (
         429,
         "rate_limit_exceeded",
@@ -211,6 +219,10 @@ async def apply(draw: Draw, request: web.Request, handler: Handler) -> web.Strea
         await asyncio.sleep(draw.latency_s)
     if draw.fault is None:
         return await handler(request)
+    if draw.fault.spec.kind is FaultKind.DISCONNECT:
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=DROPPED_STATUS)
     replaced = _error_response(draw.fault.spec)
     if replaced is not None:
         return replaced

@@ -131,6 +131,15 @@ class SnapshotReader(Protocol):
     async def get_meta(self, key: str) -> str | None:
         """A value set by `commit(meta=...)`, or None."""
 
+    @abstractmethod
+    async def vanished_seqs(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """For each given job removed from the snapshot and not written since, the seq of its
+        `job.vanished` (one past its last seq when it was removed)."""
+
+    @abstractmethod
+    async def load_suspects(self) -> dict[str, float]:
+        """Jobs a complete listing missed that Box has not confirmed gone yet: id -> the unix
+        time they were first missed (set by `commit_sweep(suspects=...)`)."""
 
 
 class SnapshotStore(SnapshotReader, Protocol):
@@ -144,7 +153,9 @@ class SnapshotStore(SnapshotReader, Protocol):
         meta: Mapping[str, str] | None = None,
         now: float | None = None,
     ) -> int:
-        """In ONE transaction: apply `changes`, append each event to the events table and one
+        """In ONE transaction: apply `changes` (a removed job leaves a vanish mark with the seq
+        of its `job.vanished`, `seq + 1`, and stops being a suspect; a written job loses its
+        vanish mark), append each event to the events table and one
         pending outbox row per (event, notifier), and set `meta` keys. An event whose id is
         already stored is skipped (never a second row for one change, even when routed to
         other notifiers). Outbox rows are due at once (`next_attempt_at = now`); `now` defaults
@@ -158,9 +169,11 @@ class SnapshotStore(SnapshotReader, Protocol):
         events: Sequence[RoutedEvent],
         meta: Mapping[str, str] | None = None,
         now: float | None = None,
+        suspects: Mapping[str, float] | None = None,
     ) -> int:
         """`commit`, plus every fresh staged row written, in the same ONE transaction; the stage
-        is emptied."""
+        is emptied. `suspects` (job id -> since when), when given, replaces the stored suspects
+        (ids not in the snapshot are left out)."""
 
 
 
@@ -177,12 +190,25 @@ class SweepStaging(Protocol):
 
     @abstractmethod
     async def sweep_stage(
-        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
+        self,
+        generation: int,
+        seen: Sequence[tuple[str, str]],
+        staged: Sequence[tuple[JobState, int]],
     ) -> None:
-        """Record one page of a sweep: the ids it listed and the rows
+        """Record one page of a sweep: the (job id, status) pairs it listed and the rows
         to write at the end, each with the `seq` the job had when read (0 when new). The
         snapshot itself is unchanged until `commit_sweep`; a second staging of a job is
-        ignored (the first sighting counts)."""
+        ignored (the first sighting counts) until `sweep_unstage` forgets it."""
+
+    @abstractmethod
+    async def sweep_conflicts(self, generation: int) -> set[str]:
+        """Ids this sweep listed more than once with different statuses (a listing that
+        cannot say which is true: the caller asks Box for the job itself)."""
+
+    @abstractmethod
+    async def sweep_unstage(self, generation: int, job_ids: Sequence[str]) -> None:
+        """Forget the rows staged for these jobs (they stay seen); a later `sweep_stage` of
+        them counts."""
 
     @abstractmethod
     async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:

@@ -174,6 +174,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"""CREATE TRIGGER outbox_delivered_delete AFTER DELETE ON outbox
             WHEN old.state = 'delivered' BEGIN {_COUNT_OUT} END""",
     ),
+    # Version 6: what a job's vanish left behind (the seq of its `job.vanished`, so a return is
+    # announced with a new id), and the jobs a complete listing missed but Box has not yet
+    # confirmed gone.
+    (
+        """CREATE TABLE vanished (
+            job_id      TEXT PRIMARY KEY,
+            seq         INTEGER NOT NULL,
+            vanished_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE suspects (
+            job_id TEXT PRIMARY KEY,
+            since  REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -195,7 +209,10 @@ _JOB_UPSERT = (
 # A streaming sweep stages into TEMP tables (this connection only, never fsynced): what each page
 # listed, and the rows to write at the end. A crash or a failed sweep leaves nothing behind.
 _SWEEP_TEMP = (
-    "CREATE TEMP TABLE IF NOT EXISTS sweep_seen (id TEXT PRIMARY KEY) WITHOUT ROWID",
+    # `status` is the first status listed for the job; `conflict` is set when a repeat of the id
+    # listed another one.
+    "CREATE TEMP TABLE IF NOT EXISTS sweep_seen (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+    "conflict INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
     # JobState's columns (types are affinities only in SQLite) and the seq the sweep read.
     "CREATE TEMP TABLE IF NOT EXISTS sweep_stage (id TEXT PRIMARY KEY, "
     + ", ".join(c for c in _JOB_COLUMNS if c != "id")
@@ -214,6 +231,16 @@ _STAGE_APPLY = (
     f"WHERE {_STAGE_FRESH} "
     f"ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
+)
+_SEEN_INSERT = (
+    "INSERT INTO temp.sweep_seen (id, status) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "conflict = 1 WHERE sweep_seen.status <> excluded.status"
+)
+# A removed job leaves the seq of its `job.vanished` event behind; a job written again is back.
+_TOMBSTONE_INSERT = (
+    "INSERT INTO vanished (job_id, seq, vanished_at) SELECT id, seq + 1, ? FROM jobs "
+    "WHERE id = ? ON CONFLICT (job_id) DO UPDATE SET seq = excluded.seq, "
+    "vanished_at = excluded.vanished_at"
 )
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 _EVENT_INSERT = (
@@ -512,8 +539,12 @@ class SQLiteStore(Store):
         now: float | None,
         *,
         sweep: bool,
+        suspects: Mapping[str, float] | None = None,
     ) -> int:
         at = time.time() if now is None else now
+        suspect_rows = (
+            None if suspects is None else [(i, since, i) for i, since in suspects.items()]
+        )
         # Serialised before the transaction: nothing below depends on the database.
         job_rows = [_job_row(job) for job in changes.upserts]
         event_rows = [
@@ -531,10 +562,15 @@ class SQLiteStore(Store):
         async def fn(conn: aiosqlite.Connection) -> int:
             if job_rows:
                 await conn.executemany(_JOB_UPSERT, job_rows)
+                await conn.executemany(
+                    "DELETE FROM vanished WHERE job_id = ?", [(j.id,) for j in changes.upserts]
+                )
             if changes.removals:
                 removed = [(i,) for i in changes.removals]
+                await conn.executemany(_TOMBSTONE_INSERT, [(at, i) for i in changes.removals])
                 await conn.executemany("DELETE FROM jobs WHERE id = ?", removed)
                 await conn.executemany("DELETE FROM stuck_marks WHERE job_id = ?", removed)
+                await conn.executemany("DELETE FROM suspects WHERE job_id = ?", removed)
             if stuck_rows:
                 await conn.executemany(
                     "INSERT INTO stuck_marks (job_id, event_id) VALUES (?, ?) "
@@ -544,6 +580,9 @@ class SQLiteStore(Store):
             if sweep:
                 for statement in _SWEEP_TEMP:
                     await conn.execute(statement)
+                await conn.execute(
+                    "DELETE FROM vanished WHERE job_id IN (SELECT id FROM temp.sweep_stage)"
+                )
                 await conn.execute(_STAGE_APPLY)
                 await conn.execute("DELETE FROM temp.sweep_stage")
                 await conn.execute("DELETE FROM temp.sweep_seen")
@@ -563,6 +602,13 @@ class SQLiteStore(Store):
                     added = cur.rowcount
             if meta_rows:
                 await conn.executemany(_META_UPSERT, meta_rows)
+            if suspect_rows is not None:
+                await conn.execute("DELETE FROM suspects")
+                await conn.executemany(
+                    "INSERT INTO suspects (job_id, since) SELECT ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?)",
+                    suspect_rows,
+                )
             return added
 
         return await self._write("commit_sweep" if sweep else "commit", fn)
@@ -907,19 +953,19 @@ class SQLiteStore(Store):
             raise StoreError(f"sweep {generation} was superseded by {self._sweep_generation}")
 
     async def sweep_stage(
-        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
+        self,
+        generation: int,
+        seen: Sequence[tuple[str, str]],
+        staged: Sequence[tuple[JobState, int]],
     ) -> None:
         self._check_generation(generation)
-        seen = [(i,) for i in seen_ids]
         rows = [(*_job_row(j), base) for j, base in staged]
 
         async def fn(conn: aiosqlite.Connection) -> None:
             # Only TEMP tables are written: no lock on the main database, no fsync.
             await conn.execute("BEGIN")
             try:
-                await conn.executemany(
-                    "INSERT INTO temp.sweep_seen (id) VALUES (?) ON CONFLICT DO NOTHING", seen
-                )
+                await conn.executemany(_SEEN_INSERT, seen)
                 if rows:
                     await conn.executemany(_STAGE_INSERT, rows)
                 await conn.commit()
@@ -942,6 +988,26 @@ class SQLiteStore(Store):
 
         return await self._read("sweep_unseen", fn)
 
+    async def sweep_conflicts(self, generation: int) -> set[str]:
+        self._check_generation(generation)
+
+        async def fn(conn: aiosqlite.Connection) -> set[str]:
+            async with conn.execute("SELECT id FROM temp.sweep_seen WHERE conflict = 1") as cur:
+                return {row[0] for row in await cur.fetchall()}
+
+        return await self._read("sweep_conflicts", fn)
+
+    async def sweep_unstage(self, generation: int, job_ids: Sequence[str]) -> None:
+        self._check_generation(generation)
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "DELETE FROM temp.sweep_stage WHERE id = ?", [(i,) for i in job_ids]
+            )
+
+        if job_ids:
+            await self._read("sweep_unstage", fn)
+
     async def sweep_stale_ids(self) -> set[str]:
         async def fn(conn: aiosqlite.Connection) -> set[str]:
             sql = f"SELECT s.id FROM temp.sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
@@ -956,8 +1022,9 @@ class SQLiteStore(Store):
         events: Sequence[RoutedEvent],
         meta: Mapping[str, str] | None = None,
         now: float | None = None,
+        suspects: Mapping[str, float] | None = None,
     ) -> int:
-        return await self._commit(changes, events, meta, now, sweep=True)
+        return await self._commit(changes, events, meta, now, sweep=True, suspects=suspects)
 
     async def stuck_marks(self, job_ids: Sequence[str]) -> dict[str, str]:
         ids = list(dict.fromkeys(job_ids))
@@ -967,3 +1034,23 @@ class SQLiteStore(Store):
             return {row[0]: row[1] for row in await _rows_in(conn, sql, ids)}
 
         return await self._read("stuck_marks", fn)
+
+    # -- vanish bookkeeping (schema v4) --------------------------------------------------------
+
+    async def vanished_seqs(self, job_ids: Sequence[str]) -> dict[str, int]:
+        ids = list(dict.fromkeys(job_ids))
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, int]:
+            sql = "SELECT job_id, seq FROM vanished WHERE job_id IN"
+            return {row[0]: int(row[1]) for row in await _rows_in(conn, sql, ids)}
+
+        if not ids:
+            return {}
+        return await self._read("vanished_seqs", fn)
+
+    async def load_suspects(self) -> dict[str, float]:
+        async def fn(conn: aiosqlite.Connection) -> dict[str, float]:
+            async with conn.execute("SELECT job_id, since FROM suspects") as cur:
+                return {row[0]: float(row[1]) for row in await cur.fetchall()}
+
+        return await self._read("load_suspects", fn)
