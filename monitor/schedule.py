@@ -1,25 +1,27 @@
 """When to poll: the sweep and active ticks, the intervals fitted to the request budget,
 backoff after failed sweeps, degradation, and what `/readyz` says about polling.
 
-Every interval, deadline and backoff here is on the monotonic clock (the event loop's): a wall
-clock stepped back by NTP or an operator must not hold polling for the step's size. That is why
-the ticks are two asyncio tasks and not APScheduler 3's interval jobs, whose trigger and wake-ups
-read `datetime.now()`. The semantics are those of such jobs (max_instances=1, coalesce): ticks
-fall on a fixed grid, a run that overlaps later ticks swallows them, the first sweep is at once.
-A planned interval longer than the tick (degradation) skips ticks until it has passed. The
-schedule registers its own teardown on the daemon's exit stack."""
+APScheduler's `AsyncIOScheduler` ticks at the configured intervals (max_instances=1, coalesce,
+the first sweep at once). Whether a tick does work is decided on the monotonic clock: a planned
+interval longer than the tick (degradation) or a sweep backoff skips ticks. APScheduler 3 plans
+its wake-ups on `datetime.now()`, so a wall clock stepped back (NTP, an operator) would hold every
+job for the step's size: a small watch compares the wall clock with the monotonic one and, on a
+backward step, makes the jobs due at once. The schedule registers its own teardown on the
+daemon's exit stack."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.box.budget import Degradation, Plan, RequestBudget, plan_intervals
 from monitor.box.errors import BoxAuthError
@@ -29,6 +31,10 @@ from monitor.metrics import Metrics
 from monitor.poller import Poller
 
 log = structlog.get_logger(__name__)
+
+#: How often the wall clock is compared with the monotonic one, and the step that counts.
+CLOCK_CHECK_S = 1.0
+CLOCK_STEP_S = 2.0
 
 
 class PollSchedule:
@@ -59,42 +65,57 @@ class PollSchedule:
         self._next_sweep_at = float("-inf")
         self._last_sweep_started = float("-inf")
         self._last_active_started = float("-inf")
-        self._tasks: list[asyncio.Task[None]] = []
+        self._sweep_task: asyncio.Task[Any] | None = None
+        self._active_task: asyncio.Task[Any] | None = None
+        self._clock_watch: asyncio.Task[None] | None = None
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Start ticking (the first sweep at once); `stack` stops it before what it uses."""
+        # A tick skipped because the last sweep is still running is expected under load; the
+        # sweep's own logs and metrics tell that story, APScheduler's warning would only repeat it.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        scheduler.add_job(
+            self._sweep_tick,
+            "interval",
+            seconds=self.config.sweep_interval,
+            id="sweep",
+            next_run_time=datetime.now(UTC),
+            **common,
+        )
+        scheduler.add_job(
+            self._active_tick, "interval", seconds=self.config.active_interval, id="active",
+            **common,
+        )
         self.update_plan()
-        self._tasks = [
-            asyncio.create_task(self._every(self.config.sweep_interval, self._sweep_tick, 0.0)),
-            asyncio.create_task(
-                self._every(self.config.active_interval, self._active_tick, None)
-            ),
-        ]
-        stack.push_async_callback(self._stop)
+        scheduler.start()
+        self._clock_watch = asyncio.create_task(self._follow_clock_steps(scheduler))
+        stack.push_async_callback(self._stop, scheduler)
 
-    async def _stop(self) -> None:
+    async def _stop(self, scheduler: AsyncIOScheduler) -> None:
+        scheduler.shutdown(wait=False)
         # An unfinished poll has committed nothing; a commit, if started, is shielded.
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._clock_watch, self._sweep_task, self._active_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     @staticmethod
-    async def _every(
-        period_s: float, tick: Callable[[], Awaitable[None]], first_delay_s: float | None
-    ) -> None:
-        """Run `tick` on a grid of `period_s` on the event loop's (monotonic) clock, the first
-        after `first_delay_s` (one period when None); ticks a run overlapped are skipped."""
+    async def _follow_clock_steps(scheduler: AsyncIOScheduler) -> None:
+        """On a backward wall-clock step, make every job due now instead of after the step;
+        the ticks' own monotonic checks still decide whether any work is due."""
         loop = asyncio.get_running_loop()
-        next_at = loop.time() + (period_s if first_delay_s is None else first_delay_s)
+        offset_s = time.time() - loop.time()
         while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            try:
-                await tick()
-            except Exception:
-                log.exception("poll_tick_failed")  # the next tick tries again
-            next_at += period_s * max(1, math.floor((loop.time() - next_at) / period_s) + 1)
+            await asyncio.sleep(CLOCK_CHECK_S)
+            now_offset_s = time.time() - loop.time()
+            if now_offset_s < offset_s - CLOCK_STEP_S:
+                log.warning("wall_clock_stepped_back", step_s=round(offset_s - now_offset_s, 1))
+                for job in scheduler.get_jobs():
+                    job.modify(next_run_time=datetime.now(UTC))
+            offset_s = now_offset_s
 
     # -- the plan ---------------------------------------------------------------------------
 
@@ -134,11 +155,15 @@ class PollSchedule:
         if not self._due(self._last_active_started, interval_s, self.config.active_interval):
             return
         self._last_active_started = self.monotonic()
+        self._active_task = asyncio.current_task()
         try:
             await self.poller.poll_active()
+        except asyncio.CancelledError:
+            return  # stopping: nothing half-done was committed
         except Exception:
             log.exception("active_round_failed")
         finally:
+            self._active_task = None
             self.metrics.detection_lag.set(self.poller.detection_lag_s())
 
     async def _sweep_tick(self) -> None:
@@ -148,12 +173,13 @@ class PollSchedule:
         if not self._due(self._last_sweep_started, interval_s, self.config.sweep_interval):
             return  # degraded: the budget cannot hold the configured interval
         self._last_sweep_started = self.monotonic()
+        self._sweep_task = asyncio.current_task()
         started = time.perf_counter()
         try:
             await self.poller.sweep()
         except asyncio.CancelledError:
             log.info("sweep_cancelled")  # stopping: nothing was committed, nothing is lost
-            raise
+            return
         except Exception as exc:
             self._sweep_failed(exc, time.perf_counter() - started)
         else:
@@ -162,6 +188,8 @@ class PollSchedule:
             self.last_error = None
             self._last_success = self.monotonic()
             self.metrics.polls.labels("sweep", "ok").inc()
+        finally:
+            self._sweep_task = None
 
     def _sweep_failed(self, exc: Exception, duration_s: float) -> None:
         interval = self.config.sweep_interval

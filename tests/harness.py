@@ -63,8 +63,10 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float,
 class DaemonProcess:
     """`docgen-monitor run --config FILE` in a subprocess, its logs in files beside the config."""
 
-    def __init__(self, config_path: Path, http_port: int) -> None:
+    def __init__(self, config_path: Path, http_port: int,
+                 env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
+        self.env = env or {}
         self.base_url = f"http://127.0.0.1:{http_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -78,7 +80,8 @@ class DaemonProcess:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor.cli", "run", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
 
