@@ -210,6 +210,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             AFTER INSERT OR UPDATE OF state OR DELETE ON outbox
             FOR EACH ROW EXECUTE FUNCTION outbox_delivered_count()""",
     ),
+    # v6: what a job's vanish left behind (the seq of its `job.vanished`, so a return is
+    # announced with a new id), the jobs a complete listing missed but Box has not confirmed
+    # gone, and the status each sweep first listed a job with (a repeat with another one is a
+    # conflict the poller settles by reading the job).
+    (
+        "ALTER TABLE sweep_seen ADD COLUMN status TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE sweep_seen ADD COLUMN conflict BOOLEAN NOT NULL DEFAULT false",
+        """CREATE TABLE vanished (
+            job_id      TEXT PRIMARY KEY,
+            seq         BIGINT NOT NULL,
+            vanished_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE suspects (
+            job_id TEXT PRIMARY KEY,
+            since  DOUBLE PRECISION NOT NULL
+        )""",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -247,6 +264,23 @@ _STAGE_APPLY = (
     f"SELECT {', '.join('s.' + c for c in _JOB_COLUMNS)} FROM sweep_stage s "
     f"WHERE s.generation = $1 AND {_STAGE_FRESH} "
     f"ON CONFLICT (id) DO UPDATE SET {_JOB_SET}"
+)
+# A removed job leaves the seq of its `job.vanished` event behind; a job written again is back.
+_TOMBSTONE_INSERT = (
+    "INSERT INTO vanished (job_id, seq, vanished_at) SELECT id, seq + 1, $2::float8 FROM jobs "
+    "WHERE id = ANY($1::text[]) ON CONFLICT (job_id) DO UPDATE SET seq = EXCLUDED.seq, "
+    "vanished_at = EXCLUDED.vanished_at"
+)
+_SUSPECTS_INSERT = (
+    "INSERT INTO suspects (job_id, since) SELECT s.id, s.since "
+    "FROM unnest($1::text[], $2::float8[]) AS s (id, since) "
+    "WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = s.id)"
+)
+_SEEN_INSERT = (
+    "INSERT INTO sweep_seen (generation, id, status, conflict) "
+    "SELECT $1::bigint, * FROM unnest($2::text[], $3::text[], $4::bool[]) "
+    "ON CONFLICT (generation, id) DO UPDATE SET conflict = sweep_seen.conflict "
+    "OR EXCLUDED.conflict OR sweep_seen.status <> EXCLUDED.status"
 )
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 # Rows come back in the order given (ORDINALITY), so `seq` follows the order given to commit;
@@ -666,6 +700,7 @@ class PostgresStore(Store):
         now: float | None,
         *,
         sweep: bool,
+        suspects: Mapping[str, float] | None = None,
     ) -> int:
         at = time.time() if now is None else now
         # Serialised before the transaction: nothing below depends on the database.
@@ -688,14 +723,25 @@ class PostgresStore(Store):
         async def fn(conn: _Conn) -> int:
             if changes.upserts:
                 await conn.execute(_JOB_UPSERT, *job_columns)
+                await conn.execute(
+                    "DELETE FROM vanished WHERE job_id = ANY($1::text[])",
+                    [j.id for j in changes.upserts],
+                )
             if removals:
+                await conn.execute(_TOMBSTONE_INSERT, removals, at)
                 await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", removals)
                 await conn.execute(
                     "DELETE FROM stuck_marks WHERE job_id = ANY($1::text[])", removals
                 )
+                await conn.execute("DELETE FROM suspects WHERE job_id = ANY($1::text[])", removals)
             if stuck:
                 await conn.execute(_STUCK_UPSERT, list(stuck), list(stuck.values()))
             if sweep:
+                await conn.execute(
+                    "DELETE FROM vanished WHERE job_id IN "
+                    "(SELECT id FROM sweep_stage WHERE generation = $1)",
+                    generation,
+                )
                 await conn.execute(_STAGE_APPLY, generation)
                 await self._forget_sweep(conn, generation, keep_run=True)
             added = 0
@@ -709,6 +755,9 @@ class PostgresStore(Store):
                     added = _row_count(status)
             if meta:
                 await conn.execute(_META_UPSERT, list(meta), list(meta.values()))
+            if suspects is not None:
+                await conn.execute("DELETE FROM suspects")
+                await conn.execute(_SUSPECTS_INSERT, list(suspects), list(suspects.values()))
             return added
 
         return await self._write("commit_sweep" if sweep else "commit", fn)
@@ -1069,10 +1118,18 @@ class PostgresStore(Store):
             raise StoreError(f"sweep {generation} was superseded by {self._sweep_generation}")
 
     async def sweep_stage(
-        self, generation: int, seen_ids: Sequence[str], staged: Sequence[tuple[JobState, int]]
+        self,
+        generation: int,
+        seen: Sequence[tuple[str, str]],
+        staged: Sequence[tuple[JobState, int]],
     ) -> None:
         self._check_generation(generation)
-        seen = list(seen_ids)
+        # One row per id and statement (ON CONFLICT cannot touch a row twice): the first status
+        # counts, a repeat with another one within the page is a conflict already.
+        listed: dict[str, list[Any]] = {}
+        for job_id, status in seen:
+            row = listed.setdefault(job_id, [status, False])
+            row[1] = row[1] or row[0] != status
         # The first staging of a job counts: keep each id's first row.
         first: dict[str, tuple[JobState, int]] = {}
         for job, base in staged:
@@ -1082,10 +1139,11 @@ class PostgresStore(Store):
 
         async def fn(conn: _Conn) -> None:
             await conn.execute(
-                "INSERT INTO sweep_seen (generation, id) SELECT $1::bigint, unnest($2::text[]) "
-                "ON CONFLICT DO NOTHING",
+                _SEEN_INSERT,
                 generation,
-                seen,
+                list(listed),
+                [row[0] for row in listed.values()],
+                [row[1] for row in listed.values()],
             )
             if first:
                 await conn.execute(_STAGE_INSERT, *columns, bases, generation)
@@ -1114,14 +1172,59 @@ class PostgresStore(Store):
 
         return await self._read("sweep_stale_ids", fn)
 
+    async def sweep_conflicts(self, generation: int) -> set[str]:
+        self._check_generation(generation)
+
+        async def fn(conn: _Conn) -> set[str]:
+            sql = "SELECT id FROM sweep_seen WHERE generation = $1 AND conflict"
+            return {row[0] for row in await conn.fetch(sql, generation)}
+
+        return await self._read("sweep_conflicts", fn)
+
+    async def sweep_unstage(self, generation: int, job_ids: Sequence[str]) -> None:
+        self._check_generation(generation)
+
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                "DELETE FROM sweep_stage WHERE generation = $1 AND id = ANY($2::text[])",
+                generation,
+                list(job_ids),
+            )
+
+        if job_ids:
+            await self._write("sweep_unstage", fn)
+
     async def commit_sweep(
         self,
         changes: SnapshotChanges,
         events: Sequence[RoutedEvent],
         meta: Mapping[str, str] | None = None,
         now: float | None = None,
+        suspects: Mapping[str, float] | None = None,
     ) -> int:
-        return await self._commit(changes, events, meta, now, sweep=True)
+        return await self._commit(changes, events, meta, now, sweep=True, suspects=suspects)
+
+    # -- vanish bookkeeping (schema v6) --------------------------------------------------------
+
+    async def vanished_seqs(self, job_ids: Sequence[str]) -> dict[str, int]:
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return {}
+
+        async def fn(conn: _Conn) -> dict[str, int]:
+            rows = await conn.fetch(
+                "SELECT job_id, seq FROM vanished WHERE job_id = ANY($1::text[])", ids
+            )
+            return {row[0]: int(row[1]) for row in rows}
+
+        return await self._read("vanished_seqs", fn)
+
+    async def load_suspects(self) -> dict[str, float]:
+        async def fn(conn: _Conn) -> dict[str, float]:
+            rows = await conn.fetch("SELECT job_id, since FROM suspects")
+            return {row[0]: float(row[1]) for row in rows}
+
+        return await self._read("load_suspects", fn)
 
     async def stuck_marks(self, job_ids: Sequence[str]) -> dict[str, str]:
         ids = list(dict.fromkeys(job_ids))
