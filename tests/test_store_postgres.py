@@ -87,7 +87,8 @@ async def test_sweep_pages_staged_on_different_pooled_connections_all_count(
     await store.commit(SnapshotChanges(upserts=tuple(
         job(f"old{i}", seq=1, first_seen_at=T0) for i in range(8))), [])
     generation = await store.sweep_begin()
-    pages = [([f"old{i}"], [(job(f"new{i}", seq=1, first_seen_at=T0), 0)]) for i in range(4)]
+    pages = [([(f"old{i}", "pending")], [(job(f"new{i}", seq=1, first_seen_at=T0), 0)])
+             for i in range(4)]
     await asyncio.gather(*(store.sweep_stage(generation, seen, rows) for seen, rows in pages))
     used = await postgres_admin(
         "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1", backend.schema
@@ -104,9 +105,9 @@ async def test_two_stores_on_one_schema_keep_their_sweeps_apart(backend: Postgre
     await first.open()
     await second.open()
     mine = await first.sweep_begin()
-    await first.sweep_stage(mine, ["a"], [(job("a", seq=1), 0)])
+    await first.sweep_stage(mine, [("a", "pending")], [(job("a", seq=1), 0)])
     theirs = await second.sweep_begin()
-    await second.sweep_stage(theirs, ["b"], [(job("b", seq=1), 0)])
+    await second.sweep_stage(theirs, [("b", "pending")], [(job("b", seq=1), 0)])
     await first.commit_sweep(SnapshotChanges(), [])
     assert set(await first.load_snapshot()) == {"a"}
     await second.commit_sweep(SnapshotChanges(), [])
