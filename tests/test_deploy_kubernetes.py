@@ -233,6 +233,36 @@ def test_the_prometheus_rule_carries_exactly_the_rules_promtool_tests() -> None:
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
 
 
+#: Measured with `python bench/state_volume.py --jobs 100000`, scaled to a million jobs: the
+#: snapshot's file, and the temp file of one sweep's staging (every job staged, as at baseline).
+STATE_MIB_PER_1M_JOBS = 216
+SWEEP_TEMP_MIB_PER_1M_JOBS = 309
+
+
+def mebibytes(quantity: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
+    assert match is not None, quantity
+    scale = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9,
+             "T": 1e12, None: 1}[match.group(2)]
+    return float(match.group(1)) * scale / 2**20
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_the_volumes_fit_a_million_job_account(name: str) -> None:
+    """The state volume holds a million jobs' snapshot, the WAL of a commit as large as it and a
+    sweep's staging beside them (SQLite's temp files go to the state directory), twice over for
+    the outbox's retained events; /tmp stays a small emptyDir that the staging does not need."""
+    objects = built(KUSTOMIZATIONS[name])
+    claim = one(objects, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"]
+    need_mib = 2 * (2 * STATE_MIB_PER_1M_JOBS + SWEEP_TEMP_MIB_PER_1M_JOBS)
+    assert mebibytes(claim) >= need_mib, f"{claim} < {need_mib} MiB"
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    tmp = {v["name"]: v for v in pod["volumes"]}[mounts["/tmp"]]  # noqa: S108 - the pod's mount
+    assert mebibytes(tmp["emptyDir"]["sizeLimit"]) < SWEEP_TEMP_MIB_PER_1M_JOBS / 10
+
+
 def test_the_example_overlay_changes_what_it_says_and_keeps_the_names() -> None:
     base, overlay = built(BASE), built(KUSTOMIZATIONS["example overlay"])
     assert {o["metadata"].get("namespace") for o in overlay} == {"docgen"}

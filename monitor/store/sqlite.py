@@ -346,6 +346,8 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        # Where SQLite's temp files go: the state's own directory (memory for ":memory:").
+        self._temp_dir = None if path == ":memory:" else str(Path(path).absolute().parent)
         self._conn: aiosqlite.Connection | None = None
         self._closing = False
         self._lock = asyncio.Lock()
@@ -375,7 +377,7 @@ class SQLiteStore(Store):
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open sqlite store at {self.path!r}: {exc}") from exc
         try:
-            await self._configure(conn)
+            await self._configure(conn, self._temp_dir)
             await self._migrate(conn)
         except BaseException as exc:
             await conn.close()
@@ -386,9 +388,17 @@ class SQLiteStore(Store):
         self._closing = False
 
     @staticmethod
-    async def _configure(conn: aiosqlite.Connection) -> None:
+    async def _configure(conn: aiosqlite.Connection, temp_dir: str | None) -> None:
         # busy_timeout first: switching to WAL needs a lock another process may hold.
         await conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        # Temp files (a large sweep's staging tables: ~300 MB at 1M jobs) go beside the state,
+        # not to TMPDIR, which a container keeps small. The setting is process-wide (SQLite has
+        # no per-connection one); a directory that is gone later falls back to SQLite's default.
+        if temp_dir is None:
+            await conn.execute("PRAGMA temp_store = MEMORY")
+        else:
+            quoted = temp_dir.replace("'", "''")
+            await conn.execute(f"PRAGMA temp_store_directory = '{quoted}'")
         # Persistent in the file; ":memory:" answers "memory" and that is fine.
         await conn.execute("PRAGMA journal_mode = WAL")
         await conn.execute("PRAGMA synchronous = FULL")  # why: see the module docstring
