@@ -10,9 +10,15 @@ import pytest
 from monitor.store.base import Store
 
 try:  # `python -m pytest` from the repository root, as the README says
-    from tests.store_fixtures import BACKENDS, StoreBackend
+    from tests.store_fixtures import BACKENDS, PostgresBackend, StoreBackend
+    from tests.tcp_proxy import TcpProxy
 except ModuleNotFoundError:  # plain `pytest`: only tests/ itself is on sys.path
-    from store_fixtures import BACKENDS, StoreBackend  # type: ignore[no-redef]
+    from store_fixtures import (  # type: ignore[no-redef]
+        BACKENDS,
+        PostgresBackend,
+        StoreBackend,
+    )
+    from tcp_proxy import TcpProxy  # type: ignore[no-redef]
 
 # -- store: backends for the contract suite -------------------------------------------------
 # `store_backend` is the factory: it builds stores on this test's database, closes everything
@@ -37,3 +43,27 @@ async def store(store_backend: StoreBackend) -> Store:
 
 
 # -- end of store section -------------------------------------------------------------------
+
+
+# -- postgres: one schema of the test server, and a way to take the server away -------------
+# `pg_backend` is one test's schema (dropped after; the test fails if a connection of it is
+# left open). `pg_proxy` relays to the test server until the test cuts it.
+
+
+@pytest.fixture
+async def pg_backend(tmp_path: Path) -> AsyncIterator[PostgresBackend]:
+    backend = PostgresBackend(tmp_path)
+    yield backend
+    await backend.aclose()
+    assert backend.open_connections() == 0, "postgres: a connection was left open"
+
+
+@pytest.fixture
+async def pg_proxy(pg_backend: PostgresBackend) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy(*pg_backend.server)
+    await proxy.start()
+    yield proxy
+    await proxy.aclose()
+
+
+# -- end of postgres section ----------------------------------------------------------------

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -34,6 +35,25 @@ from monitor.store.sqlite import SQLiteStore
 _T = TypeVar("_T")
 
 LEAK_WAIT_S = 2.0
+
+
+_S = TypeVar("_S", SQLiteStore, PostgresStore)
+
+
+def of_another_build(store_class: type[_S], schema_delta: int) -> type[_S]:
+    """`store_class` as a build that knows `schema_delta` more (each step a new table) or fewer
+    schema versions than this one; `store_class` itself for 0."""
+    migrations = store_class.migrations
+    if schema_delta < 0:
+        migrations = migrations[:schema_delta]
+    elif schema_delta > 0:
+        migrations += tuple(
+            (f"CREATE TABLE from_the_future_{i} (x INTEGER)",) for i in range(schema_delta)
+        )
+    if migrations is store_class.migrations:
+        return store_class
+    name = f"{store_class.__name__}OfAnotherBuild"
+    return type(name, (store_class,), {"migrations": migrations})
 
 
 class StoreBackend(ABC):
@@ -86,17 +106,7 @@ class SQLiteBackend(StoreBackend):
         return len(SQLiteStore.migrations)
 
     def _build(self, schema_delta: int) -> Store:
-        migrations = SQLiteStore.migrations
-        if schema_delta < 0:
-            migrations = migrations[:schema_delta]
-        elif schema_delta > 0:
-            migrations += tuple(
-                (f"CREATE TABLE from_the_future_{i} (x INTEGER)",) for i in range(schema_delta)
-            )
-        if migrations is SQLiteStore.migrations:
-            return SQLiteStore(str(self.path))
-        build = type("SQLiteStoreOfAnotherBuild", (SQLiteStore,), {"migrations": migrations})
-        return build(str(self.path))
+        return of_another_build(SQLiteStore, schema_delta)(str(self.path))
 
     def prepare_empty(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,21 +178,25 @@ class PostgresBackend(StoreBackend):
         self.url = f"{POSTGRES_URL}{sep}schema={self.schema}&application_name={self.schema}"
 
     @property
+    def server(self) -> tuple[str, int]:
+        """The test server's host and port."""
+        parts = urlsplit(POSTGRES_URL)
+        return parts.hostname or "127.0.0.1", parts.port or 5432
+
+    def url_through(self, port: int, password: str | None = None) -> str:
+        """This schema's URL with the server at 127.0.0.1:`port` (a proxy), and a password."""
+        parts = urlsplit(self.url)
+        secret = f":{password}" if password else ""
+        return parts._replace(
+            netloc=f"{parts.username or 'postgres'}{secret}@127.0.0.1:{port}"
+        ).geturl()
+
+    @property
     def schema_version(self) -> int:
         return len(PostgresStore.migrations)
 
     def _build(self, schema_delta: int) -> Store:
-        migrations = PostgresStore.migrations
-        if schema_delta < 0:
-            migrations = migrations[:schema_delta]
-        elif schema_delta > 0:
-            migrations += tuple(
-                (f"CREATE TABLE from_the_future_{i} (x INTEGER)",) for i in range(schema_delta)
-            )
-        if migrations is PostgresStore.migrations:
-            return PostgresStore(self.url)
-        build = type("PostgresStoreOfAnotherBuild", (PostgresStore,), {"migrations": migrations})
-        return build(self.url)
+        return of_another_build(PostgresStore, schema_delta)(self.url)
 
     def prepare_empty(self) -> None:
         run_sync(lambda: postgres_admin(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))

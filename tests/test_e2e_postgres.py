@@ -7,34 +7,17 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from pydantic import SecretStr
 
 from monitor.simulator import SimulatorConfig, TimelineConfig
 from tests.harness import TOKEN, World, wait_until, webhook_world
-from tests.store_fixtures import POSTGRES_URL, PostgresBackend, postgres_admin
+from tests.store_fixtures import PostgresBackend, postgres_admin
 from tests.tcp_proxy import TcpProxy
 from tests.test_e2e import start_batches, wait_all_delivered
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def backend(tmp_path: Path) -> AsyncIterator[PostgresBackend]:
-    made = PostgresBackend(tmp_path)
-    yield made
-    await made.aclose()
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    target = urlsplit(POSTGRES_URL)
-    made = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await made.start()
-    yield made
-    await made.aclose()
 
 
 SIM_CONFIG = SimulatorConfig(
@@ -44,25 +27,23 @@ SIM_CONFIG = SimulatorConfig(
 
 
 @pytest.fixture
-async def world(tmp_path: Path, backend: PostgresBackend) -> AsyncIterator[World]:
-    async for w in webhook_world(tmp_path, SIM_CONFIG, World, state={"url": backend.url}):
+async def world(tmp_path: Path, pg_backend: PostgresBackend) -> AsyncIterator[World]:
+    async for w in webhook_world(tmp_path, SIM_CONFIG, World, state={"url": pg_backend.url}):
         yield w
-    assert backend.open_connections() == 0, "the daemon left a connection open"
 
 
 @pytest.fixture
 async def proxied_world(
-    tmp_path: Path, backend: PostgresBackend, proxy: TcpProxy
+    tmp_path: Path, pg_backend: PostgresBackend, pg_proxy: TcpProxy
 ) -> AsyncIterator[World]:
-    """The daemon reaches PostgreSQL only through `proxy`, which the test can cut."""
-    url = urlsplit(backend.url)._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
+    """The daemon reaches PostgreSQL only through `pg_proxy`, which the test can cut."""
+    url = pg_backend.url_through(pg_proxy.port)
     async for w in webhook_world(tmp_path, SIM_CONFIG, World, state={"url": url}):
         yield w
-    assert backend.open_connections() == 0, "the daemon left a connection open"
 
 
 async def test_a_daemon_on_postgresql_killed_mid_scenario_delivers_every_change_once(
-    world: World, backend: PostgresBackend
+    world: World, pg_backend: PostgresBackend
 ) -> None:
     w = world
     await w.control.call("POST", "/_sim/seed", {"count": 300})  # history: the silent baseline
@@ -80,12 +61,12 @@ async def test_a_daemon_on_postgresql_killed_mid_scenario_delivers_every_change_
     historic = {j for j, v in (await w.control.jobs()).items() if v["batch_id"] not in batch_ids}
     assert not historic & {e["job"]["id"] for e in w.receiver.events().values() if "job" in e}
     assert await w.daemon.stop(signal.SIGTERM) == 0
-    recorded = await postgres_admin(f'SELECT COUNT(*) FROM "{backend.schema}".events')  # noqa: S608
+    recorded = await postgres_admin(f'SELECT COUNT(*) FROM "{pg_backend.schema}".events')  # noqa: S608
     assert recorded == len(w.receiver.ids())  # the state really lived in PostgreSQL
 
 
 async def test_postgresql_away_for_20_seconds_mid_scenario_loses_nothing(
-    proxied_world: World, proxy: TcpProxy
+    proxied_world: World, pg_proxy: TcpProxy
 ) -> None:
     """Polls and deliveries in flight when the connection goes fail and commit nothing; the
     daemon stays up and alive (an unreachable store is an outage to wait out, not a broken
@@ -96,7 +77,7 @@ async def test_postgresql_away_for_20_seconds_mid_scenario_loses_nothing(
     await w.daemon.wait_ready()
     batch_ids = await start_batches(w, 10, 20)
     await w.receiver.wait_for(lambda r: len(r.ids()) >= 100, 30)
-    await proxy.cut()
+    await pg_proxy.cut()
 
     async def not_ready() -> bool:
         status, _ = await w.daemon.get("/readyz")
@@ -109,7 +90,7 @@ async def test_postgresql_away_for_20_seconds_mid_scenario_loses_nothing(
         assert status == 200, body
         await asyncio.sleep(0.5)
     assert w.daemon.proc is not None and w.daemon.proc.poll() is None  # still running
-    await proxy.restore()
+    await pg_proxy.restore()
     await w.daemon.wait_ready()
     await wait_all_delivered(w, batch_ids)
     assert '"store.retry"' in w.daemon.logs()

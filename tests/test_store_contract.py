@@ -547,6 +547,16 @@ async def test_mark_failed_keeps_a_bounded_prefix_of_a_long_error(store: Store) 
     assert row.last_error.startswith("é" * (MAX_ERROR_CHARS // 2))
 
 
+async def test_an_error_text_with_a_nul_byte_is_recorded(store: Store) -> None:
+    """A receiver's error body is untrusted bytes: a NUL or an escape in it never fails the
+    write that records the failure."""
+    await emit(store, "e1")
+    await store.mark_failed("e1", "slack", "HTTP 500: \x00\x1b[2J body", T0 + 1)
+    [row] = await store.list_outbox(OutboxState.PENDING)
+    assert row.attempts == 1 and row.last_error is not None
+    assert row.last_error.startswith("HTTP 500: ") and row.last_error.endswith("[2J body")
+
+
 async def test_mark_failed_never_undoes_a_delivery(store: Store) -> None:
     """A late failure report for a row another attempt delivered leaves it delivered."""
     await emit(store, "e1")

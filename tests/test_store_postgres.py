@@ -5,7 +5,6 @@ proxy the test cuts, so the machine's server keeps running), sslmode and the URL
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,51 +25,27 @@ from tests.tcp_proxy import TcpProxy
 from tests.test_store_contract import T0, ids, job, routed
 
 
-@pytest.fixture
-async def backend(tmp_path: Path) -> AsyncIterator[PostgresBackend]:
-    """One test's schema; fails the test if a connection of it is left open."""
-    made = PostgresBackend(tmp_path)
-    yield made
-    await made.aclose()
-    assert made.open_connections() == 0, "a connection was left open"
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    target = urlsplit(POSTGRES_URL)
-    made = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await made.start()
-    yield made
-    await made.aclose()
-
-
-def through(proxy: TcpProxy, url: str, password: str | None = None) -> str:
-    """`url` with its host and port replaced by the proxy's (and a password, if given)."""
-    parts = urlsplit(url)
-    user = parts.username or "postgres"
-    secret = f":{password}" if password else ""
-    return parts._replace(netloc=f"{user}{secret}@127.0.0.1:{proxy.port}").geturl()
-
-
-def proxied_store(backend: PostgresBackend, proxy: TcpProxy, password: str | None = None) -> Store:
-    store = PostgresStore(through(proxy, backend.url, password))
-    backend.built.append(store)  # closed, and checked for leaks, with the others
+def proxied_store(
+    pg_backend: PostgresBackend, pg_proxy: TcpProxy, password: str | None = None
+) -> Store:
+    store = PostgresStore(pg_backend.url_through(pg_proxy.port, password))
+    pg_backend.built.append(store)  # closed, and checked for leaks, with the others
     return store
 
 
-async def rows_in(backend: PostgresBackend, table: str) -> object:
-    return await postgres_admin(f'SELECT COUNT(*) FROM "{backend.schema}".{table}')  # noqa: S608
+async def rows_in(pg_backend: PostgresBackend, table: str) -> object:
+    return await postgres_admin(f'SELECT COUNT(*) FROM "{pg_backend.schema}".{table}')  # noqa: S608
 
 
 async def test_concurrent_starters_migrate_an_empty_schema_exactly_once(
-    backend: PostgresBackend,
+    pg_backend: PostgresBackend,
 ) -> None:
     """Four processes' worth of stores open one new schema at once: all of them open, and each
     migration step was applied once (the advisory lock makes the others wait, then skip)."""
-    stores = [backend.build() for _ in range(4)]
+    stores = [pg_backend.build() for _ in range(4)]
     await asyncio.gather(*(store.open() for store in stores))
     versions = await postgres_admin(
-        f'SELECT array_agg(version ORDER BY version) FROM "{backend.schema}".schema_version'  # noqa: S608
+        f'SELECT array_agg(version ORDER BY version) FROM "{pg_backend.schema}".schema_version'  # noqa: S608
     )
     assert versions == list(range(1, len(MIGRATIONS) + 1))
     for store in stores:
@@ -78,11 +53,11 @@ async def test_concurrent_starters_migrate_an_empty_schema_exactly_once(
 
 
 async def test_sweep_pages_staged_on_different_pooled_connections_all_count(
-    backend: PostgresBackend,
+    pg_backend: PostgresBackend,
 ) -> None:
     """Pages staged at once go over several pooled connections; the sweep sees all of them
     (a per-connection TEMP table would lose the pages staged on the other connections)."""
-    store = backend.build()
+    store = pg_backend.build()
     await store.open()
     await store.commit(SnapshotChanges(upserts=tuple(
         job(f"old{i}", seq=1, first_seen_at=T0) for i in range(8))), [])
@@ -91,7 +66,7 @@ async def test_sweep_pages_staged_on_different_pooled_connections_all_count(
              for i in range(4)]
     await asyncio.gather(*(store.sweep_stage(generation, seen, rows) for seen, rows in pages))
     used = await postgres_admin(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1", backend.schema
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1", pg_backend.schema
     )
     assert used > 1  # the pages really did go over more than one connection
     assert set(await store.sweep_unseen(generation, T0 + 1)) == {f"old{i}" for i in range(4, 8)}
@@ -99,9 +74,11 @@ async def test_sweep_pages_staged_on_different_pooled_connections_all_count(
     assert {f"new{i}" for i in range(4)} <= set(await store.load_snapshot())
 
 
-async def test_two_stores_on_one_schema_keep_their_sweeps_apart(backend: PostgresBackend) -> None:
+async def test_two_stores_on_one_schema_keep_their_sweeps_apart(
+    pg_backend: PostgresBackend,
+) -> None:
     """A sweep that begins in another process forgets nothing this process staged."""
-    first, second = backend.build(), backend.build()
+    first, second = pg_backend.build(), pg_backend.build()
     await first.open()
     await second.open()
     mine = await first.sweep_begin()
@@ -115,16 +92,16 @@ async def test_two_stores_on_one_schema_keep_their_sweeps_apart(backend: Postgre
 
 
 async def test_a_read_outlasts_a_short_outage_and_each_retry_is_logged(
-    backend: PostgresBackend, proxy: TcpProxy
+    pg_backend: PostgresBackend, pg_proxy: TcpProxy
 ) -> None:
-    store = proxied_store(backend, proxy)
+    store = proxied_store(pg_backend, pg_proxy)
     await store.open()
     await store.commit(SnapshotChanges(upserts=(job("j1"),)), [])
-    await proxy.cut()
+    await pg_proxy.cut()
     with capture_logs() as logs:
         read = asyncio.create_task(store.load_snapshot())
         await wait_until(lambda: _logged(logs, "store.retry"), 5, "a first retry")
-        await proxy.restore()
+        await pg_proxy.restore()
         assert set(await asyncio.wait_for(read, 10)) == {"j1"}
     retries = [entry for entry in logs if entry["event"] == "store.retry"]
     assert retries and all(r["op"] == "load_snapshot" and r["log_level"] == "warning"
@@ -136,14 +113,14 @@ async def _logged(logs: list[dict[str, object]], event: str) -> bool:
 
 
 async def test_an_outage_longer_than_the_retries_is_a_store_error_without_the_password(
-    backend: PostgresBackend, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+    pg_backend: PostgresBackend, pg_proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Retries are bounded: past the last one the caller gets StoreError. The URL's password
     shows neither in the error nor in the retry logs."""
     monkeypatch.setattr("monitor.store.postgres.RETRY_DELAYS_S", (0.05, 0.05))
-    store = proxied_store(backend, proxy, password="hunter2")
+    store = proxied_store(pg_backend, pg_proxy, password="hunter2")
     await store.open()
-    await proxy.cut()
+    await pg_proxy.cut()
     with capture_logs() as logs, pytest.raises(StoreError) as failed:
         await store.load_snapshot()
     assert [entry["delay_s"] for entry in logs if entry["event"] == "store.retry"] == [0.05, 0.05]
@@ -152,11 +129,11 @@ async def test_an_outage_longer_than_the_retries_is_a_store_error_without_the_pa
 
 
 async def test_a_commit_in_flight_when_postgresql_goes_away_commits_nothing(
-    backend: PostgresBackend, proxy: TcpProxy
+    pg_backend: PostgresBackend, pg_proxy: TcpProxy
 ) -> None:
     """The connection drops while the commit's transaction waits inside PostgreSQL: the caller
     gets StoreError, none of it is committed, and the same commit made again lands whole."""
-    store = proxied_store(backend, proxy)
+    store = proxied_store(pg_backend, pg_proxy)
     await store.open()
     jobs = tuple(job(f"j{i:05d}") for i in range(1000))
     admin = await asyncpg.connect(POSTGRES_URL)
@@ -164,17 +141,17 @@ async def test_a_commit_in_flight_when_postgresql_goes_away_commits_nothing(
         # Hold the meta table so that the commit stops at its last statement, mid-transaction.
         blocker = admin.transaction()
         await blocker.start()
-        await admin.execute(f'LOCK TABLE "{backend.schema}".meta IN ACCESS EXCLUSIVE MODE')
+        await admin.execute(f'LOCK TABLE "{pg_backend.schema}".meta IN ACCESS EXCLUSIVE MODE')
         commit = asyncio.create_task(store.commit(
             SnapshotChanges(upserts=jobs), [routed("e1", "slack")], meta={"k": "v"}, now=T0))
 
         async def waiting_on_the_lock() -> bool:
             return bool(await postgres_admin(
                 "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1 "
-                "AND wait_event_type = 'Lock'", backend.schema))
+                "AND wait_event_type = 'Lock'", pg_backend.schema))
 
         await wait_until(waiting_on_the_lock, 10, "the commit to wait on the meta lock")
-        await proxy.cut()
+        await pg_proxy.cut()
         with pytest.raises(StoreError):
             await asyncio.wait_for(commit, 10)
         await blocker.rollback()
@@ -183,38 +160,38 @@ async def test_a_commit_in_flight_when_postgresql_goes_away_commits_nothing(
 
     async def gone() -> bool:  # PostgreSQL rolls the orphaned transaction back as it ends
         return not await postgres_admin(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1", backend.schema)
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1", pg_backend.schema)
 
     await wait_until(gone, 10, "the orphaned session to end")
-    assert await rows_in(backend, "jobs") == 0
-    assert await rows_in(backend, "events") == 0
-    assert await rows_in(backend, "meta") == 0
+    assert await rows_in(pg_backend, "jobs") == 0
+    assert await rows_in(pg_backend, "events") == 0
+    assert await rows_in(pg_backend, "meta") == 0
 
-    await proxy.restore()
+    await pg_proxy.restore()
     assert await store.commit(
         SnapshotChanges(upserts=jobs), [routed("e1", "slack")], meta={"k": "v"}, now=T0) == 1
     assert len(await store.load_snapshot()) == len(jobs)
     assert ids(await store.list_outbox(OutboxState.PENDING)) == ["e1"]
 
 
-async def test_sslmode_is_honoured(backend: PostgresBackend) -> None:
+async def test_sslmode_is_honoured(pg_backend: PostgresBackend) -> None:
     """`sslmode=require` never falls back to a plain connection (a server without TLS is
     refused at once, without retries); `disable` never uses TLS."""
     server_ssl = await postgres_admin("SHOW ssl") == "on"
-    plain = PostgresStore(f"{backend.url}&sslmode=disable")
-    backend.built.append(plain)
+    plain = PostgresStore(f"{pg_backend.url}&sslmode=disable")
+    pg_backend.built.append(plain)
     await plain.open()
     assert await postgres_admin(
         "SELECT bool_or(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
-        "WHERE a.application_name = $1", backend.schema) is False
+        "WHERE a.application_name = $1", pg_backend.schema) is False
     await plain.close()
-    required = PostgresStore(f"{backend.url}&sslmode=require")
-    backend.built.append(required)
+    required = PostgresStore(f"{pg_backend.url}&sslmode=require")
+    pg_backend.built.append(required)
     if server_ssl:
         await required.open()
         assert await postgres_admin(
             "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
-            "WHERE a.application_name = $1", backend.schema) is True
+            "WHERE a.application_name = $1", pg_backend.schema) is True
     else:
         with capture_logs() as logs, pytest.raises(StoreError, match="SSL"):
             await required.open()
@@ -222,9 +199,9 @@ async def test_sslmode_is_honoured(backend: PostgresBackend) -> None:
 
 
 async def test_the_url_password_comes_from_the_environment_and_is_never_rendered(
-    backend: PostgresBackend, tmp_path: Path
+    pg_backend: PostgresBackend, tmp_path: Path
 ) -> None:
-    parts = urlsplit(backend.url)
+    parts = urlsplit(pg_backend.url)
     url = parts._replace(netloc=f"postgres:${{PG_PASSWORD}}@{parts.hostname}:{parts.port}").geturl()
     path = tmp_path / "config.yaml"
     path.write_text(

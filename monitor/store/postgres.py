@@ -38,21 +38,18 @@ import errno
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import fields
 from typing import Any, ClassVar, Self, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
-import orjson
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from monitor.config import url_without_password
 from monitor.errors import SchemaTooNew, StoreError
-from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, SnapshotChanges
+from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
 from monitor.store.base import (
-    MAX_ERROR_CHARS,
     OutboxEntry,
     OutboxState,
     PendingEdit,
@@ -60,6 +57,14 @@ from monitor.store.base import (
     Store,
     ThreadRef,
 )
+from monitor.store.rows import (
+    JOB_COLUMNS,
+    entry_from_row,
+    job_from_row,
+    job_to_row,
+    truncate_error,
+)
+from monitor.store.shield import ShieldedWrites
 
 _T = TypeVar("_T")
 _Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what the pool hands out
@@ -234,23 +239,19 @@ _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
     applied_at DOUBLE PRECISION NOT NULL
 )"""
 
-# Column order is JobState's field order, so a row is `_job(row)`. A field added to JobState
-# without a migration fails loudly at the first commit (column does not exist).
-_JOB_COLUMNS = tuple(f.name for f in fields(JobState))
-_JSON_LIST_COLUMNS = frozenset({"errors", "warnings"})  # tuples of texts, stored as JSON arrays
 _JOB_TYPES = {"seq": "bigint", "first_seen_at": "float8", "changed_at": "float8"}
-_JOB_LIST = ", ".join(_JOB_COLUMNS)
+_JOB_LIST = ", ".join(JOB_COLUMNS)
 _JOB_ARRAYS = ", ".join(
-    f"${i}::{_JOB_TYPES.get(c, 'text')}[]" for i, c in enumerate(_JOB_COLUMNS, start=1)
+    f"${i}::{_JOB_TYPES.get(c, 'text')}[]" for i, c in enumerate(JOB_COLUMNS, start=1)
 )
 _JOB_SELECT = f"SELECT {_JOB_LIST} FROM jobs"  # noqa: S608 (constant names)
-_JOB_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in _JOB_COLUMNS if c != "id")
+_JOB_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in JOB_COLUMNS if c != "id")
 _JOB_UPSERT = (
     f"INSERT INTO jobs ({_JOB_LIST}) SELECT * FROM unnest({_JOB_ARRAYS}) "  # noqa: S608
     f"ON CONFLICT (id) DO UPDATE SET {_JOB_SET}"
 )
-_BASE_SEQ_ARG = len(_JOB_COLUMNS) + 1
-_GENERATION_ARG = len(_JOB_COLUMNS) + 2
+_BASE_SEQ_ARG = len(JOB_COLUMNS) + 1
+_GENERATION_ARG = len(JOB_COLUMNS) + 2
 _STAGE_INSERT = (
     f"INSERT INTO sweep_stage (generation, {_JOB_LIST}, base_seq) "  # noqa: S608
     f"SELECT ${_GENERATION_ARG}::bigint, * FROM unnest({_JOB_ARRAYS}, ${_BASE_SEQ_ARG}::bigint[]) "
@@ -261,7 +262,7 @@ _STAGE_INSERT = (
 _STAGE_FRESH = "COALESCE((SELECT j.seq FROM jobs j WHERE j.id = s.id), 0) = s.base_seq"
 _STAGE_APPLY = (
     f"INSERT INTO jobs ({_JOB_LIST}) "  # noqa: S608 (constant names)
-    f"SELECT {', '.join('s.' + c for c in _JOB_COLUMNS)} FROM sweep_stage s "
+    f"SELECT {', '.join('s.' + c for c in JOB_COLUMNS)} FROM sweep_stage s "
     f"WHERE s.generation = $1 AND {_STAGE_FRESH} "
     f"ON CONFLICT (id) DO UPDATE SET {_JOB_SET}"
 )
@@ -385,42 +386,12 @@ _BACKEND_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _entry(row: Any, state: OutboxState | None = None) -> OutboxEntry:
-    payload, notifier, row_state, attempts, next_attempt_at, last_error, first_failed_at = row
-    return OutboxEntry(
-        event=Event.model_validate_json(payload),
-        notifier=notifier,
-        state=state if state is not None else OutboxState(row_state),
-        attempts=attempts,
-        next_attempt_at=next_attempt_at,
-        last_error=last_error,
-        first_failed_at=first_failed_at,
-    )
-
-
-def _job(row: Any) -> JobState:
-    values: list[Any] = [
-        tuple(orjson.loads(v)) if c in _JSON_LIST_COLUMNS else v
-        for c, v in zip(_JOB_COLUMNS, row, strict=True)
-    ]
-    return JobState(*values)
-
-
 def _job_columns(jobs: Iterable[JobState]) -> list[list[Any]]:
     """One array per column of `jobs` (the last sighting of an id wins), for `unnest`."""
-    by_id = {job.id: job for job in jobs}
-    return [
-        [
-            orjson.dumps(list(v)).decode() if c in _JSON_LIST_COLUMNS else v
-            for job in by_id.values()
-            for v in (getattr(job, c),)
-        ]
-        for c in _JOB_COLUMNS
+    rows = {job.id: job_to_row(job) for job in jobs}
+    return [list(column) for column in zip(*rows.values(), strict=True)] or [
+        [] for _ in JOB_COLUMNS
     ]
-
-
-def _truncate(error: str) -> str:
-    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def _row_count(status: str) -> int:
@@ -465,17 +436,17 @@ async def _saved_thread(
 _Work = Callable[[_Conn], Awaitable[_T]]
 
 
-class PostgresStore(Store):
+class PostgresStore(ShieldedWrites, Store):
     """The state in one PostgreSQL database (and schema) named by `url`."""
 
     migrations: ClassVar[tuple[Migration, ...]] = MIGRATIONS
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         self._dsn, self.schema, self._settings = _split_url(url)
         self._pool: asyncpg.Pool | None = None
         self._closing = False
-        self._in_flight: set[asyncio.Task[Any]] = set()
         self._sweep_generation = 0
 
     @classmethod
@@ -556,8 +527,7 @@ class PostgresStore(Store):
         if self._pool is None:
             return
         self._closing = True  # refuse new work; let shielded writes finish
-        while self._in_flight:
-            await asyncio.wait(set(self._in_flight))
+        await self._writes_done()
         pool, self._pool = self._pool, None
         if self._sweep_generation:
             try:
@@ -615,19 +585,7 @@ class PostgresStore(Store):
         """Run `fn` in one transaction that the caller's cancellation cannot tear: the caller
         sees CancelledError at once, the transaction still commits or rolls back whole."""
         pool = self._open_pool()
-        task = asyncio.ensure_future(self._transaction(op, pool, fn))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._log_abandoned_failure)
-            raise
-
-    def _log_abandoned_failure(self, task: asyncio.Task[Any]) -> None:
-        # Its caller was cancelled, so nobody else will hear that this write failed.
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            _log.error("store.write_failed_after_cancel", store=repr(self), error=str(exc))
+        return await self._shielded(self._transaction(op, pool, fn))
 
     async def _transaction(self, op: str, pool: asyncpg.Pool, fn: _Work[_T]) -> _T:
         async def begin() -> tuple[_Conn, Transaction]:
@@ -663,7 +621,7 @@ class PostgresStore(Store):
 
     async def load_snapshot(self) -> dict[str, JobState]:
         async def fn(conn: _Conn) -> dict[str, JobState]:
-            return {row[0]: _job(row) for row in await conn.fetch(_JOB_SELECT)}
+            return {row[0]: job_from_row(row) for row in await conn.fetch(_JOB_SELECT)}
 
         return await self._read("load_snapshot", fn)
 
@@ -672,7 +630,7 @@ class PostgresStore(Store):
 
         async def fn(conn: _Conn) -> dict[str, JobState]:
             rows = await conn.fetch(f"{_JOB_SELECT} WHERE batch_id = ANY($1::text[])", ids)
-            return {row[0]: _job(row) for row in rows}
+            return {row[0]: job_from_row(row) for row in rows}
 
         return await self._read("load_batches", fn)
 
@@ -779,7 +737,7 @@ class PostgresStore(Store):
 
         async def fn(conn: _Conn) -> list[OutboxEntry]:
             rows = await conn.fetch(_CLAIM, notifier, now, limit, now + lease_s)
-            return [_entry(row, OutboxState.CLAIMED) for row in rows]
+            return [entry_from_row(row, OutboxState.CLAIMED) for row in rows]
 
         return await self._write("claim_due", fn)
 
@@ -800,7 +758,8 @@ class PostgresStore(Store):
     async def mark_failed_many(
         self, notifier: str, retry_at: Mapping[str, float | None], error: str, now: float
     ) -> None:
-        text = _truncate(error)
+        # PostgreSQL text cannot hold NUL; a receiver's error body may (it is untrusted bytes).
+        text = truncate_error(error).replace("\x00", "\ufffd")
         event_ids = list(retry_at)
         states = [
             OutboxState.PENDING.value if at is not None else OutboxState.DEAD.value
@@ -855,7 +814,8 @@ class PostgresStore(Store):
                 "WHERE o.state = $1 AND ($2::text IS NULL OR o.notifier = $2) "
                 f"{_OLDEST_FIRST} LIMIT $3"
             )
-            return [_entry(row) for row in await conn.fetch(sql, state.value, notifier, limit)]
+            rows = await conn.fetch(sql, state.value, notifier, limit)
+            return [entry_from_row(row) for row in rows]
 
         return await self._read("list_outbox", fn)
 
@@ -1077,7 +1037,7 @@ class PostgresStore(Store):
 
         async def fn(conn: _Conn) -> dict[str, JobState]:
             rows = await conn.fetch(f"{_JOB_SELECT} WHERE id = ANY($1::text[])", ids)
-            return {row[0]: _job(row) for row in rows}
+            return {row[0]: job_from_row(row) for row in rows}
 
         return await self._read("load_jobs", fn)
 
@@ -1159,7 +1119,7 @@ class PostgresStore(Store):
                 "(SELECT 1 FROM sweep_seen s WHERE s.generation = $2 AND s.id = jobs.id)"
             )
             rows = await conn.fetch(sql, seen_before, generation)
-            return {row[0]: _job(row) for row in rows}
+            return {row[0]: job_from_row(row) for row in rows}
 
         return await self._read("sweep_unseen", fn)
 

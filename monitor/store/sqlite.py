@@ -24,18 +24,15 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 import aiosqlite
-import orjson
 import structlog
 
 from monitor.errors import SchemaTooNew, StoreError
-from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, SnapshotChanges
+from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
 from monitor.store.base import (
-    MAX_ERROR_CHARS,
     OutboxEntry,
     OutboxState,
     PendingEdit,
@@ -43,6 +40,12 @@ from monitor.store.base import (
     Store,
     ThreadRef,
 )
+from monitor.store.rows import JOB_COLUMNS as _JOB_COLUMNS
+from monitor.store.rows import entry_from_row as _entry
+from monitor.store.rows import job_from_row as _job
+from monitor.store.rows import job_to_row as _job_row
+from monitor.store.rows import truncate_error as _truncate
+from monitor.store.shield import ShieldedWrites
 
 _T = TypeVar("_T")
 _log = structlog.get_logger(__name__)
@@ -197,8 +200,6 @@ _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
 
 # Column order is JobState's field order, so a row is `_job(row)`. A field added to JobState
 # without a migration fails loudly at the first commit ("no column named ...").
-_JOB_COLUMNS = tuple(f.name for f in fields(JobState))
-_JSON_LIST_COLUMNS = frozenset({"errors", "warnings"})  # tuples of texts, stored as JSON arrays
 _JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"  # noqa: S608 (constant names)
 _JOB_UPSERT = (
     f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant names)
@@ -285,35 +286,6 @@ _ENTRY_FROM = "FROM outbox o JOIN events e ON e.id = o.event_id"
 _OLDEST_FIRST = "ORDER BY e.created_at, e.seq, o.notifier"
 
 
-def _entry(row: Any, state: OutboxState | None = None) -> OutboxEntry:
-    payload, notifier, row_state, attempts, next_attempt_at, last_error, first_failed_at = row
-    return OutboxEntry(
-        event=Event.model_validate_json(payload),
-        notifier=notifier,
-        state=state if state is not None else OutboxState(row_state),
-        attempts=attempts,
-        next_attempt_at=next_attempt_at,
-        last_error=last_error,
-        first_failed_at=first_failed_at,
-    )
-
-
-def _job(row: Any) -> JobState:
-    values: list[Any] = [
-        tuple(orjson.loads(v)) if c in _JSON_LIST_COLUMNS else v
-        for c, v in zip(_JOB_COLUMNS, row, strict=True)
-    ]
-    return JobState(*values)
-
-
-def _job_row(job: JobState) -> tuple[Any, ...]:
-    return tuple(
-        orjson.dumps(list(v)).decode() if c in _JSON_LIST_COLUMNS else v
-        for c in _JOB_COLUMNS
-        for v in (getattr(job, c),)
-    )
-
-
 async def _rows_in(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> list[Any]:
     """The rows of `sql`, which ends in `IN`, for `ids`, a chunk of placeholders at a time."""
     rows: list[Any] = []
@@ -335,23 +307,19 @@ async def _saved_thread(
     return None if row is None else ThreadRef(str(row[0]), str(row[1]))
 
 
-def _truncate(error: str) -> str:
-    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
-
-
-class SQLiteStore(Store):
+class SQLiteStore(ShieldedWrites, Store):
     """The state in one SQLite file at `path` (parent directories are created on open)."""
 
     migrations: ClassVar[tuple[Migration, ...]] = MIGRATIONS
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
         # Where SQLite's temp files go: the state's own directory (memory for ":memory:").
         self._temp_dir = None if path == ":memory:" else str(Path(path).absolute().parent)
         self._conn: aiosqlite.Connection | None = None
         self._closing = False
         self._lock = asyncio.Lock()
-        self._in_flight: set[asyncio.Task[Any]] = set()
         self._sweep_generation = 0
 
     @classmethod
@@ -437,8 +405,7 @@ class SQLiteStore(Store):
         if self._conn is None:
             return
         self._closing = True  # refuse new work; let shielded writes finish
-        while self._in_flight:
-            await asyncio.wait(set(self._in_flight))
+        await self._writes_done()
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
@@ -472,19 +439,7 @@ class SQLiteStore(Store):
         """Run `fn` in one IMMEDIATE transaction that the caller's cancellation cannot tear: the
         caller sees CancelledError at once, the transaction still commits or rolls back whole."""
         conn = self._open_conn()
-        task = asyncio.ensure_future(self._transaction(op, conn, fn))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._log_abandoned_failure)
-            raise
-
-    def _log_abandoned_failure(self, task: asyncio.Task[Any]) -> None:
-        # Its caller was cancelled, so nobody else will hear that this write failed.
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            _log.error("store.write_failed_after_cancel", path=self.path, error=str(exc))
+        return await self._shielded(self._transaction(op, conn, fn))
 
     async def _transaction(
         self,
