@@ -87,7 +87,7 @@ async def bench(store: Store, n: int, page: int) -> None:
         for start in range(0, n, page):
             chunk = snapshot[start : start + page]
             staged = [(j, j.seq) for j in chunk if j.id in moved_ids]
-            await store.sweep_stage(generation, [j.id for j in chunk], staged)
+            await store.sweep_stage(generation, [(j.id, j.status) for j in chunk], staged)
         await store.sweep_unseen(generation, T0 + 1)
         await store.commit_sweep(SnapshotChanges(upserts=tuple(a for a, _ in moved)),
                                  [e for _, e in moved], now=T0 + 60)
