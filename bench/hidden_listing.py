@@ -103,7 +103,7 @@ def main() -> None:
             while_hidden = once(config)
             back: Counter[str] | None = None
             if mode == "omit":
-                control(url, "DELETE", "/_sim/listing/omit")
+                control(url, "DELETE", "/_sim/listing")
                 back = once(config)
     finally:
         sim.terminate()
