@@ -20,9 +20,14 @@ from monitor.store import open_store
 from monitor.store.base import OutboxState, Store
 from monitor.store.postgres import MIGRATIONS, PostgresStore
 from tests.harness import wait_until
-from tests.store_fixtures import POSTGRES_URL, PostgresBackend, postgres_admin
+from tests.store_fixtures import (
+    POSTGRES_URL,
+    PostgresBackend,
+    of_another_build,
+    postgres_admin,
+)
 from tests.tcp_proxy import TcpProxy
-from tests.test_store_contract import T0, ids, job, routed
+from tests.test_store_contract import T0, ZERO_COUNTS, ids, job, routed
 
 
 def proxied_store(
@@ -220,3 +225,45 @@ async def test_the_url_password_comes_from_the_environment_and_is_never_rendered
 def test_a_malformed_postgresql_url_names_the_expected_form() -> None:
     with pytest.raises(ValidationError, match="expected postgresql://user:password@host"):
         StateConfig(url="postgresql:///no-host")
+
+
+async def test_the_delivered_counter_starts_from_the_rows_an_older_build_delivered(
+    pg_backend: PostgresBackend,
+) -> None:
+    """Schema v5 counts delivered rows once, at migration; its trigger keeps the count through
+    deliveries and deletions from then on."""
+    async with of_another_build(PostgresStore, -(len(MIGRATIONS) - 4))(pg_backend.url) as older:
+        await older.commit(SnapshotChanges(), [routed(f"e{i}", "slack") for i in range(3)])
+    await postgres_admin(  # what the older build's mark_delivered wrote
+        f'UPDATE "{pg_backend.schema}".outbox SET state = \'delivered\' '  # noqa: S608
+        "WHERE event_id IN ('e0', 'e1')"
+    )
+    store = pg_backend.build()
+    await store.open()
+    assert await store.outbox_counts() == {
+        "slack": {**ZERO_COUNTS, OutboxState.DELIVERED: 2, OutboxState.PENDING: 1}}
+    await store.mark_delivered("e2", "slack")
+    assert (await store.outbox_counts())["slack"][OutboxState.DELIVERED] == 3
+    await store.prune(before=float("inf"))
+    assert await store.outbox_counts() == {}
+
+
+async def test_claimers_in_two_processes_never_hand_out_one_row_twice(
+    pg_backend: PostgresBackend,
+) -> None:
+    """Two stores on one schema (two processes' pools) claim at once, over and over: every row
+    is handed out exactly once (the rows a claim takes are locked, and skipped by the other)."""
+    first, second = pg_backend.build(), pg_backend.build()
+    await first.open()
+    await second.open()
+    await first.commit(SnapshotChanges(), [routed(f"e{i:03d}", "slack") for i in range(200)])
+    claimed: list[str] = []
+    while True:
+        rounds = await asyncio.gather(
+            *(store.claim_due("slack", T0 + 1e6, 7, 30.0) for store in (first, second) * 3)
+        )
+        batch = [event_id for entries in rounds for event_id in ids(entries)]
+        if not batch:
+            break
+        claimed += batch
+    assert sorted(claimed) == [f"e{i:03d}" for i in range(200)]
