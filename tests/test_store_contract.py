@@ -815,6 +815,33 @@ async def test_a_parent_post_is_recorded_as_started_until_its_ts_is_saved(store:
     assert await store.start_thread_post("slack", "b1", T0 + 10) is None
 
 
+async def test_a_reply_post_stays_in_doubt_until_finished_with_its_events_delivered(
+    store_backend: StoreBackend, store: Store
+) -> None:
+    """A reply recorded as started is in doubt (earliest start first, across a reopen) until
+    the transaction that marks its events delivered forgets it."""
+    await store.commit(SnapshotChanges(), [routed("e1", "slack"), routed("e2", "slack")])
+    assert await store.reply_posts_in_doubt("slack", "b1") is None
+    await store.start_reply_post("slack", "b1", "k1", T0 + 1)
+    await store.start_reply_post("slack", "b1", "k2", T0 + 2)
+    await store.start_reply_post("slack", "b1", "k1", T0 + 9)  # a retry keeps the first time
+    await store.start_reply_post("slack", "b2", "k1", T0)
+    assert await store.reply_posts_in_doubt("slack", "b1") == T0 + 1
+    assert await store.reply_posts_in_doubt("mail", "b1") is None
+    await store.close()
+    async with store_backend.build() as reopened:
+        assert await reopened.reply_posts_in_doubt("slack", "b1") == T0 + 1
+        await reopened.finish_reply_posts("slack", "b1", ["k1"], ["e1"])
+        assert await reopened.reply_posts_in_doubt("slack", "b1") == T0 + 2
+        assert ids(await reopened.list_outbox(OutboxState.DELIVERED)) == ["e1"]
+        await reopened.finish_reply_posts("slack", "b1", None, ["e2"])
+        assert await reopened.reply_posts_in_doubt("slack", "b1") is None
+        assert ids(await reopened.list_outbox(OutboxState.DELIVERED)) == ["e1", "e2"]
+        assert await reopened.reply_posts_in_doubt("slack", "b2") == T0
+        await reopened.prune(before=T0 + 0.5)
+        assert await reopened.reply_posts_in_doubt("slack", "b2") is None
+
+
 async def test_a_pending_parent_edit_keeps_the_latest_content_until_cleared(
     store_backend: StoreBackend, store: Store
 ) -> None:

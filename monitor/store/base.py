@@ -315,7 +315,8 @@ class OutboxStore(Protocol):
         be minted again while its change is missing from the snapshot, a window of seconds.
         Groups last flushed before `before` go too, and batch threads started before it whose
         batch is over: no non-terminal job in the snapshot, no undelivered (pending, claimed or
-        dead) row of the thread's notifier for an event of the batch, no pending edit."""
+        dead) row of the thread's notifier for an event of the batch, no pending edit; and
+        reply starts recorded before it (a reply in doubt for that long is not retried)."""
 
 
 
@@ -338,6 +339,32 @@ class NotifierState(Protocol):
         `at` (wall clock). When an earlier post was recorded and no `save_thread` followed, it
         may have reached the receiver before a crash: its start time is returned (and kept, so
         a lookup covers every attempt), else None. No-op returning None for a saved thread."""
+
+    @abstractmethod
+    async def start_reply_post(
+        self, notifier: str, batch_id: str, reply_key: str, at: float
+    ) -> None:
+        """Record, before posting it, that the thread reply `reply_key` of a batch is being
+        posted at `at` (wall clock); a reply recorded earlier under the same key keeps its
+        first time. Until `finish_reply_posts` it is in doubt: it may have reached the
+        receiver before a crash."""
+
+    @abstractmethod
+    async def reply_posts_in_doubt(self, notifier: str, batch_id: str) -> float | None:
+        """The earliest start of a reply of the batch recorded by `start_reply_post` and not
+        finished since (a lookup from it covers every such attempt), or None."""
+
+    @abstractmethod
+    async def finish_reply_posts(
+        self,
+        notifier: str,
+        batch_id: str,
+        reply_keys: Sequence[str] | None,
+        event_ids: Sequence[str],
+    ) -> None:
+        """In one transaction: mark `event_ids` delivered for `notifier` (as
+        `mark_delivered_many`) and forget the starts of `reply_keys` (None: every reply of
+        the batch in doubt, once a lookup has settled them all)."""
 
     @abstractmethod
     async def set_pending_edit(

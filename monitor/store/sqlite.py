@@ -191,6 +191,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             since  REAL NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # Version 7: a thread reply is recorded as started before it is sent, and forgotten in
+    # the transaction that marks its events delivered; a start left behind is a reply in
+    # doubt that the next send looks up before posting again.
+    (
+        """CREATE TABLE reply_posts (
+            notifier   TEXT NOT NULL,
+            batch_id   TEXT NOT NULL,
+            reply_key  TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            PRIMARY KEY (notifier, batch_id, reply_key)
+        ) WITHOUT ROWID""",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -294,6 +306,18 @@ async def _rows_in(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> 
         async with conn.execute(f"{sql} ({', '.join('?' for _ in chunk)})", chunk) as cur:
             rows.extend(await cur.fetchall())
     return rows
+
+
+async def _mark_delivered(
+    conn: aiosqlite.Connection, notifier: str, event_ids: Sequence[str]
+) -> None:
+    now = time.time()
+    await conn.executemany(
+        "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
+        "claimed_until = NULL, first_failed_at = NULL, updated_at = ? "
+        "WHERE event_id = ? AND notifier = ? AND state <> 'delivered'",
+        [(now, event_id, notifier) for event_id in event_ids],
+    )
 
 
 async def _saved_thread(
@@ -739,6 +763,7 @@ class SQLiteStore(ShieldedWrites, Store):
             # goes only when nothing more can be said in it.
             await conn.execute(_THREAD_PRUNE, (before,))
             await conn.execute("DELETE FROM notify_groups WHERE last_flush_at < ?", (before,))
+            await conn.execute("DELETE FROM reply_posts WHERE started_at < ?", (before,))
             return pruned
 
         return await self._write("prune", fn)
@@ -796,6 +821,52 @@ class SQLiteStore(ShieldedWrites, Store):
             return None
 
         return await self._write("start_thread_post", fn)
+
+    async def start_reply_post(
+        self, notifier: str, batch_id: str, reply_key: str, at: float
+    ) -> None:
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO reply_posts (notifier, batch_id, reply_key, started_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (notifier, batch_id, reply_key) DO NOTHING",
+                (notifier, batch_id, reply_key, at),
+            )
+
+        await self._write("start_reply_post", fn)
+
+    async def reply_posts_in_doubt(self, notifier: str, batch_id: str) -> float | None:
+        async def fn(conn: aiosqlite.Connection) -> float | None:
+            async with conn.execute(
+                "SELECT MIN(started_at) FROM reply_posts WHERE notifier = ? AND batch_id = ?",
+                (notifier, batch_id),
+            ) as cur:
+                row = await cur.fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._read("reply_posts_in_doubt", fn)
+
+    async def finish_reply_posts(
+        self,
+        notifier: str,
+        batch_id: str,
+        reply_keys: Sequence[str] | None,
+        event_ids: Sequence[str],
+    ) -> None:
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await _mark_delivered(conn, notifier, event_ids)
+            if reply_keys is None:
+                await conn.execute(
+                    "DELETE FROM reply_posts WHERE notifier = ? AND batch_id = ?",
+                    (notifier, batch_id),
+                )
+            else:
+                await conn.executemany(
+                    "DELETE FROM reply_posts WHERE notifier = ? AND batch_id = ? "
+                    "AND reply_key = ?",
+                    [(notifier, batch_id, key) for key in reply_keys],
+                )
+
+        await self._write("finish_reply_posts", fn)
 
     async def set_pending_edit(
         self, notifier: str, batch_id: str, content: str, at: float
@@ -870,15 +941,8 @@ class SQLiteStore(ShieldedWrites, Store):
         return await self._write("release_claims", fn)
 
     async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
-        now = time.time()
-
         async def fn(conn: aiosqlite.Connection) -> None:
-            await conn.executemany(
-                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
-                "claimed_until = NULL, first_failed_at = NULL, updated_at = ? "
-                "WHERE event_id = ? AND notifier = ? AND state <> 'delivered'",
-                [(now, event_id, notifier) for event_id in event_ids],
-            )
+            await _mark_delivered(conn, notifier, event_ids)
 
         if event_ids:
             await self._write("mark_delivered", fn)
