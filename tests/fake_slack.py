@@ -1,9 +1,9 @@
 """A local fake of Slack's Web API (`chat.postMessage`, `chat.update`, `conversations.history`,
-`auth.test`) and incoming webhooks that enforces what Slack enforces (shared/slack-api/FACTS.md,
-"Notes for a faithful fake"): bearer auth, scopes, content types, channel ids, Block Kit and text
-limits, `chat.update` needing the channel id and ts of an existing message by the same identity,
-`thread_ts` naming a parent as a string, per-channel pacing, and 429 with an integer Retry-After.
-Every request is recorded.
+`conversations.replies`, `auth.test`) and incoming webhooks that enforces what Slack enforces
+(shared/slack-api/FACTS.md, "Notes for a faithful fake"): bearer auth, scopes, content types,
+channel ids, Block Kit and text limits, `chat.update` needing the channel id and ts of an
+existing message by the same identity, `thread_ts` naming a parent as a string, per-channel
+pacing, and 429 with an integer Retry-After. Every request is recorded.
 
 Message metadata and history, as Slack's method reference describes them (slack-api-ref,
 `docs.slack.dev/methods/chat.postMessage.json` and `conversations.history.json`):
@@ -19,6 +19,14 @@ Message metadata and history, as Slack's method reference describes them (slack-
   999, and a page may hold fewer (`history_page_cap`); paging by `cursor` =
   `response_metadata.next_cursor` while `has_more`. Metadata only with `include_all_metadata`.
   Tier 3: `history_per_minute` calls per token per minute, then 429 with Retry-After.
+- `conversations.replies` (`docs.slack.dev/methods/conversations.replies.json`; GET or POST) has
+  the same scopes, channel and membership answers, and needs `ts`: the thread's parent or any
+  message in it (a ts that names no message in the channel, or none, is `thread_not_found`).
+  The thread oldest first, its parent leading the first page (as in Slack's example answer;
+  whether `oldest` can exclude the parent is not documented, so here it never does); `oldest`
+  and `latest` as above; `limit` defaults to 1000, at most 1000 (`history_page_cap` applies);
+  paging by cursor while `has_more`; metadata only with `include_all_metadata`. Tier 3 on its
+  own: `replies_per_minute` calls per token per minute, then 429 with Retry-After.
 
 Used by the notifier tests and the e2e test; lives in tests/ because the product never needs it."""
 
@@ -45,6 +53,8 @@ CONTROL_SEQUENCES = ("<!channel>", "<!here>", "<!everyone>", "<!subteam^", "<@",
 BOT_SCOPES = frozenset({"chat:write", "channels:history", "groups:history"})
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 999
+REPLIES_DEFAULT_LIMIT = 1000
+REPLIES_MAX_LIMIT = 1000
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_]+")
 
 
@@ -82,6 +92,7 @@ class FakeSlack:
     not_member: set[str] = field(default_factory=set)
     metadata_limit_bytes: int = 8000
     history_per_minute: int = 50
+    replies_per_minute: int = 50
     history_page_cap: int = HISTORY_MAX_LIMIT
     # Pacing Slack applies: posts per channel per second (burst 1 more), edits per token/min.
     post_interval_s: float = 1.0
@@ -98,11 +109,13 @@ class FakeSlack:
     # The next top-level post is stored at once but answered only after this many seconds: the
     # window between Slack accepting a parent and its poster saving the ts (a crash, a timeout).
     answer_next_post_late_s: float = 0.0
+    # The same for the next thread reply: stored at once, answered only after this many seconds.
+    answer_next_reply_late_s: float = 0.0
     # The next N chat.update calls answer HTTP 500 (a parent edit failing on its own).
     fail_updates: int = 0
     _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _post_times: dict[str, list[float]] = field(default_factory=dict)
-    _history_times: dict[str, list[float]] = field(default_factory=dict)
+    _read_times: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     url: str = ""
 
@@ -183,14 +196,14 @@ class FakeSlack:
                     answer = self._update(author, args)
                 elif method == "conversations.history":
                     answer = self._history(token, args)
+                elif method == "conversations.replies":
+                    answer = self._replies(token, args)
                 else:
                     answer = {"ok": False, "error": "unknown_method"}
         except _Refused as refused:
             status, answer, headers = refused.status, refused.answer, refused.headers
-        if (method == "chat.postMessage" and status == 200 and _ok(answer)
-                and "thread_ts" not in answer["message"] and self.answer_next_post_late_s > 0):
-            late_s, self.answer_next_post_late_s = self.answer_next_post_late_s, 0.0
-            await asyncio.sleep(late_s)
+        if method == "chat.postMessage" and status == 200 and _ok(answer):
+            await self._answer_late("thread_ts" in answer["message"])
         self.requests.append(
             Recorded(method, dict(request.headers), body, args, status, answer)
         )
@@ -201,6 +214,15 @@ class FakeSlack:
             body=json.dumps(answer).encode(),
             headers={"Content-Type": "application/json; charset=utf-8", **headers},
         )
+
+    async def _answer_late(self, reply: bool) -> None:
+        """Hold the answer of a stored post when its knob is set (once)."""
+        if reply:
+            late_s, self.answer_next_reply_late_s = self.answer_next_reply_late_s, 0.0
+        else:
+            late_s, self.answer_next_post_late_s = self.answer_next_post_late_s, 0.0
+        if late_s > 0:
+            await asyncio.sleep(late_s)
 
     @staticmethod
     def _parse(request: web.Request, body: bytes) -> dict[str, Any]:
@@ -371,53 +393,68 @@ class FakeSlack:
                 "message": _message_json(message)}
 
     def _history(self, token: str, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._readable(token, args, "conversations.history", self.history_per_minute)
+        limit = self._limit(args, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT)
+        newest_first = sorted(
+            (m for m in self.messages.values() if m.channel == channel and m.thread_ts is None),
+            key=lambda m: float(m.ts), reverse=True,
+        )
+        window = _window(newest_first, args)
+        cursor = args.get("cursor")
+        if cursor:
+            start_ts = _decode_cursor(str(cursor))
+            window = [m for m in window if float(m.ts) <= start_ts]
+        answer = _page(window, limit, args)
+        answer |= {"pin_count": 0, "channel_actions_ts": None, "channel_actions_count": 0}
+        return answer
+
+    def _replies(self, token: str, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._readable(token, args, "conversations.replies", self.replies_per_minute)
+        named = self.messages.get((channel, str(args.get("ts"))))
+        if named is None:
+            raise _Refused({"ok": False, "error": "thread_not_found"})
+        parent = self.messages.get((channel, named.thread_ts)) if named.thread_ts else named
+        assert parent is not None
+        limit = self._limit(args, REPLIES_DEFAULT_LIMIT, REPLIES_MAX_LIMIT)
+        oldest_first = sorted(
+            (m for m in self.messages.values()
+             if m.channel == channel and m.thread_ts == parent.ts),
+            key=lambda m: float(m.ts),
+        )
+        window = _window(oldest_first, args)
+        cursor = args.get("cursor")
+        if cursor:
+            start_ts = _decode_cursor(str(cursor))
+            window = [m for m in window if float(m.ts) >= start_ts]
+        else:
+            window = [parent, *window]
+        return _page(window, limit, args)
+
+    def _readable(self, token: str, args: dict[str, Any], method: str, per_minute: int) -> str:
+        """The conversation a read method names, once this token may read it (scopes,
+        membership) and within its Tier 3 limit."""
         channel = args.get("channel")
         if channel not in self.channels:  # an id: a name is not a conversation id
             raise _Refused({"ok": False, "error": "channel_not_found"})
         self._require(token, "groups:history" if channel in self.private else "channels:history")
         if channel in self.not_member:
             raise _Refused({"ok": False, "error": "not_in_channel"})
-        self._history_rate(token)
-        oldest = _ts_arg(args, "oldest", "0")
-        latest = _ts_arg(args, "latest", str(time.time() + 1))
-        inclusive = _truthy(args.get("inclusive"))
-        try:
-            limit = int(args.get("limit", HISTORY_DEFAULT_LIMIT))
-        except (TypeError, ValueError):
-            raise _Refused({"ok": False, "error": "invalid_arguments"}) from None
-        limit = max(1, min(limit, HISTORY_MAX_LIMIT, self.history_page_cap))
-        newest_first = sorted(
-            (m for m in self.messages.values() if m.channel == channel and m.thread_ts is None),
-            key=lambda m: float(m.ts), reverse=True,
-        )
-        window = [m for m in newest_first if _within(float(m.ts), oldest, latest, inclusive)]
-        cursor = args.get("cursor")
-        if cursor:
-            start_ts = _decode_cursor(str(cursor))
-            window = [m for m in window if float(m.ts) <= start_ts]
-        page, rest = window[:limit], window[limit:]
-        with_metadata = _truthy(args.get("include_all_metadata"))
-        answer: dict[str, Any] = {
-            "ok": True,
-            "messages": [_message_json(m, with_metadata) for m in page],
-            "has_more": bool(rest),
-            "pin_count": 0,
-            "channel_actions_ts": None,
-            "channel_actions_count": 0,
-        }
-        if rest:
-            next_cursor = base64.b64encode(f"next_ts:{rest[0].ts}".encode()).decode()
-            answer["response_metadata"] = {"next_cursor": next_cursor}
-        return answer
-
-    def _history_rate(self, token: str) -> None:
         now = time.monotonic()
-        window = [t for t in self._history_times.get(token, []) if now - t < 60.0]
-        if len(window) >= self.history_per_minute:
+        key = (method, token)
+        window = [t for t in self._read_times.get(key, []) if now - t < 60.0]
+        if len(window) >= per_minute:
             retry_after = max(1, int(60.0 - (now - window[0])) + 1)
             raise _Refused({"ok": False, "error": "ratelimited"}, 429,
                            {"Retry-After": str(retry_after)})
-        self._history_times[token] = [*window, now]
+        self._read_times[key] = [*window, now]
+        return str(channel)
+
+    def _limit(self, args: dict[str, Any], default: int, maximum: int) -> int:
+        try:
+            limit = int(args.get("limit", default))
+        except (TypeError, ValueError):
+            raise _Refused({"ok": False, "error": "invalid_arguments"}) from None
+        return max(1, min(limit, maximum, self.history_page_cap))
 
     # -- incoming webhooks --------------------------------------------------------------------
 
@@ -481,6 +518,29 @@ def _message_json(m: Message, with_metadata: bool = True) -> dict[str, Any]:
     if m.metadata is not None and with_metadata:
         out["metadata"] = m.metadata
     return out
+
+
+def _window(messages: list[Message], args: dict[str, Any]) -> list[Message]:
+    """The messages between `oldest` and `latest` (exclusive unless `inclusive`)."""
+    oldest = _ts_arg(args, "oldest", "0")
+    latest = _ts_arg(args, "latest", str(time.time() + 1))
+    inclusive = _truthy(args.get("inclusive"))
+    return [m for m in messages if _within(float(m.ts), oldest, latest, inclusive)]
+
+
+def _page(window: list[Message], limit: int, args: dict[str, Any]) -> dict[str, Any]:
+    """One page of a read answer: metadata only when asked for, a cursor to the rest."""
+    page, rest = window[:limit], window[limit:]
+    with_metadata = _truthy(args.get("include_all_metadata"))
+    answer: dict[str, Any] = {
+        "ok": True,
+        "messages": [_message_json(m, with_metadata) for m in page],
+        "has_more": bool(rest),
+    }
+    if rest:
+        next_cursor = base64.b64encode(f"next_ts:{rest[0].ts}".encode()).decode()
+        answer["response_metadata"] = {"next_cursor": next_cursor}
+    return answer
 
 
 def _truthy(value: Any) -> bool:

@@ -167,9 +167,9 @@ async def test_metadata_is_kept_by_an_update_that_omits_it_and_read_back_only_on
 
 
 async def history(slack: FakeSlack, headers: dict[str, str] | None = None,
-                  **params: str) -> Any:
+                  method: str = "conversations.history", **params: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(
-        f"{slack.api_url}conversations.history", params={"channel": CHANNEL, **params},
+        f"{slack.api_url}{method}", params={"channel": CHANNEL, **params},
         headers=headers or AUTH,
     ) as r:
         assert r.status == 200 or r.status == 429
@@ -216,3 +216,54 @@ async def test_history_needs_its_scope_membership_and_keeps_to_tier_3(slack: Fak
     answers = [await history(slack) for _ in range(3)]
     assert [a["_status"] for a in answers] == [200, 200, 429]
     assert answers[2]["error"] == "ratelimited" and answers[2]["_retry_after"].isdigit()
+
+
+async def replies(slack: FakeSlack, headers: dict[str, str] | None = None, **params: str) -> Any:
+    return await history(slack, headers, "conversations.replies", **params)
+
+
+async def test_replies_page_a_thread_oldest_first_parent_leading_metadata_on_request(
+    slack: FakeSlack,
+) -> None:
+    parent = (await post(slack, text="parent"))["ts"]
+    posted = [(await post(slack, text=f"r{i}", thread_ts=parent, metadata=METADATA))["ts"]
+              for i in range(6)]
+    await post(slack, text="elsewhere")  # not in the thread
+    slack.history_page_cap = 3
+    seen, cursor, pages = [], None, 0
+    while True:  # a reply's ts names its thread; `oldest` excludes r0
+        page = await replies(slack, ts=posted[2], oldest=posted[0], include_all_metadata="true",
+                             **({"cursor": cursor} if cursor else {}))
+        pages += 1
+        seen += [(m["text"], "metadata" in m) for m in page["messages"]]
+        if not page["has_more"]:
+            break
+        cursor = page["response_metadata"]["next_cursor"]
+    assert seen == [("parent", False), *((f"r{i}", True) for i in range(1, 6))] and pages == 2
+    slack.history_page_cap = 1000
+    plain = await replies(slack, ts=parent)
+    assert [m.get("metadata") for m in plain["messages"]] == [None] * 7
+    assert all(m["thread_ts"] == parent for m in plain["messages"][1:])
+    for params, error in [({"ts": "1.000001"}, "thread_not_found"), ({}, "thread_not_found"),
+                          ({"ts": parent, "cursor": "bm9wZQ=="}, "invalid_cursor"),
+                          ({"ts": parent, "channel": "#alerts"}, "channel_not_found")]:
+        answer = await replies(slack, **params)
+        assert (answer["ok"], answer["error"]) == (False, error)
+
+
+async def test_replies_need_the_history_scope_and_keep_to_their_own_tier_3(
+    slack: FakeSlack,
+) -> None:
+    parent = (await post(slack, text="parent"))["ts"]
+    slack.tokens["xoxb-poster"] = "B003"
+    slack.scopes["xoxb-poster"] = frozenset({"chat:write"})
+    answer = await replies(slack, {"Authorization": "Bearer xoxb-poster"}, ts=parent)
+    assert (answer["error"], answer["needed"]) == ("missing_scope", "channels:history")
+    slack.not_member.add(CHANNEL)
+    assert (await replies(slack, ts=parent))["error"] == "not_in_channel"
+    slack.not_member.clear()
+    slack.replies_per_minute = 2
+    answers = [await replies(slack, ts=parent) for _ in range(3)]
+    assert [a["_status"] for a in answers] == [200, 200, 429]
+    assert answers[2]["error"] == "ratelimited" and answers[2]["_retry_after"].isdigit()
+    assert (await history(slack))["_status"] == 200  # conversations.history counts apart

@@ -19,7 +19,7 @@ from monitor.model import Event, EventBatch, EventJob, EventType, JobState, Snap
 from monitor.notify.base import NotifierRegistry
 from monitor.notify.slack import SlackNotifier
 from monitor.store import open_store
-from monitor.store.base import Store, ThreadRef
+from monitor.store.base import OutboxState, RoutedEvent, Store, ThreadRef
 from tests.fake_slack import FakeSlack, Message, untrusted_leaks
 from tests.harness import free_port, wait_until
 
@@ -407,6 +407,94 @@ async def test_a_parent_whose_answer_never_came_is_found_by_its_metadata_not_pos
     assert lookup.args["include_all_metadata"] == "true" and lookup.args["channel"] == CHANNEL
     assert float(parent.ts) > float(lookup.args["oldest"]) >= started - 61
     assert [e["ts"] for e in logs if e["event"] == "slack_parent_recovered"] == [parent.ts]
+
+
+async def test_a_reply_whose_answer_never_came_is_found_in_the_thread_not_posted_twice(
+    slack: FakeSlack, store: Store
+) -> None:
+    """Slack stored a thread reply but its answer was lost (past the client's timeout, as a
+    SIGKILL would lose it): the next process finds the reply by its metadata with
+    conversations.replies, records its events delivered and posts only the rest."""
+    jobs = [job(n) for n in range(4)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    bad = [replace(j, status="failed", errors=(f"boom {j.id}",)) for j in jobs[:3]]
+    done = replace(jobs[3], status="completed")
+    events = [changed(j) for j in (*bad, done)]
+    await store.commit(SnapshotChanges(upserts=(*bad, done)),
+                       [RoutedEvent(e, ("team-slack",)) for e in events])
+    before = bot(slack, store, failures_per_reply=2)
+    started = time.time()
+    try:
+        slack.answer_next_reply_late_s = 3.0  # stored at once; the client gives up after 2 s
+        first = await before.send(events[:2])
+        assert (first.ok, first.detail) == (False, "no answer within 2s")
+    finally:
+        await before.close()
+    [parent] = slack.parents()
+    [lost] = slack.replies(parent.ts)
+    after = bot(slack, store, failures_per_reply=2)  # a new process: nothing in memory
+    try:
+        with capture_logs() as logs:
+            second = await after.send(events)
+        assert second.ok, second
+    finally:
+        await after.close()
+    replies = slack.replies(parent.ts)
+    assert len(replies) == 2 and replies[0] is lost
+    assert ["boom j0" in t or "boom j1" in t for t in section_texts(lost.blocks)] == [True] * 2
+    [rest] = section_texts(replies[1].blocks)
+    assert "boom j2" in rest
+    assert lost.metadata is not None and lost.metadata["event_type"] == "docgen_batch_reply"
+    assert lost.metadata["event_payload"]["event_ids"] == [events[0].id, events[1].id]
+    assert lost.metadata["event_payload"]["batch_id"] == "b1"
+    [lookup] = slack.calls("conversations.replies")
+    assert (lookup.args["channel"], lookup.args["ts"]) == (CHANNEL, parent.ts)
+    assert lookup.args["include_all_metadata"] == "true"
+    assert float(lost.ts) > float(lookup.args["oldest"]) >= started - 61
+    [recovered] = [e for e in logs if e["event"] == "slack_replies_recovered"]
+    assert (recovered["replies"], recovered["events"]) == (1, 2)
+    delivered = await store.list_outbox(OutboxState.DELIVERED, "team-slack")
+    assert sorted(d.event.id for d in delivered) == sorted(e.id for e in events)
+    assert await store.reply_posts_in_doubt("team-slack", "b1") is None
+
+
+async def test_replies_posted_without_a_lost_answer_are_never_looked_up(
+    slack: FakeSlack, store: Store
+) -> None:
+    """The lookup is for replies in doubt only: answered replies leave nothing to look for."""
+    jobs = [replace(job(n), status="failed", errors=("x",)) for n in range(4)]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    notifier = bot(slack, store, failures_per_reply=2)
+    try:
+        assert (await notifier.send([changed(j) for j in jobs[:2]])).ok
+        assert (await notifier.send([changed(j) for j in jobs[2:]])).ok
+    finally:
+        await notifier.close()
+    assert len(slack.replies(slack.parents()[0].ts)) == 2
+    assert slack.calls("conversations.replies") == []
+    assert await store.reply_posts_in_doubt("team-slack", "b1") is None
+
+
+async def test_without_history_access_a_lost_reply_is_posted_again_and_said_so(
+    slack: FakeSlack, store: Store
+) -> None:
+    """A bot without channels:history cannot read the thread: it logs why and posts the reply
+    again (a repeated reply is the lesser harm than a failure never told)."""
+    slack.scopes["xoxb-test"] = frozenset({"chat:write"})
+    bad = replace(job(1), status="failed", errors=("x",))
+    await store.commit(SnapshotChanges(upserts=(bad,)), [])
+    notifier = bot(slack, store, failures_per_reply=1)
+    try:
+        slack.answer_next_reply_late_s = 3.0
+        assert not (await notifier.send([changed(bad)])).ok
+        with capture_logs() as logs:
+            assert (await notifier.send([changed(bad)])).ok
+    finally:
+        await notifier.close()
+    assert len(slack.replies(slack.parents()[0].ts)) == 2
+    [warning] = [e for e in logs if e["event"] == "slack_reply_lookup_unavailable"]
+    assert warning["error"] == "conversations.replies: missing_scope"
+    assert await store.reply_posts_in_doubt("team-slack", "b1") is None
 
 
 async def test_the_parent_lookup_pages_back_through_a_busy_channel(

@@ -12,6 +12,11 @@ and before its ts was saved (Slack has no idempotency key): the post is recorded
 first and carries message metadata (`event_type: docgen_batch`, the batch id and notifier
 name); a later attempt that finds a start without a ts looks the message up in
 `conversations.history` (`include_all_metadata`, from the first start on) before posting again.
+Thread replies the same way: each reply carries metadata naming the events it announces (and a
+key derived from them), is recorded as started before it is posted, and is forgotten in the
+transaction that marks its events delivered. A send that finds a reply of the batch still in
+doubt reads the thread (`conversations.replies`, from the earliest start on), adopts every
+event a reply of ours already announced, and posts only the rest.
 
 A failing parent edit never holds the thread back: the replies go on, the events the edit
 shows are settled, and the edit waits in the store (its latest content) for its own retry, by
@@ -33,8 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import aiohttp
@@ -64,18 +70,23 @@ MAX_TEXT_CHARS = 4000  # top-level `text` (chat.update's documented msg_too_long
 MAX_SECTION_CHARS = 3000
 MAX_HEADER_CHARS = 150
 MAX_BLOCKS = 50
-UPDATE_INTERVAL_S = 1.2  # chat.update and conversations.history: Tier 3, 50 a minute
+UPDATE_INTERVAL_S = 1.2  # Tier 3 methods (below): 50 a minute
+TIER3_METHODS = frozenset({"chat.update", "conversations.history", "conversations.replies"})
 
-# The parent's message metadata, and its lookup after an unfinished post: pages of 200 from
-# the first start on (less a margin for the skew between our clock and Slack's ts), at most 10.
+# The parent's and the replies' message metadata, and their lookup after an unfinished post:
+# pages of 200 from the first start on (less a margin for the skew between our clock and
+# Slack's ts), at most 10.
 METADATA_EVENT_TYPE = "docgen_batch"
-HISTORY_PAGE_LIMIT = 200
-HISTORY_MAX_PAGES = 10
+REPLY_EVENT_TYPE = "docgen_batch_reply"
+LOOKUP_PAGE_LIMIT = 200
+LOOKUP_MAX_PAGES = 10
 LOOKUP_MARGIN_S = 60.0
 # Answers that mean the lookup cannot work for this token or channel (no channels:history,
-# a channel name instead of an id): posting again is the lesser harm than never posting.
+# a channel name instead of an id, the thread gone): posting again is the lesser harm than
+# never posting.
 LOOKUP_UNAVAILABLE = frozenset(
-    {"missing_scope", "not_in_channel", "channel_not_found", "not_allowed_token_type"}
+    {"missing_scope", "not_in_channel", "channel_not_found", "not_allowed_token_type",
+     "thread_not_found"}
 )
 # A failed parent edit: its own backoff, abandoned after a day or for an answer no retry
 # changes (the parent was deleted, is not ours, or the workspace forbids edits).
@@ -138,6 +149,11 @@ class SlackConfig(NotifierConfig):
         if not bot and self.webhook_url is None:
             raise ValueError("give token + channel (bot mode) or webhook_url")
         return self
+
+
+def reply_key(event_ids: Sequence[str]) -> str:
+    """A stable name for the reply announcing these events (the same events, the same key)."""
+    return hashlib.sha256("\n".join(event_ids).encode()).hexdigest()[:16]
 
 
 def section(text: str) -> dict[str, Any]:
@@ -226,6 +242,10 @@ class SlackNotifier(HttpNotifier):
         shown = {e.id for e in events if not is_failure(e)}
         await self.settle(shown)
         settled |= shown
+        if failures:
+            adopted = await self._adopt_replies(batch_id, thread)
+            settled |= {e.id for e in failures if e.id in adopted}
+            failures = [e for e in failures if e.id not in adopted]
         # Replies carry `failures_per_reply` jobs; a short remainder waits for company unless
         # the batch is done or the oldest failure has waited `reply_wait`.
         per = self.config.failures_per_reply
@@ -234,8 +254,7 @@ class SlackNotifier(HttpNotifier):
         cut = len(failures) if flush_all else len(failures) - len(failures) % per
         for start in range(0, cut, per):
             chunk = failures[start : start + per]
-            await self._reply(thread, view, chunk)
-            await self.settle(e.id for e in chunk)
+            await self._reply(batch_id, thread, view, chunk)
             settled |= {e.id for e in chunk}
         if view.complete:
             self._last_parent.pop(batch_id, None)  # bounded: only batches still running
@@ -289,43 +308,64 @@ class SlackNotifier(HttpNotifier):
         """The parent an unfinished post left in the channel (by its metadata), and its text;
         None when there is none, or when this token or channel cannot read the history."""
         channel = str(self.config.channel)
-        params = {
-            "channel": channel,
-            "oldest": f"{started_at - LOOKUP_MARGIN_S:.6f}",
-            "include_all_metadata": "true",
-            "limit": str(HISTORY_PAGE_LIMIT),
-        }
-        for _ in range(HISTORY_MAX_PAGES):
+        params = {"channel": channel, "oldest": f"{started_at - LOOKUP_MARGIN_S:.6f}"}
+        found = await self._lookup(
+            "conversations.history", params, batch_id,
+            lambda m: self._ours(m, METADATA_EVENT_TYPE, batch_id) is not None,
+            what="parent", first=True,
+        )
+        if not found:
+            return None
+        return ThreadRef(channel, str(found[0]["ts"])), str(found[0].get("text", ""))
+
+    async def _lookup(
+        self,
+        method: str,
+        params: dict[str, str],
+        batch_id: str,
+        keep: Callable[[dict[str, Any]], bool],
+        *,
+        what: Literal["parent", "reply"],
+        first: bool = False,
+    ) -> list[dict[str, Any]] | None:
+        """The messages `keep` accepts on the pages of a read `method` (with metadata, at most
+        `LOOKUP_MAX_PAGES`; with `first`, up to the first page holding one); None when this
+        token or channel cannot read them. A transient failure raises: the send is retried,
+        the lookup with it."""
+        params = {**params, "include_all_metadata": "true", "limit": str(LOOKUP_PAGE_LIMIT)}
+        found: list[dict[str, Any]] = []
+        for _ in range(LOOKUP_MAX_PAGES):
             try:
-                answer = await self._api("conversations.history", params, read=True)
+                answer = await self._api(method, params, read=True)
             except SlackError as exc:
                 if exc.code not in LOOKUP_UNAVAILABLE:
-                    raise  # transient: the send is retried, the lookup with it
-                log.warning("slack_parent_lookup_unavailable", notifier=self.name,
+                    raise
+                log.warning(f"slack_{what}_lookup_unavailable", notifier=self.name,
                             batch_id=batch_id, error=exc.detail,
                             hint="give the bot channels:history and `channel` as an id")
                 return None
-            for message in answer.get("messages") or []:
-                if self._is_parent_of(message, batch_id):
-                    return ThreadRef(channel, str(message["ts"])), str(message.get("text", ""))
+            found += [m for m in answer.get("messages") or [] if isinstance(m, dict) and keep(m)]
             cursor = (answer.get("response_metadata") or {}).get("next_cursor")
-            if not answer.get("has_more") or not cursor:
-                return None
+            if (first and found) or not answer.get("has_more") or not cursor:
+                return found
             params = {**params, "cursor": str(cursor)}
-        log.warning("slack_parent_lookup_truncated", notifier=self.name, batch_id=batch_id,
-                    pages=HISTORY_MAX_PAGES)
-        return None
+        log.warning(f"slack_{what}_lookup_truncated", notifier=self.name,
+                    batch_id=batch_id, pages=LOOKUP_MAX_PAGES)
+        return found
 
-    def _is_parent_of(self, message: Any, batch_id: str) -> bool:
-        metadata = message.get("metadata") if isinstance(message, dict) else None
-        if not isinstance(metadata, dict) or metadata.get("event_type") != METADATA_EVENT_TYPE:
-            return False
+    def _ours(
+        self, message: dict[str, Any], event_type: str, batch_id: str
+    ) -> dict[str, Any] | None:
+        """The metadata payload of a message this notifier posted for `batch_id` as
+        `event_type`, else None."""
+        metadata = message.get("metadata")
+        if not isinstance(metadata, dict) or metadata.get("event_type") != event_type:
+            return None
         payload = metadata.get("event_payload")
-        return (
-            isinstance(payload, dict)
-            and payload.get("batch_id") == batch_id
-            and payload.get("notifier") == self.name
-        )
+        if (isinstance(payload, dict) and payload.get("batch_id") == batch_id
+                and payload.get("notifier") == self.name):
+            return payload
+        return None
 
     # -- the parent's edits: retried on their own -------------------------------------------
 
@@ -412,7 +452,21 @@ class SlackNotifier(HttpNotifier):
 
     # -- thread replies ---------------------------------------------------------------------
 
-    async def _reply(self, thread: ThreadRef, view: BatchView, chunk: list[Event]) -> None:
+    async def _reply(
+        self, batch_id: str, thread: ThreadRef, view: BatchView, chunk: list[Event]
+    ) -> None:
+        """Post one reply; its events are delivered, and its start forgotten, in one store
+        transaction once Slack accepted it. The metadata lets a later send find it when the
+        process died (or the answer was lost) in between."""
+        event_ids = [e.id for e in chunk]
+        key = reply_key(event_ids)
+        if self.store is not None:
+            await self.store.start_reply_post(self.name, batch_id, key, time.time())
+        metadata = {
+            "event_type": REPLY_EVENT_TYPE,
+            "event_payload": {"batch_id": batch_id, "notifier": self.name, "reply_key": key,
+                              "event_ids": event_ids},
+        }
         # The jobs these events announce: each failure reaches the thread exactly once.
         parts = [
             self.templates.render("mrkdwn", "slack_failure.j2", {"job": failed_job(e)})
@@ -423,8 +477,38 @@ class SlackNotifier(HttpNotifier):
                    + "\n".join(parts), MAX_TEXT_CHARS)
         await self._api(
             "chat.postMessage",
-            {"channel": thread.channel, "thread_ts": thread.ts, "text": text, "blocks": blocks},
+            {"channel": thread.channel, "thread_ts": thread.ts, "text": text, "blocks": blocks,
+             "metadata": metadata},
         )
+        if self.store is not None:
+            await self.store.finish_reply_posts(self.name, batch_id, [key], event_ids)
+
+    async def _adopt_replies(self, batch_id: str, thread: ThreadRef) -> set[str]:
+        """The events that replies still in doubt (started, never recorded) already announced
+        in the thread: marked delivered, never posted again. Empty when none is in doubt; when
+        the thread cannot be read, the replies are posted again (and said so)."""
+        if self.store is None:
+            return set()
+        since = await self.store.reply_posts_in_doubt(self.name, batch_id)
+        if since is None:
+            return set()
+        params = {"channel": thread.channel, "ts": thread.ts,
+                  "oldest": f"{since - LOOKUP_MARGIN_S:.6f}"}
+        found = await self._lookup(
+            "conversations.replies", params, batch_id,
+            lambda m: self._ours(m, REPLY_EVENT_TYPE, batch_id) is not None, what="reply",
+        )
+        announced: set[str] = set()
+        for message in found or []:
+            ids = (self._ours(message, REPLY_EVENT_TYPE, batch_id) or {}).get("event_ids")
+            if isinstance(ids, list):
+                announced |= {i for i in ids if isinstance(i, str)}
+        # Every reply in doubt is settled now: found (adopted), or never stored (posted again).
+        await self.store.finish_reply_posts(self.name, batch_id, None, sorted(announced))
+        if found is not None:
+            log.info("slack_replies_recovered", notifier=self.name, batch_id=batch_id,
+                     replies=len(found), events=len(announced))
+        return announced
 
     async def _summary(self, batch_id: str, events: list[Event]) -> None:
         view = await load_batch_view(self.store, batch_id, events)
@@ -439,7 +523,7 @@ class SlackNotifier(HttpNotifier):
     async def _pace(self, method: str = "chat.postMessage") -> None:
         """Slack allows about one message per second per channel (and per webhook), and
         chat.update is Tier 3 (about 50 a minute per token), whatever the number of batches."""
-        interval_s = self.config.post_interval if method != "chat.update" else UPDATE_INTERVAL_S
+        interval_s = UPDATE_INTERVAL_S if method in TIER3_METHODS else self.config.post_interval
         wait_s = self._last_call_at.get(method, 0.0) + interval_s - time.monotonic()
         if wait_s > 0:
             await asyncio.sleep(wait_s)
@@ -447,7 +531,7 @@ class SlackNotifier(HttpNotifier):
 
     async def _api(self, method: str, payload: dict[str, Any], *, read: bool = False) -> Any:
         """One Web API call: a JSON POST, or for a `read` method a GET with query parameters
-        (the documented way for conversations.history)."""
+        (the documented way for conversations.history and conversations.replies)."""
         await self._pace(method)
         if method == "chat.postMessage":
             payload = {**payload, "unfurl_links": False, "unfurl_media": False}
