@@ -475,6 +475,26 @@ async def test_replies_posted_without_a_lost_answer_are_never_looked_up(
     assert await store.reply_posts_in_doubt("team-slack", "b1") is None
 
 
+async def test_a_reply_slack_refused_is_not_in_doubt_and_is_retried_without_a_lookup(
+    slack: FakeSlack, store: Store
+) -> None:
+    """A 429 says Slack stored nothing: the retry posts the reply without reading the thread."""
+    jobs = [job(0), replace(job(1), status="failed", errors=("x",))]
+    await store.commit(SnapshotChanges(upserts=tuple(jobs)), [])
+    notifier = bot(slack, store, failures_per_reply=1)
+    try:
+        assert (await notifier.send([changed(jobs[0], "pending")])).ok
+        slack.throttle_next = 1
+        refused = await notifier.send([changed(jobs[1])])
+        assert (refused.ok, refused.rate_limited) == (False, True)
+        assert await store.reply_posts_in_doubt("team-slack", "b1") is None
+        assert (await notifier.send([changed(jobs[1])])).ok
+    finally:
+        await notifier.close()
+    assert len(slack.replies(slack.parents()[0].ts)) == 1
+    assert slack.calls("conversations.replies") == []
+
+
 async def test_without_history_access_a_lost_reply_is_posted_again_and_said_so(
     slack: FakeSlack, store: Store
 ) -> None:

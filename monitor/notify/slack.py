@@ -88,6 +88,9 @@ LOOKUP_UNAVAILABLE = frozenset(
     {"missing_scope", "not_in_channel", "channel_not_found", "not_allowed_token_type",
      "thread_not_found"}
 )
+# Answers after which a post may still have been stored (besides no answer, a dropped
+# connection or a 5xx, which carry no code): `fatal_error` may have done part of the work.
+IN_DOUBT_ANSWERS = frozenset({None, "fatal_error", "not JSON", "None"})
 # A failed parent edit: its own backoff, abandoned after a day or for an answer no retry
 # changes (the parent was deleted, is not ours, or the workspace forbids edits).
 EDIT_RETRY_INITIAL_S = 2.0
@@ -475,11 +478,18 @@ class SlackNotifier(HttpNotifier):
         blocks = [section(p) for p in parts[:MAX_BLOCKS]]
         text = cap(f"{len(parts)} failed job(s) in batch {escape_mrkdwn(view.id)}:\n"
                    + "\n".join(parts), MAX_TEXT_CHARS)
-        await self._api(
-            "chat.postMessage",
-            {"channel": thread.channel, "thread_ts": thread.ts, "text": text, "blocks": blocks,
-             "metadata": metadata},
-        )
+        try:
+            await self._api(
+                "chat.postMessage",
+                {"channel": thread.channel, "thread_ts": thread.ts, "text": text,
+                 "blocks": blocks, "metadata": metadata},
+            )
+        except SlackError as exc:
+            # A 429 or an ok:false answer says Slack stored nothing: no reply is in doubt. A
+            # timeout, a dropped connection or a 5xx leaves it in doubt for the next send.
+            if self.store is not None and (exc.limited or exc.code not in IN_DOUBT_ANSWERS):
+                await self.store.finish_reply_posts(self.name, batch_id, [key], [])
+            raise
         if self.store is not None:
             await self.store.finish_reply_posts(self.name, batch_id, [key], event_ids)
 
