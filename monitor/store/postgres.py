@@ -234,6 +234,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             since  DOUBLE PRECISION NOT NULL
         )""",
     ),
+    # v7: a thread reply recorded as started before it is sent, forgotten in the transaction
+    # that marks its events delivered; a start left behind is a reply in doubt.
+    (
+        """CREATE TABLE reply_posts (
+            notifier   TEXT NOT NULL,
+            batch_id   TEXT NOT NULL,
+            reply_key  TEXT NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (notifier, batch_id, reply_key)
+        )""",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -429,6 +440,17 @@ def _split_url(url: str) -> tuple[str, str | None, dict[str, str]]:
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+async def _mark_delivered(conn: _Conn, notifier: str, ids: list[str]) -> None:
+    await conn.execute(
+        "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
+        "claimed_until = NULL, first_failed_at = NULL, updated_at = $1 "
+        "WHERE event_id = ANY($2::text[]) AND notifier = $3 AND state <> 'delivered'",
+        time.time(),
+        ids,
+        notifier,
+    )
 
 
 async def _saved_thread(
@@ -886,6 +908,7 @@ class PostgresStore(ShieldedWrites, Store):
             # nothing more can be said in it.
             await conn.execute(_THREAD_PRUNE, before)
             await conn.execute("DELETE FROM notify_groups WHERE last_flush_at < $1", before)
+            await conn.execute("DELETE FROM reply_posts WHERE started_at < $1", before)
             return _row_count(status)
 
         return await self._write("prune", fn)
@@ -950,6 +973,55 @@ class PostgresStore(ShieldedWrites, Store):
             return None if row is None or row[0] is not None else float(row[1])
 
         return await self._write("start_thread_post", fn)
+
+    async def start_reply_post(
+        self, notifier: str, batch_id: str, reply_key: str, at: float
+    ) -> None:
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                "INSERT INTO reply_posts (notifier, batch_id, reply_key, started_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (notifier, batch_id, reply_key) DO NOTHING",
+                notifier,
+                batch_id,
+                reply_key,
+                at,
+            )
+
+        await self._write("start_reply_post", fn)
+
+    async def reply_posts_in_doubt(self, notifier: str, batch_id: str) -> float | None:
+        async def fn(conn: _Conn) -> float | None:
+            value = await conn.fetchval(
+                "SELECT MIN(started_at) FROM reply_posts WHERE notifier = $1 AND batch_id = $2",
+                notifier,
+                batch_id,
+            )
+            return None if value is None else float(value)
+
+        return await self._read("reply_posts_in_doubt", fn)
+
+    async def finish_reply_posts(
+        self,
+        notifier: str,
+        batch_id: str,
+        reply_keys: Sequence[str] | None,
+        event_ids: Sequence[str],
+    ) -> None:
+        ids = list(event_ids)
+        keys = None if reply_keys is None else list(reply_keys)
+
+        async def fn(conn: _Conn) -> None:
+            if ids:
+                await _mark_delivered(conn, notifier, ids)
+            await conn.execute(
+                "DELETE FROM reply_posts WHERE notifier = $1 AND batch_id = $2 "
+                "AND ($3::text[] IS NULL OR reply_key = ANY($3::text[]))",
+                notifier,
+                batch_id,
+                keys,
+            )
+
+        await self._write("finish_reply_posts", fn)
 
     async def set_pending_edit(
         self, notifier: str, batch_id: str, content: str, at: float
@@ -1030,18 +1102,10 @@ class PostgresStore(ShieldedWrites, Store):
         return await self._write("release_claims", fn)
 
     async def mark_delivered_many(self, notifier: str, event_ids: Sequence[str]) -> None:
-        now = time.time()
         ids = list(event_ids)
 
         async def fn(conn: _Conn) -> None:
-            await conn.execute(
-                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
-                "claimed_until = NULL, first_failed_at = NULL, updated_at = $1 "
-                "WHERE event_id = ANY($2::text[]) AND notifier = $3 AND state <> 'delivered'",
-                now,
-                ids,
-                notifier,
-            )
+            await _mark_delivered(conn, notifier, ids)
 
         if ids:
             await self._write("mark_delivered", fn)
