@@ -445,7 +445,7 @@ async def test_a_reply_whose_answer_never_came_is_found_in_the_thread_not_posted
     [rest] = section_texts(replies[1].blocks)
     assert "boom j2" in rest
     assert lost.metadata is not None and lost.metadata["event_type"] == "docgen_batch_reply"
-    assert lost.metadata["event_payload"]["event_ids"] == [events[0].id, events[1].id]
+    assert json.loads(lost.metadata["event_payload"]["event_ids"]) == [events[0].id, events[1].id]
     assert lost.metadata["event_payload"]["batch_id"] == "b1"
     [lookup] = slack.calls("conversations.replies")
     assert (lookup.args["channel"], lookup.args["ts"]) == (CHANNEL, parent.ts)

@@ -159,6 +159,16 @@ def reply_key(event_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(event_ids).encode()).hexdigest()[:16]
 
 
+def announced_ids(payload: dict[str, Any]) -> set[str]:
+    """The event ids a reply's metadata payload names (a JSON list in a string); none when
+    the payload is not one of ours as written."""
+    try:
+        ids = orjson.loads(payload.get("event_ids") or "[]")
+    except (orjson.JSONDecodeError, TypeError):
+        return set()
+    return {i for i in ids if isinstance(i, str)} if isinstance(ids, list) else set()
+
+
 def section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": cap(text, MAX_SECTION_CHARS)}}
 
@@ -465,10 +475,12 @@ class SlackNotifier(HttpNotifier):
         key = reply_key(event_ids)
         if self.store is not None:
             await self.store.start_reply_post(self.name, batch_id, key, time.time())
+        # The ids travel as one JSON string: Slack's payload schema types a value as a string,
+        # a number, a boolean or object(s), not a list of strings.
         metadata = {
             "event_type": REPLY_EVENT_TYPE,
             "event_payload": {"batch_id": batch_id, "notifier": self.name, "reply_key": key,
-                              "event_ids": event_ids},
+                              "event_ids": orjson.dumps(event_ids).decode()},
         }
         # The jobs these events announce: each failure reaches the thread exactly once.
         parts = [
@@ -510,9 +522,7 @@ class SlackNotifier(HttpNotifier):
         )
         announced: set[str] = set()
         for message in found or []:
-            ids = (self._ours(message, REPLY_EVENT_TYPE, batch_id) or {}).get("event_ids")
-            if isinstance(ids, list):
-                announced |= {i for i in ids if isinstance(i, str)}
+            announced |= announced_ids(self._ours(message, REPLY_EVENT_TYPE, batch_id) or {})
         # Every reply in doubt is settled now: found (adopted), or never stored (posted again).
         await self.store.finish_reply_posts(self.name, batch_id, None, sorted(announced))
         if found is not None:
