@@ -1,6 +1,8 @@
 """A TCP proxy a test can cut: clients connect to it as to the real server behind it, and the
 test takes the server away (`cut`: every relayed connection dropped and new ones refused) and
-gives it back (`restore`), while the real server keeps running for every other test."""
+gives it back (`restore`), or makes it fall silent (`freeze`: connections stay open, nothing
+passes, as in a network partition) until `thaw`, while the real server keeps running for every
+other test."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ class TcpProxy:
         self._links: set[asyncio.StreamWriter] = set()
         self._relays: set[asyncio.Task[None]] = set()
         self.bytes_to_server = 0  # what clients sent, relayed: a way to see traffic has begun
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -30,6 +34,13 @@ class TcpProxy:
         for writer in list(self._links):
             writer.transport.abort()
         self._links.clear()
+
+    def freeze(self) -> None:
+        """Relay nothing more, in either direction, and close nothing."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     async def restore(self) -> None:
         """Listen again, on the same port."""
@@ -62,6 +73,7 @@ class TcpProxy:
     ) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 if upstream:
                     self.bytes_to_server += len(data)
                 writer.write(data)

@@ -133,6 +133,26 @@ async def test_an_outage_longer_than_the_retries_is_a_store_error_without_the_pa
     assert "load_snapshot failed" in str(failed.value)
 
 
+async def test_a_server_that_falls_silent_fails_a_read_in_bounded_time(
+    pg_backend: PostgresBackend, pg_proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition sends no reset: without a statement limit the read would wait forever.
+    It fails after the limit and the retries, and the store works again once the network
+    does (the limits are shortened here: this test is about them)."""
+    monkeypatch.setattr("monitor.store.postgres.COMMAND_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("monitor.store.postgres.RETRY_DELAYS_S", (0.05,))
+    store = PostgresStore(pg_backend.url_through(pg_proxy.port) + "&connect_timeout=0.5")
+    pg_backend.built.append(store)
+    await store.open()
+    await store.commit(SnapshotChanges(upserts=(job("j1"),)), [])
+    pg_proxy.freeze()
+    with capture_logs() as logs, pytest.raises(StoreError):
+        await asyncio.wait_for(store.load_snapshot(), 10)
+    assert [entry["op"] for entry in logs if entry["event"] == "store.retry"] == ["load_snapshot"]
+    pg_proxy.thaw()
+    assert set(await asyncio.wait_for(store.load_snapshot(), 10)) == {"j1"}
+
+
 async def test_a_commit_in_flight_when_postgresql_goes_away_commits_nothing(
     pg_backend: PostgresBackend, pg_proxy: TcpProxy
 ) -> None:
@@ -225,6 +245,8 @@ async def test_the_url_password_comes_from_the_environment_and_is_never_rendered
 def test_a_malformed_postgresql_url_names_the_expected_form() -> None:
     with pytest.raises(ValidationError, match="expected postgresql://user:password@host"):
         StateConfig(url="postgresql:///no-host")
+    with pytest.raises(ValidationError, match="connect_timeout= needs a number of seconds"):
+        StateConfig(url="postgresql://h/db?connect_timeout=soon")
 
 
 async def test_the_delivered_counter_starts_from_the_rows_an_older_build_delivered(
