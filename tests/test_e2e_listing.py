@@ -171,3 +171,34 @@ async def test_a_store_of_another_box_user_is_refused_with_exit_2_unless_adopted
                   if e["type"] == "job.discovered"}
     assert discovered == set(batch["job_ids"])
     assert '"identity_adopted"' in log_path.read_text()
+
+
+async def test_a_reload_to_another_box_users_credentials_is_refused_not_diffed(
+    world: World,
+) -> None:
+    """SIGHUP brings a token of another user: the next sweep asks who it is and refuses (one
+    log line, a metric, `/readyz` 503 naming both users) instead of vanishing one account and
+    discovering the other; the old token back, and it is ready again."""
+    w = world
+    await w.control.call("POST", "/_sim/seed", {"count": 30})
+    await w.control.call("POST", "/_sim/seed", {"count": 20, "created_by_id": OTHER_USER})
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    assert w.daemon.proc is not None
+    mine = w.config_path.read_text()
+    w.config_path.write_text(mine.replace(TOKEN, OTHER_TOKEN))
+    w.daemon.proc.send_signal(signal.SIGHUP)
+
+    async def refused() -> bool:
+        status, body = await w.daemon.get("/readyz")
+        return status == 503 and OTHER_USER in body and "20000001" in body
+
+    await wait_until(refused, 30, "/readyz to refuse the other user's store")
+    _, text = await w.daemon.get("/metrics")
+    assert 'box_docgen_mass_change_refused_total{reason="identity"}' in text
+    assert w.daemon.logs().count('"identity_mismatch"') == 1
+    w.config_path.write_text(mine)
+    w.daemon.proc.send_signal(signal.SIGHUP)
+    await w.daemon.wait_ready()
+    assert [e for e in w.receiver.events().values() if "job" in e] == []
+    assert await w.daemon.stop(signal.SIGTERM) == 0
