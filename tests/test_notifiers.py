@@ -172,3 +172,13 @@ async def test_console_json_format_prints_the_wire_body() -> None:
         "from_status": None, "to_status": None,
         "batch": {"id": "b1", "counts": {"completed": 2, "failed": 1}, "duration_s": 12.5},
     }
+
+
+def test_the_console_line_of_a_reappeared_job_says_so() -> None:
+    from monitor.notify.console import describe
+
+    back = job_event("completed").model_copy(update={
+        "id": "j1:4:reappeared", "type": EventType.JOB_REAPPEARED, "from_status": None})
+    assert describe(back) == "09:30:00 job j1 (batch b1, pdf) reappeared: completed"
+    routed = routes({"match": {"type": "job.reappeared"}, "notify": ["a"]})
+    assert routed.route(back) == ("a",)

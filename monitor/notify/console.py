@@ -33,6 +33,8 @@ def describe(event: Event) -> str:
         return f"{when} {where} discovered: {event.to_status}"
     if event.type is EventType.JOB_VANISHED:
         return f"{when} {where} vanished (was {event.from_status})"
+    if event.type is EventType.JOB_REAPPEARED:
+        return f"{when} {where} reappeared: {event.to_status}"
     return f"{when} {where} {event.from_status} -> {event.to_status}"
 
 

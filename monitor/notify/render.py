@@ -118,9 +118,11 @@ def format_duration(seconds: float) -> str:
 
 
 def is_failure(event: Event) -> bool:
-    """A job that reached a failed outcome, including one first seen already failed."""
+    """A job that reached a failed outcome, including one first seen (or seen again after a
+    vanish) already failed."""
     return (
-        event.type in (EventType.JOB_STATUS_CHANGED, EventType.JOB_DISCOVERED)
+        event.type
+        in (EventType.JOB_STATUS_CHANGED, EventType.JOB_DISCOVERED, EventType.JOB_REAPPEARED)
         and event.to_status in FAILED_STATUSES
     )
 
