@@ -15,6 +15,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from monitor.clock import SteadyWallClock
 from monitor.config import DeliveryConfig, NotifierSpec
 from monitor.looplag import LoopLagSampler
 from monitor.metrics import Metrics
@@ -259,3 +260,40 @@ async def test_a_2000_event_group_that_partly_fails_does_not_stall_the_event_loo
     assert metrics.notifications.labels("sink", "retry")._value.get() == 1000
     print(f"\n2,000-event group, 1,000 failed: longest event-loop stall {sampler.worst_s:.3f}s")
     assert sampler.worst_s < 0.5
+
+
+class SteppedWall:
+    """The real wall clock plus an offset a test changes (a clock step)."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset_s
+
+
+async def test_a_retry_is_not_held_back_when_the_wall_clock_steps_back_an_hour(
+    store: Store, receiver: WebhookReceiver
+) -> None:
+    """Due times are stored as wall-clock seconds; the dispatcher's clock never runs back, so
+    a retry due in a second comes after a second, not after the hour the clock went back."""
+    receiver.fail_remaining = 1
+    metrics = Metrics()
+    wall = SteppedWall()
+    notifier = webhook(receiver.url)
+    dispatcher = Dispatcher(store, {"sink": notifier}, DeliveryConfig(), metrics,
+                            clock=SteadyWallClock(wall))
+    await _commit(store, event(1))
+    dispatcher.start()
+    try:
+        retries = metrics.notifications.labels("sink", "retry")._value
+        deadline = time.monotonic() + 10
+        while retries.get() < 1:
+            assert time.monotonic() < deadline, "the first attempt never failed"
+            await asyncio.sleep(0.02)
+        wall.offset_s = -3600.0
+        await receiver.wait_for(lambda r: r.ids() == {event(1).id}, 10)
+        await _wait_state(store, OutboxState.DELIVERED, 1)
+    finally:
+        await dispatcher.stop(2)
+        await notifier.close()

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
+from monitor.clock import SteadyWallClock
 from monitor.config import DeliveryConfig
 from monitor.metrics import Metrics
 from monitor.model import Event
@@ -46,14 +46,15 @@ class Dispatcher:
         config: DeliveryConfig,
         metrics: Metrics,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         claim_limit: int = 20,
     ) -> None:
         self.store = store
         self.notifiers = dict(notifiers)
         self.config = config
         self.metrics = metrics
-        self.clock = clock
+        # Due times are wall-clock seconds in the store; a backward step must not hold retries.
+        self.clock = clock if clock is not None else SteadyWallClock()
         self.claim_limit = claim_limit
         for notifier in self.notifiers.values():
             notifier.attach(store)
