@@ -28,9 +28,10 @@ again, and a replayed commit mints nothing twice (event ids are unique). A break
 itself leaves the outcome unknown to the client; the replay rule covers that case too.
 
 URL: `postgresql://user:password@host:port/database?sslmode=...&schema=...`. Query parameters
-are libpq's as asyncpg reads them (`sslmode`, `sslrootcert`, `application_name`, ...), plus
-`schema`: the schema the tables live in (created on open when missing; default: the server's
-`search_path`, normally `public`).
+are libpq's as asyncpg reads them (`sslmode`, `sslrootcert`, `application_name`, ...), plus two
+read here: libpq's `connect_timeout` (seconds), which asyncpg lacks, and `schema`, the schema
+the tables live in (created on open when missing; default: the server's `search_path`,
+normally `public`).
 """
 
 from __future__ import annotations
