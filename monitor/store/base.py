@@ -3,7 +3,8 @@
 The interface is split into roles, one protocol each, so that every consumer depends only on what
 it uses: the `Recorder` commits (`SnapshotStore`), the `Poller` reads and stages a sweep but
 cannot commit (`SnapshotReader` + `SweepStaging`), the `Dispatcher` works the outbox
-(`DeliveryStore`), a notifier keeps its own state (`NotifierStore`). `Store` is their union.
+(`DeliveryStore`), a notifier keeps its own state (`NotifierStore`), the status page only
+reads (`StatusReader`). `Store` is their union.
 
 Every backend (SQLite now, PostgreSQL later) implements `Store`, registers its URL scheme in
 `monitor/store/registry.py` and passes the same contract suite in `tests/test_store_contract.py`.
@@ -79,6 +80,39 @@ class PendingEdit:
     content: str
     attempts: int
     failing_since: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """One batch as the snapshot holds it, for the status page: jobs per status and what its
+    jobs share (Box runs a batch on one template and output type; the first job's are shown
+    should they differ). `first_seen_at` and `changed_at` are unix seconds: when the monitor
+    first saw one of its jobs and when it last recorded a change; `created_at` is Box's
+    earliest creation time of its jobs (ISO 8601), when Box said."""
+
+    batch_id: str
+    counts: Mapping[str, int]
+    template_file_id: str
+    output_type: str
+    first_seen_at: float
+    changed_at: float
+    created_at: str | None = None
+
+    @property
+    def jobs(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierActivity:
+    """What the outbox says about a notifier's health: when it last delivered an event, and
+    the latest error of an event it still owes (pending, claimed or dead) with when that row
+    last changed (a claim or a retry moves it too). Unix seconds; None when there is none."""
+
+    notifier: str
+    last_delivered_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
 
 
 class StoreLifecycle(Protocol):
@@ -320,6 +354,35 @@ class OutboxStore(Protocol):
 
 
 
+class StatusReader(SnapshotReader, Protocol):
+    """What the status page reads: aggregates over the snapshot and the outbox, bounded in
+    size whatever the account's, and never a write."""
+
+    @abstractmethod
+    async def batch_summaries(self, batch_ids: Iterable[str]) -> dict[str, BatchSummary]:
+        """A summary of each given batch with at least one job in the snapshot, by batch id."""
+
+    @abstractmethod
+    async def recent_failures(self, since: float, limit: int) -> list[JobState]:
+        """Up to `limit` snapshot jobs that ended `failed` or `completed_with_error` and
+        changed at or after `since` (unix seconds), the latest change first."""
+
+    @abstractmethod
+    async def notifier_activity(self) -> dict[str, NotifierActivity]:
+        """The `NotifierActivity` of every notifier that delivered an event still in the
+        outbox or owes one that failed; other notifiers are absent."""
+
+    @abstractmethod
+    async def outbox_counts(self) -> dict[str, dict[OutboxState, int]]:
+        """As `OutboxStore.outbox_counts`."""
+
+    @abstractmethod
+    async def list_outbox(
+        self, state: OutboxState, notifier: str | None = None, limit: int = 1000
+    ) -> list[OutboxEntry]:
+        """As `OutboxStore.list_outbox`."""
+
+
 class NotifierState(Protocol):
     """What notifiers remember between sends: Slack threads (and their posts and edits in
     flight), group flush times."""
@@ -412,7 +475,9 @@ class RecorderStore(SnapshotStore, SweepStaging, Protocol):
     """What the recorder uses: it closes a staged sweep and commits every observation."""
 
 
-class Store(StoreLifecycle, SnapshotStore, SweepStaging, OutboxStore, NotifierStore):
+class Store(
+    StoreLifecycle, SnapshotStore, SweepStaging, OutboxStore, NotifierStore, StatusReader
+):
     """Every role, as one backend implements them: async, single-process view of the durable
     state. Open with `async with`.
 

@@ -52,7 +52,10 @@ from asyncpg.transaction import Transaction
 from monitor.config import url_without_password
 from monitor.errors import SchemaTooNew, StoreError
 from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
+from monitor.store import rows
 from monitor.store.base import (
+    BatchSummary,
+    NotifierActivity,
     OutboxEntry,
     OutboxState,
     PendingEdit,
@@ -884,6 +887,44 @@ class PostgresStore(ShieldedWrites, Store):
             return [entry_from_row(row) for row in rows]
 
         return await self._read("list_outbox", fn)
+
+    async def batch_summaries(self, batch_ids: Iterable[str]) -> dict[str, BatchSummary]:
+        ids = sorted(set(batch_ids))
+
+        async def fn(conn: _Conn) -> dict[str, BatchSummary]:
+            sql = (
+                f"{rows.BATCH_SUMMARY_SELECT} WHERE batch_id = ANY($1::text[]) "
+                f"{rows.BATCH_SUMMARY_GROUP}"
+            )
+            return rows.batch_summaries(await conn.fetch(sql, ids))
+
+        return await self._read("batch_summaries", fn)
+
+    async def recent_failures(self, since: float, limit: int) -> list[JobState]:
+        async def fn(conn: _Conn) -> list[JobState]:
+            sql = (
+                f"{_JOB_SELECT} WHERE status = ANY($1::text[]) AND changed_at >= $2 "
+                "ORDER BY changed_at DESC, id LIMIT $3"
+            )
+            found = await conn.fetch(sql, list(rows.FAILED_STATUSES), since, limit)
+            return [job_from_row(row) for row in found]
+
+        return await self._read("recent_failures", fn)
+
+    async def notifier_activity(self) -> dict[str, NotifierActivity]:
+        async def fn(conn: _Conn) -> dict[str, NotifierActivity]:
+            delivered = await conn.fetch(
+                "SELECT notifier, MAX(updated_at) FROM outbox WHERE state = 'delivered' "
+                "GROUP BY notifier"
+            )
+            errors = await conn.fetch(
+                "SELECT DISTINCT ON (notifier) notifier, last_error, updated_at FROM outbox "
+                "WHERE state <> 'delivered' AND last_error IS NOT NULL "
+                "ORDER BY notifier, updated_at DESC"
+            )
+            return rows.notifier_activity(delivered, errors)
+
+        return await self._read("notifier_activity", fn)
 
     async def requeue_dead(
         self, now: float, event_id: str | None = None, notifier: str | None = None

@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 
 from monitor.model import Event, JobState
-from monitor.store.base import MAX_ERROR_CHARS, OutboxEntry, OutboxState
+from monitor.store.base import (
+    MAX_ERROR_CHARS,
+    BatchSummary,
+    NotifierActivity,
+    OutboxEntry,
+    OutboxState,
+)
 
 # Column order is JobState's field order, so a row is `job_from_row(row)`. A field added to
 # JobState without a migration fails loudly at the first commit (no such column).
@@ -51,3 +57,51 @@ def entry_from_row(row: Any, state: OutboxState | None = None) -> OutboxEntry:
 
 def truncate_error(error: str) -> str:
     return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
+
+
+#: The status page's batch summaries read these per (batch, status); `batch_summaries` folds
+#: them (the SQL differs only in placeholders).
+BATCH_SUMMARY_SELECT = (
+    "SELECT batch_id, status, COUNT(*), MIN(template_file_id), MIN(output_type), "
+    "MIN(first_seen_at), MAX(changed_at), MIN(created_at) FROM jobs"
+)
+BATCH_SUMMARY_GROUP = "GROUP BY batch_id, status"
+FAILED_STATUSES = ("failed", "completed_with_error")
+
+
+def batch_summaries(rows: Any) -> dict[str, BatchSummary]:
+    """Fold (batch_id, status, count, template, output type, first seen, changed, created)
+    rows into one summary per batch."""
+    parts: dict[str, list[Any]] = {}
+    for row in rows:
+        parts.setdefault(row[0], []).append(row)
+    summaries: dict[str, BatchSummary] = {}
+    for batch_id, group in parts.items():
+        created = [r[7] for r in group if r[7] is not None]
+        summaries[batch_id] = BatchSummary(
+            batch_id=batch_id,
+            counts={r[1]: r[2] for r in group},
+            template_file_id=min(r[3] for r in group),
+            output_type=min(r[4] for r in group),
+            first_seen_at=min(r[5] for r in group),
+            changed_at=max(r[6] for r in group),
+            created_at=min(created) if created else None,
+        )
+    return summaries
+
+
+def notifier_activity(
+    delivered: Any, errors: Any
+) -> dict[str, NotifierActivity]:
+    """From (notifier, last delivered at) and (notifier, last error, at) rows."""
+    last_delivered = {name: at for name, at in delivered}
+    last_error = {name: (error, at) for name, error, at in errors}
+    return {
+        name: NotifierActivity(
+            name,
+            last_delivered_at=last_delivered.get(name),
+            last_error=last_error.get(name, (None, None))[0],
+            last_error_at=last_error.get(name, (None, None))[1],
+        )
+        for name in sorted(last_delivered.keys() | last_error.keys())
+    }

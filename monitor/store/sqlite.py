@@ -32,7 +32,10 @@ import structlog
 
 from monitor.errors import SchemaTooNew, StoreError
 from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
+from monitor.store import rows
 from monitor.store.base import (
+    BatchSummary,
+    NotifierActivity,
     OutboxEntry,
     OutboxState,
     PendingEdit,
@@ -720,6 +723,51 @@ class SQLiteStore(ShieldedWrites, Store):
                 return [_entry(row) for row in await cur.fetchall()]
 
         return await self._read("list_outbox", fn)
+
+    async def batch_summaries(self, batch_ids: Iterable[str]) -> dict[str, BatchSummary]:
+        ids = sorted(set(batch_ids))
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, BatchSummary]:
+            found: list[Any] = []
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                sql = (
+                    f"{rows.BATCH_SUMMARY_SELECT} WHERE batch_id IN "
+                    f"({', '.join('?' for _ in chunk)}) {rows.BATCH_SUMMARY_GROUP}"
+                )
+                async with conn.execute(sql, chunk) as cur:
+                    found.extend(await cur.fetchall())
+            return rows.batch_summaries(found)
+
+        return await self._read("batch_summaries", fn)
+
+    async def recent_failures(self, since: float, limit: int) -> list[JobState]:
+        async def fn(conn: aiosqlite.Connection) -> list[JobState]:
+            sql = (
+                f"{_JOB_SELECT} WHERE status IN (?, ?) AND changed_at >= ? "
+                "ORDER BY changed_at DESC, id LIMIT ?"
+            )
+            async with conn.execute(sql, (*rows.FAILED_STATUSES, since, limit)) as cur:
+                return [_job(row) for row in await cur.fetchall()]
+
+        return await self._read("recent_failures", fn)
+
+    async def notifier_activity(self) -> dict[str, NotifierActivity]:
+        async def fn(conn: aiosqlite.Connection) -> dict[str, NotifierActivity]:
+            async with conn.execute(
+                "SELECT notifier, MAX(updated_at) FROM outbox WHERE state = 'delivered' "
+                "GROUP BY notifier"
+            ) as cur:
+                delivered = await cur.fetchall()
+            # SQLite fills the bare column from the row that holds the MAX.
+            async with conn.execute(
+                "SELECT notifier, last_error, MAX(updated_at) FROM outbox "
+                "WHERE state <> 'delivered' AND last_error IS NOT NULL GROUP BY notifier"
+            ) as cur:
+                errors = await cur.fetchall()
+            return rows.notifier_activity(delivered, errors)
+
+        return await self._read("notifier_activity", fn)
 
     async def requeue_dead(
         self, now: float, event_id: str | None = None, notifier: str | None = None
