@@ -30,6 +30,20 @@ class StoreError(MonitorError):
     """The state store failed or holds something this version cannot read."""
 
 
+class LeaseLost(StoreError):
+    """A fenced write found that its replica no longer holds the account's lease: another
+    replica took it over. Nothing of the write was committed."""
+
+    def __init__(self, account: str, owner: str, epoch: int) -> None:
+        self.account = account
+        self.owner = owner
+        self.epoch = epoch
+        super().__init__(
+            f"replica {owner} lost the lease of account {account!r} (epoch {epoch}): "
+            "another replica holds it now; nothing was written"
+        )
+
+
 class UnsupportedStoreURL(StoreError):
     def __init__(self, url: str, known: list[str]) -> None:
         scheme = url.split(":", 1)[0] if ":" in url else ""

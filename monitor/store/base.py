@@ -4,7 +4,8 @@ The interface is split into roles, one protocol each, so that every consumer dep
 it uses: the `Recorder` commits (`SnapshotStore`), the `Poller` reads and stages a sweep but
 cannot commit (`SnapshotReader` + `SweepStaging`), the `Dispatcher` works the outbox
 (`DeliveryStore`), a notifier keeps its own state (`NotifierStore`), the status page only
-reads (`StatusReader`). `Store` is their union.
+reads (`StatusReader`), replicas share accounts through leases (`LeaseStore`). `Store` is
+their union.
 
 Every backend (SQLite now, PostgreSQL later) implements `Store`, registers its URL scheme in
 `monitor/store/registry.py` and passes the same contract suite in `tests/test_store_contract.py`.
@@ -13,7 +14,7 @@ Dialect differences stay inside the backend."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -113,6 +114,27 @@ class NotifierActivity:
     last_delivered_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """An account's lease as its holder got it: `epoch` grows with every acquisition, so a
+    write checked against it fails once anyone else has taken the lease since."""
+
+    account: str
+    owner: str  # the replica id
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An account's lease row as stored: its last `owner` (None once released), `epoch`, and
+    whether it is still `live` (held and not expired, by the store's clock)."""
+
+    account: str
+    owner: str | None
+    epoch: int
+    live: bool
 
 
 class StoreLifecycle(Protocol):
@@ -475,8 +497,61 @@ class RecorderStore(SnapshotStore, SweepStaging, Protocol):
     """What the recorder uses: it closes a staged sweep and commits every observation."""
 
 
+class LeaseStore(Protocol):
+    """Leases of Box accounts among replicas that share one store, and the replica registry.
+
+    Expiry is judged by the store's clock (the database server's), so replicas' clocks need not
+    agree. Fencing: once `set_fence` gave a handle a fence, every write through it (commit,
+    sweep staging, outbox claim, delivery mark, notifier state) checks inside its own
+    transaction that the fence's epoch still holds the lease, locking the lease row so that a
+    takeover waits for it; when it does not, the write raises `LeaseLost`, commits nothing, and
+    the handle's `on_lease_lost` listener hears of it (whoever caught the error). The lease
+    operations themselves are never fenced."""
+
+    @abstractmethod
+    async def heartbeat(self, replica: str, ttl_s: float) -> int:
+        """Register `replica` as live for `ttl_s` more seconds; return how many replicas are
+        live now (this one included)."""
+
+    @abstractmethod
+    async def leave(self, replica: str) -> None:
+        """Forget `replica` (a clean shutdown): it stops counting at once."""
+
+    @abstractmethod
+    async def acquire_lease(self, account: str, owner: str, ttl_s: float) -> Fence | None:
+        """Take the lease of `account` for `owner` until `ttl_s` from now, with the next epoch,
+        when nobody holds it (never held, released or expired); None when it is held."""
+
+    @abstractmethod
+    async def renew_lease(self, fence: Fence, ttl_s: float) -> bool:
+        """Extend the lease to `ttl_s` from now if `fence` still holds it (same owner and
+        epoch, expired or not: nobody took it since); False when it moved on."""
+
+    @abstractmethod
+    async def release_lease(self, fence: Fence) -> None:
+        """Give the lease up if `fence` still holds it: free at once for the next taker."""
+
+    @abstractmethod
+    async def leases(self) -> dict[str, Lease]:
+        """Every account's lease row, by account."""
+
+    @abstractmethod
+    def set_fence(self, fence: Fence | None) -> None:
+        """Check every later write of this handle against `fence` (None: no check)."""
+
+    @abstractmethod
+    def on_lease_lost(self, listener: Callable[[Fence], None] | None) -> None:
+        """Call `listener` with the fence each time a write is refused by `LeaseLost`."""
+
+
 class Store(
-    StoreLifecycle, SnapshotStore, SweepStaging, OutboxStore, NotifierStore, StatusReader
+    StoreLifecycle,
+    SnapshotStore,
+    SweepStaging,
+    OutboxStore,
+    NotifierStore,
+    StatusReader,
+    LeaseStore,
 ):
     """Every role, as one backend implements them: async, single-process view of the durable
     state. Open with `async with`.

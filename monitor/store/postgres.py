@@ -27,6 +27,15 @@ nothing, and it raises `StoreError`; its caller (the next poll, the next deliver
 again, and a replayed commit mints nothing twice (event ids are unique). A break during COMMIT
 itself leaves the outcome unknown to the client; the replay rule covers that case too.
 
+Leases (schema v8): the lease and replica tables are the store's own, and expiry is judged by
+the server's clock. A fenced write locks its account's lease row `FOR SHARE` inside its
+transaction after checking the epoch, so an acquisition (an UPDATE of that row) waits for the
+writes in flight and every later write sees the new epoch. `lease_schema` names the schema of
+the lease table the check reads (default: this store's), for handles whose own tables live in
+another schema than the leases all accounts share. A holder paused inside a transaction
+(SIGSTOP, a frozen VM) keeps that lock: the server ends a session idle in a transaction after
+`IDLE_IN_TRANSACTION_S`, so a takeover waits at most that long.
+
 URL: `postgresql://user:password@host:port/database?sslmode=...&schema=...`. Query parameters
 are libpq's as asyncpg reads them (`sslmode`, `sslrootcert`, `application_name`, ...), plus two
 read here: libpq's `connect_timeout` (seconds), which asyncpg lacks, and `schema`, the schema
@@ -55,6 +64,8 @@ from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChange
 from monitor.store import rows
 from monitor.store.base import (
     BatchSummary,
+    Fence,
+    Lease,
     NotifierActivity,
     OutboxEntry,
     OutboxState,
@@ -63,6 +74,7 @@ from monitor.store.base import (
     Store,
     ThreadRef,
 )
+from monitor.store.fencing import Fencing
 from monitor.store.rows import (
     JOB_COLUMNS,
     entry_from_row,
@@ -85,6 +97,12 @@ CONNECT_TIMEOUT_S = 10.0  # default of the URL's `connect_timeout`
 # about 2 s; a million-job one about 20 s.
 COMMAND_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 10.0
+# A session idle inside a transaction this long is ended by the server (its locks go): a paused
+# holder must not keep a lease row locked past a takeover. No write of ours idles that long.
+IDLE_IN_TRANSACTION_S = 10.0
+# An acquisition or renewal waits this long at most for a lock on the lease row, so a keeper's
+# round never hangs behind a stuck writer; it tries again next round.
+LEASE_LOCK_TIMEOUT_S = 2.0
 # Waits before each retry of an operation that lost its connection: about 7 s in all, enough
 # for a server restart or a failover of a managed database, short enough for a poll cycle.
 RETRY_DELAYS_S = (0.1, 0.4, 1.5, 5.0)
@@ -253,6 +271,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (notifier, batch_id, reply_key)
         )""",
     ),
+    # v8 (HA): a lease per Box account and the live replicas; an outbox claim names the
+    # replica and lease epoch that took it.
+    (
+        """CREATE TABLE leases (
+            account    TEXT PRIMARY KEY,
+            owner      TEXT,
+            epoch      BIGINT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE replicas (
+            id         TEXT PRIMARY KEY,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "ALTER TABLE outbox ADD COLUMN claim_owner TEXT",
+        "ALTER TABLE outbox ADD COLUMN claim_epoch BIGINT",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -375,12 +409,42 @@ _CLAIM = (
     "(o.state = 'pending' AND o.next_attempt_at <= $2) "
     "OR (o.state = 'claimed' AND o.claimed_until <= $2)) "
     f"{_OLDEST_FIRST} LIMIT $3 FOR UPDATE OF o SKIP LOCKED), "
-    "claimed AS (UPDATE outbox o SET state = 'claimed', claimed_until = $4, updated_at = $2 "
+    "claimed AS (UPDATE outbox o SET state = 'claimed', claimed_until = $4, updated_at = $2, "
+    "claim_owner = $5, claim_epoch = $6 "
     "FROM due WHERE o.event_id = due.event_id AND o.notifier = $1 "
     "RETURNING o.*, due.created_at AS created_at_, due.seq AS seq_) "
     f"SELECT {_ENTRY_COLUMNS} FROM claimed o JOIN events e ON e.id = o.event_id "
     "ORDER BY o.created_at_, o.seq_"
 )
+
+# Leases: times by the server's clock, in unix seconds like every other time column.
+_DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+# Any acquisition takes the next epoch; a live lease (held, not expired) is left alone.
+_LEASE_ACQUIRE = (
+    "INSERT INTO leases AS l (account, owner, epoch, expires_at) "  # noqa: S608 (constants)
+    f"VALUES ($1, $2, 1, {_DB_NOW} + $3) ON CONFLICT (account) DO UPDATE SET "
+    "owner = EXCLUDED.owner, epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at "
+    f"WHERE l.owner IS NULL OR l.expires_at <= {_DB_NOW} RETURNING epoch"
+)
+_LEASE_RENEW = (
+    f"UPDATE leases SET expires_at = {_DB_NOW} + $4 "  # noqa: S608 (constants)
+    "WHERE account = $1 AND owner = $2 AND epoch = $3"
+)
+_LEASE_RELEASE = (
+    f"UPDATE leases SET owner = NULL, expires_at = {_DB_NOW} "  # noqa: S608 (constants)
+    "WHERE account = $1 AND owner = $2 AND epoch = $3"
+)
+_LEASES = (
+    f"SELECT account, owner, epoch, owner IS NOT NULL AND expires_at > {_DB_NOW} "  # noqa: S608
+    "FROM leases ORDER BY account"
+)
+_REPLICA_BEAT = (
+    f"INSERT INTO replicas (id, expires_at) VALUES ($1, {_DB_NOW} + $2) "  # noqa: S608
+    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+)
+_REPLICAS_LIVE = f"SELECT COUNT(*) FROM replicas WHERE expires_at > {_DB_NOW}"  # noqa: S608
+# A replica that died without leaving is forgotten an hour after its last heartbeat.
+_REPLICAS_FORGET = f"DELETE FROM replicas WHERE expires_at < {_DB_NOW} - 3600"  # noqa: S608
 
 # Failures that say the connection, not the statement, failed: worth another try. Not every
 # OSError: asyncpg raises a bare ConnectionError for a refused TLS upgrade, which is final.
@@ -503,18 +567,20 @@ async def _upsert_jobs(conn: _Conn, columns: list[list[Any]]) -> None:
 _Work = Callable[[_Conn], Awaitable[_T]]
 
 
-class PostgresStore(ShieldedWrites, Store):
+class PostgresStore(ShieldedWrites, Fencing, Store):
     """The state in one PostgreSQL database (and schema) named by `url`."""
 
     migrations: ClassVar[tuple[Migration, ...]] = MIGRATIONS
 
     def __init__(self, url: str) -> None:
-        super().__init__()
+        ShieldedWrites.__init__(self)
+        Fencing.__init__(self)
         self.url = url
         self._target = _parse_url(url)
         self.schema = self._target.schema
         self._pool: asyncpg.Pool | None = None
         self._closing = False
+        self.lease_schema = self.schema  # see the module docstring
         self._sweep_generation = 0
 
     @classmethod
@@ -539,7 +605,10 @@ class PostgresStore(ShieldedWrites, Store):
                     max_size=POOL_MAX_SIZE,
                     timeout=self._target.connect_timeout_s,
                     command_timeout=COMMAND_TIMEOUT_S,
-                    server_settings=self._target.settings,
+                    server_settings={
+                        "idle_in_transaction_session_timeout": f"{IDLE_IN_TRANSACTION_S:.0f}s",
+                        **self._target.settings,
+                    },
                 ),
             )
         except _BACKEND_ERRORS as exc:
@@ -650,13 +719,30 @@ class PostgresStore(ShieldedWrites, Store):
         except _BACKEND_ERRORS as exc:
             raise StoreError(f"postgresql store {op} failed: {exc}") from exc
 
-    async def _write(self, op: str, fn: _Work[_T]) -> _T:
+    async def _write(self, op: str, fn: _Work[_T], *, fenced: bool = True) -> _T:
         """Run `fn` in one transaction that the caller's cancellation cannot tear: the caller
-        sees CancelledError at once, the transaction still commits or rolls back whole."""
+        sees CancelledError at once, the transaction still commits or rolls back whole. With a
+        fence set (and `fenced`), the transaction first checks and locks the lease row."""
         pool = self._open_pool()
-        return await self._shielded(self._transaction(op, pool, fn))
+        fence = self._fence if fenced else None
+        return await self._shielded(self._transaction(op, pool, fn, fence))
 
-    async def _transaction(self, op: str, pool: asyncpg.Pool, fn: _Work[_T]) -> _T:
+    async def _check_fence(self, conn: _Conn, fence: Fence) -> None:
+        schema = self.lease_schema
+        table = "leases" if schema is None else f"{_quote_ident(schema)}.leases"
+        held = await conn.fetchval(
+            f"SELECT true FROM {table} WHERE account = $1 AND owner = $2 "  # noqa: S608
+            "AND epoch = $3 FOR SHARE",
+            fence.account,
+            fence.owner,
+            fence.epoch,
+        )
+        if not held:
+            raise self._lease_lost(fence)
+
+    async def _transaction(
+        self, op: str, pool: asyncpg.Pool, fn: _Work[_T], fence: Fence | None = None
+    ) -> _T:
         async def begin() -> tuple[_Conn, Transaction]:
             conn = await pool.acquire()
             try:
@@ -675,6 +761,8 @@ class PostgresStore(ShieldedWrites, Store):
             raise StoreError(f"postgresql store {op} failed: {exc}") from exc
         try:
             try:
+                if fence is not None:
+                    await self._check_fence(conn, fence)
                 result = await fn(conn)
             except BaseException:
                 await transaction.rollback()
@@ -805,7 +893,9 @@ class PostgresStore(ShieldedWrites, Store):
             return []
 
         async def fn(conn: _Conn) -> list[OutboxEntry]:
-            rows = await conn.fetch(_CLAIM, notifier, now, limit, now + lease_s)
+            fence = self._fence
+            owner, epoch = (None, None) if fence is None else (fence.owner, fence.epoch)
+            rows = await conn.fetch(_CLAIM, notifier, now, limit, now + lease_s, owner, epoch)
             return [entry_from_row(row, OutboxState.CLAIMED) for row in rows]
 
         return await self._write("claim_due", fn)
@@ -1345,3 +1435,52 @@ class PostgresStore(ShieldedWrites, Store):
             return {row[0]: row[1] for row in rows}
 
         return await self._read("stuck_marks", fn)
+
+    # -- leases (schema v8) ---------------------------------------------------------------------
+
+    async def heartbeat(self, replica: str, ttl_s: float) -> int:
+        async def fn(conn: _Conn) -> int:
+            await conn.execute(_REPLICA_BEAT, replica, ttl_s)
+            await conn.execute(_REPLICAS_FORGET)
+            return int(await conn.fetchval(_REPLICAS_LIVE))
+
+        return await self._write("heartbeat", fn, fenced=False)
+
+    async def leave(self, replica: str) -> None:
+        async def fn(conn: _Conn) -> None:
+            await conn.execute("DELETE FROM replicas WHERE id = $1", replica)
+
+        await self._write("leave", fn, fenced=False)
+
+    async def acquire_lease(self, account: str, owner: str, ttl_s: float) -> Fence | None:
+        async def fn(conn: _Conn) -> Fence | None:
+            await conn.execute(f"SET LOCAL lock_timeout = '{LEASE_LOCK_TIMEOUT_S:.0f}s'")
+            epoch = await conn.fetchval(_LEASE_ACQUIRE, account, owner, ttl_s)
+            return None if epoch is None else Fence(account, owner, int(epoch))
+
+        return await self._write("acquire_lease", fn, fenced=False)
+
+    async def renew_lease(self, fence: Fence, ttl_s: float) -> bool:
+        async def fn(conn: _Conn) -> bool:
+            await conn.execute(f"SET LOCAL lock_timeout = '{LEASE_LOCK_TIMEOUT_S:.0f}s'")
+            status = await conn.execute(
+                _LEASE_RENEW, fence.account, fence.owner, fence.epoch, ttl_s
+            )
+            return _row_count(status) == 1
+
+        return await self._write("renew_lease", fn, fenced=False)
+
+    async def release_lease(self, fence: Fence) -> None:
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(_LEASE_RELEASE, fence.account, fence.owner, fence.epoch)
+
+        await self._write("release_lease", fn, fenced=False)
+
+    async def leases(self) -> dict[str, Lease]:
+        async def fn(conn: _Conn) -> dict[str, Lease]:
+            return {
+                row[0]: Lease(row[0], row[1], int(row[2]), bool(row[3]))
+                for row in await conn.fetch(_LEASES)
+            }
+
+        return await self._read("leases", fn)

@@ -14,7 +14,12 @@ would be lost, and lost `delivered` marks would re-send. FULL costs one WAL fsyn
 transaction, which at one commit per poll and one mark per delivery is noise.
 
 Retention: delivered outbox rows and their events are kept for the audit and dead-letter commands
-until `prune` removes those older than the configured retention. That is safe because an event id
+until `prune` removes those older than the configured retention.
+
+Leases (schema v8) work as on PostgreSQL, judged by this process's wall clock: with SQLite the
+daemon is one replica (an OS lock on the file, taken by the daemon, refuses a second), so it
+holds every lease; fenced writes check the epoch inside their `BEGIN IMMEDIATE`, which already
+excludes any other writer. That is safe because an event id
 can only be re-minted while its change is not yet in the snapshot, i.e. within a crash window.
 """
 
@@ -35,6 +40,8 @@ from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChange
 from monitor.store import rows
 from monitor.store.base import (
     BatchSummary,
+    Fence,
+    Lease,
     NotifierActivity,
     OutboxEntry,
     OutboxState,
@@ -43,6 +50,7 @@ from monitor.store.base import (
     Store,
     ThreadRef,
 )
+from monitor.store.fencing import Fencing
 from monitor.store.rows import JOB_COLUMNS as _JOB_COLUMNS
 from monitor.store.rows import entry_from_row as _entry
 from monitor.store.rows import job_from_row as _job
@@ -206,6 +214,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (notifier, batch_id, reply_key)
         ) WITHOUT ROWID""",
     ),
+    # Version 8 (HA): a lease per Box account and the live replicas; an outbox claim names the
+    # replica and lease epoch that took it.
+    (
+        """CREATE TABLE leases (
+            account    TEXT PRIMARY KEY,
+            owner      TEXT,
+            epoch      INTEGER NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE replicas (
+            id         TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "ALTER TABLE outbox ADD COLUMN claim_owner TEXT",
+        "ALTER TABLE outbox ADD COLUMN claim_epoch INTEGER",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -334,13 +358,14 @@ async def _saved_thread(
     return None if row is None else ThreadRef(str(row[0]), str(row[1]))
 
 
-class SQLiteStore(ShieldedWrites, Store):
+class SQLiteStore(ShieldedWrites, Fencing, Store):
     """The state in one SQLite file at `path` (parent directories are created on open)."""
 
     migrations: ClassVar[tuple[Migration, ...]] = MIGRATIONS
 
     def __init__(self, path: str) -> None:
-        super().__init__()
+        ShieldedWrites.__init__(self)
+        Fencing.__init__(self)
         self.path = path
         # Where SQLite's temp files go: the state's own directory (memory for ":memory:").
         self._temp_dir = None if path == ":memory:" else str(Path(path).absolute().parent)
@@ -462,21 +487,37 @@ class SQLiteStore(ShieldedWrites, Store):
             except sqlite3.Error as exc:
                 raise StoreError(f"sqlite store {op} failed: {exc}") from exc
 
-    async def _write(self, op: str, fn: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
+    async def _write(
+        self,
+        op: str,
+        fn: Callable[[aiosqlite.Connection], Awaitable[_T]],
+        *,
+        fenced: bool = True,
+    ) -> _T:
         """Run `fn` in one IMMEDIATE transaction that the caller's cancellation cannot tear: the
-        caller sees CancelledError at once, the transaction still commits or rolls back whole."""
+        caller sees CancelledError at once, the transaction still commits or rolls back whole.
+        With a fence set (and `fenced`), the transaction first checks the lease's epoch."""
         conn = self._open_conn()
-        return await self._shielded(self._transaction(op, conn, fn))
+        fence = self._fence if fenced else None
+        return await self._shielded(self._transaction(op, conn, fn, fence))
 
     async def _transaction(
         self,
         op: str,
         conn: aiosqlite.Connection,
         fn: Callable[[aiosqlite.Connection], Awaitable[_T]],
+        fence: Fence | None = None,
     ) -> _T:
         async with self._lock:
             try:
                 await conn.execute("BEGIN IMMEDIATE")
+                if fence is not None:
+                    async with conn.execute(
+                        "SELECT 1 FROM leases WHERE account = ? AND owner = ? AND epoch = ?",
+                        (fence.account, fence.owner, fence.epoch),
+                    ) as cur:
+                        if await cur.fetchone() is None:
+                            raise self._lease_lost(fence)
                 result = await fn(conn)
                 await conn.commit()
             except BaseException as exc:
@@ -630,10 +671,15 @@ class SQLiteStore(ShieldedWrites, Store):
             )
             async with conn.execute(sql, (notifier, now, now, limit)) as cur:
                 rows = list(await cur.fetchall())
+            fence = self._fence
+            owner, epoch = (None, None) if fence is None else (fence.owner, fence.epoch)
             await conn.executemany(
-                "UPDATE outbox SET state = 'claimed', claimed_until = ?, updated_at = ? "
-                "WHERE event_id = ? AND notifier = ?",
-                [(now + lease_s, now, row[_ENTRY_WIDTH], notifier) for row in rows],
+                "UPDATE outbox SET state = 'claimed', claimed_until = ?, updated_at = ?, "
+                "claim_owner = ?, claim_epoch = ? WHERE event_id = ? AND notifier = ?",
+                [
+                    (now + lease_s, now, owner, epoch, row[_ENTRY_WIDTH], notifier)
+                    for row in rows
+                ],
             )
             return [_entry(row[:_ENTRY_WIDTH], OutboxState.CLAIMED) for row in rows]
 
@@ -1131,3 +1177,85 @@ class SQLiteStore(ShieldedWrites, Store):
                 return {row[0]: float(row[1]) for row in await cur.fetchall()}
 
         return await self._read("load_suspects", fn)
+
+    # -- leases (schema v8) ---------------------------------------------------------------------
+
+    async def heartbeat(self, replica: str, ttl_s: float) -> int:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> int:
+            await conn.execute(
+                "INSERT INTO replicas (id, expires_at) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+                (replica, now + ttl_s),
+            )
+            # A replica that died without leaving is forgotten an hour after its last beat.
+            await conn.execute("DELETE FROM replicas WHERE expires_at < ?", (now - 3600,))
+            async with conn.execute(
+                "SELECT COUNT(*) FROM replicas WHERE expires_at > ?", (now,)
+            ) as cur:
+                row = await cur.fetchone()
+            return int(row[0]) if row is not None else 0
+
+        return await self._write("heartbeat", fn, fenced=False)
+
+    async def leave(self, replica: str) -> None:
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM replicas WHERE id = ?", (replica,))
+
+        await self._write("leave", fn, fenced=False)
+
+    async def acquire_lease(self, account: str, owner: str, ttl_s: float) -> Fence | None:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> Fence | None:
+            # Any acquisition takes the next epoch; a live lease is left alone.
+            async with conn.execute(
+                "INSERT INTO leases (account, owner, epoch, expires_at) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, "
+                "epoch = leases.epoch + 1, expires_at = excluded.expires_at "
+                "WHERE leases.owner IS NULL OR leases.expires_at <= ? RETURNING epoch",
+                (account, owner, now + ttl_s, now),
+            ) as cur:
+                row = await cur.fetchone()
+            return None if row is None else Fence(account, owner, int(row[0]))
+
+        return await self._write("acquire_lease", fn, fenced=False)
+
+    async def renew_lease(self, fence: Fence, ttl_s: float) -> bool:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE account = ? AND owner = ? AND epoch = ?",
+                (now + ttl_s, fence.account, fence.owner, fence.epoch),
+            )
+            return cur.rowcount == 1
+
+        return await self._write("renew_lease", fn, fenced=False)
+
+    async def release_lease(self, fence: Fence) -> None:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE leases SET owner = NULL, expires_at = ? "
+                "WHERE account = ? AND owner = ? AND epoch = ?",
+                (now, fence.account, fence.owner, fence.epoch),
+            )
+
+        await self._write("release_lease", fn, fenced=False)
+
+    async def leases(self) -> dict[str, Lease]:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> dict[str, Lease]:
+            async with conn.execute(
+                "SELECT account, owner, epoch, owner IS NOT NULL AND expires_at > ? "
+                "FROM leases ORDER BY account",
+                (now,),
+            ) as cur:
+                rows = await cur.fetchall()
+            return {r[0]: Lease(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
+
+        return await self._read("leases", fn)
