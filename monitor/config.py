@@ -159,6 +159,14 @@ class StateConfig(_Model):
         return value
 
 
+class HaConfig(_Model):
+    """Several replicas on one PostgreSQL (monitor/lease.py): each Box account is led by the
+    replica holding its lease, renewed every third of `lease_ttl`; a standby takes over once
+    it ran out."""
+
+    lease_ttl: PositiveDurationS = 15.0
+
+
 class DeliveryConfig(_Model):
     """Defaults for every notifier; a notifier may override `max_attempts` and `timeout`.
 
@@ -260,6 +268,7 @@ class Config(_Model):
     delivery: DeliveryConfig = DeliveryConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    ha: HaConfig = HaConfig()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Config:

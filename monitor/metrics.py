@@ -187,6 +187,27 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # HA (monitor/lease.py): which replica leads each Box account. The account label is
+        # bounded by configuration.
+        self.leader = Gauge(
+            "box_docgen_leader",
+            "1 while this replica holds the account's lease (polls it, delivers its events).",
+            ["account"],
+            registry=r,
+        )
+        self.lease_epoch = Gauge(
+            "box_docgen_lease_epoch",
+            "The account's lease epoch as last read from the store (grows on every takeover).",
+            ["account"],
+            registry=r,
+        )
+        self.lease_transitions = Counter(
+            "box_docgen_lease_transitions",
+            "Changes of this replica's role for an account, by reason (acquired, released, "
+            "rebalanced, lost, expired, fenced).",
+            ["account", "reason"],
+            registry=r,
+        )
         self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)
         self.build_info.info({"version": __version__})
 
