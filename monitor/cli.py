@@ -1,4 +1,4 @@
-"""`docgen-monitor`: run, demo, simulate, once, check-config, test-notify, dead-letters.
+"""`docgen-monitor`: run, demo, simulate, once, check-config, test-notify, dead-letters, state.
 
 Exit codes: 0 clean stop, 2 configuration error (every problem listed with its path), 1 any
 other failure."""
@@ -11,14 +11,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 import structlog
 
 from monitor import __version__
 from monitor.config import Config, load_config
-from monitor.errors import ConfigError, IdentityMismatch, MonitorError
+from monitor.errors import ConfigError, IdentityMismatch, MonitorError, StoreNotEmpty
 from monitor.logging import configure_logging
 from monitor.notify.base import NotifierRegistry
 from monitor.simulator.options import add_arguments as add_simulate_arguments
@@ -72,6 +72,23 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--notifier", default=None, help="only this notifier's rows")
     dead.add_argument("--event", default=None, help="only this event id")
 
+    state = sub.add_parser("state", help="work on a state store as a whole")
+    state_sub = state.add_subparsers(dest="state_command", required=True)
+    migrate = state_sub.add_parser(
+        "migrate",
+        help="copy every table of one state store into another (stop the daemon first)",
+        description="Copy the snapshot, outbox, threads, groups, marks and identity of one "
+        "state store into another, in one transaction. URLs as state.url takes them; "
+        "${VAR} is read from the environment, so a password need not be on the command line.",
+    )
+    migrate.add_argument("--from", dest="from_url", required=True, metavar="URL")
+    migrate.add_argument("--to", dest="to_url", required=True, metavar="URL")
+    migrate.add_argument(
+        "--replace",
+        action="store_true",
+        help="the target already holds state: delete it first (by default it is refused)",
+    )
+
     demo = sub.add_parser("demo", help="run against a built-in simulator; no setup needed")
     demo.add_argument(
         "--duration",
@@ -110,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "simulate":
             configure_logging()
             return _simulate(args)
+        if args.command == "state":
+            configure_logging(level="warning")
+            return _state_migrate(args.from_url, args.to_url, args.replace)
         if args.command == "demo":
             from monitor.demo import run_demo
 
@@ -201,6 +221,57 @@ async def _dead_letters(
                     "last_error": row.last_error,
                 }
                 sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    return EXIT_OK
+
+
+def _state_migrate(from_arg: str, to_arg: str, replace: bool) -> int:
+    """`state migrate`: exit 2 for a URL that cannot be used or a refused copy (every problem
+    listed by flag), 1 when a store fails. No output carries a password: every message goes
+    through `redact`."""
+    import os
+
+    from monitor.config import expand_vars, url_without_password
+    from monitor.store.migrate import NothingToMigrate, migrate_state
+    from monitor.store.registry import check_url
+
+    urls: dict[str, str] = {}
+    problems: list[str] = []
+    for flag, raw in (("--from", from_arg), ("--to", to_arg)):
+        url, unset = expand_vars(raw, os.environ, flag)
+        problems += unset
+        try:
+            check_url(url)
+        except ValueError as exc:
+            problems.append(f"{flag}: {exc}")
+        urls[flag] = url
+    secrets = [p for p in (urlsplit(u).password for u in urls.values()) if p]
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "**********")
+        return text
+
+    def fail(code: int, message: str) -> int:
+        print(f"docgen-monitor state migrate: {redact(message)}", file=sys.stderr)
+        return code
+
+    if problems:
+        return fail(EXIT_CONFIG, "\n  ".join(["invalid arguments:", *problems]))
+    try:
+        copied = asyncio.run(migrate_state(urls["--from"], urls["--to"], replace=replace))
+    except (StoreNotEmpty, NothingToMigrate, IdentityMismatch) as exc:
+        return fail(EXIT_CONFIG, str(exc))
+    except MonitorError as exc:
+        return fail(EXIT_FAILURE, str(exc))
+    for table, rows in copied.items():
+        print(f"{table}\t{rows}")
+    print(
+        redact(
+            f"copied {sum(copied.values())} row(s) from {url_without_password(urls['--from'])} "
+            f"to {url_without_password(urls['--to'])}"
+        ),
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

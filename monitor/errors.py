@@ -58,6 +58,18 @@ class SchemaTooNew(StoreError):
         )
 
 
+class StoreNotEmpty(StoreError):
+    """A copy into a store that already holds state (`state migrate` without `--replace`)."""
+
+    def __init__(self, where: str, tables: list[str]) -> None:
+        self.tables = tables
+        super().__init__(
+            f"the target store {where} already holds state ({', '.join(tables)}); nothing was "
+            "copied. Point --to at an empty database or schema, or add --replace to delete "
+            "what it holds first"
+        )
+
+
 class UnknownNotifierType(MonitorError):
     def __init__(self, type_name: str, known: list[str]) -> None:
         super().__init__(f"unknown notifier type {type_name!r}; known: {', '.join(sorted(known))}")

@@ -14,11 +14,11 @@ Dialect differences stay inside the backend."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from monitor.model import Event, JobState, SnapshotChanges
 
@@ -544,6 +544,64 @@ class LeaseStore(Protocol):
         """Call `listener` with the fence each time a write is refused by `LeaseLost`."""
 
 
+# The tables `docgen-monitor state migrate` copies, in an order that keeps foreign keys
+# satisfied (events before the outbox rows that name them). Every table a migration creates is
+# here or in `NOT_COPIED_TABLES` (a test checks both backends), so a new table cannot be left
+# behind by a move unnoticed.
+COPIED_TABLES = (
+    "jobs",
+    "events",
+    "outbox",
+    "meta",  # identity, baseline and heartbeat keys
+    "threads",
+    "notify_groups",
+    "stuck_marks",
+    "vanished",
+    "suspects",
+    "reply_posts",
+)
+# The schema's version (the target migrates itself), the delivered counter (the target's
+# trigger counts the outbox rows as they are copied), a sweep's staging (never durable), and
+# who holds which lease (the running replicas' business: a moved store starts with no holder).
+NOT_COPIED_TABLES = (
+    "schema_version",
+    "outbox_delivered",
+    "sweep_runs",
+    "sweep_seen",
+    "sweep_stage",
+    "leases",
+    "replicas",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TableChunk:
+    """Up to a chunk of one table's rows, every column, in the order of `columns`."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+class TableCopy(Protocol):
+    """Whole tables, every column, for `docgen-monitor state migrate`: a copy keeps what no
+    role shows (attempt counts, creation times, the order of events). Values travel as Python
+    scalars (str, int, float, None), which both backends read and write alike."""
+
+    @abstractmethod
+    def dump_tables(self, chunk_rows: int) -> AsyncGenerator[TableChunk, None]:
+        """Every row of `COPIED_TABLES`, table by table in that order, up to `chunk_rows` at a
+        time, all read in one transaction (a consistent view of a store in use)."""
+
+    @abstractmethod
+    async def load_tables(
+        self, chunks: AsyncIterable[TableChunk], *, replace: bool
+    ) -> dict[str, int]:
+        """In ONE transaction: with `replace` delete every row of `COPIED_TABLES` first,
+        otherwise raise `StoreNotEmpty` when any of them holds a row; insert every chunk; move
+        generated ids (the events' `seq`) past the copied ones. Returns rows per table."""
+
+
 class Store(
     StoreLifecycle,
     SnapshotStore,
@@ -552,6 +610,7 @@ class Store(
     NotifierStore,
     StatusReader,
     LeaseStore,
+    TableCopy,
 ):
     """Every role, as one backend implements them: async, single-process view of the durable
     state. Open with `async with`.

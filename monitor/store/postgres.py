@@ -49,7 +49,15 @@ import asyncio
 import errno
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, ClassVar, NamedTuple, Self, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -59,10 +67,11 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from monitor.config import url_without_password
-from monitor.errors import SchemaTooNew, StoreError
+from monitor.errors import SchemaTooNew, StoreError, StoreNotEmpty
 from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
 from monitor.store import rows
 from monitor.store.base import (
+    COPIED_TABLES,
     BatchSummary,
     Fence,
     Lease,
@@ -72,11 +81,13 @@ from monitor.store.base import (
     PendingEdit,
     RoutedEvent,
     Store,
+    TableChunk,
     ThreadRef,
 )
 from monitor.store.fencing import Fencing
 from monitor.store.rows import (
     JOB_COLUMNS,
+    copy_target,
     entry_from_row,
     job_from_row,
     job_to_row,
@@ -1484,3 +1495,73 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
             }
 
         return await self._read("leases", fn)
+    # -- whole tables, for `state migrate` ------------------------------------------------------
+
+    async def dump_tables(self, chunk_rows: int) -> AsyncGenerator[TableChunk, None]:
+        pool = self._open_pool()
+        try:
+            async with (
+                pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                for table in COPIED_TABLES:
+                    columns = await _columns(conn, table)
+                    sql = f"SELECT {', '.join(columns)} FROM {table}"  # noqa: S608
+                    cursor = await conn.cursor(sql)
+                    while batch := await cursor.fetch(chunk_rows):
+                        yield TableChunk(table, columns, [tuple(r) for r in batch])
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"postgresql store dump_tables failed: {exc}") from exc
+
+    async def load_tables(
+        self, chunks: AsyncIterable[TableChunk], *, replace: bool
+    ) -> dict[str, int]:
+        async def fn(conn: _Conn) -> dict[str, int]:
+            if replace:
+                for table in reversed(COPIED_TABLES):  # the outbox before its events
+                    await conn.execute(f"DELETE FROM {table}")  # noqa: S608 (constant names)
+            else:
+                held = [
+                    table
+                    for table in COPIED_TABLES
+                    if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})")  # noqa: S608
+                ]
+                if held:
+                    raise StoreNotEmpty(repr(self), held)
+            copied = dict.fromkeys(COPIED_TABLES, 0)
+            async for chunk in chunks:
+                table, _ = copy_target(chunk)
+                # PostgreSQL text cannot hold NUL; SQLite keeps one from an error body.
+                records = [
+                    tuple(v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in row)
+                    for row in chunk.rows
+                ]
+                await conn.copy_records_to_table(
+                    table, records=records, columns=list(chunk.columns)
+                )
+                copied[table] += len(records)
+            # COPY writes identity columns as given; their sequences must move past them.
+            for table, column in await conn.fetch(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND is_identity = 'YES' "
+                "AND table_name = ANY($1::text[])",
+                list(COPIED_TABLES),
+            ):
+                await conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence($1, $2), "  # noqa: S608
+                    f"COALESCE(MAX({column}), 0) + 1, false) FROM {table}",
+                    table,
+                    column,
+                )
+            return copied
+
+        return await self._write("load_tables", fn)
+
+
+async def _columns(conn: _Conn, table: str) -> tuple[str, ...]:
+    rows = await conn.fetch(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        table,
+    )
+    return tuple(str(row[0]) for row in rows)

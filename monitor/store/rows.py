@@ -9,13 +9,16 @@ from typing import Any
 
 import orjson
 
+from monitor.errors import StoreError
 from monitor.model import Event, JobState
 from monitor.store.base import (
+    COPIED_TABLES,
     MAX_ERROR_CHARS,
     BatchSummary,
     NotifierActivity,
     OutboxEntry,
     OutboxState,
+    TableChunk,
 )
 
 # Column order is JobState's field order, so a row is `job_from_row(row)`. A field added to
@@ -105,3 +108,15 @@ def notifier_activity(
         )
         for name in sorted(last_delivered.keys() | last_error.keys())
     }
+
+
+def copy_target(chunk: TableChunk) -> tuple[str, str]:
+    """The table and the column list a chunk of `load_tables` goes into, both checked: a table
+    `COPIED_TABLES` names, columns that are plain names (they come from the source's schema
+    and are spliced into SQL)."""
+    if chunk.table not in COPIED_TABLES:
+        raise StoreError(f"load_tables: {chunk.table!r} is not a table a store copies")
+    bad = [c for c in chunk.columns if not (c.isidentifier() and c.isascii())]
+    if bad or not chunk.columns:
+        raise StoreError(f"load_tables: {chunk.table} has no plain column names: {bad!r}")
+    return chunk.table, ", ".join(chunk.columns)

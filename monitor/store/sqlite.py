@@ -28,17 +28,26 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 import aiosqlite
 import structlog
 
-from monitor.errors import SchemaTooNew, StoreError
+from monitor.errors import SchemaTooNew, StoreError, StoreNotEmpty
 from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
 from monitor.store import rows
 from monitor.store.base import (
+    COPIED_TABLES,
     BatchSummary,
     Fence,
     Lease,
@@ -48,10 +57,12 @@ from monitor.store.base import (
     PendingEdit,
     RoutedEvent,
     Store,
+    TableChunk,
     ThreadRef,
 )
 from monitor.store.fencing import Fencing
 from monitor.store.rows import JOB_COLUMNS as _JOB_COLUMNS
+from monitor.store.rows import copy_target
 from monitor.store.rows import entry_from_row as _entry
 from monitor.store.rows import job_from_row as _job
 from monitor.store.rows import job_to_row as _job_row
@@ -1259,3 +1270,55 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             return {r[0]: Lease(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
 
         return await self._read("leases", fn)
+    # -- whole tables, for `state migrate` ------------------------------------------------------
+
+    async def dump_tables(self, chunk_rows: int) -> AsyncGenerator[TableChunk, None]:
+        conn = self._open_conn()
+        async with self._lock:
+            try:
+                await conn.execute("BEGIN")  # one read transaction: a consistent view
+                try:
+                    for table in COPIED_TABLES:
+                        columns = await _columns(conn, table)
+                        sql = f"SELECT {', '.join(columns)} FROM {table}"  # noqa: S608
+                        async with conn.execute(sql) as cur:
+                            while batch := await cur.fetchmany(chunk_rows):
+                                yield TableChunk(table, columns, [tuple(r) for r in batch])
+                finally:
+                    await conn.rollback()
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite store dump_tables failed: {exc}") from exc
+
+    async def load_tables(
+        self, chunks: AsyncIterable[TableChunk], *, replace: bool
+    ) -> dict[str, int]:
+        async def fn(conn: aiosqlite.Connection) -> dict[str, int]:
+            if replace:
+                for table in reversed(COPIED_TABLES):  # the outbox before its events
+                    await conn.execute(f"DELETE FROM {table}")  # noqa: S608 (constant names)
+            else:
+                held = []
+                for table in COPIED_TABLES:
+                    sql = f"SELECT EXISTS (SELECT 1 FROM {table})"  # noqa: S608
+                    async with conn.execute(sql) as cur:
+                        row = await cur.fetchone()
+                    if row is not None and row[0]:
+                        held.append(table)
+                if held:
+                    raise StoreNotEmpty(repr(self), held)
+            copied = dict.fromkeys(COPIED_TABLES, 0)
+            async for chunk in chunks:
+                table, columns = copy_target(chunk)
+                marks = ", ".join("?" for _ in chunk.columns)
+                sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608 (checked)
+                await conn.executemany(sql, chunk.rows)
+                copied[table] += len(chunk.rows)
+            # An explicit `seq` moves AUTOINCREMENT's counter past it by itself.
+            return copied
+
+        return await self._write("load_tables", fn)
+
+
+async def _columns(conn: aiosqlite.Connection, table: str) -> tuple[str, ...]:
+    async with conn.execute(f"PRAGMA table_info({table})") as cur:
+        return tuple(str(row[1]) for row in await cur.fetchall())
