@@ -18,7 +18,13 @@ import structlog
 
 from monitor import __version__
 from monitor.config import Config, load_config
-from monitor.errors import ConfigError, IdentityMismatch, MonitorError, StoreNotEmpty
+from monitor.errors import (
+    ConfigError,
+    IdentityMismatch,
+    MonitorError,
+    StoreLocked,
+    StoreNotEmpty,
+)
 from monitor.logging import configure_logging
 from monitor.notify.base import NotifierRegistry
 from monitor.simulator.options import add_arguments as add_simulate_arguments
@@ -148,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(
             _run(config, registry, args.config, args.adopt_identity, args.accept_mass_vanish)
         )
-    except (ConfigError, IdentityMismatch) as exc:
+    except (ConfigError, IdentityMismatch, StoreLocked) as exc:
         print(f"docgen-monitor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except MonitorError as exc:

@@ -198,6 +198,7 @@ class Daemon:
         lag.start()
         self._stack.push_async_callback(lag.stop)
         self.store = open_store(cfg.state.url)
+        self._stack.enter_context(self.store.replica_lock())  # SQLite: one replica at a time
         await self.store.open()
         self._stack.push_async_callback(self.store.close)
 

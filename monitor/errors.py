@@ -44,6 +44,16 @@ class LeaseLost(StoreError):
         )
 
 
+class StoreLocked(StoreError):
+    """Another process runs the daemon on this single-replica store (a SQLite file)."""
+
+    def __init__(self, where: str, holder: str) -> None:
+        super().__init__(
+            f"another docgen-monitor ({holder}) is running on {where}: a SQLite state file "
+            "serves one replica; stop it, or use a postgresql:// state.url for several"
+        )
+
+
 class UnsupportedStoreURL(StoreError):
     def __init__(self, url: str, known: list[str]) -> None:
         scheme = url.split(":", 1)[0] if ":" in url else ""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from monitor.errors import StoreLocked
 from monitor.model import SnapshotChanges
 from monitor.store.base import OutboxState
 from monitor.store.sqlite import MIGRATIONS, SQLiteStore
@@ -28,3 +32,16 @@ async def test_the_delivered_counter_starts_from_the_rows_an_older_build_deliver
         await store.mark_delivered("e2", "slack")
         await store.prune(before=float("inf"))
         assert await store.outbox_counts() == {}
+
+
+def test_a_state_file_serves_one_replica_until_its_holder_lets_go(tmp_path: Path) -> None:
+    """The daemon's `replica_lock`: a second holder is refused, naming the first one's pid."""
+    path = str(tmp_path / "state.db")
+    with SQLiteStore(path).replica_lock():
+        with pytest.raises(StoreLocked) as refused, SQLiteStore(path).replica_lock():
+            pass
+        assert f"pid {os.getpid()}" in str(refused.value) and path in str(refused.value)
+        with SQLiteStore(str(tmp_path / "other.db")).replica_lock():
+            pass  # another file, another replica
+    with SQLiteStore(path).replica_lock():
+        pass  # released with its holder

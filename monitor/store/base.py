@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -152,6 +153,12 @@ class StoreLifecycle(Protocol):
     @abstractmethod
     async def ping(self) -> None:
         """Raise if the store cannot answer a trivial query (readiness)."""
+
+    @abstractmethod
+    def replica_lock(self) -> AbstractContextManager[None]:
+        """Held by the daemon for its whole life, apart from `open`/`close`. A store that
+        serves one replica (a SQLite file) takes an OS lock beside it and raises `StoreLocked`
+        when another process holds it; one that replicas share (PostgreSQL) takes nothing."""
 
 
 

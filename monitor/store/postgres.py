@@ -46,6 +46,7 @@ normally `public`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import time
@@ -686,6 +687,9 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
                 # Left behind, it is deleted by age (`_STAGE_MAX_AGE_S`); no reader sees it.
                 _log.warning("store.sweep_stage_left", store=repr(self), error=str(exc))
         await self._close_pool(pool)
+
+    def replica_lock(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # replicas share it: leases say who works what
 
     async def ping(self) -> None:
         pool = self._open_pool()

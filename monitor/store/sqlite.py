@@ -26,6 +26,9 @@ can only be re-minted while its change is not yet in the snapshot, i.e. within a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import (
@@ -34,6 +37,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -43,7 +47,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import aiosqlite
 import structlog
 
-from monitor.errors import SchemaTooNew, StoreError, StoreNotEmpty
+from monitor.errors import SchemaTooNew, StoreError, StoreLocked, StoreNotEmpty
 from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
 from monitor.store import rows
 from monitor.store.base import (
@@ -473,6 +477,31 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             conn, self._conn = self._conn, None
             if conn is not None:
                 await conn.close()
+
+    @contextlib.contextmanager
+    def replica_lock(self) -> Iterator[None]:
+        """`flock` on `<path>.lock` (not the database: SQLite's own POSIX locks on it must not
+        be disturbed), which the kernel drops when the process dies however it dies; the
+        holder's pid is written in it for the refusal's message."""
+        if self.path == ":memory:":
+            yield
+            return
+        lock_path = Path(f"{self.path}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                raise StoreLocked(
+                    self.path, f"pid {holder}" if holder else "pid unknown"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     async def ping(self) -> None:
         # No lock: SELECT 1 reads nothing another task's transaction could have half-written.
