@@ -219,6 +219,9 @@ class Route(_Model):
 class HttpConfig(_Model):
     listen: str = "127.0.0.1:9464"
     api_token: SecretStr | None = None  # bearer token of the HTTP API (watch); off when unset
+    # The status page (`GET /`) is open to whoever reaches `listen` unless this is set: then a
+    # browser asks for it (basic auth, any user name) or a script sends it as a bearer token.
+    ui_token: SecretStr | None = None
     # Batches watched through the API that Box does not list yet; the watch API answers 429
     # beyond this many.
     max_watched_batches: int = Field(1000, ge=1, le=100_000)

@@ -38,6 +38,7 @@ from monitor.schedule import PollSchedule
 from monitor.store import open_store
 from monitor.store.base import Store
 from monitor.stuck import StuckPolicy
+from monitor.ui import PollingHealth, StatusPage, StatusSources
 from monitor.web import WebServer, build_app
 
 log = structlog.get_logger(__name__)
@@ -260,6 +261,7 @@ class Daemon:
                 watch=self.poller.watch,
                 api_token=cfg.http.api_token,
                 live=self.liveness,
+                ui=self._status_page(),
             ),
             cfg.http.host,
             cfg.http.port,
@@ -398,6 +400,60 @@ class Daemon:
             return True
 
     # -- health ---------------------------------------------------------------------------
+
+    def polling_health(self) -> PollingHealth:
+        """What the status page says about polling: `/readyz`'s view, the budget, Box's errors."""
+        fresh, details = self.schedule.status()
+        auth = self.box.auth.status()
+        requests = errors = 0
+        for family in self.metrics.api_requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    requests += int(sample.value)
+                    if not sample.labels.get("code", "").startswith("2"):
+                        errors += int(sample.value)
+        budget = self.budget
+        return PollingHealth(
+            ready=fresh and auth.ok and self.poller.refusal is None,
+            last_sweep_age_s=details.get("last_sweep_age_s"),
+            max_sweep_age_s=details["max_sweep_age_s"],
+            degradation=details["degradation"],
+            sweep_interval_s=details["sweep_interval_s"],
+            active_interval_s=details["active_interval_s"],
+            last_error=details.get("last_error"),
+            auth=auth.detail,
+            refusal=self.poller.refusal,
+            budget_rate_per_minute=budget.rate_rpm if budget is not None else None,
+            budget_ceiling_per_minute=budget.ceiling_rpm if budget is not None else None,
+            budget_available=budget.available if budget is not None else None,
+            budget_used=budget.used if budget is not None else None,
+            box_requests=requests,
+            box_errors=errors,
+        )
+
+    async def retry_dead(self, notifier: str, event_id: str | None) -> int:
+        """Put dead letters of `notifier` (one event, or all) back in the queue, due now."""
+        count = await self.store.requeue_dead(self.clock(), event_id=event_id, notifier=notifier)
+        if count:
+            log.info("dead_letters_retried", notifier=notifier, event_id=event_id, count=count)
+            self.dispatcher.wake()
+        return count
+
+    def _status_page(self) -> StatusPage:
+        sources = StatusSources(
+            store=self.store,
+            polling=self.polling_health,
+            active=self.poller.followed,
+            notifiers=lambda: list(self._notifiers),
+            retry_dead=self.retry_dead,
+            clock=self.clock,
+        )
+        return StatusPage(
+            sources,
+            ui_token=self.config.http.ui_token,
+            api_token=self.config.http.api_token,
+            monotonic=self.monotonic,
+        )
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         try:

@@ -52,6 +52,7 @@ async def run_demo(duration_s: float | None, http_port: int, registry: NotifierR
             Daemon(demo_config(sim.url, Path(tmp), http_port), registry=registry) as daemon,
         ):
             print(f"docgen-monitor demo: simulated Box at {sim.url}", flush=True)
+            print(f"status page: {daemon.web.url}/", flush=True)
             print(
                 f"metrics: {daemon.web.url}/metrics   readiness: {daemon.web.url}/readyz",
                 flush=True,

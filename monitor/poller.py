@@ -154,6 +154,7 @@ class Poller:
         self.clock = clock  # wall: a sweep's start is compared with stored sighting times
         self.monotonic = monotonic  # the active set's ages, watch deadlines and retries
         self.active: dict[str, _Active] = {}
+        self.watched: set[str] = set()  # active batches that came through `watch` (the page)
         self.last_sweep_requests = 0
         #: Why the last complete sweep was refused as a mass change (None: it was not).
         self.refusal: str | None = None
@@ -388,6 +389,7 @@ class Poller:
                 return False
             entry = self.active[batch_id] = _Active(observed_at=now, next_try_at=now)
         entry.watched_until = now + self.watch_ttl_s
+        self.watched.add(batch_id)
         self.metrics.active_batches.set(len(self.active))
         log.info("batch_watched", batch_id=batch_id)
         return True
@@ -486,6 +488,11 @@ class Poller:
         if batch_id not in self.active:
             self.recorder.forget(batch_id)
         self.metrics.active_batches.set(len(self.active))
+
+    def followed(self) -> dict[str, bool]:
+        """The active set for the status page: batch id -> whether it came through `watch`."""
+        self.watched &= self.active.keys()
+        return {batch_id: batch_id in self.watched for batch_id in self.active}
 
     def detection_lag_s(self) -> float:
         """How stale the oldest observation of an active batch is."""

@@ -2,7 +2,8 @@
 still do its work: 503 with the reason when only a restart can help),
 /readyz (the store answers and polling is fresh), with details as JSON, and the HTTP API:
 `POST /api/v1/watch/batches/{batch_id}` (bearer token; absent when no token is configured).
-A batch id is a Box id, digits only (400 otherwise); a watch the monitor has no room for is 429."""
+A batch id is a Box id, digits only (400 otherwise); a watch the monitor has no room for is 429.
+The status page (`GET /` and `/ui/...`, `/static/...`) lives in `monitor/ui/`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import SecretStr
 
 from monitor.errors import ListenError
+from monitor.ui import StatusPage
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 #: None while the process is alive; else why a supervisor should restart it.
@@ -85,6 +87,7 @@ def build_app(
     watch: WatchFn | None = None,
     api_token: SecretStr | None = None,
     live: LiveCheck = lambda: None,
+    ui: StatusPage | None = None,
 ) -> web.Application:
     app = web.Application()
     app[REGISTRY_KEY] = registry
@@ -97,6 +100,8 @@ def build_app(
         app[WATCH_KEY] = watch
         app[TOKEN_KEY] = api_token
         app.router.add_post(_WATCH_PATTERN, _watch)
+    if ui is not None:
+        ui.add_routes(app)
     return app
 
 

@@ -1,0 +1,62 @@
+// Keeps the status page live: every few seconds, fetch /ui/live (the same server-rendered,
+// escaped HTML as the page) and swap it in. DOMParser never runs scripts, and the page's
+// Content-Security-Policy allows no inline ones. Open <details> stay open across updates.
+"use strict";
+(function () {
+  var EVERY_MS = 3000;
+  var failures = 0;
+
+  function state(text) {
+    var el = document.getElementById("live-state");
+    if (el) { el.textContent = text; }
+  }
+
+  // A <details> is known by the data-key of the element that holds it (a failure group).
+  function key(details) {
+    var owner = details.closest("[data-key]");
+    return owner ? owner.getAttribute("data-key") : null;
+  }
+
+  function openDetails(root) {
+    var open = [];
+    root.querySelectorAll("details[open]").forEach(function (d) { open.push(key(d)); });
+    return open;
+  }
+
+  function reopen(root, open) {
+    root.querySelectorAll("details").forEach(function (d) {
+      if (open.indexOf(key(d)) >= 0) { d.open = true; }
+    });
+  }
+
+  function update() {
+    fetch("/ui/live", {credentials: "same-origin", cache: "no-store"})
+      .then(function (resp) {
+        if (!resp.ok) { throw new Error("HTTP " + resp.status); }
+        return resp.text();
+      })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("live");
+        var current = document.getElementById("live");
+        if (!fresh || !current) { throw new Error("no live section"); }
+        var open = openDetails(current);
+        current.replaceWith(document.adoptNode(fresh));
+        reopen(fresh, open);
+        failures = 0;
+        state("· live");
+      })
+      .catch(function () {
+        failures += 1;
+        state("· cannot reach the monitor (" + failures + "), retrying");
+      })
+      .finally(function () {
+        window.setTimeout(update, EVERY_MS * Math.min(failures + 1, 10));
+      });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    state("· live");
+    window.setTimeout(update, EVERY_MS);
+  });
+})();
