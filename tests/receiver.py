@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,8 @@ class Delivery:
     event_id: str
     headers: dict[str, str]
     body: dict[str, Any]
-    received_at: float
+    received_at: float  # when it was accepted (answered)
+    arrived_at: float = 0.0  # when its request came in (before any stall)
 
 
 @dataclass
@@ -34,6 +36,10 @@ class WebhookReceiver:
     fail_after: int | None = None  # ...or once this many deliveries were accepted
     retry_after: str | None = None
     stall_s: float = 0.0
+    delay_s: Callable[[str], float] | None = None  # a stall per Idempotency-Key (reorders answers)
+    fail_once: set[str] = field(default_factory=set)  # refuse these keys' first request (500)
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most requests it held at once
     _runner: web.AppRunner | None = None
     url: str = ""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -54,9 +60,25 @@ class WebhookReceiver:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, time.time())
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, arrived_at: float) -> web.Response:
         raw = await request.read()
+        key = request.headers.get("Idempotency-Key", "")
         if self.stall_s:
             await asyncio.sleep(self.stall_s)
+        if self.delay_s is not None:
+            await asyncio.sleep(self.delay_s(key))
+        if key in self.fail_once:
+            self.fail_once.discard(key)
+            self.refused += 1
+            self._changed.set()
+            return web.Response(status=500, text="not this time")
         full = self.fail_after is not None and len(self.deliveries) >= self.fail_after
         if self.fail_remaining > 0 or self.fail_status is not None or full:
             self.fail_remaining = max(0, self.fail_remaining - 1)
@@ -74,7 +96,7 @@ class WebhookReceiver:
                 return web.Response(status=401, text="bad signature")
         body = orjson.loads(raw)
         self.deliveries.append(Delivery(request.headers["Idempotency-Key"],
-                                        dict(request.headers), body, time.time()))
+                                        dict(request.headers), body, time.time(), arrived_at))
         self._changed.set()
         return web.Response(status=204)
 

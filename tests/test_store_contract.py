@@ -455,6 +455,33 @@ async def test_concurrent_claims_never_hand_out_one_row_twice(store: Store) -> N
     assert sorted(claimed) == [f"e{i:02d}" for i in range(10)]
 
 
+async def test_a_claim_in_job_order_holds_an_event_behind_its_jobs_earlier_one(
+    store: Store,
+) -> None:
+    """With `job_order`, a job's next event is claimable only once the one before it is
+    delivered or dead (in flight and in retry both hold it); other jobs go on."""
+    await emit(store, "j1:a", "j2:a", "j1:b", "j1:c")
+    assert ids(await store.claim_due("slack", T0, 10, LEASE_S, job_order=True)) == [
+        "j1:a", "j2:a"]
+    assert await store.claim_due("slack", T0, 10, LEASE_S, job_order=True) == []
+    await store.mark_delivered("j2:a", "slack")
+    await store.mark_failed("j1:a", "slack", "HTTP 500", T0 + 60)
+    assert await store.claim_due("slack", T0 + 1, 10, LEASE_S, job_order=True) == []
+    assert await store.next_due_at("slack") == T0  # j1:b, due by itself...
+    assert await store.next_due_at("slack", job_order=True) == T0 + 60  # ...held behind j1:a
+    assert ids(await store.claim_due("slack", T0 + 60, 10, LEASE_S, job_order=True)) == ["j1:a"]
+    await store.mark_delivered("j1:a", "slack")
+    assert ids(await store.claim_due("slack", T0 + 60, 10, LEASE_S, job_order=True)) == ["j1:b"]
+    await store.mark_failed("j1:b", "slack", "gone for good", None)  # dead: holds nothing
+    assert ids(await store.claim_due("slack", T0 + 60, 10, LEASE_S, job_order=True)) == ["j1:c"]
+
+
+async def test_a_claim_without_job_order_takes_every_due_event_of_a_job(store: Store) -> None:
+    """Grouped notifiers claim a job's events together (one digest holds them all)."""
+    await emit(store, "j1:a", "j1:b")
+    assert ids(await store.claim_due("slack", T0, 10, LEASE_S)) == ["j1:a", "j1:b"]
+
+
 # -- outbox: failures, retries, dead letters --------------------------------------------------
 
 

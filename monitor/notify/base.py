@@ -34,10 +34,13 @@ class NotifierConfig(NotifierSpec):
     Grouping, as Alertmanager users know it: with `group_by` set (a list, possibly empty for
     one group of everything), events are sent together per group: the first time
     `group_wait` after the group's oldest event, then at most once per `group_interval`.
-    `group_by: null` (the default for webhook and console) sends one event per `send`."""
+    `group_by: null` (the default for webhook and console) sends one event per `send`, up to
+    `concurrency` sends at once; the events of one job still go one after another, in order
+    (a grouped notifier sends one group at a time)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_attempts: int | None = Field(None, ge=1)  # None: `delivery.max_attempts` (off: None)
+    concurrency: int = Field(16, ge=1, le=1000)
     timeout: PositiveDurationS | None = None
     group_by: list[GroupField] | None = None
     group_wait: DurationS = 0.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import structlog
 
@@ -112,43 +112,41 @@ class Dispatcher:
         )
 
     async def _worker(self, notifier: Notifier) -> None:
-        wake = self._wake[notifier.name]
         # One worker per notifier owns its claims, so an expired lease cannot put a second
         # sender on a row; the lease only decides how soon a crashed process's rows come back.
         lease_s = notifier.timeout_s + 5
-        grouped = notifier.config.group_by is not None
-        if grouped:
-            # Rows a crashed process still held would come back only after their lease, and
-            # a group flushed without them would be split (a second digest mail).
-            try:
-                await self.store.release_claims(notifier.name, self.clock())
-            except Exception:
-                log.exception("release_claims_failed", notifier=notifier.name)
+        if notifier.config.group_by is None:
+            await _Stream(self, notifier, lease_s).run()
+            return
+        # Rows a crashed process still held would come back only after their lease, and
+        # a group flushed without them would be split (a second digest mail).
+        try:
+            await self.store.release_claims(notifier.name, self.clock())
+        except Exception:
+            log.exception("release_claims_failed", notifier=notifier.name)
         # A group is judged on all its due rows at once: claim enough to see a whole batch.
-        limit = max(self.claim_limit, GROUP_CLAIM_LIMIT) if grouped else self.claim_limit
+        limit = max(self.claim_limit, GROUP_CLAIM_LIMIT)
         while not self._stopping:
-            wake.clear()
+            self._wake[notifier.name].clear()
             try:
                 rows = await self.store.claim_due(notifier.name, self.clock(), limit, lease_s)
-                if grouped:
-                    await self._deliver_groups(notifier, rows)
-                else:
-                    for row in rows:
-                        if self._stopping:
-                            break  # the rest stay claimed and are retried after the lease
-                        await self._deliver(notifier, [row])
+                await self._deliver_groups(notifier, rows)
                 if rows:
                     continue
                 next_due = await self.store.next_due_at(notifier.name)
             except Exception:
                 log.exception("delivery_loop_failed", notifier=notifier.name)
                 next_due = None
-            wait_s = IDLE_RECHECK_S
-            if next_due is not None:
-                wait_s = min(max(next_due - self.clock(), 0.0), IDLE_RECHECK_S)
-            if wait_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), wait_s)
+            await self._idle(notifier.name, next_due)
+
+    async def _idle(self, name: str, next_due: float | None) -> None:
+        """Wait for a wake-up, the next due row, or IDLE_RECHECK_S, whichever comes first."""
+        wait_s = IDLE_RECHECK_S
+        if next_due is not None:
+            wait_s = min(max(next_due - self.clock(), 0.0), IDLE_RECHECK_S)
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake[name].wait(), wait_s)
 
     async def _deliver_groups(self, notifier: Notifier, rows: list[OutboxEntry]) -> None:
         """Send each group that is due; put the others back until they are. The timing state
@@ -174,7 +172,11 @@ class Dispatcher:
             await self._deliver(notifier, members, key)
 
     async def _deliver(
-        self, notifier: Notifier, rows: list[OutboxEntry], group: str | None = None
+        self,
+        notifier: Notifier,
+        rows: list[OutboxEntry],
+        group: str | None = None,
+        marks: MarkBatcher | None = None,
     ) -> None:
         first = rows[0].event
         with structlog.contextvars.bound_contextvars(
@@ -192,7 +194,7 @@ class Dispatcher:
                 log.exception("notifier_raised")
                 result = DeliveryResult.failed(f"notifier raised {type(exc).__name__}")
             # Recording the outcome must survive a cancellation that arrives mid-write.
-            await asyncio.shield(self._record(notifier, rows, result, group))
+            await asyncio.shield(self._record(notifier, rows, result, group, marks))
 
     async def _record(
         self,
@@ -200,6 +202,7 @@ class Dispatcher:
         rows: list[OutboxEntry],
         result: DeliveryResult,
         group: str | None,
+        marks: MarkBatcher | None = None,
     ) -> None:
         """Write down what `send` said, in a few transactions whatever the number of rows, and
         with sets of ids: a group is up to GROUP_CLAIM_LIMIT rows, on the event loop."""
@@ -212,7 +215,10 @@ class Dispatcher:
             await self.store.defer(notifier.name, held, now + hold_s)
         sent = [r for r in rows if r.event.id not in result.held]
         delivered = {r.event.id for r in sent if result.ok or r.event.id in result.settled}
-        await self.store.mark_delivered_many(notifier.name, list(delivered))
+        if marks is not None and delivered:
+            await marks.mark(delivered)
+        else:
+            await self.store.mark_delivered_many(notifier.name, list(delivered))
         if delivered:
             self.metrics.notifications.labels(notifier.name, "delivered").inc(len(delivered))
             log.info("events_delivered", count=len(delivered), detail=result.detail)
@@ -286,3 +292,105 @@ def group_key(event: Event, group_by: Sequence[str]) -> str:
         "to_status": event.to_status,
     }
     return "|".join(f"{field}={values[field] or ''}" for field in group_by)
+
+
+class MarkBatcher:
+    """Delivered marks written together: while one write runs, the marks of the sends that
+    finish meanwhile gather for the next one, so N concurrent sends cost far fewer than N
+    transactions (one fsync each). `mark` returns once its ids are written; the write runs in
+    its own task, so a sender cancelled mid-write does not cancel the record of its send."""
+
+    def __init__(self, store: DeliveryStore, notifier: str) -> None:
+        self.store = store
+        self.notifier = notifier
+        self._ids: list[str] = []
+        self._written: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def mark(self, event_ids: Iterable[str]) -> None:
+        self._ids.extend(event_ids)
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+        written = self._written
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name=f"marks:{self.notifier}")
+        await asyncio.shield(written)
+
+    async def _write(self) -> None:
+        while self._ids:
+            ids, written = self._ids, self._written
+            self._ids, self._written = [], None
+            assert written is not None
+            try:
+                await self.store.mark_delivered_many(self.notifier, ids)
+            except Exception as exc:  # each waiting sender logs it; its rows come back later
+                written.set_exception(exc)
+                written.exception()  # retrieved: no "never retrieved" warning if none waits
+            else:
+                written.set_result(None)
+
+
+class _Stream:
+    """The worker of a notifier that sends one event per `send`: up to `concurrency` sends in
+    flight, fed by claims in job order (the store hands out a job's next event only once the
+    one before it is delivered or dead, so events of one job never overtake each other, even
+    across retries and restarts). The claim asks only for free slots: a claimed row starts at
+    once, so its lease covers its send."""
+
+    def __init__(self, dispatcher: Dispatcher, notifier: Notifier, lease_s: float) -> None:
+        self.dispatcher = dispatcher
+        self.notifier = notifier
+        self.lease_s = lease_s
+        self.marks = MarkBatcher(dispatcher.store, notifier.name)
+        self.in_flight: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        d, name = self.dispatcher, self.notifier.name
+        try:
+            while not d._stopping:
+                d._wake[name].clear()
+                next_due: float | None = None
+                try:
+                    started = await self._start_due()
+                    free = self.notifier.config.concurrency - len(self.in_flight)
+                    if started and free > 0:
+                        continue
+                    if free > 0:
+                        next_due = await d.store.next_due_at(name, job_order=True)
+                except Exception:
+                    log.exception("delivery_loop_failed", notifier=name)
+                await d._idle(name, next_due)
+        except asyncio.CancelledError:
+            for task in self.in_flight.values():  # past the drain deadline: their rows come back
+                task.cancel()
+            raise
+        finally:
+            # Stopping: the sends in flight finish (the dispatcher's drain deadline bounds it).
+            await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+
+    async def _start_due(self) -> int:
+        """Claim as many rows as there are free slots and start sending each; how many."""
+        d = self.dispatcher
+        free = self.notifier.config.concurrency - len(self.in_flight)
+        if free <= 0:
+            return 0
+        rows = await d.store.claim_due(
+            self.notifier.name, d.clock(), free, self.lease_s, job_order=True
+        )
+        started = 0
+        for row in rows:
+            if row.event.id in self.in_flight:
+                continue  # its lease ran out while it was still being sent: it is not lost
+            task = asyncio.create_task(self._send(row), name=f"send:{row.event.id}")
+            self.in_flight[row.event.id] = task
+            started += 1
+        return started
+
+    async def _send(self, row: OutboxEntry) -> None:
+        try:
+            await self.dispatcher._deliver(self.notifier, [row], marks=self.marks)
+        except Exception:
+            log.exception("delivery_record_failed", notifier=self.notifier.name)
+        finally:
+            del self.in_flight[row.event.id]
+            self.dispatcher._wake[self.notifier.name].set()  # a slot is free; the job may go on

@@ -289,12 +289,17 @@ class OutboxStore(Protocol):
 
     @abstractmethod
     async def claim_due(
-        self, notifier: str, now: float, limit: int, lease_s: float
+        self, notifier: str, now: float, limit: int, lease_s: float, *, job_order: bool = False
     ) -> list[OutboxEntry]:
         """Mark up to `limit` due rows of `notifier` as claimed until `now + lease_s` and return
         them, oldest event first (commit time, then the order given to `commit`). Due: pending
         with `next_attempt_at <= now`, or claimed with an expired lease, `claimed_until <= now`
-        (a crashed sender's work). Claiming does not count as an attempt."""
+        (a crashed sender's work). Claiming does not count as an attempt.
+
+        `job_order`: a row is claimable only when no earlier event of its job is still owed to
+        `notifier` (pending, due or not, or claimed); dead or delivered ones do not hold it.
+        So at most one event per job is claimed, and concurrent senders keep each job's order,
+        across retries and restarts."""
 
     @abstractmethod
     async def mark_delivered(self, event_id: str, notifier: str) -> None:
@@ -338,9 +343,10 @@ class OutboxStore(Protocol):
         Ignored for delivered or dead rows."""
 
     @abstractmethod
-    async def next_due_at(self, notifier: str) -> float | None:
+    async def next_due_at(self, notifier: str, *, job_order: bool = False) -> float | None:
         """Earliest `next_attempt_at` of pending rows or lease expiry of claimed rows (dead
-        rows are never due), or None when there is none."""
+        rows are never due), or None when there is none. `job_order`: of the rows a claim in
+        job order could take (a row held behind its job's earlier event is due no sooner)."""
 
     @abstractmethod
     async def release_claims(self, notifier: str, now: float) -> int:

@@ -91,6 +91,7 @@ from monitor.store.rows import (
     copy_target,
     entry_from_row,
     job_from_row,
+    job_order_sql,
     job_to_row,
     truncate_error,
 )
@@ -143,6 +144,8 @@ $$"""
 
 # Ordered schema steps; step i takes the schema from version i to version i + 1, in one
 # transaction. Never edit a released step: append a new one (and SQLite's twin).
+# The job an event is about, as the index `events_job_seq` spells it (NULL for batch events).
+_EVENT_JOB_ID = "(payload::jsonb -> 'job' ->> 'id')"
 MIGRATIONS: tuple[Migration, ...] = (
     (
         """CREATE TABLE jobs (
@@ -299,6 +302,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE outbox ADD COLUMN claim_owner TEXT",
         "ALTER TABLE outbox ADD COLUMN claim_epoch BIGINT",
     ),
+    # v9: a job's events by their order (a claim in job order finds a row's earlier ones).
+    (f"CREATE INDEX events_job_seq ON events (({_EVENT_JOB_ID}), seq)",),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -419,7 +424,7 @@ _CLAIM = (
     "WITH due AS (SELECT o.event_id, e.created_at, e.seq "  # noqa: S608 (constant names)
     f"{_ENTRY_FROM} WHERE o.notifier = $1 AND ("
     "(o.state = 'pending' AND o.next_attempt_at <= $2) "
-    "OR (o.state = 'claimed' AND o.claimed_until <= $2)) "
+    "OR (o.state = 'claimed' AND o.claimed_until <= $2)){job_head} "
     f"{_OLDEST_FIRST} LIMIT $3 FOR UPDATE OF o SKIP LOCKED), "
     "claimed AS (UPDATE outbox o SET state = 'claimed', claimed_until = $4, updated_at = $2, "
     "claim_owner = $5, claim_epoch = $6 "
@@ -428,6 +433,15 @@ _CLAIM = (
     f"SELECT {_ENTRY_COLUMNS} FROM claimed o JOIN events e ON e.id = o.event_id "
     "ORDER BY o.created_at_, o.seq_"
 )
+_NEXT_DUE = (
+    "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at ELSE claimed_until END) "
+    "FROM outbox WHERE notifier = $1 AND state IN ('pending', 'claimed')"
+)
+_JOB_HEAD, _NEXT_DUE_IN_JOB_ORDER = job_order_sql(_EVENT_JOB_ID, "$1")
+_CLAIMS = {
+    False: _CLAIM.replace("{job_head}", ""),
+    True: _CLAIM.replace("{job_head}", _JOB_HEAD),
+}
 
 # Leases: times by the server's clock, in unix seconds like every other time column.
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
@@ -902,7 +916,7 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
     # -- outbox -----------------------------------------------------------------------------
 
     async def claim_due(
-        self, notifier: str, now: float, limit: int, lease_s: float
+        self, notifier: str, now: float, limit: int, lease_s: float, *, job_order: bool = False
     ) -> list[OutboxEntry]:
         if limit <= 0:
             return []
@@ -910,7 +924,9 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
         async def fn(conn: _Conn) -> list[OutboxEntry]:
             fence = self._fence
             owner, epoch = (None, None) if fence is None else (fence.owner, fence.epoch)
-            rows = await conn.fetch(_CLAIM, notifier, now, limit, now + lease_s, owner, epoch)
+            rows = await conn.fetch(
+                _CLAIMS[job_order], notifier, now, limit, now + lease_s, owner, epoch
+            )
             return [entry_from_row(row, OutboxState.CLAIMED) for row in rows]
 
         return await self._write("claim_due", fn)
@@ -950,14 +966,11 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
     async def mark_throttled(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
         await self._defer("mark_throttled", _THROTTLE, notifier, event_ids, until)
 
-    async def next_due_at(self, notifier: str) -> float | None:
+    async def next_due_at(self, notifier: str, *, job_order: bool = False) -> float | None:
+        sql = _NEXT_DUE_IN_JOB_ORDER if job_order else _NEXT_DUE
+
         async def fn(conn: _Conn) -> float | None:
-            value = await conn.fetchval(
-                "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at "
-                "ELSE claimed_until END) FROM outbox "
-                "WHERE notifier = $1 AND state IN ('pending', 'claimed')",
-                notifier,
-            )
+            value = await conn.fetchval(sql, notifier)
             return None if value is None else float(value)
 
         return await self._read("next_due_at", fn)

@@ -120,3 +120,24 @@ def copy_target(chunk: TableChunk) -> tuple[str, str]:
     if bad or not chunk.columns:
         raise StoreError(f"load_tables: {chunk.table} has no plain column names: {bad!r}")
     return chunk.table, ", ".join(chunk.columns)
+
+
+def job_order_sql(event_job_id: str, notifier_param: str) -> tuple[str, str]:
+    """The SQL of a claim in job order, given the backend's spelling of an event's job id (an
+    expression over `payload`, the one its index `events_job_seq` is built on) and of the
+    notifier parameter: the condition that holds a row while an earlier event of its job is
+    still owed to the same notifier (pending, in retry or in flight; a dead one holds
+    nothing), and `next_due_at` over the rows that condition lets through."""
+    # Both built from the backend's constants only: no value from outside reaches the text.
+    job_head = (
+        " AND NOT EXISTS (SELECT 1 FROM events p JOIN outbox q ON q.event_id = p.id "  # noqa: S608
+        f"AND q.notifier = o.notifier WHERE {event_job_id.replace('payload', 'p.payload')} = "
+        f"{event_job_id.replace('payload', 'e.payload')} AND p.seq < e.seq "
+        "AND q.state IN ('pending', 'claimed'))"
+    )
+    next_due = (
+        "SELECT MIN(CASE o.state WHEN 'pending' THEN o.next_attempt_at ELSE o.claimed_until END) "  # noqa: S608
+        "FROM outbox o JOIN events e ON e.id = o.event_id "
+        f"WHERE o.notifier = {notifier_param} AND o.state IN ('pending', 'claimed'){job_head}"
+    )
+    return job_head, next_due

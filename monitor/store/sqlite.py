@@ -66,7 +66,7 @@ from monitor.store.base import (
 )
 from monitor.store.fencing import Fencing
 from monitor.store.rows import JOB_COLUMNS as _JOB_COLUMNS
-from monitor.store.rows import copy_target
+from monitor.store.rows import copy_target, job_order_sql
 from monitor.store.rows import entry_from_row as _entry
 from monitor.store.rows import job_from_row as _job
 from monitor.store.rows import job_to_row as _job_row
@@ -87,6 +87,8 @@ _COUNT_IN = (
     "INSERT INTO outbox_delivered (notifier, n) VALUES (new.notifier, 1) "
     "ON CONFLICT (notifier) DO UPDATE SET n = n + 1;"
 )
+# The job an event is about, as the index `events_job_seq` spells it (NULL for batch events).
+_EVENT_JOB_ID = "json_extract(payload, '$.job.id')"
 _COUNT_OUT = "UPDATE outbox_delivered SET n = n - 1 WHERE notifier = old.notifier;"
 
 # Ordered schema steps; step i takes the schema from version i to version i + 1, in one
@@ -245,6 +247,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE outbox ADD COLUMN claim_owner TEXT",
         "ALTER TABLE outbox ADD COLUMN claim_epoch INTEGER",
     ),
+    # Version 9 (concurrent delivery): a job's events by their order, so that a claim in job
+    # order finds the earlier events of a row's job (an index on the payload's job id: no new
+    # column, so a row written by the previous build needs nothing filled in).
+    (f"CREATE INDEX events_job_seq ON events ({_EVENT_JOB_ID}, seq)",),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -338,6 +344,11 @@ _ENTRY_COLUMNS = (
 _ENTRY_WIDTH = 7
 _ENTRY_FROM = "FROM outbox o JOIN events e ON e.id = o.event_id"
 _OLDEST_FIRST = "ORDER BY e.created_at, e.seq, o.notifier"
+_NEXT_DUE = (
+    "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at ELSE claimed_until END) "
+    "FROM outbox WHERE notifier = ? AND state IN ('pending', 'claimed')"
+)
+_JOB_HEAD, _NEXT_DUE_IN_JOB_ORDER = job_order_sql(_EVENT_JOB_ID, "?")
 
 
 async def _rows_in(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> list[Any]:
@@ -697,7 +708,7 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
     # -- outbox -----------------------------------------------------------------------------
 
     async def claim_due(
-        self, notifier: str, now: float, limit: int, lease_s: float
+        self, notifier: str, now: float, limit: int, lease_s: float, *, job_order: bool = False
     ) -> list[OutboxEntry]:
         if limit <= 0:
             return []
@@ -707,7 +718,7 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
                 f"SELECT {_ENTRY_COLUMNS}, o.event_id {_ENTRY_FROM} WHERE o.notifier = ? AND ("
                 "(o.state = 'pending' AND o.next_attempt_at <= ?)"
                 " OR (o.state = 'claimed' AND o.claimed_until <= ?)"
-                f") {_OLDEST_FIRST} LIMIT ?"
+                f"){_JOB_HEAD if job_order else ''} {_OLDEST_FIRST} LIMIT ?"
             )
             async with conn.execute(sql, (notifier, now, now, limit)) as cur:
                 rows = list(await cur.fetchall())
@@ -766,14 +777,11 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
     async def mark_throttled(self, notifier: str, event_ids: Sequence[str], until: float) -> None:
         await self._defer("mark_throttled", _THROTTLE, notifier, event_ids, until)
 
-    async def next_due_at(self, notifier: str) -> float | None:
+    async def next_due_at(self, notifier: str, *, job_order: bool = False) -> float | None:
+        sql = _NEXT_DUE_IN_JOB_ORDER if job_order else _NEXT_DUE
+
         async def fn(conn: aiosqlite.Connection) -> float | None:
-            async with conn.execute(
-                "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at "
-                "ELSE claimed_until END) FROM outbox "
-                "WHERE notifier = ? AND state IN ('pending', 'claimed')",
-                (notifier,),
-            ) as cur:
+            async with conn.execute(sql, (notifier,)) as cur:
                 row = await cur.fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
