@@ -237,7 +237,8 @@ def _state_migrate(from_arg: str, to_arg: str, replace: bool) -> int:
     import os
 
     from monitor.config import expand_vars, url_without_password
-    from monitor.store.migrate import NothingToMigrate, migrate_state
+    from monitor.errors import StoreLocked
+    from monitor.store.migrate import NothingToMigrate, StoreInUse, migrate_state
     from monitor.store.registry import check_url
 
     urls: dict[str, str] = {}
@@ -265,7 +266,7 @@ def _state_migrate(from_arg: str, to_arg: str, replace: bool) -> int:
         return fail(EXIT_CONFIG, "\n  ".join(["invalid arguments:", *problems]))
     try:
         copied = asyncio.run(migrate_state(urls["--from"], urls["--to"], replace=replace))
-    except (StoreNotEmpty, NothingToMigrate, IdentityMismatch) as exc:
+    except (StoreNotEmpty, NothingToMigrate, StoreLocked, StoreInUse) as exc:
         return fail(EXIT_CONFIG, str(exc))
     except MonitorError as exc:
         return fail(EXIT_FAILURE, str(exc))

@@ -7,6 +7,7 @@ subprocess."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import sys
 from dataclasses import replace
@@ -302,3 +303,23 @@ async def test_an_unreachable_target_fails_with_exit_1_naming_it_without_its_pas
     assert code == 1 and out == ""
     assert f"127.0.0.1:{unused_tcp_port}" in err and "monitor:**********@" in err
     assert PASSWORD not in err and "Traceback" not in err
+
+
+async def test_a_store_a_daemon_runs_on_is_refused_sqlite_by_its_lock_postgresql_by_a_lease(
+    populated: Path, pg_backend: PostgresBackend
+) -> None:
+    """A copy of a store in use would miss what the daemon writes after it (or write under
+    it): a SQLite file whose replica lock is held, and a PostgreSQL with a live lease, refuse."""
+    with SQLiteStore(str(populated)).replica_lock():  # as `docgen-monitor run` holds it
+        code, out, err = await migrate("--from", f"sqlite:///{populated}", "--to", pg_backend.url)
+    assert code == 2 and out == ""
+    assert f"another docgen-monitor (pid {os.getpid()}) is running" in err
+
+    async with PostgresStore(pg_backend.url) as running:
+        fence = await running.acquire_lease("default", "replica-a", 60.0)
+        assert fence is not None
+        code, _, err = await migrate("--from", f"sqlite:///{populated}", "--to", pg_backend.url)
+        assert code == 2 and "replicas are running on" in err and "lease of default" in err
+        await running.release_lease(fence)
+    code, _, err = await migrate("--from", f"sqlite:///{populated}", "--to", pg_backend.url)
+    assert code == 0, err

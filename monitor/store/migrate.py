@@ -28,13 +28,22 @@ class NothingToMigrate(StoreError):
         super().__init__(f"the source store {where} {why}; nothing was copied")
 
 
+class StoreInUse(StoreError):
+    def __init__(self, where: str, accounts: list[str]) -> None:
+        super().__init__(
+            f"replicas are running on {where} (they hold the lease of {', '.join(accounts)}); "
+            "stop them first; nothing was copied"
+        )
+
+
 async def migrate_state(
     from_url: str, to_url: str, *, replace: bool = False, chunk_rows: int = CHUNK_ROWS
 ) -> dict[str, int]:
     """Copy every table `COPIED_TABLES` names from the store at `from_url` into the one at
     `to_url`; returns rows per table. Raises `StoreNotEmpty` when the target holds state and
     not `replace`, `NothingToMigrate` for a missing or empty source or one URL for both,
-    `StoreError` when either store fails (then the target is unchanged)."""
+    `StoreLocked` or `StoreInUse` while a daemon runs on either, `StoreError` when either
+    store fails (then the target is unchanged)."""
     source, target = open_store(from_url), open_store(to_url)
     if from_url == to_url:
         raise NothingToMigrate(url_without_password(from_url), "is also the target")
@@ -43,12 +52,18 @@ async def migrate_state(
         Path(source.path).is_file
     ):
         raise NothingToMigrate(repr(source), "does not exist")
-    async with source, target, aclosing(source.dump_tables(chunk_rows)) as chunks:
-        # Looked at before the target is touched: `replace` must not empty it for nothing.
-        first = await anext(chunks, None)
-        if first is None:
-            raise NothingToMigrate(repr(source), "holds no state")
-        return await target.load_tables(_chain(first, chunks), replace=replace)
+    # A daemon running on either store would go on writing what the copy does not see (or
+    # under it): a SQLite file's replica lock refuses while one runs, a live lease says so.
+    with source.replica_lock(), target.replica_lock():
+        async with source, target, aclosing(source.dump_tables(chunk_rows)) as chunks:
+            for store in (source, target):
+                if live := sorted(a for a, lease in (await store.leases()).items() if lease.live):
+                    raise StoreInUse(repr(store), live)
+            # Looked at before the target is touched: `replace` must not empty it for nothing.
+            first = await anext(chunks, None)
+            if first is None:
+                raise NothingToMigrate(repr(source), "holds no state")
+            return await target.load_tables(_chain(first, chunks), replace=replace)
 
 
 async def _chain(first: TableChunk, rest: AsyncIterator[TableChunk]) -> AsyncIterator[TableChunk]:
