@@ -33,7 +33,7 @@ from monitor.notify.base import Notifier, NotifierRegistry
 from monitor.notify.dispatcher import Dispatcher
 from monitor.notify.router import Router
 from monitor.poller import Poller
-from monitor.recorder import META_LAST_SWEEP_AT, Recorder
+from monitor.recorder import META_BASELINE_AT, META_LAST_SWEEP_AT, Recorder
 from monitor.schedule import PollSchedule
 from monitor.store import open_store
 from monitor.store.base import Store
@@ -439,6 +439,9 @@ class Daemon:
             self.dispatcher.wake()
         return count
 
+    async def _baseline_at(self) -> float | None:
+        return _float_or_none(await self.store.get_meta(META_BASELINE_AT))
+
     def _status_page(self) -> StatusPage:
         sources = StatusSources(
             store=self.store,
@@ -446,6 +449,7 @@ class Daemon:
             active=self.poller.followed,
             notifiers=lambda: list(self._notifiers),
             retry_dead=self.retry_dead,
+            baseline_at=self._baseline_at,
             clock=self.clock,
         )
         return StatusPage(

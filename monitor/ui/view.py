@@ -4,6 +4,7 @@ batches, failure groups, dead letters and notifier health (from the store's read
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -112,20 +113,27 @@ class StatusSources:
     """Where the page reads from: the store's read-only role, and the daemon's live state.
     `active` maps each batch the poller follows to whether it came through the watch API;
     `retry_dead(notifier, event_id)` requeues dead letters (None: all of the notifier's) and
-    answers how many."""
+    answers how many; `baseline_at()` is when the baseline was recorded (its jobs are history,
+    not recent failures), or None."""
 
     store: StatusReader
     polling: Callable[[], PollingHealth]
     active: Callable[[], Mapping[str, bool]]
     notifiers: Callable[[], Collection[str]]
     retry_dead: Callable[[str, str | None], Awaitable[int]]
+    baseline_at: Callable[[], Awaitable[float | None]]
     clock: Callable[[], float] = time.time
 
 
 async def gather(sources: StatusSources) -> StatusView:
     now = sources.clock()
     batches, more = await _batches(sources, now)
-    failed = await sources.store.recent_failures(now - FAILURE_WINDOW_S, MAX_FAILED_JOBS)
+    since = now - FAILURE_WINDOW_S
+    baseline_at = await sources.baseline_at()
+    if baseline_at is not None:
+        # A baseline's rows changed at or before it: a failure after it changed later.
+        since = max(since, math.nextafter(baseline_at, math.inf))
+    failed = await sources.store.recent_failures(since, MAX_FAILED_JOBS)
     return StatusView(
         now=now,
         polling=sources.polling(),

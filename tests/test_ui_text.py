@@ -1,0 +1,46 @@
+"""How the status page formats what it shows: texts from Box lose invisible and reordering
+characters and are bounded; durations read as a person says them; a progress bar's segments
+add up to the batch."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.store.base import BatchSummary
+from monitor.ui.page import MAX_TEXT_CHARS, duration, untrusted
+from monitor.ui.view import BatchView
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("RTL \u202egnp.exe\u202c", "RTL gnp.exe"),
+    ("zero\u200bwidth\u200c\u200d\u2060\ufeff soft\u00adhyphen", "zerowidth softhyphen"),
+    ("a\x1b[2Jb\r\nc", "a[2Jb c"),
+    ("<script>alert(1)</script>", "<script>alert(1)</script>"),  # escaping is the template's
+    ("日本語 ünïcode", "日本語 ünïcode"),
+])
+def test_untrusted_takes_out_invisible_and_control_characters(text: str, shown: str) -> None:
+    assert untrusted(text) == shown
+
+
+def test_untrusted_cuts_a_long_text_and_says_how_much_is_left_out() -> None:
+    shown = untrusted("x" * 10_240)
+    assert shown == "x" * MAX_TEXT_CHARS + f"… ({10_240 - MAX_TEXT_CHARS:,} more characters)"
+    assert untrusted("y" * 50, limit=10) == "y" * 10 + "… (40 more characters)"
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (None, "\u2013"), (0.5, "0.5 s"), (1.9, "1 s"), (59, "59 s"), (61, "1 min 1 s"),
+    (3600, "1 h 0 min"), (90_000, "1 d 1 h"),
+])
+def test_durations_read_as_a_person_says_them(seconds: float | None, shown: str) -> None:
+    assert duration(seconds) == shown
+
+
+def test_a_progress_bar_shows_finished_jobs_first_and_its_segments_fill_it() -> None:
+    summary = BatchSummary("b1", {"pending": 1, "failed": 1, "completed": 2, "weird": 1},
+                           "t1", "pdf", first_seen_at=0.0, changed_at=0.0)
+    view = BatchView("b1", watched=False, summary=summary, elapsed_s=3.0)
+    assert view.segments == [("completed", 2, 0.0), ("failed", 1, 40.0),
+                             ("pending", 1, 60.0), ("weird", 1, 80.0)]
+    assert view.done == 3
+    assert BatchView("b2", watched=True, summary=None, elapsed_s=None).segments == []
