@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from monitor.store import open_store
 from monitor.store.base import Store
 from monitor.store.postgres import PostgresStore
 from monitor.store.sqlite import SQLiteStore
@@ -79,6 +80,22 @@ class StoreBackend(ABC):
         self.built.append(store)
         return store
 
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The URL of this test's database."""
+
+    @abstractmethod
+    def url_beside(self, name: str) -> str:
+        """The URL of a second database beside it (another file or schema), cleaned up with
+        this one."""
+
+    def build_at(self, url: str) -> Store:
+        """A new, unopened store at `url` (this backend's kind)."""
+        store = open_store(url)
+        self.built.append(store)
+        return store
+
     @abstractmethod
     def prepare_empty(self) -> None:
         """Make this test's database exist and hold nothing at all."""
@@ -107,6 +124,13 @@ class SQLiteBackend(StoreBackend):
 
     def _build(self, schema_delta: int) -> Store:
         return of_another_build(SQLiteStore, schema_delta)(str(self.path))
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def url_beside(self, name: str) -> str:
+        return f"sqlite:///{self.path.with_name(f'monitor.{name}.db')}"
 
     def prepare_empty(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +198,21 @@ class PostgresBackend(StoreBackend):
         super().__init__()
         require_postgres()
         self.schema = f"test_{uuid.uuid4().hex[:16]}"
+        self._url = self._schema_url(self.schema)
+        self._beside: list[str] = []
+
+    def _schema_url(self, schema: str) -> str:
         sep = "&" if "?" in POSTGRES_URL else "?"
-        self.url = f"{POSTGRES_URL}{sep}schema={self.schema}&application_name={self.schema}"
+        return f"{POSTGRES_URL}{sep}schema={schema}&application_name={self.schema}"
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def url_beside(self, name: str) -> str:
+        schema = f"{self.schema}_{name}"
+        self._beside.append(schema)
+        return self._schema_url(schema)
 
     @property
     def server(self) -> tuple[str, int]:
@@ -217,7 +254,8 @@ class PostgresBackend(StoreBackend):
 
     async def aclose(self) -> None:
         await super().aclose()
-        await postgres_admin(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        for schema in (self.schema, *self._beside):
+            await postgres_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 BACKENDS: list[Callable[[Path], StoreBackend]] = [SQLiteBackend, PostgresBackend]

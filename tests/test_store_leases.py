@@ -195,3 +195,35 @@ async def test_a_refused_write_cancelled_meanwhile_still_commits_nothing(
         await write
     await a.close()  # waits for the shielded write
     assert await b.load_snapshot() == {}
+
+
+async def test_an_account_store_beside_the_base_is_fenced_by_the_bases_leases(
+    store_backend: StoreBackend,
+) -> None:
+    """An account's own state (another file or schema) is fenced by the lease row every
+    replica takes in the base store."""
+    base, other = await replicas(store_backend)
+    account_url = store_backend.url_beside("acme")
+    mine, theirs = store_backend.build_at(account_url), store_backend.build_at(account_url)
+    for handle in (mine, theirs):
+        handle.share_leases_of(store_backend.url)
+        await handle.open()
+    old = await base.acquire_lease("acme", "a", EXPIRED_S)
+    mine.set_fence(old)
+    await emit(mine, "e1")  # fenced by the base's row, which `mine` holds
+    new = await other.acquire_lease("acme", "b", HELD_S)
+    theirs.set_fence(new)
+    with pytest.raises(LeaseLost):
+        await emit(mine, "e2")
+    await emit(theirs, "e3")
+    assert [e.event.id for e in await theirs.list_outbox(OutboxState.PENDING)] == ["e1", "e3"]
+    assert await base.list_outbox(OutboxState.PENDING) == []  # the base's own state is apart
+
+
+async def test_sharing_its_own_leases_changes_nothing(store_backend: StoreBackend) -> None:
+    store = store_backend.build()
+    store.share_leases_of(store_backend.url)
+    await store.open()
+    store.set_fence(await store.acquire_lease("acme", "a", HELD_S))
+    await emit(store, "e1")
+    assert len(await store.list_outbox(OutboxState.PENDING)) == 1

@@ -549,6 +549,12 @@ class LeaseStore(Protocol):
         """Every account's lease row, by account."""
 
     @abstractmethod
+    def share_leases_of(self, url: str) -> None:
+        """Before `open`: fence checks read the lease table of the store at `url` (the base
+        store whose leases every account shares) instead of this store's own; a no-op for
+        this store's own URL."""
+
+    @abstractmethod
     def set_fence(self, fence: Fence | None) -> None:
         """Check every later write of this handle against `fence` (None: no check)."""
 

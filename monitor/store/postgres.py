@@ -702,6 +702,11 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
                 _log.warning("store.sweep_stage_left", store=repr(self), error=str(exc))
         await self._close_pool(pool)
 
+    def share_leases_of(self, url: str) -> None:
+        if url != self.url:
+            # The base's schema, or the one an account's own schema is named after.
+            self.lease_schema = _parse_url(url).schema or "public"
+
     def replica_lock(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # replicas share it: leases say who works what
 

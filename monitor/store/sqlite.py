@@ -397,6 +397,7 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         self._temp_dir = None if path == ":memory:" else str(Path(path).absolute().parent)
         self._conn: aiosqlite.Connection | None = None
         self._closing = False
+        self._lease_path: str | None = None  # another file whose leases fence this one
         self._lock = asyncio.Lock()
         self._sweep_generation = 0
 
@@ -425,6 +426,8 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         try:
             await self._configure(conn, self._temp_dir)
             await self._migrate(conn)
+            if self._lease_path is not None:
+                await conn.execute("ATTACH DATABASE ? AS shared", (self._lease_path,))
         except BaseException as exc:
             await conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -488,6 +491,13 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             conn, self._conn = self._conn, None
             if conn is not None:
                 await conn.close()
+
+    def share_leases_of(self, url: str) -> None:
+        path = type(self).from_url(url).path
+        same = path == self.path or (
+            path != ":memory:" and Path(path).absolute() == Path(self.path).absolute()
+        )
+        self._lease_path = None if same else path
 
     @contextlib.contextmanager
     def replica_lock(self) -> Iterator[None]:
@@ -563,8 +573,10 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             try:
                 await conn.execute("BEGIN IMMEDIATE")
                 if fence is not None:
+                    table = "leases" if self._lease_path is None else "shared.leases"
                     async with conn.execute(
-                        "SELECT 1 FROM leases WHERE account = ? AND owner = ? AND epoch = ?",
+                        f"SELECT 1 FROM {table} WHERE account = ? AND owner = ? "  # noqa: S608
+                        "AND epoch = ?",
                         (fence.account, fence.owner, fence.epoch),
                     ) as cur:
                         if await cur.fetchone() is None:
