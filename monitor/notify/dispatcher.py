@@ -6,6 +6,7 @@ a crash between send and mark re-sends after the lease, and the receiver drops t
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ log = structlog.get_logger(__name__)
 MAX_RETRY_AFTER_S = 3600.0  # a receiver's longer Retry-After is clamped to this
 IDLE_RECHECK_S = 5.0  # a missed wake-up costs at most this long
 GROUP_CLAIM_LIMIT = 2000
+STREAM_CLAIM_FACTOR = 16  # an ungrouped notifier claims up to this many rows per send slot
 MIN_HOLD_S = 1.0  # events held back come again no sooner: never a busy loop
 _MAX_EXPONENT = 60  # 2 ** 60 seconds outgrows any max_backoff; 2.0 ** 1024 would overflow
 _LOGGED_IDS = 20  # a log line about many events names this many of them
@@ -177,7 +179,10 @@ class Dispatcher:
         rows: list[OutboxEntry],
         group: str | None = None,
         marks: MarkBatcher | None = None,
+        sent: Callable[[], None] | None = None,
     ) -> None:
+        """Send `rows` and record the outcome; `sent` is called between the two (the stream
+        frees the send's slot then: recording is the store's work, not the receiver's)."""
         first = rows[0].event
         with structlog.contextvars.bound_contextvars(
             notifier=notifier.name,
@@ -193,6 +198,8 @@ class Dispatcher:
             except Exception as exc:  # a plugin's bug must not kill the worker
                 log.exception("notifier_raised")
                 result = DeliveryResult.failed(f"notifier raised {type(exc).__name__}")
+            if sent is not None:
+                sent()
             # Recording the outcome must survive a cancellation that arrives mid-write.
             await asyncio.shield(self._record(notifier, rows, result, group, marks))
 
@@ -334,15 +341,22 @@ class _Stream:
     """The worker of a notifier that sends one event per `send`: up to `concurrency` sends in
     flight, fed by claims in job order (the store hands out a job's next event only once the
     one before it is delivered or dead, so events of one job never overtake each other, even
-    across retries and restarts). The claim asks only for free slots: a claimed row starts at
-    once, so its lease covers its send."""
+    across retries and restarts).
+
+    A claim reads every due row to find the oldest, so rows are claimed STREAM_CLAIM_FACTOR
+    slots' worth at a time and queued here. A queued row whose lease runs out before it is
+    sent is claimed again by the next claim; it is ignored then, since it is `known`."""
 
     def __init__(self, dispatcher: Dispatcher, notifier: Notifier, lease_s: float) -> None:
         self.dispatcher = dispatcher
         self.notifier = notifier
         self.lease_s = lease_s
+        self.slots = notifier.config.concurrency
         self.marks = MarkBatcher(dispatcher.store, notifier.name)
-        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        self.queued: collections.deque[OutboxEntry] = collections.deque()
+        self.in_flight: set[str] = set()  # being sent: each holds a slot
+        self.tasks: set[asyncio.Task[None]] = set()  # sending or recording
+        self.known: set[str] = set()  # claimed by this worker and not yet recorded
 
     async def run(self) -> None:
         d, name = self.dispatcher, self.notifier.name
@@ -351,46 +365,71 @@ class _Stream:
                 d._wake[name].clear()
                 next_due: float | None = None
                 try:
-                    started = await self._start_due()
-                    free = self.notifier.config.concurrency - len(self.in_flight)
-                    if started and free > 0:
+                    claimed = await self._claim() if len(self.queued) < self.slots else 0
+                    self._start_queued()
+                    if claimed:
                         continue
-                    if free > 0:
+                    if not self.queued and len(self.in_flight) < self.slots:
                         next_due = await d.store.next_due_at(name, job_order=True)
                 except Exception:
                     log.exception("delivery_loop_failed", notifier=name)
                 await d._idle(name, next_due)
         except asyncio.CancelledError:
-            for task in self.in_flight.values():  # past the drain deadline: their rows come back
+            for task in self.tasks:  # past the drain deadline: their rows come back
                 task.cancel()
             raise
         finally:
-            # Stopping: the sends in flight finish (the dispatcher's drain deadline bounds it).
-            await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+            # Stopping: the sends in flight finish (the dispatcher's drain deadline bounds it),
+            # and the rows never started are handed back at once rather than after their lease.
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.shield(self._release_queued())
 
-    async def _start_due(self) -> int:
-        """Claim as many rows as there are free slots and start sending each; how many."""
+    async def _claim(self) -> int:
+        """Top the queue up; how many new rows it got."""
         d = self.dispatcher
-        free = self.notifier.config.concurrency - len(self.in_flight)
-        if free <= 0:
-            return 0
+        want = STREAM_CLAIM_FACTOR * self.slots - len(self.queued)
         rows = await d.store.claim_due(
-            self.notifier.name, d.clock(), free, self.lease_s, job_order=True
+            self.notifier.name, d.clock(), want, self.lease_s, job_order=True
         )
-        started = 0
-        for row in rows:
-            if row.event.id in self.in_flight:
-                continue  # its lease ran out while it was still being sent: it is not lost
+        fresh = [r for r in rows if r.event.id not in self.known]
+        self.known.update(r.event.id for r in fresh)
+        self.queued.extend(fresh)
+        return len(fresh)
+
+    def _start_queued(self) -> None:
+        while self.queued and len(self.in_flight) < self.slots:
+            row = self.queued.popleft()
+            self.in_flight.add(row.event.id)
             task = asyncio.create_task(self._send(row), name=f"send:{row.event.id}")
-            self.in_flight[row.event.id] = task
-            started += 1
-        return started
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _send(self, row: OutboxEntry) -> None:
+        """Send, free the slot as soon as the receiver answered (the marks of many sends are
+        then written together), and forget the row once its outcome is recorded: until then
+        the store still holds the job's next event back."""
+        event_id = row.event.id
+        wake = self.dispatcher._wake[self.notifier.name]
+
+        def sent() -> None:
+            self.in_flight.discard(event_id)
+            wake.set()
+
         try:
-            await self.dispatcher._deliver(self.notifier, [row], marks=self.marks)
+            await self.dispatcher._deliver(self.notifier, [row], marks=self.marks, sent=sent)
         except Exception:
             log.exception("delivery_record_failed", notifier=self.notifier.name)
         finally:
-            del self.in_flight[row.event.id]
-            self.dispatcher._wake[self.notifier.name].set()  # a slot is free; the job may go on
+            sent()
+            self.known.discard(event_id)
+            wake.set()  # the job's next event may go
+
+    async def _release_queued(self) -> None:
+        ids = [r.event.id for r in self.queued]
+        self.queued.clear()
+        if not ids:
+            return
+        try:
+            await self.dispatcher.store.defer(self.notifier.name, ids, self.dispatcher.clock())
+        except Exception:  # they come back after their lease instead
+            log.exception("release_queued_failed", notifier=self.notifier.name)
