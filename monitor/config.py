@@ -222,6 +222,14 @@ class HttpConfig(_Model):
     # The status page (`GET /`) is open to whoever reaches `listen` unless this is set: then a
     # browser asks for it (basic auth, any user name) or a script sends it as a bearer token.
     ui_token: SecretStr | None = None
+
+    @field_validator("ui_token")
+    @classmethod
+    def _ui_token_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty token would leave the page open to someone who believes it is closed.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (leave it out to keep the page open)")
+        return value
     # Batches watched through the API that Box does not list yet; the watch API answers 429
     # beyond this many.
     max_watched_batches: int = Field(1000, ge=1, le=100_000)

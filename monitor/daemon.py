@@ -402,7 +402,8 @@ class Daemon:
     # -- health ---------------------------------------------------------------------------
 
     def polling_health(self) -> PollingHealth:
-        """What the status page says about polling: `/readyz`'s view, the budget, Box's errors."""
+        """What the status page says about polling: `/readyz`'s view, the budget, Box's errors
+        (answers other than 2xx, and none at all; a 404 is how Box confirms a job is gone)."""
         fresh, details = self.schedule.status()
         auth = self.box.auth.status()
         requests = errors = 0
@@ -410,7 +411,7 @@ class Daemon:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
                     requests += int(sample.value)
-                    if not sample.labels.get("code", "").startswith("2"):
+                    if not sample.labels.get("code", "").startswith(("2", "404")):
                         errors += int(sample.value)
         budget = self.budget
         return PollingHealth(

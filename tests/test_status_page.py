@@ -225,6 +225,7 @@ async def test_a_dead_letter_leaves_the_page_after_its_retry_button_is_clicked(
     await page.fill("#api_token", API_TOKEN)
     await page.click("text=Sign in for actions")
     await expect(page.locator("#notice")).to_contain_text("Signed in")
+    await expect(page).to_have_url(re.compile(r"/#notice$"))  # a reload shows no old notice
 
     world.receiver.fail_status = None
     target = letters.first

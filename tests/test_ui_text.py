@@ -1,11 +1,15 @@
 """How the status page formats what it shows: texts from Box lose invisible and reordering
 characters and are bounded; durations read as a person says them; a progress bar's segments
-add up to the batch."""
+add up to the batch. And its one setting, `http.ui_token`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from monitor.config import load_config
+from monitor.errors import ConfigError
 from monitor.store.base import BatchSummary
 from monitor.ui.page import MAX_TEXT_CHARS, duration, untrusted
 from monitor.ui.view import BatchView
@@ -44,3 +48,17 @@ def test_a_progress_bar_shows_finished_jobs_first_and_its_segments_fill_it() -> 
                              ("pending", 1, 60.0), ("weird", 1, 80.0)]
     assert view.done == 3
     assert BatchView("b2", watched=True, summary=None, elapsed_s=None).segments == []
+
+
+def test_an_empty_ui_token_is_refused_rather_than_leaving_the_page_open(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        'box: {auth: {method: developer_token, token: "t"}}\n'
+        'state: {url: "sqlite:////tmp/x/state.db"}\n'
+        'http: {listen: "127.0.0.1:9464", ui_token: "${UI_TOKEN}"}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"UI_TOKEN": " "})
+    (problem,) = info.value.problems
+    assert problem.startswith("http.ui_token: ") and "must not be empty" in problem
+    assert load_config(path, env={"UI_TOKEN": "s3cret"}).http.ui_token is not None

@@ -30,6 +30,10 @@
   }
 
   function update() {
+    if (document.hidden) {  // a tab nobody looks at costs the monitor nothing
+      window.setTimeout(update, EVERY_MS);
+      return;
+    }
     fetch("/ui/live", {credentials: "same-origin", cache: "no-store"})
       .then(function (resp) {
         if (!resp.ok) { throw new Error("HTTP " + resp.status); }
@@ -56,6 +60,10 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    // After an action the address ends in ?done=...: a reload should not repeat its notice.
+    if (window.location.search) {
+      window.history.replaceState(null, "", window.location.pathname + window.location.hash);
+    }
     state("· live");
     window.setTimeout(update, EVERY_MS);
   });
