@@ -1,4 +1,5 @@
-"""`docgen-monitor`: run, demo, simulate, once, check-config, test-notify, dead-letters, state.
+"""`docgen-monitor`: run, demo, simulate, once, watch, check-config, test-notify, dead-letters,
+state, silence, events.
 
 Exit codes: 0 clean stop, 2 configuration error (every problem listed with its path), 1 any
 other failure."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,8 +18,8 @@ from urllib.parse import quote, urlsplit
 import orjson
 import structlog
 
-from monitor import __version__
-from monitor.config import Config, load_config
+from monitor import __version__, cli_ops
+from monitor.config import CONFIG_PATH_ENV, Config, load_config
 from monitor.errors import (
     ConfigError,
     IdentityMismatch,
@@ -30,8 +32,21 @@ from monitor.notify.base import NotifierRegistry
 from monitor.simulator.options import add_arguments as add_simulate_arguments
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+#: Where `--config` comes from when it is not given.
+CONFIG_ENV = CONFIG_PATH_ENV
 
 log = structlog.get_logger("monitor.cli")
+
+
+def _with_config(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get(CONFIG_ENV) or None
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(default) if default else None,
+        required=default is None,
+        help=f"the configuration file (default: ${CONFIG_ENV})",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the config"
     )
-    run.add_argument("--config", required=True, type=Path)
+    _with_config(run)
     run.add_argument(
         "--adopt-identity",
         action="store_true",
@@ -57,24 +72,31 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     once = sub.add_parser("once", help="one sweep; print its events as JSON lines; exit")
-    once.add_argument("--config", required=True, type=Path)
+    _with_config(once)
 
     watch = sub.add_parser("watch", help="put a batch into the running daemon's active set")
     watch.add_argument("batch_id")
-    watch.add_argument("--config", required=True, type=Path)
+    _with_config(watch)
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("file", type=Path)
+    default = os.environ.get(CONFIG_ENV) or None
+    check.add_argument(
+        "file",
+        type=Path,
+        nargs="?" if default else None,
+        default=Path(default) if default else None,
+        help=f"the configuration file (default: ${CONFIG_ENV})",
+    )
 
     test = sub.add_parser(
         "test-notify", help="send a sample event through one notifier; print its answer"
     )
-    test.add_argument("--config", required=True, type=Path)
+    _with_config(test)
     test.add_argument("name", help="the notifier's name in the configuration")
 
     dead = sub.add_parser("dead-letters", help="list, retry or drop events out of attempts")
     dead.add_argument("action", choices=("list", "retry", "drop"))
-    dead.add_argument("--config", required=True, type=Path)
+    _with_config(dead)
     dead.add_argument("--notifier", default=None, help="only this notifier's rows")
     dead.add_argument("--event", default=None, help="only this event id")
 
@@ -103,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: until Ctrl-C)",
     )
     demo.add_argument("--port", type=int, default=0, help="metrics port (default: a free one)")
+
+    cli_ops.add_parsers(sub, _with_config)
 
     sim = sub.add_parser("simulate", help="serve the Box Doc Gen simulator")
     add_simulate_arguments(sim)
@@ -149,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_once(config, registry))
         if args.command == "test-notify":
             return asyncio.run(_test_notify(config, registry, args.name))
+        if args.command == "silence":
+            return asyncio.run(cli_ops.silence_command(config, args))
+        if args.command == "events":
+            return asyncio.run(cli_ops.events_command(config, args))
         if args.command == "dead-letters":
             return asyncio.run(_dead_letters(config, args.action, args.notifier, args.event))
         return asyncio.run(

@@ -32,8 +32,13 @@ from monitor.store.registry import check_url
 from monitor.yaml_input import YAMLInputError, parse_yaml, read_config_text
 
 ENV_PREFIX = "DOCGEN_MONITOR_"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+#: Names the configuration file for the CLI (`--config`); not an override.
+CONFIG_PATH_ENV = ENV_PREFIX + "CONFIG"
+_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
+# One or more `<number><unit>` parts: `500ms`, `90s`, `1h30m`, `1d 12h`.
+_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: The longest duration accepted (ten years): past it timers and date arithmetic overflow.
 MAX_DURATION_S = 3650 * 86400.0
@@ -42,16 +47,22 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-
 
 
 def parse_duration_s(value: Any) -> float:
-    """`500ms`, `2s`, `5m`, `1h`, `7d` or a plain number of seconds -> seconds. Finite and at
-    most `MAX_DURATION_S` (YAML's `.inf` is a float). The value is not echoed: it may come from
-    an environment variable."""
+    """`500ms`, `2s`, `5m`, `1h`, `7d`, a compound like `1h30m`, or a plain number of seconds
+    -> seconds. Finite and at most `MAX_DURATION_S` (YAML's `.inf` is a float). The value is
+    not echoed: it may come from an environment variable."""
     seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    elif isinstance(value, str) and (m := _NUMBER.match(value)):
+        seconds = float(m.group(1))
+    elif isinstance(value, str) and _DURATION.match(value):
+        seconds = sum(
+            float(number) * _UNIT_S[unit] for number, unit in _DURATION_PART.findall(value)
+        )
     if seconds is None:
-        raise ValueError("invalid duration: expected e.g. 500ms, 2s, 5m or a number of seconds")
+        raise ValueError(
+            "invalid duration: expected e.g. 500ms, 2s, 5m, 1h30m or a number of seconds"
+        )
     if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
         raise ValueError("invalid duration: must be finite and at most 3650d")
     return seconds
@@ -391,7 +402,7 @@ def apply_env_overrides(
     set_by: dict[str, str] = {}
     problems: list[str] = []
     for key in sorted(env):
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_PATH_ENV:
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
         node: Any = data

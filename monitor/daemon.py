@@ -262,6 +262,7 @@ class Daemon:
                 api_token=cfg.http.api_token,
                 live=self.liveness,
                 ui=self._status_page(),
+                store=self.store,
             ),
             cfg.http.host,
             cfg.http.port,

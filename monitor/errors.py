@@ -11,12 +11,21 @@ class MonitorError(Exception):
 class ConfigError(MonitorError):
     """The configuration is invalid; `problems` lists every one as `path: message`."""
 
+    heading = "invalid configuration"
+
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         if len(problems) == 1:  # one problem, one line
-            super().__init__(f"invalid configuration: {problems[0]}")
+            super().__init__(f"{self.heading}: {problems[0]}")
         else:
-            super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+            super().__init__(f"{self.heading}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class InvalidInput(ConfigError):
+    """A command's or an API request's input is invalid (a silence's match, a filter, an id);
+    exits 2 like a configuration problem, and the API answers 400 with `problems`."""
+
+    heading = "invalid input"
 
 
 class ListenError(ConfigError):

@@ -83,7 +83,7 @@ class Metrics:
         )
         self.notifications = Counter(
             "box_docgen_notifications",
-            "Delivery attempts, by notifier and outcome (delivered, retry, dead).",
+            "Delivery attempts, by notifier and outcome (delivered, retry, dead, silenced).",
             ["notifier", "outcome"],
             registry=r,
         )

@@ -1,23 +1,30 @@
 """The daemon's HTTP server: /metrics (Prometheus text), /healthz (the process answers and can
 still do its work: 503 with the reason when only a restart can help),
 /readyz (the store answers and polling is fresh), with details as JSON, and the HTTP API:
-`POST /api/v1/watch/batches/{batch_id}` (bearer token; absent when no token is configured).
-A batch id is a Box id, digits only (400 otherwise); a watch the monitor has no room for is 429.
-The status page (`GET /` and `/ui/...`, `/static/...`) lives in `monitor/ui/`."""
+`POST /api/v1/watch/batches/{batch_id}`, `GET/POST /api/v1/silences`,
+`DELETE /api/v1/silences/{id}` and `GET /api/v1/events` (bearer token; absent when no token is
+configured). A batch id is a Box id, digits only (400 otherwise); a watch the monitor has no
+room for is 429. The status page (`GET /` and `/ui/...`, `/static/...`) lives in `monitor/ui/`."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import SecretStr
 
-from monitor.errors import ListenError
+from monitor.config import parse_duration_s
+from monitor.errors import InvalidInput, ListenError
+from monitor.notify.silences import match_data, new_silence
+from monitor.store.base import EventQuery, SilenceStore
 from monitor.ui import StatusPage
+from monitor.views import event_json, parse_since, silence_json
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 #: None while the process is alive; else why a supervisor should restart it.
@@ -28,6 +35,10 @@ READY_KEY = web.AppKey("ready", object)
 LIVE_KEY = web.AppKey("live", object)
 WATCH_KEY = web.AppKey("watch", object)
 TOKEN_KEY = web.AppKey("api_token", SecretStr)
+STORE_KEY = web.AppKey("store", object)
+#: `GET /api/v1/events` pages: this many events unless `limit` asks for fewer (or more, to MAX).
+EVENTS_PAGE, MAX_EVENTS_PAGE = 100, 1000
+MAX_BODY_BYTES = 64 * 1024
 #: Box ids are digit strings (64-bit numbers today); anything longer is not a batch id.
 MAX_BATCH_ID_CHARS = 20
 BATCH_ID = re.compile(rf"[0-9]{{1,{MAX_BATCH_ID_CHARS}}}")
@@ -59,13 +70,28 @@ async def _readyz(request: web.Request) -> web.Response:
     )
 
 
+@web.middleware
+async def _api_auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every `/api/` route needs the bearer token; bad input is a 400 listing the problems."""
+    if request.path.startswith("/api/") and TOKEN_KEY in request.app:
+        expected = request.app[TOKEN_KEY].get_secret_value().encode()
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+        if not secrets.compare_digest(given, expected):
+            return web.json_response(
+                {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        try:
+            return await handler(request)
+        except InvalidInput as exc:
+            return web.json_response(
+                {"error": "invalid input", "problems": exc.problems}, status=400
+            )
+    return await handler(request)
+
+
 async def _watch(request: web.Request) -> web.Response:
-    expected = request.app[TOKEN_KEY].get_secret_value().encode()
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-    if not secrets.compare_digest(given, expected):
-        return web.json_response(
-            {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-        )
     batch_id = request.match_info["batch_id"]
     if BATCH_ID.fullmatch(batch_id) is None:  # never echoed: it is the caller's text
         return web.json_response(
@@ -80,6 +106,100 @@ async def _watch(request: web.Request) -> web.Response:
     return web.json_response({"batch_id": batch_id, "watched": True}, status=202)
 
 
+def _store(request: web.Request) -> SilenceStore:
+    store: SilenceStore = request.app[STORE_KEY]  # type: ignore[assignment]
+    return store
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidInput([f"body: at most {MAX_BODY_BYTES} bytes"])
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidInput(["body: expected a JSON object"]) from None
+    if not isinstance(body, dict):
+        raise InvalidInput(["body: expected a JSON object"])
+    return body
+
+
+async def _list_silences(request: web.Request) -> web.Response:
+    """Active and pending silences; `?all=true` expired ones too."""
+    now = time.time()
+    every = request.query.get("all", "").lower() in ("1", "true", "yes")
+    silences = await _store(request).list_silences(ended_after=None if every else now)
+    return web.json_response({"silences": [silence_json(s, now) for s in silences]})
+
+
+async def _add_silence(request: web.Request) -> web.Response:
+    """`{"match": {"template_id": "123"}, "duration": "2h", "comment": "...",
+    "created_by": "..."}` -> 201 with the silence."""
+    body = await _json_body(request)
+    problems = [f"body.{key}: unknown key" for key in body
+                if key not in ("match", "duration", "comment", "created_by")]
+    if not isinstance(body.get("match"), dict):
+        problems.append("body.match: expected an object like a route's match")
+    for key in ("duration", "comment"):
+        if not isinstance(body.get(key), str | int | float) or isinstance(body.get(key), bool):
+            problems.append(f"body.{key}: required")
+    if problems:
+        raise InvalidInput(problems)
+    try:
+        duration_s = parse_duration_s(body["duration"])
+    except ValueError as exc:
+        raise InvalidInput([f"body.duration: {exc}"]) from None
+    now = time.time()
+    created = new_silence(
+        match_data(body["match"]),
+        duration_s=duration_s,
+        comment=str(body["comment"]),
+        created_by=str(body.get("created_by") or "api"),
+        now=now,
+    )
+    await _store(request).add_silence(created)
+    return web.json_response(silence_json(created, now), status=201)
+
+
+async def _expire_silence(request: web.Request) -> web.Response:
+    now = time.time()
+    expired = await _store(request).expire_silence(request.match_info["silence_id"], now)
+    if expired is None:
+        return web.json_response({"error": "no such silence"}, status=404)
+    return web.json_response(silence_json(expired, now))
+
+
+async def _list_events(request: web.Request) -> web.Response:
+    """Newest first, filtered like `events list` (`since`, `batch`, `job`, `type`, `status`);
+    `next` is the URL of the following page, null on the last."""
+    q = request.query
+    problems = [f"query.{key}: unknown filter" for key in q
+                if key not in ("since", "batch", "job", "type", "status", "limit", "before")]
+    limit, before, since = EVENTS_PAGE, None, None
+    try:
+        limit = min(int(q.get("limit", EVENTS_PAGE)), MAX_EVENTS_PAGE)
+        before = int(q["before"]) if "before" in q else None
+        if limit < 1:
+            raise ValueError
+    except ValueError:
+        problems.append("query.limit, query.before: expected positive whole numbers")
+    if "since" in q:
+        try:
+            since = parse_since(q["since"], time.time())
+        except ValueError as exc:
+            problems.append(f"query.{exc}")
+    if problems:
+        raise InvalidInput(problems)
+    query = EventQuery(since=since, batch_id=q.get("batch"), job_id=q.get("job"),
+                       type=q.get("type"), status=q.get("status"), before_seq=before,
+                       limit=limit)
+    records = await _store(request).list_events(query)
+    following = None
+    if len(records) == limit:
+        following = str(request.rel_url.update_query(before=records[-1].seq))
+    return web.json_response({"events": [event_json(r) for r in records], "next": following})
+
+
 def build_app(
     registry: CollectorRegistry,
     ready: ReadyCheck,
@@ -88,20 +208,29 @@ def build_app(
     api_token: SecretStr | None = None,
     live: LiveCheck = lambda: None,
     ui: StatusPage | None = None,
+    store: SilenceStore | None = None,
 ) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_api_auth])
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
     app[LIVE_KEY] = live
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    if watch is not None and api_token is not None and api_token.get_secret_value():
-        app[WATCH_KEY] = watch
-        app[TOKEN_KEY] = api_token
-        app.router.add_post(_WATCH_PATTERN, _watch)
     if ui is not None:
         ui.add_routes(app)
+    if api_token is None or not api_token.get_secret_value():
+        return app
+    app[TOKEN_KEY] = api_token
+    if watch is not None:
+        app[WATCH_KEY] = watch
+        app.router.add_post(_WATCH_PATTERN, _watch)
+    if store is not None:
+        app[STORE_KEY] = store
+        app.router.add_get("/api/v1/silences", _list_silences)
+        app.router.add_post("/api/v1/silences", _add_silence)
+        app.router.add_delete("/api/v1/silences/{silence_id}", _expire_silence)
+        app.router.add_get("/api/v1/events", _list_events)
     return app
 
 

@@ -10,9 +10,11 @@ import pytest
 from monitor.store.base import Store
 
 try:  # `python -m pytest` from the repository root, as the README says
+    from tests.receiver import WebhookReceiver
     from tests.store_fixtures import BACKENDS, PostgresBackend, StoreBackend
     from tests.tcp_proxy import TcpProxy
 except ModuleNotFoundError:  # plain `pytest`: only tests/ itself is on sys.path
+    from receiver import WebhookReceiver  # type: ignore[no-redef]
     from store_fixtures import (  # type: ignore[no-redef]
         BACKENDS,
         PostgresBackend,
@@ -67,3 +69,16 @@ async def pg_proxy(pg_backend: PostgresBackend) -> AsyncIterator[TcpProxy]:
 
 
 # -- end of postgres section ----------------------------------------------------------------
+
+
+# -- webhook receiver: a real, signature-checking receiver on loopback (tests/receiver.py) ----
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    r = await WebhookReceiver().start()
+    yield r
+    await r.close()
+
+
+# -- end of webhook receiver section --------------------------------------------------------

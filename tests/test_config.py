@@ -39,13 +39,13 @@ def models() -> dict:  # type: ignore[type-arg]
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("500ms", 0.5), ("2s", 2.0), ("5m", 300.0), ("1h", 3600.0), ("7d", 604800.0), (7, 7.0),
-    ("1.5", 1.5),
+    ("1.5", 1.5), ("1h30m", 5400.0), ("1d 12h", 129600.0), ("2m30s500ms", 150.5),
 ])
 def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
     assert parse_duration_s(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["5 minutes", "-1s", "", True, "2w"])
+@pytest.mark.parametrize("text", ["5 minutes", "-1s", "", True, "2w", "1h30", "h30m", "1h-30m"])
 def test_bad_durations_are_refused(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration_s(text)

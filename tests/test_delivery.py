@@ -43,13 +43,6 @@ def event(n: int = 1, to_status: str = "failed") -> Event:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    r = await WebhookReceiver().start()
-    yield r
-    await r.close()
-
-
-@pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     async with open_store(f"sqlite:///{tmp_path / 'state.db'}") as s:
         yield s

@@ -24,8 +24,10 @@ from monitor.model import BoxIdentity, Event, EventJob, EventType, JobState, Sna
 from monitor.store.base import (
     COPIED_TABLES,
     NOT_COPIED_TABLES,
+    EventQuery,
     OutboxState,
     RoutedEvent,
+    Silence,
     Store,
     ThreadRef,
 )
@@ -104,6 +106,9 @@ async def populate(store: Store) -> None:
     await store.start_thread_post("slack", "b1", T0 + 3)  # a parent post in doubt
     await store.start_reply_post("slack", "b0", "reply-1", T0 + 4)
     await store.set_group_flushed("slack", "batch:b0", T0 + 7)
+    await store.add_silence(Silence("s1", {"template_id": ("t1",)}, T0, T0 + 7200,
+                                    "fixing «tags»", "alice", T0))
+    await store.mark_silenced("audit", {ids[30]: "s1"})
 
 
 async def roles_view(store: Store) -> dict[str, Any]:
@@ -128,6 +133,10 @@ async def roles_view(store: Store) -> dict[str, Any]:
         "identity": await stored_identity(store),
         "meta": await store.get_meta("k"),
         "due": await store.next_due_at("slack"),
+        "silences": await store.list_silences(),
+        "history": [(r.seq, r.event.id, [(d.notifier, d.outcome, d.silence_id)
+                                         for d in r.deliveries])
+                    for r in await store.list_events(EventQuery(limit=1000))],
     }
 
 

@@ -18,6 +18,7 @@ from monitor.config import DeliveryConfig
 from monitor.metrics import Metrics
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, Notifier
+from monitor.notify.silences import Silencer
 from monitor.store.base import DeliveryStore, OutboxEntry, OutboxState
 
 log = structlog.get_logger(__name__)
@@ -132,7 +133,7 @@ class Dispatcher:
             self._wake[notifier.name].clear()
             try:
                 rows = await self.store.claim_due(notifier.name, self.clock(), limit, lease_s)
-                await self._deliver_groups(notifier, rows)
+                await self._deliver_groups(notifier, await self._silence(notifier, rows))
                 if rows:
                     continue
                 next_due = await self.store.next_due_at(notifier.name)
@@ -149,6 +150,36 @@ class Dispatcher:
         if wait_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake[name].wait(), wait_s)
+
+    async def _silence(self, notifier: Notifier, rows: list[OutboxEntry]) -> list[OutboxEntry]:
+        """Settle the rows a silence mutes (never sent, counted as `silenced`); the rest go on.
+        Silences are read from the store on each claim, so one added by any process (or
+        replica) applies from the next claim on."""
+        if not rows:
+            return rows
+        now = self.clock()
+        oldest = min(r.event.detected_at.timestamp() for r in rows)
+        silences = await self.store.list_silences(ended_after=min(oldest, now))
+        if not silences:
+            return rows
+        silencer = Silencer(silences)
+        plan: dict[str, str] = {}
+        for row in rows:
+            silence = silencer.silencing(row.event, now)
+            if silence is not None:
+                plan[row.event.id] = silence.id
+        if not plan:
+            return rows
+        await asyncio.shield(self.store.mark_silenced(notifier.name, plan))
+        self.metrics.notifications.labels(notifier.name, "silenced").inc(len(plan))
+        log.info(
+            "events_silenced",
+            notifier=notifier.name,
+            count=len(plan),
+            event_ids=list(plan)[:_LOGGED_IDS],
+            silence_ids=sorted(set(plan.values())),
+        )
+        return [r for r in rows if r.event.id not in plan]
 
     async def _deliver_groups(self, notifier: Notifier, rows: list[OutboxEntry]) -> None:
         """Send each group that is due; put the others back until they are. The timing state
@@ -392,8 +423,9 @@ class _Stream:
             self.notifier.name, d.clock(), want, self.lease_s, job_order=True
         )
         fresh = [r for r in rows if r.event.id not in self.known]
-        self.known.update(r.event.id for r in fresh)
-        self.queued.extend(fresh)
+        kept = await d._silence(self.notifier, fresh)  # a silenced row is settled: not queued
+        self.known.update(r.event.id for r in kept)
+        self.queued.extend(kept)
         return len(fresh)
 
     def _start_queued(self) -> None:

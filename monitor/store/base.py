@@ -138,6 +138,62 @@ class Lease:
     live: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Events matching `match` (a route's `match`, as JSON-able data: key -> accepted values)
+    are recorded but not sent while `starts_at <= t < ends_at` (unix seconds). Expiring one
+    moves its end to the moment it was expired; it is never deleted before `prune`."""
+
+    id: str
+    match: Mapping[str, tuple[str, ...]]
+    starts_at: float
+    ends_at: float
+    comment: str
+    created_by: str
+    created_at: float
+
+    def active_at(self, t: float) -> bool:
+        return self.starts_at <= t < self.ends_at
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One notifier's part in an event's history. `outcome` is the outbox state, except that a
+    row a silence settled reads `silenced` (with the silence's id); `updated_at` is when the
+    row last changed (a delivery's time, for a delivered one)."""
+
+    notifier: str
+    outcome: str  # pending | claimed | delivered | silenced | dead
+    attempts: int
+    updated_at: float
+    last_error: str | None
+    silence_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event as recorded, with what became of it per notifier. `seq` orders events by
+    recording and is the cursor of the next page (`EventQuery.before_seq`)."""
+
+    event: Event
+    seq: int
+    recorded_at: float
+    deliveries: tuple[Delivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Filters of `list_events`; None matches anything. `status` is the event's `to_status`."""
+
+    since: float | None = None  # recorded at or after (unix seconds)
+    batch_id: str | None = None
+    job_id: str | None = None
+    type: str | None = None
+    status: str | None = None
+    before_seq: int | None = None  # the page after the one that ended at this seq
+    limit: int = 100
+
+
 class StoreLifecycle(Protocol):
     """Opening, closing and a liveness check: the daemon's part."""
 
@@ -385,7 +441,8 @@ class OutboxStore(Protocol):
         Groups last flushed before `before` go too, and batch threads started before it whose
         batch is over: no non-terminal job in the snapshot, no undelivered (pending, claimed or
         dead) row of the thread's notifier for an event of the batch, no pending edit; and
-        reply starts recorded before it (a reply in doubt for that long is not retried)."""
+        reply starts recorded before it (a reply in doubt for that long is not retried), and
+        silences that ended before it."""
 
 
 
@@ -416,6 +473,31 @@ class StatusReader(SnapshotReader, Protocol):
         self, state: OutboxState, notifier: str | None = None, limit: int = 1000
     ) -> list[OutboxEntry]:
         """As `OutboxStore.list_outbox`."""
+class SilenceStore(Protocol):
+    """Silences, shared by every process on the store, and the history of events."""
+
+    @abstractmethod
+    async def add_silence(self, silence: Silence) -> None:
+        """Record a silence; `StoreError` when its id is taken."""
+
+    @abstractmethod
+    async def list_silences(self, ended_after: float | None = None) -> list[Silence]:
+        """Silences whose end is after `ended_after` (None: every one), newest first."""
+
+    @abstractmethod
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        """End the silence at `now` (one already over keeps its end) and return it as stored;
+        None for an unknown id."""
+
+    @abstractmethod
+    async def mark_silenced(self, notifier: str, silenced: Mapping[str, str]) -> None:
+        """Settle pending or claimed rows (event id -> id of the silence that matched): they
+        are never sent, and read `silenced` in the history. One transaction."""
+
+    @abstractmethod
+    async def list_events(self, query: EventQuery) -> list[EventRecord]:
+        """Up to `query.limit` recorded events matching `query`, newest first, each with its
+        outbox rows (by notifier name)."""
 
 
 class NotifierState(Protocol):
@@ -501,6 +583,14 @@ class NotifierStore(NotifierState, SnapshotReader, Protocol):
 class DeliveryStore(OutboxStore, NotifierStore, Protocol):
     """What the dispatcher uses: the outbox, and the notifier state of the notifiers it runs."""
 
+    @abstractmethod
+    async def list_silences(self, ended_after: float | None = None) -> list[Silence]:
+        """As `SilenceStore.list_silences`."""
+
+    @abstractmethod
+    async def mark_silenced(self, notifier: str, silenced: Mapping[str, str]) -> None:
+        """As `SilenceStore.mark_silenced`."""
+
 
 class PollStore(SnapshotReader, SweepStaging, Protocol):
     """What the poller uses: it reads the snapshot and stages sweeps, and cannot commit."""
@@ -578,6 +668,7 @@ COPIED_TABLES = (
     "vanished",
     "suspects",
     "reply_posts",
+    "silences",
 )
 # The schema's version (the target migrates itself), the delivered counter (the target's
 # trigger counts the outbox rows as they are copied), a sweep's staging (never durable), and
@@ -630,6 +721,7 @@ class Store(
     StatusReader,
     LeaseStore,
     TableCopy,
+    SilenceStore,
 ):
     """Every role, as one backend implements them: async, single-process view of the durable
     state. Open with `async with`.

@@ -69,11 +69,13 @@ from asyncpg.transaction import Transaction
 
 from monitor.config import url_without_password
 from monitor.errors import SchemaTooNew, StoreError, StoreNotEmpty
-from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
+from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, SnapshotChanges
 from monitor.store import rows
 from monitor.store.base import (
     COPIED_TABLES,
     BatchSummary,
+    EventQuery,
+    EventRecord,
     Fence,
     Lease,
     NotifierActivity,
@@ -81,18 +83,25 @@ from monitor.store.base import (
     OutboxState,
     PendingEdit,
     RoutedEvent,
+    Silence,
     Store,
     TableChunk,
     ThreadRef,
 )
 from monitor.store.fencing import Fencing
 from monitor.store.rows import (
+    DELIVERY_COLUMNS,
     JOB_COLUMNS,
+    SILENCE_COLUMNS,
     copy_target,
+    deliveries_by_event,
     entry_from_row,
+    event_filters,
     job_from_row,
     job_order_sql,
     job_to_row,
+    silence_from_row,
+    silence_to_row,
     truncate_error,
 )
 from monitor.store.shield import ShieldedWrites
@@ -304,6 +313,20 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # v9: a job's events by their order (a claim in job order finds a row's earlier ones).
     (f"CREATE INDEX events_job_seq ON events (({_EVENT_JOB_ID}), seq)",),
+    # v10: silences, and which silence settled an outbox row instead of a delivery.
+    (
+        """CREATE TABLE silences (
+            id         TEXT PRIMARY KEY,
+            match      TEXT NOT NULL,
+            starts_at  DOUBLE PRECISION NOT NULL,
+            ends_at    DOUBLE PRECISION NOT NULL,
+            comment    TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX silences_ends_at ON silences (ends_at)",
+        "ALTER TABLE outbox ADD COLUMN silence_id TEXT",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -1094,6 +1117,7 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
             await conn.execute(_THREAD_PRUNE, before)
             await conn.execute("DELETE FROM notify_groups WHERE last_flush_at < $1", before)
             await conn.execute("DELETE FROM reply_posts WHERE started_at < $1", before)
+            await conn.execute("DELETE FROM silences WHERE ends_at < $1", before)
             return _row_count(status)
 
         return await self._write("prune", fn)
@@ -1578,6 +1602,101 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
             return copied
 
         return await self._write("load_tables", fn)
+
+    # -- silences and the event history (v10) -------------------------------------------------
+
+    async def add_silence(self, silence: Silence) -> None:
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                f"INSERT INTO silences ({', '.join(SILENCE_COLUMNS)}) "  # noqa: S608 (constants)
+                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                *silence_to_row(silence),
+            )
+
+        # An operator's write: any replica takes it, lease or not.
+        await self._write("add_silence", fn, fenced=False)
+
+    async def list_silences(self, ended_after: float | None = None) -> list[Silence]:
+        async def fn(conn: _Conn) -> list[Silence]:
+            rows = await conn.fetch(
+                f"SELECT {', '.join(SILENCE_COLUMNS)} FROM silences "  # noqa: S608 (constants)
+                "WHERE $1::float8 IS NULL OR ends_at > $1 ORDER BY created_at DESC, id",
+                ended_after,
+            )
+            return [silence_from_row(row) for row in rows]
+
+        return await self._read("list_silences", fn)
+
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        async def fn(conn: _Conn) -> Silence | None:
+            await conn.execute(
+                "UPDATE silences SET ends_at = GREATEST($1, starts_at) "
+                "WHERE id = $2 AND ends_at > $1",
+                now,
+                silence_id,
+            )
+            row = await conn.fetchrow(
+                f"SELECT {', '.join(SILENCE_COLUMNS)} FROM silences "  # noqa: S608 (constants)
+                "WHERE id = $1",
+                silence_id,
+            )
+            return None if row is None else silence_from_row(row)
+
+        return await self._write("expire_silence", fn, fenced=False)
+
+    async def mark_silenced(self, notifier: str, silenced: Mapping[str, str]) -> None:
+        now = time.time()
+
+        async def fn(conn: _Conn) -> None:
+            await conn.execute(
+                "UPDATE outbox o SET state = 'delivered', silence_id = s.silence_id, "
+                "claimed_until = NULL, updated_at = $1 "
+                "FROM unnest($2::text[], $3::text[]) AS s (event_id, silence_id) "
+                "WHERE o.event_id = s.event_id AND o.notifier = $4 "
+                "AND o.state IN ('pending', 'claimed')",
+                now,
+                list(silenced),
+                list(silenced.values()),
+                notifier,
+            )
+
+        if silenced:
+            await self._write("mark_silenced", fn)
+
+    async def list_events(self, query: EventQuery) -> list[EventRecord]:
+        def json_text(path: str) -> str:
+            # Written as `_EVENT_JOB_ID` is, so that a job's filter uses its index (v9).
+            *parents, leaf = path.split(".")
+            steps = "".join(f" -> '{p}'" for p in parents)
+            return f"(payload::jsonb{steps} ->> '{leaf}')"
+
+        where, args = event_filters(query, lambda n: f"${n}", json_text)
+
+        async def fn(conn: _Conn) -> list[EventRecord]:
+            events = await conn.fetch(
+                f"SELECT seq, id, payload, created_at FROM events WHERE {where} "  # noqa: S608
+                f"ORDER BY seq DESC LIMIT ${len(args) + 1}",
+                *args,
+                query.limit,
+            )
+            found = deliveries_by_event(
+                await conn.fetch(
+                    f"SELECT {DELIVERY_COLUMNS} FROM outbox "  # noqa: S608 (constants)
+                    "WHERE event_id = ANY($1::text[])",
+                    [row[1] for row in events],
+                )
+            )
+            return [
+                EventRecord(
+                    Event.model_validate_json(row[2]),
+                    row[0],
+                    row[3],
+                    tuple(found.get(row[1], ())),
+                )
+                for row in events
+            ]
+
+        return await self._read("list_events", fn)
 
 
 async def _columns(conn: _Conn, table: str) -> tuple[str, ...]:

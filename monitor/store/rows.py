@@ -4,6 +4,7 @@ kept to a bounded prefix. Only SQL differs between backends; these do not."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -15,9 +16,12 @@ from monitor.store.base import (
     COPIED_TABLES,
     MAX_ERROR_CHARS,
     BatchSummary,
+    Delivery,
+    EventQuery,
     NotifierActivity,
     OutboxEntry,
     OutboxState,
+    Silence,
     TableChunk,
 )
 
@@ -141,3 +145,71 @@ def job_order_sql(event_job_id: str, notifier_param: str) -> tuple[str, str]:
         f"WHERE o.notifier = {notifier_param} AND o.state IN ('pending', 'claimed'){job_head}"
     )
     return job_head, next_due
+
+
+SILENCE_COLUMNS = ("id", "match", "starts_at", "ends_at", "comment", "created_by", "created_at")
+
+
+def silence_to_row(silence: Silence) -> tuple[Any, ...]:
+    match = {key: list(values) for key, values in silence.match.items()}
+    return (
+        silence.id,
+        orjson.dumps(match, option=orjson.OPT_SORT_KEYS).decode(),
+        silence.starts_at,
+        silence.ends_at,
+        silence.comment,
+        silence.created_by,
+        silence.created_at,
+    )
+
+
+def silence_from_row(row: Any) -> Silence:
+    silence_id, match, starts_at, ends_at, comment, created_by, created_at = row
+    return Silence(
+        id=silence_id,
+        match={key: tuple(values) for key, values in orjson.loads(match).items()},
+        starts_at=starts_at,
+        ends_at=ends_at,
+        comment=comment,
+        created_by=created_by,
+        created_at=created_at,
+    )
+
+
+#: A delivery row: (event id, notifier, state, attempts, updated_at, last_error, silence_id).
+DELIVERY_COLUMNS = "event_id, notifier, state, attempts, updated_at, last_error, silence_id"
+
+
+def deliveries_by_event(rows: Any) -> dict[str, list[Delivery]]:
+    """Delivery rows grouped by event id, each event's in notifier order."""
+    found: dict[str, list[Delivery]] = {}
+    for event_id, notifier, state, attempts, updated_at, last_error, silence_id in rows:
+        outcome = "silenced" if silence_id is not None else state
+        found.setdefault(event_id, []).append(
+            Delivery(notifier, outcome, attempts, updated_at, last_error, silence_id)
+        )
+    for deliveries in found.values():
+        deliveries.sort(key=lambda d: d.notifier)
+    return found
+
+
+def event_filters(
+    query: EventQuery, param: Callable[[int], str], json_text: Callable[[str], str]
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of `list_events` over the events table, and its arguments. `param(n)`
+    is the dialect's n-th placeholder; `json_text(path)` reads a dotted path of the payload as
+    text (job ids and statuses live only there)."""
+    terms: list[str] = []
+    args: list[Any] = []
+    for term, value in (
+        ("created_at >=", query.since),
+        ("batch_id =", query.batch_id),
+        ("type =", query.type),
+        (json_text("job.id") + " =", query.job_id),
+        (json_text("to_status") + " =", query.status),
+        ("seq <", query.before_seq),
+    ):
+        if value is not None:
+            args.append(value)
+            terms.append(f"{term} {param(len(args))}")
+    return " AND ".join(terms) or "1 = 1", args

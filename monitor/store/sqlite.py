@@ -48,11 +48,13 @@ import aiosqlite
 import structlog
 
 from monitor.errors import SchemaTooNew, StoreError, StoreLocked, StoreNotEmpty
-from monitor.model import TERMINAL_STATUSES, EventType, JobState, SnapshotChanges
+from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, SnapshotChanges
 from monitor.store import rows
 from monitor.store.base import (
     COPIED_TABLES,
     BatchSummary,
+    EventQuery,
+    EventRecord,
     Fence,
     Lease,
     NotifierActivity,
@@ -60,16 +62,26 @@ from monitor.store.base import (
     OutboxState,
     PendingEdit,
     RoutedEvent,
+    Silence,
     Store,
     TableChunk,
     ThreadRef,
 )
 from monitor.store.fencing import Fencing
+from monitor.store.rows import (
+    DELIVERY_COLUMNS,
+    SILENCE_COLUMNS,
+    copy_target,
+    event_filters,
+    job_order_sql,
+)
 from monitor.store.rows import JOB_COLUMNS as _JOB_COLUMNS
-from monitor.store.rows import copy_target, job_order_sql
+from monitor.store.rows import deliveries_by_event as _deliveries
 from monitor.store.rows import entry_from_row as _entry
 from monitor.store.rows import job_from_row as _job
 from monitor.store.rows import job_to_row as _job_row
+from monitor.store.rows import silence_from_row as _silence
+from monitor.store.rows import silence_to_row as _silence_row
 from monitor.store.rows import truncate_error as _truncate
 from monitor.store.shield import ShieldedWrites
 
@@ -251,6 +263,21 @@ MIGRATIONS: tuple[Migration, ...] = (
     # order finds the earlier events of a row's job (an index on the payload's job id: no new
     # column, so a row written by the previous build needs nothing filled in).
     (f"CREATE INDEX events_job_seq ON events ({_EVENT_JOB_ID}, seq)",),
+    # Version 10: silences, and which silence settled an outbox row instead of a delivery (such
+    # a row is `delivered`: nothing more is owed, and retention prunes it like any other).
+    (
+        """CREATE TABLE silences (
+            id         TEXT PRIMARY KEY,
+            match      TEXT NOT NULL,
+            starts_at  REAL NOT NULL,
+            ends_at    REAL NOT NULL,
+            comment    TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX silences_ends_at ON silences (ends_at)",
+        "ALTER TABLE outbox ADD COLUMN silence_id TEXT",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -918,6 +945,7 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             await conn.execute(_THREAD_PRUNE, (before,))
             await conn.execute("DELETE FROM notify_groups WHERE last_flush_at < ?", (before,))
             await conn.execute("DELETE FROM reply_posts WHERE started_at < ?", (before,))
+            await conn.execute("DELETE FROM silences WHERE ends_at < ?", (before,))
             return pruned
 
         return await self._write("prune", fn)
@@ -1366,6 +1394,84 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             return copied
 
         return await self._write("load_tables", fn)
+
+    # -- silences and the event history (schema v10) ------------------------------------------
+
+    async def add_silence(self, silence: Silence) -> None:
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                f"INSERT INTO silences ({', '.join(SILENCE_COLUMNS)}) "  # noqa: S608 (constants)
+                f"VALUES ({', '.join('?' for _ in SILENCE_COLUMNS)})",
+                _silence_row(silence),
+            )
+
+        # An operator's write: any replica takes it, lease or not.
+        await self._write("add_silence", fn, fenced=False)
+
+    async def list_silences(self, ended_after: float | None = None) -> list[Silence]:
+        async def fn(conn: aiosqlite.Connection) -> list[Silence]:
+            async with conn.execute(
+                f"SELECT {', '.join(SILENCE_COLUMNS)} FROM silences "  # noqa: S608 (constants)
+                "WHERE ? IS NULL OR ends_at > ? ORDER BY created_at DESC, id",
+                (ended_after, ended_after),
+            ) as cur:
+                return [_silence(row) for row in await cur.fetchall()]
+
+        return await self._read("list_silences", fn)
+
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        async def fn(conn: aiosqlite.Connection) -> Silence | None:
+            await conn.execute(
+                "UPDATE silences SET ends_at = MAX(?, starts_at) WHERE id = ? AND ends_at > ?",
+                (now, silence_id, now),
+            )
+            async with conn.execute(
+                f"SELECT {', '.join(SILENCE_COLUMNS)} FROM silences "  # noqa: S608 (constants)
+                "WHERE id = ?",
+                (silence_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            return None if row is None else _silence(row)
+
+        return await self._write("expire_silence", fn, fenced=False)
+
+    async def mark_silenced(self, notifier: str, silenced: Mapping[str, str]) -> None:
+        now = time.time()
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE outbox SET state = 'delivered', silence_id = ?, claimed_until = NULL, "
+                "updated_at = ? WHERE event_id = ? AND notifier = ? "
+                "AND state IN ('pending', 'claimed')",
+                [(sid, now, event_id, notifier) for event_id, sid in silenced.items()],
+            )
+
+        if silenced:
+            await self._write("mark_silenced", fn)
+
+    async def list_events(self, query: EventQuery) -> list[EventRecord]:
+        where, args = event_filters(
+            query, lambda n: "?", lambda path: f"json_extract(payload, '$.{path}')"
+        )
+
+        async def fn(conn: aiosqlite.Connection) -> list[EventRecord]:
+            async with conn.execute(
+                f"SELECT seq, id, payload, created_at FROM events WHERE {where} "  # noqa: S608
+                "ORDER BY seq DESC LIMIT ?",
+                (*args, query.limit),
+            ) as cur:
+                events = await cur.fetchall()
+            sql = f"SELECT {DELIVERY_COLUMNS} FROM outbox WHERE event_id IN"  # noqa: S608
+            found = _deliveries(await _rows_in(conn, sql, [row[1] for row in events]))
+            return [
+                EventRecord(
+                    Event.model_validate_json(payload), seq, created_at,
+                    tuple(found.get(event_id, ())),
+                )
+                for seq, event_id, payload, created_at in events
+            ]
+
+        return await self._read("list_events", fn)
 
 
 async def _columns(conn: aiosqlite.Connection, table: str) -> tuple[str, ...]:
