@@ -1,5 +1,5 @@
 """`docgen-monitor`: run, demo, simulate, once, watch, check-config, test-notify, dead-letters,
-state, silence, events.
+state, silence, events, routes.
 
 Exit codes: 0 clean stop, 2 configuration error (every problem listed with its path), 1 any
 other failure."""
@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import orjson
+import shtab
 import structlog
 
 from monitor import __version__, cli_ops
@@ -30,6 +31,8 @@ from monitor.errors import (
 from monitor.logging import configure_logging
 from monitor.notify.base import NotifierRegistry
 from monitor.simulator.options import add_arguments as add_simulate_arguments
+from monitor.store.base import OutboxEntry
+from monitor.views import iso
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 #: Where `--config` comes from when it is not given.
@@ -46,7 +49,7 @@ def _with_config(parser: argparse.ArgumentParser) -> None:
         default=Path(default) if default else None,
         required=default is None,
         help=f"the configuration file (default: ${CONFIG_ENV})",
-    )
+    ).complete = shtab.FILE  # type: ignore[attr-defined]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     _with_config(dead)
     dead.add_argument("--notifier", default=None, help="only this notifier's rows")
     dead.add_argument("--event", default=None, help="only this event id")
+    dead.add_argument("--all", action="store_true",
+                      help="drop: every dead letter (without a filter, drop asks first)")
+    dead.add_argument("--output", choices=("table", "json"), default="table",
+                      help="list: a table, or one JSON object a line")
 
     state = sub.add_parser("state", help="work on a state store as a whole")
     state_sub = state.add_subparsers(dest="state_command", required=True)
@@ -128,6 +135,13 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_ops.add_parsers(sub, _with_config)
 
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash: "
+        "`eval \"$(docgen-monitor completion bash)\"` in ~/.bashrc)",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+
     sim = sub.add_parser("simulate", help="serve the Box Doc Gen simulator")
     add_simulate_arguments(sim)
     return p
@@ -144,7 +158,11 @@ def load(path: Path, registry: NotifierRegistry) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(shtab.complete(parser, shell=args.shell))
+        return EXIT_OK
     registry = NotifierRegistry.from_entry_points()
     try:
         if args.command == "check-config":
@@ -177,8 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cli_ops.silence_command(config, args))
         if args.command == "events":
             return asyncio.run(cli_ops.events_command(config, args))
+        if args.command == "routes":
+            return cli_ops.routes_test(config, args)
         if args.command == "dead-letters":
-            return asyncio.run(_dead_letters(config, args.action, args.notifier, args.event))
+            return asyncio.run(_dead_letters(config, args))
         return asyncio.run(
             _run(config, registry, args.config, args.adopt_identity, args.accept_mass_vanish)
         )
@@ -206,6 +226,7 @@ async def _test_notify(config: Config, registry: NotifierRegistry, name: str) ->
     """A sample batch (one failure whose texts try every injection) through one notifier, with
     a throw-away in-memory store so nothing of the sample reaches the real state."""
     import time
+    import uuid
 
     from monitor.notify.render import sample_events
     from monitor.store.sqlite import SQLiteStore
@@ -219,43 +240,79 @@ async def _test_notify(config: Config, registry: NotifierRegistry, name: str) ->
         notifier.attach(scratch)
         try:
             await notifier.start()
-            result = await notifier.send(sample_events(time.time()))
+            # New ids every run: a receiver that drops repeats by id would drop a second test.
+            events = sample_events(time.time(), test_run=uuid.uuid4().hex[:12])
+            result = await notifier.send(events)
         finally:
             await notifier.close()
     status = "delivered" if result.ok else "FAILED"
     print(f"{name} ({spec.type}): {status}: {result.detail}")
+    print(f"event ids: {', '.join(e.id for e in events)}")
     return EXIT_OK if result.ok else EXIT_FAILURE
 
 
-async def _dead_letters(
-    config: Config, action: str, notifier: str | None, event_id: str | None
-) -> int:
+async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
     import time
 
     from monitor.store import OutboxState, open_store
 
+    notifier, event_id = args.notifier, args.event
+    unfiltered = notifier is None and event_id is None and not args.all
+    if args.action == "drop" and unfiltered and not _confirmed("drop every dead letter"):
+        print("docgen-monitor: dead-letters drop: name --event and/or --notifier, or give "
+              "--all to drop every one", file=sys.stderr)
+        return EXIT_CONFIG
     async with open_store(config.state.url) as store:
-        if action == "retry":
+        if args.action == "retry":
             n = await store.requeue_dead(time.time(), event_id=event_id, notifier=notifier)
             print(f"{n} dead letter(s) queued again")
-        elif action == "drop":
+            return EXIT_OK
+        if args.action == "drop":
             n = await store.drop_dead(event_id=event_id, notifier=notifier)
             print(f"{n} dead letter(s) dropped")
-        else:
-            for row in await store.list_outbox(OutboxState.DEAD, notifier=notifier, limit=100_000):
-                if event_id is not None and row.event.id != event_id:
-                    continue
-                line = {
-                    "event_id": row.event.id,
-                    "notifier": row.notifier,
-                    "type": row.event.type.value,
-                    "batch_id": row.event.batch_id,
-                    "attempts": row.attempts,
-                    "failing_since": row.first_failed_at,
-                    "last_error": row.last_error,
-                }
-                sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            return EXIT_OK
+        rows = [r for r in await store.list_outbox(OutboxState.DEAD, notifier=notifier,
+                                                   limit=100_000)
+                if event_id is None or r.event.id == event_id]
+    if args.output == "json":
+        for row in rows:
+            sys.stdout.write(orjson.dumps(_dead_letter_json(row)).decode() + "\n")
+    elif not rows:
+        print("no dead letters" + (" match" if notifier or event_id else ""))
+    else:
+        print(cli_ops.table(
+            ("EVENT", "NOTIFIER", "TYPE", "BATCH", "DETECTED", "FAILING SINCE", "ATTEMPTS",
+             "LAST ERROR"),
+            [(r.event.id, r.notifier, r.event.type.value, r.event.batch_id or "",
+              iso(r.event.detected_at.timestamp()),
+              "" if r.first_failed_at is None else iso(r.first_failed_at),
+              str(r.attempts), r.last_error or "") for r in rows],
+        ))
     return EXIT_OK
+
+
+def _dead_letter_json(row: OutboxEntry) -> dict[str, object]:
+    return {
+        "event_id": row.event.id,
+        "notifier": row.notifier,
+        "type": row.event.type.value,
+        "batch_id": row.event.batch_id,
+        "attempts": row.attempts,
+        "detected_at": iso(row.event.detected_at.timestamp()),
+        "failing_since": None if row.first_failed_at is None else iso(row.first_failed_at),
+        "last_error": row.last_error,
+    }
+
+
+def _confirmed(what: str) -> bool:
+    """Ask on the terminal; never when stdin is not one (a script must say --all)."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        answer = input(f"{what}? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _state_migrate(from_arg: str, to_arg: str, replace: bool) -> int:

@@ -1,6 +1,7 @@
-"""The operator's commands: `silence add|list|expire` and `events list`. They work on the state
-store directly (like `dead-letters`), so they need no running daemon, and one replica's silence
-is every replica's."""
+"""The operator's commands: `silence add|list|expire`, `events list` and `routes test`. The
+first two work on the state store directly (like `dead-letters`), so they need no running
+daemon, and one replica's silence is every replica's; `routes test` reads only the
+configuration."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import getpass
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from monitor.config import Config, parse_duration_s
 from monitor.errors import InvalidInput
-from monitor.notify.silences import new_silence, parse_matchers
+from monitor.model import Event, EventBatch, EventJob, EventType
+from monitor.notify.router import Router
+from monitor.notify.silences import match_data, new_silence, parse_matchers
 from monitor.store import open_store
 from monitor.store.base import EventQuery
 from monitor.views import event_json, iso, match_text, parse_since, silence_json
@@ -68,6 +72,22 @@ def add_parsers(
     ev.add_argument("--status", default=None, help="only events to this job status")
     ev.add_argument("--limit", type=int, default=DEFAULT_EVENTS)
     ev.add_argument("--output", choices=("table", "json"), default="table")
+
+    routes = sub.add_parser("routes", help="which notifiers an event would reach, and why")
+    routes_actions = routes.add_subparsers(dest="action", required=True)
+    test = routes_actions.add_parser(
+        "test", help="route a made-up event (like `amtool config routes test`); nothing is sent"
+    )
+    with_config(test)
+    test.add_argument("--type", default=EventType.JOB_STATUS_CHANGED.value,
+                      choices=[t.value for t in EventType])
+    test.add_argument("--from-status", default=None)
+    test.add_argument("--to-status", default=None)
+    test.add_argument("--template", default="1", help="the template file id")
+    test.add_argument("--batch", default="1", help="the batch id")
+    test.add_argument("--output-type", default="pdf")
+    test.add_argument("--creator", default=None, help="the job's created_by user id")
+    test.add_argument("--output", choices=("text", "json"), default="text")
 
 
 def _duration(text: str) -> float:
@@ -172,3 +192,47 @@ async def events_command(config: Config, args: argparse.Namespace) -> int:
 
 def _filtered(args: argparse.Namespace) -> bool:
     return any(v is not None for v in (args.since, args.batch, args.job, args.type, args.status))
+
+
+def sample_event(args: argparse.Namespace) -> Event:
+    """The event `routes test` routes: what the flags say, the rest neutral."""
+    kind = EventType(args.type)
+    if kind is EventType.BATCH_COMPLETED:
+        return Event(id="routes-test", type=kind, detected_at=datetime.now(UTC),
+                     batch=EventBatch(id=args.batch, counts={}))
+    return Event(
+        id="routes-test", type=kind, detected_at=datetime.now(UTC),
+        from_status=args.from_status, to_status=args.to_status,
+        job=EventJob(id="routes-test", batch_id=args.batch, status=args.to_status,
+                     template_file_id=args.template, output_file_id=None,
+                     output_type=args.output_type, created_by_id=args.creator),
+    )
+
+
+def routes_test(config: Config, args: argparse.Namespace) -> int:
+    # The same checks as a route's match: a status or output type Box never reports.
+    match_data({key: value for key, value in (
+        ("from_status", args.from_status), ("to_status", args.to_status),
+        ("output_type", args.output_type)) if value is not None})
+    event = sample_event(args)
+    router = Router(config.routes)
+    taken = router.matching(event)
+    notifiers = router.route(event)
+    if args.output == "json":
+        _print_json({
+            "notifiers": list(notifiers),
+            "routes": [{"index": i, "match": route.match.model_dump(mode="json",
+                                                                    exclude_none=True),
+                        "notify": route.notify, "continue": route.continue_}
+                       for i, route in taken],
+        })
+        return EXIT_OK
+    for i, route in taken:
+        match = match_text(route.match.model_dump(mode="json", exclude_none=True)) or "{}"
+        more = " (continue)" if route.continue_ else ""
+        print(f"routes[{i}] match {match} -> {', '.join(route.notify)}{more}")
+    if notifiers:
+        print(", ".join(notifiers))
+    else:
+        print("no route matches: this event would reach no notifier")
+    return EXIT_OK

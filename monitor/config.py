@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from monitor.errors import ConfigError
-from monitor.model import EventType
+from monitor.model import BOX_OUTPUT_TYPES, KNOWN_STATUSES, EventType
 from monitor.store.registry import check_url
 from monitor.yaml_input import YAMLInputError, parse_yaml, read_config_text
 
@@ -219,6 +219,29 @@ class RouteMatch(_Model):
     @classmethod
     def _type_list(cls, value: Any) -> Any:
         return _as_list(value)
+
+    @field_validator("from_status", "to_status")
+    @classmethod
+    def _box_statuses(cls, value: list[str] | None) -> list[str] | None:
+        return _known_values(value, KNOWN_STATUSES, "a Box job status")
+
+    @field_validator("output_type")
+    @classmethod
+    def _box_output_types(cls, value: list[str] | None) -> list[str] | None:
+        return _known_values(value, BOX_OUTPUT_TYPES, "a Box output type")
+
+
+def _known_values(
+    value: list[str] | None, known: frozenset[str], what: str
+) -> list[str] | None:
+    """A match on a value Box never reports can never fire: refuse it, naming the known ones."""
+    unknown = [v for v in value or [] if v not in known]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(map(repr, unknown))} is not {what} (one of: {', '.join(sorted(known))}); "
+            "this match could never fire"
+        )
+    return value
 
 
 class Route(_Model):

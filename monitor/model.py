@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 TERMINAL_STATUSES = frozenset({"completed", "completed_with_error", "failed"})
 KNOWN_STATUSES = frozenset({"pending", "submitted"}) | TERMINAL_STATUSES
+#: The output types Box documents for a Doc Gen job (`box-api/FACTS.md`).
+BOX_OUTPUT_TYPES = frozenset({"docx", "pdf"})
 
 
 def is_terminal(status: str) -> bool:

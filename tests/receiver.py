@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import standardwebhooks
 from aiohttp import web
 
 
@@ -28,6 +29,7 @@ class Delivery:
 @dataclass
 class WebhookReceiver:
     secret: str | None = "s3cret"
+    standard_secret: str | None = None  # a whsec_ secret: check Standard Webhooks instead
     deliveries: list[Delivery] = field(default_factory=list)
     bad_signatures: int = 0
     refused: int = 0  # requests answered with a failure status on purpose
@@ -86,7 +88,14 @@ class WebhookReceiver:
             self._changed.set()
             headers = {"Retry-After": self.retry_after} if self.retry_after else {}
             return web.Response(status=self.fail_status or 500, text="nope", headers=headers)
-        if self.secret is not None:
+        if self.standard_secret is not None:
+            # The Standard Webhooks reference library checks `signature: standard`.
+            try:
+                standardwebhooks.Webhook(self.standard_secret).verify(raw, dict(request.headers))
+            except standardwebhooks.WebhookVerificationError:
+                self.bad_signatures += 1
+                return web.Response(status=401, text="bad signature")
+        elif self.secret is not None:
             ts = request.headers["X-Docgen-Monitor-Timestamp"]
             expected = "v1=" + hmac.new(self.secret.encode(), f"{ts}.".encode() + raw,
                                         hashlib.sha256).hexdigest()

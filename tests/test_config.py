@@ -108,6 +108,37 @@ def test_environment_overrides_nested_keys_and_list_items(tmp_path: Path) -> Non
     assert config.notifiers[0].model_extra == {"url": "http://10.0.0.1/x", "secret": "s3cret"}
 
 
+def test_environment_overrides_are_typed_by_the_field_they_set_not_as_yaml(
+    tmp_path: Path,
+) -> None:
+    """Digits for a token, `0777` for a secret, `true` for a string stay the text given; the
+    variable naming the file (DOCGEN_MONITOR_CONFIG) is not an override."""
+    env = {"BOX_TOKEN": "t", "DOCGEN_MONITOR_HTTP__API_TOKEN": "12345",
+           "DOCGEN_MONITOR_NOTIFIERS__0__SECRET": "0777",
+           "DOCGEN_MONITOR_BOX__AUTH__TOKEN": "true",
+           "DOCGEN_MONITOR_CONFIG": str(tmp_path / "config.yaml")}
+    config = load_config(write(tmp_path, VALID), env=env, notifier_models=models())
+    assert config.http.api_token is not None
+    assert config.http.api_token.get_secret_value() == "12345"
+    assert config.notifiers[0].secret.get_secret_value() == "0777"  # type: ignore[attr-defined]
+    assert config.box.auth.token.get_secret_value() == "true"  # type: ignore[union-attr]
+
+
+def test_route_matches_that_can_never_fire_are_refused_by_path(tmp_path: Path) -> None:
+    text = VALID.replace("  - {match: {}, notify: [sink]}", """  - {match: {}, notify: [sink]}
+  - {match: {to_status: [failed, complete]}, notify: [sink]}
+  - {match: {from_status: Pending, output_type: [pdf, xlsx]}, notify: [nobody]}""")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={"BOX_TOKEN": "t"})
+    problems = "\n".join(info.value.problems)
+    assert "routes[1].match.to_status: " in problems and "'complete' is not a Box job status" \
+        in problems
+    assert "routes[2].match.from_status: " in problems and "'Pending'" in problems
+    assert "routes[2].match.output_type: " in problems and "'xlsx' is not a Box output type" \
+        in problems
+    assert "routes[2].notify[0]: no notifier named 'nobody'" in problems
+
+
 def test_check_config_exits_2_listing_problems_and_0_when_valid(tmp_path: Path) -> None:
     bad = write(tmp_path, VALID.replace("2s", "fast").replace("${BOX_TOKEN}", "x"))
     out = subprocess.run([sys.executable, "-m", "monitor.cli", "check-config", str(bad)],

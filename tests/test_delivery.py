@@ -4,6 +4,7 @@ a real receiver and the real SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import time
@@ -13,16 +14,17 @@ from pathlib import Path
 
 import pytest
 import structlog
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from monitor.clock import SteadyWallClock
-from monitor.config import DeliveryConfig, NotifierSpec
+from monitor.config import DeliveryConfig, NotifierSpec, validation_problems
 from monitor.looplag import LoopLagSampler
 from monitor.metrics import Metrics
 from monitor.model import Event, EventJob, EventType, SnapshotChanges
 from monitor.notify.base import NotifierRegistry
 from monitor.notify.dispatcher import Dispatcher, backoff_s
-from monitor.notify.webhook import WebhookNotifier, parse_retry_after_s, sign
+from monitor.notify.webhook import WebhookConfig, WebhookNotifier, parse_retry_after_s, sign
 from monitor.store import open_store
 from monitor.store.base import OutboxState, RoutedEvent, Store
 from tests.receiver import WebhookReceiver
@@ -84,6 +86,48 @@ def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
     body = b'{"a":1}'
     expected = hmac.new(b"k", b"1700000000." + body, hashlib.sha256).hexdigest()
     assert sign("k", 1_700_000_000, body) == f"v1={expected}"
+
+
+STANDARD_SECRET = "whsec_" + base64.b64encode(b"a standard webhooks test key").decode()
+
+
+async def test_signature_standard_follows_standard_webhooks(tmp_path: Path) -> None:
+    """Checked by the Standard Webhooks reference library (`standardwebhooks`), receiving: the
+    event id is the `webhook-id`; a receiver with another secret refuses the delivery."""
+    receiver = await WebhookReceiver(secret=None, standard_secret=STANDARD_SECRET).start()
+    wrong = await WebhookReceiver(
+        secret=None, standard_secret="whsec_" + base64.b64encode(b"another key").decode()
+    ).start()
+    notifiers = [webhook(r.url, secret=STANDARD_SECRET, signature="standard")
+                 for r in (receiver, wrong)]
+    try:
+        ok, refused = [await n.send([event()]) for n in notifiers]
+    finally:
+        for n in notifiers:
+            await n.close()
+        await receiver.close()
+        await wrong.close()
+    assert ok.ok, ok.detail
+    assert not refused.ok and "401" in refused.detail
+    assert (receiver.bad_signatures, wrong.bad_signatures) == (0, 1)
+    (delivery,) = receiver.deliveries
+    assert delivery.headers["webhook-id"] == event().id == delivery.headers["Idempotency-Key"]
+    assert delivery.headers["webhook-signature"].startswith("v1,")
+    assert "X-Docgen-Monitor-Signature" not in delivery.headers
+
+
+@pytest.mark.parametrize("secret", [None, "not base64 at all!", "whsec_"])
+def test_signature_standard_needs_a_base64_secret_and_never_echoes_it(
+    secret: str | None,
+) -> None:
+    spec = {"name": "sink", "type": "webhook", "url": "http://127.0.0.1:9/h",
+            "signature": "standard", **({"secret": secret} if secret is not None else {})}
+    with pytest.raises(ValidationError) as info:
+        WebhookConfig.model_validate(spec)
+    text = "\n".join(validation_problems(info.value))  # what check-config prints
+    assert "a standard signature needs" in text or "signature standard needs" in text
+    if secret:
+        assert secret not in text.replace("whsec_ and base64", "")
 
 
 @pytest.mark.parametrize(("status", "retry_after"), [(500, None), (429, "7"), (503, "2")])

@@ -67,7 +67,7 @@ async def test_test_notify_reports_the_receivers_refusal_and_exits_1(
                               "channel": CHANNEL, "api_url": slack.api_url}])
     code, out, _ = await run_cli("test-notify", "--config", str(path), "team-slack")
     assert code == 1
-    assert out == "team-slack (slack): FAILED: chat.postMessage: invalid_auth\n"
+    assert out.splitlines()[0] == "team-slack (slack): FAILED: chat.postMessage: invalid_auth"
     assert "xoxb-revoked" not in out
 
 
@@ -77,7 +77,8 @@ async def test_test_notify_mails_a_sample_digest(smtp: SmtpSink, tmp_path: Path)
                               "smtp": {"host": "127.0.0.1", "port": smtp.port,
                                        "starttls": False}}])
     code, out, err = await run_cli("test-notify", "--config", str(path), "oncall-mail")
-    assert (code, out) == (0, "oncall-mail (email): delivered: 1 mail(s)\n"), err
+    assert code == 0, err
+    assert out.splitlines()[0] == "oncall-mail (email): delivered: 1 mail(s)"
     [mail] = smtp.received()
     _, html = parts(mail)
     assert "&lt;!channel&gt;" in html and "<script>" not in html
@@ -100,7 +101,8 @@ async def test_dead_letters_list_retry_and_drop(tmp_path: Path) -> None:
         for event_id, notifier in (("j1:2:x:y", "a"), ("j2:2:x:y", "a"), ("j1:2:x:y", "b")):
             await store.mark_failed(event_id, notifier, "HTTP 500 <boom>", None)
 
-    code, out, err = await run_cli("dead-letters", "list", "--config", str(path))
+    code, out, err = await run_cli("dead-letters", "list", "--config", str(path),
+                                   "--output", "json")
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["event_id"], r["notifier"], r["attempts"], r["last_error"]) for r in rows] == [
@@ -108,6 +110,16 @@ async def test_dead_letters_list_retry_and_drop(tmp_path: Path) -> None:
         ("j1:2:x:y", "b", 1, "HTTP 500 <boom>"),
         ("j2:2:x:y", "a", 1, "HTTP 500 <boom>"),
     ]
+    assert rows[0]["detected_at"] == "2027-01-15T12:00:00Z"
+    assert rows[0]["failing_since"].endswith("Z")
+    code, out, err = await run_cli("dead-letters", "list", "--config", str(path))
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split()[:6] == ["EVENT", "NOTIFIER", "TYPE", "BATCH", "DETECTED", "FAILING"]
+    assert len(lines) == 3 and "2027-01-15T12:00:00Z" in lines[0] and "HTTP 500 <boom>" in lines[0]
+    # Without a filter, drop asks; with no terminal to ask on it refuses and drops nothing.
+    code, out, err = await run_cli("dead-letters", "drop", "--config", str(path))
+    assert code == 2 and "--all" in err and out == ""
     code, out, _ = await run_cli("dead-letters", "retry", "--config", str(path),
                                  "--notifier", "a", "--event", "j1:2:x:y")
     assert (code, out) == (0, "1 dead letter(s) queued again\n")
@@ -117,6 +129,10 @@ async def test_dead_letters_list_retry_and_drop(tmp_path: Path) -> None:
         assert [r.event.id for r in await store.list_outbox(OutboxState.DEAD)] == ["j2:2:x:y"]
         [pending] = await store.list_outbox(OutboxState.PENDING)
         assert (pending.event.id, pending.notifier, pending.attempts) == ("j1:2:x:y", "a", 0)
+    code, out, _ = await run_cli("dead-letters", "drop", "--config", str(path), "--all")
+    assert (code, out) == (0, "1 dead letter(s) dropped\n")
+    code, out, _ = await run_cli("dead-letters", "list", "--config", str(path))
+    assert (code, out) == (0, "no dead letters\n")
 
 
 async def test_check_config_refuses_a_broken_template(tmp_path: Path) -> None:

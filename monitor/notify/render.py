@@ -268,14 +268,18 @@ def sample_context(**extra: Any) -> dict[str, Any]:
     return batch_view("sample-batch", (), sample_events(now), now).context(**extra)
 
 
-def sample_events(now: float) -> list[Event]:
+def sample_events(now: float, test_run: str | None = None) -> list[Event]:
     """A small batch with a failure whose texts try every injection: what `test-notify` sends
-    and `check-config` renders templates against."""
+    and `check-config` renders templates against. With `test_run` (a fresh id per run) the
+    event ids carry it, so a receiver that drops repeats by id takes every run, and the
+    payload says `"test": true`."""
     from datetime import UTC, datetime
 
     from monitor.model import EventBatch, EventJob
 
     at = datetime.fromtimestamp(now, UTC)
+    prefix = f"test-{test_run}:" if test_run else ""
+    extra: dict[str, object] = {"test": True} if test_run else {}
     job = EventJob(
         id="sample-job-1",
         batch_id="sample-batch",
@@ -288,19 +292,21 @@ def sample_events(now: float) -> list[Event]:
     )
     return [
         Event(
-            id="sample-job-1:2:submitted:failed",
+            id=f"{prefix}sample-job-1:2:submitted:failed",
             type=EventType.JOB_STATUS_CHANGED,
             detected_at=at,
             from_status="submitted",
             to_status="failed",
             job=job,
+            extra=extra,
         ),
         Event(
-            id="sample-batch:completed:2",
+            id=f"{prefix}sample-batch:completed:2",
             type=EventType.BATCH_COMPLETED,
             detected_at=at,
             batch=EventBatch(
                 id="sample-batch", counts={"completed": 1, "failed": 1}, duration_s=12.0
             ),
+            extra=extra,
         ),
     ]

@@ -28,9 +28,17 @@ class Router:
     def route(self, event: Event) -> tuple[str, ...]:
         """Notifier names for `event`, each once, in route order."""
         names: list[str] = []
-        for route in self.routes:
+        for _, route in self.matching(event):
+            names += [n for n in route.notify if n not in names]
+        return tuple(names)
+
+    def matching(self, event: Event) -> list[tuple[int, Route]]:
+        """The routes `event` takes, with their indexes: every match up to the first one
+        without `continue` (what `routes test` shows)."""
+        taken = []
+        for i, route in enumerate(self.routes):
             if matches(route.match, event):
-                names += [n for n in route.notify if n not in names]
+                taken.append((i, route))
                 if not route.continue_:
                     break
-        return tuple(names)
+        return taken
