@@ -321,4 +321,14 @@ async def test_a_page_behind_ui_token_asks_a_browser_and_refuses_cross_site_acti
     await expect(page.locator("#updated-at:not([data-seen])")).to_be_attached(timeout=WAIT_MS)
     await expect(page.locator("#live-state")).to_have_text("· live")
     await context.close()
+
+    # Without JavaScript the page reads the same; only the live updates are missing.
+    context = await browser.new_context(java_script_enabled=False, http_credentials={
+        "username": "ops", "password": UI_TOKEN})
+    page = await context.new_page()
+    await page.goto(base + "/")
+    await expect(page.locator("#polling .badge").first).to_have_text("ready")
+    await expect(page.locator("#notifiers tr.notifier[data-notifier='sink']")).to_be_visible()
+    await expect(page.locator("#live-state")).to_have_text("")
+    await context.close()
     assert await world.daemon.stop() == 0
