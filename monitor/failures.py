@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from monitor.model import JobState
 
@@ -20,6 +21,9 @@ MAX_SIGNATURE_CHARS = 300
 MAX_EXAMPLES = 5
 #: A value longer than this is shortened in the examples.
 MAX_VALUE_CHARS = 80
+#: Distinct texts whose signature is remembered: Box's texts repeat (one per problem and tag),
+#: and the page groups up to 2,000 failures every few seconds.
+CACHED_TEXTS = 4096
 
 NAME = "'…'"
 FILE = "<file>"
@@ -41,6 +45,7 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _SPACE = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=CACHED_TEXTS)
 def signature(text: str) -> str:
     """The error text with what varies between jobs replaced: quoted names by `'…'`, file
     names by `<file>`, ids by `<id>`, numbers by `<n>`; whitespace collapsed."""
@@ -58,9 +63,14 @@ def signature(text: str) -> str:
 def varying_values(text: str) -> list[str]:
     """The quoted names and file names of `text`, in order: what makes it one example of its
     group (`customer_name`)."""
+    return list(_varying_values(text))
+
+
+@lru_cache(maxsize=CACHED_TEXTS)
+def _varying_values(text: str) -> tuple[str, ...]:
     values = [next(g for g in m.groups() if g is not None) for m in _QUOTED.finditer(text)]
     values += _FILE.findall(_QUOTED.sub(" ", text))
-    return [_shorten(v) for v in values]
+    return tuple(_shorten(v) for v in values)
 
 
 @dataclass
@@ -91,7 +101,7 @@ class FailureGroup:
 
     def note(self, text: str) -> None:
         """Keep `text` and its varying values as examples (room permitting)."""
-        for value in varying_values(text):
+        for value in _varying_values(text):
             if value not in self.examples and len(self.examples) < MAX_EXAMPLES:
                 self.examples.append(value)
         if text not in self.texts and len(self.texts) < MAX_EXAMPLES:
