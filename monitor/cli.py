@@ -390,7 +390,7 @@ async def _run(
 
 
 async def _once(config: Config, registry: NotifierRegistry) -> int:
-    from monitor.daemon import make_box_client
+    from monitor.box.connect import make_box_client
     from monitor.identity import IdentityGuard
     from monitor.metrics import Metrics
     from monitor.notify.router import Router

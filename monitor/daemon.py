@@ -20,11 +20,12 @@ from typing import Any, Self
 
 import structlog
 
-from monitor.box.auth import Auth, CCGAuth, DeveloperTokenAuth, JWTAuth
+from monitor.box.auth import Auth
 from monitor.box.budget import RequestBudget
 from monitor.box.client import BoxClient
+from monitor.box.connect import make_auth, make_box_client
 from monitor.box.errors import BoxError
-from monitor.config import BoxConfig, CCGAuthConfig, Config, JWTAuthConfig
+from monitor.config import BoxConfig, Config, JWTAuthConfig
 from monitor.errors import ConfigError
 from monitor.identity import IdentityGuard
 from monitor.looplag import LoopLagSampler
@@ -55,50 +56,6 @@ class RunState(Enum):
     NEW = "new"
     RUNNING = "running"
     STOPPED = "stopped"
-
-
-def make_auth(box: BoxConfig, metrics: Metrics | None) -> Auth:
-    if isinstance(box.auth, CCGAuthConfig):
-        return CCGAuth(
-            f"{box.base_url}/oauth2/token",
-            box.auth.client_id,
-            box.auth.client_secret,
-            box.auth.subject_type,
-            box.auth.subject_id,
-            timeout_s=box.timeout,
-            metrics=metrics,
-        )
-    if isinstance(box.auth, JWTAuthConfig):
-        try:
-            return JWTAuth.from_config_file(
-                f"{box.base_url}/oauth2/token",
-                box.auth.config_file,
-                user_id=box.auth.user_id,
-                timeout_s=box.timeout,
-                metrics=metrics,
-            )
-        except ValueError as exc:
-            raise ConfigError([f"box.auth.config_file: {exc}"]) from None
-    return DeveloperTokenAuth(box.auth.token)
-
-
-def make_box_client(box: BoxConfig, metrics: Metrics | None) -> tuple[Auth, BoxClient]:
-    """The client and its auth, which the caller closes (after a reload: `client.auth`)."""
-    auth = make_auth(box, metrics)
-    budget = RequestBudget(
-        box.requests_per_minute, max_retry_after_s=box.max_retry_after, metrics=metrics
-    )
-    client = BoxClient(
-        box.base_url,
-        auth,
-        metrics=metrics,
-        timeout_s=box.timeout,
-        max_attempts=box.max_attempts,
-        max_retry_after_s=box.max_retry_after,
-        page_size=box.page_size,
-        budget=budget,
-    )
-    return auth, client
 
 
 def _restart_only(old: Config, new: Config) -> list[str]:

@@ -22,13 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import aiohttp
-import jwt
 import structlog
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import SecretStr, ValidationError
 
 from monitor.box import _http
@@ -46,6 +43,9 @@ from monitor.box.errors import (
 )
 from monitor.box.models import AccessToken, OAuth2Error
 from monitor.metrics import Metrics
+
+if TYPE_CHECKING:  # PyJWT and cryptography load with the first JWT auth (~0.1 s to import)
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 __all__ = [
     "REFUSED_BACKOFF_INITIAL_S",
@@ -495,6 +495,9 @@ class JWTAuth(AppGrantAuth):
     ) -> JWTAuth:
         """Read Box's `config.json`; raise `BoxAuthError`-free `ValueError` naming what is wrong
         (never the key or the passphrase)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             settings = data["boxAppSettings"]
@@ -534,6 +537,8 @@ class JWTAuth(AppGrantAuth):
 
     def assertion(self) -> str:
         """A signed assertion with the claims Box documents; a new `jti` every time."""
+        import jwt
+
         now = int(self._wall_clock())
         claims = {
             "iss": self.client_id,
