@@ -86,14 +86,12 @@ def snapshot_changes(
         if old is not None:
             job = _keep_unreported(old, job)
         if old is None:
-            new = replace(job, seq=gone_seqs.get(job.id, 0) + 1, first_seen_at=now, changed_at=now)
+            new = job.booked(gone_seqs.get(job.id, 0) + 1, now, now)
         elif old.status != job.status:
-            new = replace(job, seq=old.seq + 1, first_seen_at=old.first_seen_at, changed_at=now)
+            new = job.booked(old.seq + 1, old.first_seen_at, now)
         elif not old.same_observation(job):
             # e.g. an output file id that appears without a status change: stored, not announced
-            new = replace(
-                job, seq=old.seq, first_seen_at=old.first_seen_at, changed_at=old.changed_at
-            )
+            new = job.booked(old.seq, old.first_seen_at, old.changed_at)
         else:
             continue
         upserts[job.id] = new

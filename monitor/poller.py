@@ -31,9 +31,10 @@ from monitor.box.models import DocGenJob, ListedJob
 from monitor.diff import drop_regressions, snapshot_changes
 from monitor.identity import IdentityGuard
 from monitor.metrics import Metrics
-from monitor.model import KNOWN_STATUSES, Event, JobState, Observation, is_terminal
+from monitor.model import KNOWN_STATUSES, Event, JobState, Observation, Observed, is_terminal
 from monitor.recorder import Recorder, StagedSweep
 from monitor.store.base import PollStore
+from monitor.store.rows import NO_TEXTS, texts_json
 from monitor.vanish import plan_vanish
 
 log = structlog.get_logger(__name__)
@@ -78,17 +79,32 @@ def job_state(job: DocGenJob) -> JobState:
 def listed_job_state(job: ListedJob) -> JobState:
     output_file = job.get("output_file")
     failures = job.get("failures")
-    return JobState(
-        id=job["id"],
-        batch_id=job["batch"]["id"],
-        status=job["status"],
-        template_file_id=job["template_file"]["id"],
-        output_type=job["output_type"],
-        output_file_id=output_file["id"] if output_file is not None else None,
-        created_at=job.get("created_at"),
-        created_by_id=job["created_by"]["id"],
+    return JobState(  # positional: a baseline builds one per job of the account
+        job["id"],
+        job["batch_id"],
+        job["status"],
+        job["template_file_id"],
+        job["output_type"],
+        output_file["id"] if output_file is not None else None,
+        job.get("created_at"),
+        job["created_by_id"],
         errors=tuple(failures["errors"]) if failures else (),
         warnings=tuple(failures["warnings"]) if failures else (),
+    )
+
+
+def listed_observed(job: ListedJob) -> Observed:
+    """`observed_of(listed_job_state(job))`, read on the raw entry (no JobState built)."""
+    output_file = job.get("output_file")
+    failures = job.get("failures")
+    return (
+        job["status"],
+        job["batch_id"],
+        job["template_file_id"],
+        job["output_type"],
+        output_file["id"] if output_file is not None else None,
+        texts_json(failures["errors"]) if failures else NO_TEXTS,
+        texts_json(failures["warnings"]) if failures else NO_TEXTS,
     )
 
 
@@ -216,18 +232,23 @@ class Poller:
     ) -> None:
         """Diff one page against the stored rows of its jobs and stage what changed; `keep`
         the changed rows (and their stored rows) when events will be built from them."""
-        self._note_unknown_statuses((e["status"], e["id"]) for e in entries)
-        ids = [e["id"] for e in entries]
-        stored = await self.store.load_jobs(ids)
-        # Most jobs of a steady sweep are unchanged: recognised on the raw entry, they never
-        # become JobStates; the rest go through the pure diff.
-        fresh, behind = drop_regressions(
-            stored, (listed_job_state(e) for e in entries if not _unchanged(stored.get(e["id"]), e))
+        self._note_unknown_statuses(
+            (e["status"], e["id"]) for e in entries if e["status"] not in KNOWN_STATUSES
         )
+        observed = await self.store.load_observed([e["id"] for e in entries])
+        # Most jobs of a steady sweep are unchanged: recognised by comparing the entry with what
+        # their row holds, they never become JobStates; the rest go through the pure diff.
+        changed = [e for e in entries if observed.get(e["id"]) != listed_observed(e)]
+        seen = [(e["id"], e["status"]) for e in entries]
+        if not changed:
+            await self.store.sweep_stage(sweep.generation, seen, [])
+            return
+        known = [e["id"] for e in changed if e["id"] in observed]  # the rest are new
+        stored = await self.store.load_jobs(known) if known else {}
+        fresh, behind = drop_regressions(stored, (listed_job_state(e) for e in changed))
         if behind:
             self.metrics.listing_regressions.inc(len(behind))
             log.info("listing_behind_ignored", jobs=len(behind), sample=behind[:5])
-        seen = [(e["id"], e["status"]) for e in entries]
         await self._stage(sweep, fresh, stored, seen, keep=keep)
 
     async def _stage(
@@ -542,23 +563,6 @@ class Poller:
                 treated_as="non-terminal",
                 metric_label="unknown",
             )
-
-
-def _unchanged(stored: JobState | None, entry: ListedJob) -> bool:
-    """`JobState.same_observation`, tested on a raw listing entry (no JobState built)."""
-    if stored is None:
-        return False
-    output_file = entry.get("output_file")
-    failures = entry.get("failures")
-    return (
-        stored.status == entry["status"]
-        and stored.batch_id == entry["batch"]["id"]
-        and stored.output_file_id == (output_file["id"] if output_file is not None else None)
-        and stored.template_file_id == entry["template_file"]["id"]
-        and stored.output_type == entry["output_type"]
-        and stored.errors == (tuple(failures["errors"]) if failures else ())
-        and stored.warnings == (tuple(failures["warnings"]) if failures else ())
-    )
 
 
 def _lone_straggler(batch: dict[str, JobState]) -> str | None:

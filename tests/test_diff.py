@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -229,3 +230,18 @@ def test_a_listing_behind_a_committed_terminal_status_is_dropped_not_diffed() ->
     kept, behind = drop_regressions(snapshot, listed)
     assert behind == ["j1"]
     assert [j.id for j in kept] == ["j2", "j3", "j4"]
+
+
+def test_booked_is_replace_of_the_bookkeeping_fields_and_keeps_every_other_field() -> None:
+    """`JobState.booked` builds the row positionally (for speed): every field, including one
+    added later, must come through as `dataclasses.replace` would carry it."""
+    values: dict[str, object] = {}
+    for number, f in enumerate(dataclass_fields(JobState)):
+        values[f.name] = (
+            (f"text{number}",) if f.name in ("errors", "warnings")
+            else float(number) if f.type == "float"
+            else number if f.type == "int"
+            else f"{f.name}-{number}"
+        )
+    job = JobState(**values)  # type: ignore[arg-type]
+    assert job.booked(91, 92.0, 93.0) == replace(job, seq=91, first_seen_at=92.0, changed_at=93.0)

@@ -36,7 +36,7 @@ def test_a_clean_page_has_no_invalid_entries() -> None:
     ("bad", "reason"),
     [
         ({k: v for k, v in entry("3").items() if k != "status"}, "status: Field required"),
-        (entry("3", batch=None), "batch:"),
+        (entry("3", batch=None), "batch.id: Field required"),
         (entry(3), "id: Input should be a valid string"),
     ],
 )

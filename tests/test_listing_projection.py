@@ -1,28 +1,37 @@
-"""The sweep recognises unchanged jobs on the raw listing entry, without building a JobState;
-that shortcut must agree with `JobState.same_observation` on every input."""
+"""The sweep recognises unchanged jobs by comparing a listing entry with what the job's row holds
+(`listed_observed` against `load_observed`), without building a JobState; that comparison must
+agree with `JobState.same_observation` on every input, and every field it compares must count."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.model import JobState
-from monitor.poller import _unchanged, listed_job_state
+from monitor.box.listing import parse_listing
+from monitor.box.models import ListedJob
+from monitor.poller import listed_job_state, listed_observed
+from monitor.store.rows import observed_of
 
-texts = st.lists(st.sampled_from(["missing tag", "bad template", "<!channel>"]), max_size=2)
+texts = st.lists(st.sampled_from(["missing tag", "bad template", "<!channel>", "é \"q\""]),
+                 max_size=2)
 failures = st.one_of(st.none(), st.fixed_dictionaries({"errors": texts, "warnings": texts}))
 ids = st.sampled_from(["1", "2"])
 
 
 @st.composite
 def entries(draw: st.DrawFn) -> dict[str, Any]:
+    """A `DocGenJob--Full` entry as Box sends it (nested references)."""
     entry: dict[str, Any] = {
-        "id": "j1", "type": "docgen_job", "batch": {"id": draw(ids)},
-        "template_file": {"id": draw(ids)}, "status": draw(st.sampled_from(
+        "id": "j1", "type": "docgen_job", "batch": {"id": draw(ids), "type": "docgen_batch"},
+        "template_file": {"id": draw(ids), "type": "file"}, "status": draw(st.sampled_from(
             ["pending", "submitted", "completed", "failed", "new_status"])),
-        "output_type": draw(st.sampled_from(["pdf", "docx"])), "created_by": {"id": "u1"},
+        "output_type": draw(st.sampled_from(["pdf", "docx"])),
+        "created_by": {"id": draw(ids), "type": "user"},
+        "created_at": draw(st.sampled_from([None, "2026-05-01T10:00:00Z"])),
         "output_file": draw(st.one_of(st.none(), st.builds(lambda i: {"id": i}, ids))),
     }
     if (f := draw(failures)) is not None or draw(st.booleans()):
@@ -30,13 +39,55 @@ def entries(draw: st.DrawFn) -> dict[str, Any]:
     return entry
 
 
+def read(*raw: dict[str, Any]) -> list[ListedJob]:
+    """The entries as a sweep reads them: one page through the listing's parser."""
+    page = parse_listing(orjson.dumps({"entries": list(raw), "next_marker": None}))
+    assert page.invalid == ()
+    return page.entries
+
+
 @given(entries(), entries())
 @settings(max_examples=500)
-def test_unchanged_on_the_raw_entry_agrees_with_same_observation(
+def test_the_raw_comparison_agrees_with_same_observation(
     stored_entry: dict[str, Any], entry: dict[str, Any]
 ) -> None:
-    stored = listed_job_state(stored_entry)  # type: ignore[arg-type]
-    assert isinstance(stored, JobState)
-    expected = stored.same_observation(listed_job_state(entry))  # type: ignore[arg-type]
-    assert _unchanged(stored, entry) == expected  # type: ignore[arg-type]
-    assert _unchanged(stored, stored_entry)  # type: ignore[arg-type]
+    stored_listed, listed = read(stored_entry, entry)
+    stored = listed_job_state(stored_listed)
+    assert listed_observed(listed) == observed_of(listed_job_state(listed))
+    expected = stored.same_observation(listed_job_state(listed))
+    assert (observed_of(stored) == listed_observed(listed)) == expected
+    assert observed_of(stored) == listed_observed(stored_listed)
+
+
+BASE: dict[str, Any] = {
+    "id": "j1", "type": "docgen_job", "batch": {"id": "b1"}, "template_file": {"id": "t1"},
+    "status": "completed", "output_type": "pdf", "created_by": {"id": "u1"},
+    "output_file": {"id": "f1"}, "failures": {"errors": [], "warnings": ["w"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "counts"),
+    [
+        ({"status": "failed"}, True),
+        ({"batch": {"id": "b2"}}, True),
+        ({"template_file": {"id": "t2"}}, True),
+        ({"output_type": "docx"}, True),
+        ({"output_file": {"id": "f2"}}, True),
+        ({"output_file": None}, True),
+        ({"failures": {"errors": ["e"], "warnings": ["w"]}}, True),
+        ({"failures": {"errors": [], "warnings": ["w", "x"]}}, True),
+        ({"failures": None}, True),
+        # Not part of an observation: the stored row keeps what the listing said first.
+        ({"created_at": "2026-05-01T10:00:00Z"}, False),
+        ({"created_by": {"id": "u2"}}, False),
+        ({"source": "ui", "enterprise": {"id": "9"}}, False),
+    ],
+)
+def test_each_observed_field_makes_the_entry_changed(change: dict[str, Any], counts: bool) -> None:
+    """A table of one-field changes: each field the snapshot compares is caught by the
+    comparison, and the others are not."""
+    (before,) = read(BASE)
+    (after,) = read({**BASE, **change})
+    assert (listed_observed(after) != observed_of(listed_job_state(before))) is counts
+    assert listed_job_state(before).same_observation(listed_job_state(after)) is not counts

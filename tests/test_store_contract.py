@@ -23,6 +23,7 @@ from monitor.store.base import (
     Store,
     ThreadRef,
 )
+from monitor.store.rows import observed_of
 
 if TYPE_CHECKING:  # the fixture supplies it; no runtime import keeps plain `pytest` working
     from tests.store_fixtures import StoreBackend
@@ -1002,11 +1003,20 @@ async def test_active_batch_ids_are_the_batches_with_a_non_terminal_job(store: S
                 job("a2", "A", "pending"),
                 job("b1", "B", "failed"),
                 job("c1", "C", "some_new_status"),
+                # Unknown statuses that sort before, between and after the terminal ones (a
+                # backend may read the non-terminal set as ranges of an index).
+                job("d1", "D", "completed_a"),
+                job("e1", "E", "aaa"),
+                job("f1", "F", ""),
+                job("g1", "G", "completed_x"),
+                job("h1", "H", "Failed"),
+                job("i1", "I", "completed"),
+                job("i2", "I", "completed_with_error"),
             )
         ),
         [],
     )
-    assert await store.active_batch_ids() == {"A", "C"}
+    assert await store.active_batch_ids() == {"A", "C", "D", "E", "F", "G", "H"}
 
 
 async def test_load_jobs_returns_the_known_ones_by_id(store: Store) -> None:
@@ -1014,6 +1024,27 @@ async def test_load_jobs_returns_the_known_ones_by_id(store: Store) -> None:
     await store.commit(SnapshotChanges(upserts=rows), [])
     loaded = await store.load_jobs([f"j{i}" for i in range(0, 1200, 2)] + ["nope", "j0"])
     assert len(loaded) == 600 and loaded["j2"] == rows[2]
+
+
+async def test_load_observed_is_what_each_known_row_holds_of_its_observation(
+    store: Store,
+) -> None:
+    """The sweep's comparison reads these back: equal to `observed_of` of the committed row on
+    every field, texts (unicode, quotes, none) included, across more ids than one statement's
+    placeholders."""
+    rows = tuple(job(f"j{i}") for i in range(1200))
+    full = JobState(
+        id="jöb ✓", batch_id="bätch", status="completed_with_error", template_file_id="tmpl-ü",
+        output_type="docx", output_file_id="out-日本", created_at="2027-01-15T12:00:00Z",
+        created_by_id="u", seq=3, errors=("Tag <!channel> has no value", "ünï & \"q\""),
+        warnings=("w1",),
+    )
+    await store.commit(SnapshotChanges(upserts=(*rows, full)), [])
+    loaded = await store.load_observed([f"j{i}" for i in range(0, 1200, 2)] + [full.id, "nope"])
+    assert len(loaded) == 601
+    assert loaded["j2"] == observed_of(rows[2])
+    assert loaded[full.id] == observed_of(full)
+    assert loaded[full.id][5:] == ('["Tag <!channel> has no value","ünï & \\"q\\""]', '["w1"]')
 
 
 async def test_a_staged_sweep_changes_nothing_until_it_commits(store: Store) -> None:

@@ -25,19 +25,19 @@ and to garbage-collect. They read the same way (`job.batch.id`).
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, SecretStr
 from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-_REF_CONFIG = ConfigDict(extra="ignore")
+_REF_CONFIG = ConfigDict(extra="ignore", defer_build=True)
 
 
 class BoxModel(BaseModel):
     """Base of the Box models: unknown fields ignored, instances immutable."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 # -- nested references ------------------------------------------------------------------------
@@ -144,7 +144,9 @@ class DocGenJobsFull(BoxModel):
 # -- the sweep's projection of `DocGenJobs--Full` -------------------------------------------------
 # A sweep reads a million jobs and needs eight fields of each. Validating only those, into plain
 # dicts, still refuses a page that breaks them (a missing `status`, a batch without an id) and
-# costs about a third of building the full models above.
+# costs less than parsing the page with orjson (pydantic-core builds only what is kept). The ids
+# of the batch, template and creator are read out of their objects (`AliasPath`: a missing or
+# malformed object is a missing required field), which spares three dicts per entry.
 
 
 class IdRef(TypedDict):
@@ -156,18 +158,22 @@ class ListedFailures(TypedDict):
     warnings: list[str]
 
 
+def _id_of(name: str) -> Any:
+    return Field(validation_alias=AliasPath(name, "id"))
+
+
 class ListedJob(TypedDict):
     """The fields of a `DocGenJob--Full` that a sweep reads (others are ignored)."""
 
     id: str
     type: Literal["docgen_job"]
-    batch: IdRef
-    template_file: IdRef
+    batch_id: Annotated[str, _id_of("batch")]
+    template_file_id: Annotated[str, _id_of("template_file")]
     output_file: NotRequired[IdRef | None]
     status: str
     output_type: str
     created_at: NotRequired[str | None]
-    created_by: IdRef
+    created_by_id: Annotated[str, _id_of("created_by")]
     failures: NotRequired[ListedFailures | None]
 
 

@@ -21,7 +21,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from monitor.model import Event, JobState, SnapshotChanges
+from monitor.model import Event, JobState, Observed, SnapshotChanges
 
 # `mark_failed` keeps at most this many characters of an error text (receivers' error bodies
 # are untrusted and unbounded).
@@ -232,6 +232,12 @@ class SnapshotReader(Protocol):
     @abstractmethod
     async def load_jobs(self, job_ids: Sequence[str]) -> dict[str, JobState]:
         """The snapshot rows of the given jobs that exist, by job id."""
+
+    @abstractmethod
+    async def load_observed(self, job_ids: Sequence[str]) -> dict[str, Observed]:
+        """What the rows of these jobs (the ones stored) hold of their last observation: the
+        sweep compares each listing entry with it and builds JobStates only for the changed
+        ones (`monitor.store.rows.observed_of` is the same tuple from a JobState)."""
 
     @abstractmethod
     async def status_counts(self) -> dict[str, int]:

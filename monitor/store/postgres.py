@@ -69,7 +69,7 @@ from asyncpg.transaction import Transaction
 
 from monitor.config import url_without_password
 from monitor.errors import SchemaTooNew, StoreError, StoreNotEmpty
-from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, SnapshotChanges
+from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, Observed, SnapshotChanges
 from monitor.store import rows
 from monitor.store.base import (
     COPIED_TABLES,
@@ -92,6 +92,7 @@ from monitor.store.fencing import Fencing
 from monitor.store.rows import (
     DELIVERY_COLUMNS,
     JOB_COLUMNS,
+    OBSERVED_COLUMNS,
     SILENCE_COLUMNS,
     copy_target,
     deliveries_by_event,
@@ -340,6 +341,9 @@ _JOB_ARRAYS = ", ".join(
     f"${i}::{_JOB_TYPES.get(c, 'text')}[]" for i, c in enumerate(JOB_COLUMNS, start=1)
 )
 _JOB_SELECT = f"SELECT {_JOB_LIST} FROM jobs"  # noqa: S608 (constant names)
+_OBSERVED_SELECT = (
+    f"SELECT id, {', '.join(OBSERVED_COLUMNS)} FROM jobs WHERE id = ANY($1::text[])"  # noqa: S608
+)
 _JOB_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in JOB_COLUMNS if c != "id")
 _JOB_UPSERT = (
     f"INSERT INTO jobs ({_JOB_LIST}) SELECT * FROM unnest({_JOB_ARRAYS}) "  # noqa: S608
@@ -1336,6 +1340,15 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
             return {row[0]: job_from_row(row) for row in rows}
 
         return await self._read("load_jobs", fn)
+
+    async def load_observed(self, job_ids: Sequence[str]) -> dict[str, Observed]:
+        ids = list(dict.fromkeys(job_ids))
+
+        async def fn(conn: _Conn) -> dict[str, Observed]:
+            rows = await conn.fetch(_OBSERVED_SELECT, ids)
+            return {row[0]: tuple(row[1:]) for row in rows}
+
+        return await self._read("load_observed", fn)
 
     async def sweep_begin(self) -> int:
         previous = self._sweep_generation

@@ -4,14 +4,15 @@ kept to a bounded prefix. Only SQL differs between backends; these do not."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 
 import orjson
 
 from monitor.errors import StoreError
-from monitor.model import Event, JobState
+from monitor.model import Event, JobState, Observed
 from monitor.store.base import (
     COPIED_TABLES,
     MAX_ERROR_CHARS,
@@ -29,6 +30,16 @@ from monitor.store.base import (
 # JobState without a migration fails loudly at the first commit (no such column).
 JOB_COLUMNS = tuple(f.name for f in fields(JobState))
 JSON_LIST_COLUMNS = frozenset({"errors", "warnings"})  # tuples of texts, stored as JSON arrays
+# The columns of an `Observed`, in its order.
+OBSERVED_COLUMNS = (
+    "status", "batch_id", "template_file_id", "output_type", "output_file_id", "errors", "warnings"
+)
+NO_TEXTS = "[]"  # an empty tuple of texts, as stored
+
+
+def texts_json(texts: Sequence[str]) -> str:
+    """Texts (errors, warnings) as their column holds them."""
+    return orjson.dumps(list(texts)).decode() if texts else NO_TEXTS
 
 
 def job_from_row(row: Any) -> JobState:
@@ -39,11 +50,22 @@ def job_from_row(row: Any) -> JobState:
     return JobState(*values)
 
 
+_JOB_FIELDS = attrgetter(*JOB_COLUMNS)
+_TEXT_FIELDS = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in JSON_LIST_COLUMNS)
+
+
 def job_to_row(job: JobState) -> tuple[Any, ...]:
-    return tuple(
-        orjson.dumps(list(v)).decode() if c in JSON_LIST_COLUMNS else v
-        for c in JOB_COLUMNS
-        for v in (getattr(job, c),)
+    row = list(_JOB_FIELDS(job))
+    for i in _TEXT_FIELDS:
+        row[i] = texts_json(row[i])
+    return tuple(row)
+
+
+def observed_of(job: JobState) -> Observed:
+    """What `job`'s row holds of its last observation (`SnapshotReader.load_observed`)."""
+    return (
+        job.status, job.batch_id, job.template_file_id, job.output_type, job.output_file_id,
+        texts_json(job.errors), texts_json(job.warnings),
     )
 
 
