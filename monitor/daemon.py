@@ -410,6 +410,8 @@ class Daemon:
             retry_dead=self.retry_dead,
             baseline_at=self._baseline_at,
             clock=self.clock,
+            add_silence=self.store.add_silence,
+            expire_silence=lambda silence_id: self.store.expire_silence(silence_id, self.clock()),
         )
         return StatusPage(
             sources,

@@ -332,3 +332,54 @@ async def test_a_page_behind_ui_token_asks_a_browser_and_refuses_cross_site_acti
     await expect(page.locator("#live-state")).to_have_text("")
     await context.close()
     assert await world.daemon.stop() == 0
+
+
+async def test_silences_are_added_shown_live_and_expired_from_the_page(
+    world: World, browser: Browser
+) -> None:
+    await start_daemon(world)
+    watcher = await open_page(browser, world.daemon.base_url + "/")
+    page = watcher.page
+    rows = page.locator("#silences tr.silence")
+    await expect(page.locator("#silences")).to_contain_text("No active or pending silences")
+    assert await page.locator("#silence_match").count() == 0  # signed out: no form
+    await page.fill("#api_token", API_TOKEN)
+    await page.click("text=Sign in for actions")
+    await expect(page.locator("#notice")).to_contain_text("Signed in")
+
+    await page.fill("#silence_match", "template_id=777 colour=red")
+    await page.fill("#silence_comment", "typo")
+    await page.click("text=Add silence")
+    await expect(page.locator("#notice")).to_contain_text("No silence added")
+    await expect(rows).to_have_count(0)
+
+    await page.fill("#silence_match", "template_id=777 to_status=failed")
+    await page.fill("#silence_duration", "1h30m")
+    await page.fill("#silence_comment", "fixing <b>tags</b> \u202eevil")
+    await page.click("text=Add silence")
+    await expect(page.locator("#notice")).to_contain_text("Silence added")
+    await expect(rows).to_have_count(1)
+    row = rows.first
+    await expect(row).to_contain_text("template_id=777 to_status=failed")
+    await expect(row).to_contain_text("fixing <b>tags</b> evil")  # as text, bidi mark out
+    await expect(row).to_contain_text("status page")
+    await expect(row).to_contain_text("in 1 h 29 min")
+    assert await page.locator("#silences b").count() == 0
+
+    # One added elsewhere (the HTTP API) shows up without a reload.
+    async with aiohttp.ClientSession() as http, http.post(
+        world.daemon.base_url + "/api/v1/silences",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        json={"match": {"batch_id": "42"}, "duration": "2h", "comment": "from a script"},
+    ) as resp:
+        assert resp.status == 201
+    await expect(rows).to_have_count(2, timeout=WAIT_MS)
+    await screenshot(page, "status-page-silences")
+
+    await page.locator("tr.silence", has_text="fixing").locator("button",
+                                                                 has_text="Expire").click()
+    await expect(page.locator("#notice")).to_contain_text("Silence ended")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("from a script")
+    assert watcher.dialogs == []
+    assert await world.daemon.stop() == 0

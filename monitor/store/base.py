@@ -479,6 +479,10 @@ class StatusReader(SnapshotReader, Protocol):
         self, state: OutboxState, notifier: str | None = None, limit: int = 1000
     ) -> list[OutboxEntry]:
         """As `OutboxStore.list_outbox`."""
+
+    @abstractmethod
+    async def list_silences(self, ended_after: float | None = None) -> list[Silence]:
+        """As `SilenceStore.list_silences`."""
 class SilenceStore(Protocol):
     """Silences, shared by every process on the store, and the history of events."""
 

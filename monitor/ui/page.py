@@ -1,6 +1,7 @@
 """The status page's routes: `GET /` (the whole page), `GET /ui/live` (its live part, which
 `static/live.js` swaps in every few seconds), `POST /ui/session` and `/ui/session/end` (sign in
-and out for actions, with the API token), `POST /ui/dead-letters/retry` (an action), and
+and out for actions, with the API token), `POST /ui/dead-letters/retry`, `POST /ui/silences`
+and `POST /ui/silences/expire` (actions), and
 `/static/` (the page's own CSS and script: no CDN, no build step).
 
 Reading: open to whoever reaches the listen address, or, with `http.ui_token`, to a request
@@ -31,8 +32,12 @@ import jinja2
 from aiohttp import web
 from pydantic import SecretStr
 
+from monitor.config import parse_duration_s
+from monitor.errors import InvalidInput
+from monitor.notify.silences import new_silence, parse_matchers
 from monitor.safe_text import clean
 from monitor.ui.view import StatusSources, gather, status_class
+from monitor.views import match_text, silence_state
 
 STATIC_DIR = Path(__file__).parent / "static"
 SESSION_COOKIE = "docgen_monitor_session"
@@ -59,7 +64,14 @@ NOTICES = {
     "retried": "Dead letters put back in the queue: they are delivered again now.",
     "nothing": "Nothing to retry: the dead letter was retried or dropped already.",
     "no-actions": "Actions are off: set http.api_token to enable them.",
+    "silenced": "Silence added: matching events are recorded but not sent until it ends.",
+    "silence-refused": "No silence added: give a match (KEY=VALUE, e.g. template_id=123), a "
+    "duration (2h, 1h30m) and a comment.",
+    "silence-expired": "Silence ended: matching events from now on are sent again.",
+    "no-silence": "No such silence: it was expired or pruned already.",
 }
+#: Who the store records as a silence's author when the page added it.
+PAGE_AUTHOR = "status page"
 # Zero-width characters that hide text in a name; control and bidi characters go by `clean`.
 _INVISIBLE = {c: None for c in (0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x00AD)}
 
@@ -116,6 +128,8 @@ def _environment() -> jinja2.Environment:
     env.filters["utc"] = utc
     env.globals["ago"] = ago
     env.globals["status_class"] = status_class
+    env.globals["silence_state"] = silence_state
+    env.globals["match_text"] = match_text
     return env
 
 
@@ -150,6 +164,8 @@ class StatusPage:
         app.router.add_post("/ui/session", self._wrap(self._sign_in))
         app.router.add_post("/ui/session/end", self._wrap(self._sign_out))
         app.router.add_post("/ui/dead-letters/retry", self._wrap(self._retry))
+        app.router.add_post("/ui/silences", self._wrap(self._add_silence))
+        app.router.add_post("/ui/silences/expire", self._wrap(self._expire_silence))
         app.router.add_get("/static/{name}", self._wrap(self._static))
 
     # -- access -----------------------------------------------------------------------------
@@ -308,6 +324,37 @@ class StatusPage:
         if self._bearer_acts(request):
             return web.json_response({"retried": retried})
         return _back("retried" if retried else "nothing")
+
+
+    async def _add_silence(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._action_refused(request)
+        if refused is not None:
+            return refused
+        if self.sources.add_silence is None:
+            return _back("no-actions")
+        form = await request.post()
+        try:
+            silence = new_silence(
+                parse_matchers(str(form.get("match", "")).split()),
+                duration_s=parse_duration_s(str(form.get("duration", ""))),
+                comment=str(form.get("comment", "")),
+                created_by=PAGE_AUTHOR,
+                now=self.sources.clock(),
+            )
+        except (InvalidInput, ValueError):
+            return _back("silence-refused")
+        await self.sources.add_silence(silence)
+        return _back("silenced")
+
+    async def _expire_silence(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._action_refused(request)
+        if refused is not None:
+            return refused
+        if self.sources.expire_silence is None:
+            return _back("no-actions")
+        form = await request.post()
+        expired = await self.sources.expire_silence(str(form.get("silence_id", "")))
+        return _back("silence-expired" if expired is not None else "no-silence")
 
 
 def _back(done: str) -> web.Response:

@@ -16,6 +16,7 @@ from monitor.store.base import (
     NotifierActivity,
     OutboxEntry,
     OutboxState,
+    Silence,
     StatusReader,
 )
 
@@ -102,6 +103,7 @@ class StatusView:
     failed_jobs: int
     failures_capped: bool
     notifiers: list[NotifierView]
+    silences: list[Silence] = field(default_factory=list)  # active and pending
 
     @property
     def dead_total(self) -> int:
@@ -113,8 +115,9 @@ class StatusSources:
     """Where the page reads from: the store's read-only role, and the daemon's live state.
     `active` maps each batch the poller follows to whether it came through the watch API;
     `retry_dead(notifier, event_id)` requeues dead letters (None: all of the notifier's) and
-    answers how many; `baseline_at()` is when the baseline was recorded (its jobs are history,
-    not recent failures), or None."""
+    answers how many; `add_silence` and `expire_silence(id)` (None: the page cannot change
+    silences) write to the store; `baseline_at()` is when the baseline was recorded (its jobs
+    are history, not recent failures), or None."""
 
     store: StatusReader
     polling: Callable[[], PollingHealth]
@@ -123,6 +126,8 @@ class StatusSources:
     retry_dead: Callable[[str, str | None], Awaitable[int]]
     baseline_at: Callable[[], Awaitable[float | None]]
     clock: Callable[[], float] = time.time
+    add_silence: Callable[[Silence], Awaitable[None]] | None = None
+    expire_silence: Callable[[str], Awaitable[Silence | None]] | None = None
 
 
 async def gather(sources: StatusSources) -> StatusView:
@@ -143,6 +148,7 @@ async def gather(sources: StatusSources) -> StatusView:
         failed_jobs=len(failed),
         failures_capped=len(failed) >= MAX_FAILED_JOBS,
         notifiers=await _notifiers(sources),
+        silences=await sources.store.list_silences(ended_after=now),
     )
 
 

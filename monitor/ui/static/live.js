@@ -1,6 +1,7 @@
 // Keeps the status page live: every few seconds, fetch /ui/live (the same server-rendered,
 // escaped HTML as the page) and swap it in. DOMParser never runs scripts, and the page's
-// Content-Security-Policy allows no inline ones. Open <details> stay open across updates.
+// Content-Security-Policy allows no inline ones. Open <details> stay open across updates, and
+// what someone is typing into a form of the live part (adding a silence) is kept, focus too.
 "use strict";
 (function () {
   var EVERY_MS = 3000;
@@ -29,6 +30,16 @@
     });
   }
 
+  // Text typed into an input with an id, and which one has the focus, carried to the new part.
+  function keepTyping(current, fresh) {
+    var focused = document.activeElement;
+    current.querySelectorAll("input[id][type=text]").forEach(function (input) {
+      var twin = fresh.querySelector("#" + CSS.escape(input.id));
+      if (twin && input.value !== input.defaultValue) { twin.value = input.value; }
+    });
+    return focused && focused.id && current.contains(focused) ? focused.id : null;
+  }
+
   function update() {
     if (document.hidden) {  // a tab nobody looks at costs the monitor nothing
       window.setTimeout(update, EVERY_MS);
@@ -45,8 +56,13 @@
         var current = document.getElementById("live");
         if (!fresh || !current) { throw new Error("no live section"); }
         var open = openDetails(current);
+        var focusedId = keepTyping(current, fresh);
         current.replaceWith(document.adoptNode(fresh));
         reopen(fresh, open);
+        if (focusedId) {
+          var again = document.getElementById(focusedId);
+          if (again) { again.focus(); }
+        }
         failures = 0;
         state("· live");
       })
