@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.harness import wait_until
 from tests.test_e2e_active import API_TOKEN, World, make_world
@@ -157,4 +158,53 @@ async def test_silences_and_history_through_the_http_api(world: World) -> None:
         async with http.get(f"{base}/api/v1/silences?all=true", headers=HEADERS) as resp:
             assert [s["state"] for s in (await resp.json())["silences"]] == ["expired"]
     assert world.of("job.discovered", muted) == []
+    assert await world.daemon.stop() == 0
+
+
+@pytest.fixture
+async def failing_world(tmp_path: Path) -> AsyncIterator[World]:
+    async for w in make_world(tmp_path):
+        config = yaml.safe_load(w.config_path.read_text())
+        # max_attempts: 1 makes an event dead at its first failure, instead of after a day.
+        config["notifiers"][0]["max_attempts"] = 1
+        w.config_path.write_text(yaml.safe_dump(config))
+        yield w
+
+
+async def test_a_dead_letter_is_seen_and_retried_through_the_cli_and_the_api(
+    failing_world: World,
+) -> None:
+    world = failing_world
+    world.receiver.fail_status = 500
+    world.daemon.start()
+    await world.daemon.wait_ready()
+    batch = await world.control.start_batch(1)
+    assert (await asyncio.to_thread(world.watch, batch["batch_id"])).returncode == 0
+
+    async def dead_in_history() -> bool:
+        return outcomes(await history(world, batch["batch_id"])) == [("job.discovered", "dead")]
+
+    await wait_until(dead_in_history, 15, "the job.discovered event dead in the history")
+    listed = await asyncio.to_thread(cli, world, "dead-letters", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "HTTP 500" in listed.stdout and batch["batch_id"] in listed.stdout
+    async with aiohttp.ClientSession() as http, http.get(
+        f"{world.daemon.base_url}/api/v1/events?batch={batch['batch_id']}", headers=HEADERS
+    ) as resp:
+        (event,) = (await resp.json())["events"]
+    assert event["deliveries"][0]["outcome"] == "dead"
+    assert "HTTP 500" in event["deliveries"][0]["last_error"]
+
+    world.receiver.fail_status = None
+    retried = await asyncio.to_thread(cli, world, "dead-letters", "retry")
+    assert retried.stdout == "1 dead letter(s) queued again\n"
+    await world.receiver.wait_for(lambda r: event["id"] in r.ids(), 15)
+
+    async def delivered() -> bool:
+        return outcomes(await history(world, batch["batch_id"])) == [
+            ("job.discovered", "delivered")]
+
+    await wait_until(delivered, 10, "the retried event delivered in the history")
+    empty = await asyncio.to_thread(cli, world, "dead-letters", "list")
+    assert empty.stdout == "no dead letters\n"
     assert await world.daemon.stop() == 0
