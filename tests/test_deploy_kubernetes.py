@@ -323,6 +323,10 @@ def test_the_example_overlay_changes_what_it_says_and_keeps_the_names() -> None:
     claim = one(overlay, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"]
     assert claim == "5Gi"
     assert one(overlay, "ConfigMap")["data"] != one(base, "ConfigMap")["data"]
+    # The labels kube-prometheus-stack's Prometheus selects on (its Helm release's name).
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert one(overlay, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert "release" not in one(base, kind)["metadata"]["labels"]
 
 
 def test_the_ha_overlay_runs_two_replicas_rolled_without_a_gap_spread_and_budgeted() -> None:

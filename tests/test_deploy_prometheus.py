@@ -5,6 +5,7 @@ answers every query of the Grafana dashboard)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,10 @@ from tests.promql import SCRAPE_SERIES, exported_series, series_names
 from tests.receiver import WebhookReceiver
 from tests.test_deploy_grafana import for_prometheus, queries
 
-PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+#: Where the rules' runbook_url annotations point (the README's sections; see its Alerts).
+RUNBOOK_BASE = "https://docs.example.com/docgen-monitor/README.md"
 RULES = PROMETHEUS_DIR / "rules.yaml"
 RULES_TEST = PROMETHEUS_DIR / "rules_test.yaml"
 SCRAPE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -82,12 +86,28 @@ def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
 
 def test_every_alert_has_a_severity_and_a_runbook_description() -> None:
     for rule in alert_rules():
-        assert rule["labels"]["severity"] in {"page", "warning"}, rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
         assert rule["annotations"]["summary"], rule["alert"]
         # runbook style: what it means and what to check, not a restatement of the expression
         assert len(rule["annotations"]["description"]) > 200, rule["alert"]
         assert "Check" in rule["annotations"]["description"] or \
             "check" in rule["annotations"]["description"], rule["alert"]
+
+
+def readme_anchors() -> set[str]:
+    """GitHub's anchors of the README's headings: lower case, punctuation out, spaces to -."""
+    text = (ROOT / "README.md").read_text()
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_alert_links_its_runbook_section_of_the_readme() -> None:
+    anchors = readme_anchors()
+    for rule in alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"{RUNBOOK_BASE}#{rule['alert'].lower()}", rule["alert"]
+        assert rule["alert"].lower() in anchors, f"README has no section {rule['alert']}"
+    assert "high-availability-several-replicas-on-postgresql" in anchors  # the slug rules hold
 
 
 def test_rules_read_only_series_the_daemon_exports() -> None:
