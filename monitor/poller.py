@@ -403,6 +403,7 @@ class Poller:
         now = self.monotonic()
         entry = self.active.get(batch_id)
         if entry is not None and not entry.pending:
+            self.watched.add(batch_id)
             return True  # followed already: its jobs decide when it leaves
         if entry is None:
             if self.watched_count >= self.max_watched:

@@ -97,6 +97,18 @@ async def screenshot(page: Page, name: str) -> Path:
     return path
 
 
+UNKNOWN_BATCH = "99999999"  # a Box id the simulator never issued
+
+
+async def watch(world: World, batch_id: str) -> None:
+    """What `docgen-monitor watch` does: the daemon's watch API."""
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{world.daemon.base_url}/api/v1/watch/batches/{batch_id}",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+
+
 async def start_daemon(world: World) -> None:
     world.daemon.start()
     await world.daemon.wait_ready()
@@ -124,12 +136,20 @@ async def test_batches_and_failure_groups_follow_the_simulator_without_a_reload(
     await start_daemon(world)
     first = await still_batch(world, 4)
     second = await still_batch(world, 2)
+    for watched in (first["batch_id"], UNKNOWN_BATCH):
+        await watch(world, watched)
     watcher = await open_page(browser, world.daemon.base_url + "/")
     page = watcher.page
     row = page.locator(f"tr.batch[data-batch-id='{first['batch_id']}']")
     await expect(row.locator(".counts")).to_have_text("4 submitted", timeout=WAIT_MS)
     await expect(row.locator(".done")).to_have_text("0/4")
-    await expect(page.locator(f"tr.batch[data-batch-id='{second['batch_id']}']")).to_be_visible()
+    await expect(row.locator(".badge")).to_have_text("watched")
+    other = page.locator(f"tr.batch[data-batch-id='{second['batch_id']}']")
+    await expect(other).to_contain_text("no")
+    await expect(other.locator(".badge")).to_have_count(0)
+    unknown = page.locator(f"tr.batch[data-batch-id='{UNKNOWN_BATCH}']")
+    await expect(unknown).to_contain_text("Box does not list it yet")
+    await expect(unknown.locator(".badge")).to_have_text("watched")
     await expect(page.locator("#failures")).to_contain_text("No job failed")
     await page.evaluate("window.__samePage = 'yes'")
 
