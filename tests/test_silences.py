@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from monitor.metrics import Metrics
 from monitor.model import Event, EventJob, EventType, SnapshotChanges
 from monitor.notify.dispatcher import Dispatcher
 from monitor.notify.silences import new_silence, parse_matchers
+from monitor.store import open_store
 from monitor.store.base import EventQuery, RoutedEvent, Store
 from tests.receiver import WebhookReceiver
 from tests.test_delivery import webhook
@@ -125,3 +127,27 @@ async def test_after_a_silence_ends_nothing_it_muted_is_sent_and_new_events_flow
         await dispatcher.stop(5)
         await notifier.close()
     assert receiver.ids() == {after.id}
+
+
+async def test_silences_can_come_from_another_store_than_the_outbox(
+    store: Store, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """One store per Box account: the silences are read from the base store every account
+    shares (`Dispatcher(silences=...)`), not from the account's own."""
+    now = time.time()
+    async with open_store(f"sqlite:///{tmp_path / 'base.db'}") as base:
+        await base.add_silence(new_silence({"template_id": ("123",)}, duration_s=600,
+                                           comment="fixing tags", created_by="test", now=now))
+        muted, other = event("j1", now), event("j2", now, template="999")
+        await store.commit(SnapshotChanges(), [RoutedEvent(e, ("sink",)) for e in (muted, other)],
+                           now=now)
+        notifier = webhook(receiver.url)
+        dispatcher = Dispatcher(store, {"sink": notifier}, DeliveryConfig(), Metrics(),
+                                silences=base)
+        dispatcher.start()
+        try:
+            await settled(store, {muted.id: "silenced", other.id: "delivered"})
+        finally:
+            await dispatcher.stop(5)
+            await notifier.close()
+    assert receiver.ids() == {other.id}

@@ -19,7 +19,7 @@ from monitor.metrics import Metrics
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, Notifier
 from monitor.notify.silences import Silencer
-from monitor.store.base import DeliveryStore, OutboxEntry, OutboxState
+from monitor.store.base import DeliveryStore, OutboxEntry, OutboxState, SilenceReader
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +51,7 @@ class Dispatcher:
         *,
         clock: Callable[[], float] | None = None,
         claim_limit: int = 20,
+        silences: SilenceReader | None = None,
     ) -> None:
         self.store = store
         self.notifiers = dict(notifiers)
@@ -59,6 +60,8 @@ class Dispatcher:
         # Due times are wall-clock seconds in the store; a backward step must not hold retries.
         self.clock = clock if clock is not None else SteadyWallClock()
         self.claim_limit = claim_limit
+        # Silences live where every process reads them: by default this store.
+        self.silences: SilenceReader = silences if silences is not None else store
         for notifier in self.notifiers.values():
             notifier.attach(store)
         self._wake = {name: asyncio.Event() for name in self.notifiers}
@@ -159,7 +162,7 @@ class Dispatcher:
             return rows
         now = self.clock()
         oldest = min(r.event.detected_at.timestamp() for r in rows)
-        silences = await self.store.list_silences(ended_after=min(oldest, now))
+        silences = await self.silences.list_silences(ended_after=min(oldest, now))
         if not silences:
             return rows
         silencer = Silencer(silences)

@@ -452,7 +452,16 @@ class OutboxStore(Protocol):
 
 
 
-class StatusReader(SnapshotReader, Protocol):
+class SilenceReader(Protocol):
+    """Where silences are read: the store every process shares (with one store per Box
+    account, the base store), so that one silence mutes every account and replica."""
+
+    @abstractmethod
+    async def list_silences(self, ended_after: float | None = None) -> list[Silence]:
+        """As `SilenceStore.list_silences`."""
+
+
+class StatusReader(SnapshotReader, SilenceReader, Protocol):
     """What the status page reads: aggregates over the snapshot and the outbox, bounded in
     size whatever the account's, and never a write."""
 
@@ -480,9 +489,6 @@ class StatusReader(SnapshotReader, Protocol):
     ) -> list[OutboxEntry]:
         """As `OutboxStore.list_outbox`."""
 
-    @abstractmethod
-    async def list_silences(self, ended_after: float | None = None) -> list[Silence]:
-        """As `SilenceStore.list_silences`."""
 class SilenceStore(Protocol):
     """Silences, shared by every process on the store, and the history of events."""
 
@@ -590,12 +596,9 @@ class NotifierStore(NotifierState, SnapshotReader, Protocol):
         """As `OutboxStore.mark_delivered_many`."""
 
 
-class DeliveryStore(OutboxStore, NotifierStore, Protocol):
-    """What the dispatcher uses: the outbox, and the notifier state of the notifiers it runs."""
-
-    @abstractmethod
-    async def list_silences(self, ended_after: float | None = None) -> list[Silence]:
-        """As `SilenceStore.list_silences`."""
+class DeliveryStore(OutboxStore, NotifierStore, SilenceReader, Protocol):
+    """What the dispatcher uses: the outbox, and the notifier state of the notifiers it runs
+    (and, unless it is given another source, the silences)."""
 
     @abstractmethod
     async def mark_silenced(self, notifier: str, silenced: Mapping[str, str]) -> None:
