@@ -60,7 +60,9 @@ async def start_two_batches(world: World) -> tuple[str, str]:
     return muted["batch_id"], other["batch_id"]
 
 
-async def test_a_silence_from_the_cli_mutes_its_template_until_expired(world: World) -> None:
+async def test_a_silence_from_the_cli_mutes_its_template_across_a_restart_until_expired(
+    world: World,
+) -> None:
     world.daemon.start()
     await world.daemon.wait_ready()
     added = await asyncio.to_thread(
@@ -70,6 +72,10 @@ async def test_a_silence_from_the_cli_mutes_its_template_until_expired(world: Wo
     silence_id = added.stdout.strip().splitlines()[-1]
     listed = await asyncio.to_thread(cli, world, "silence", "list")
     assert silence_id in listed.stdout and "fixing tags" in listed.stdout
+    # The silence is in the store: a restarted daemon applies it.
+    assert await world.daemon.stop() == 0
+    world.daemon.start()
+    await world.daemon.wait_ready()
 
     muted, other = await start_two_batches(world)
     await world.receiver.wait_for(lambda r: len(world.of("job.discovered", other)) == 1, 15)
