@@ -17,6 +17,7 @@ No inline script or style: the Content-Security-Policy allows only the page's ow
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import secrets
@@ -43,6 +44,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 SESSION_COOKIE = "docgen_monitor_session"
 SESSION_TTL_S = 12 * 3600.0
 MAX_SESSIONS = 1000  # the oldest goes first beyond this
+BAD_TOKEN_DELAY_S = 1.0  # a wrong API token costs the guesser a second
 #: How much of one text from Box the page shows (a 10 kB error text is cut, with a note).
 MAX_TEXT_CHARS = 400
 CSP = (
@@ -272,6 +274,7 @@ class StatusPage:
         form = await request.post()
         given = str(form.get("api_token", "")).encode()
         if not secrets.compare_digest(given, self.api_token):
+            await asyncio.sleep(BAD_TOKEN_DELAY_S)
             return _back("bad-token")
         sid = secrets.token_urlsafe(32)
         self._sessions[sid] = _Session(secrets.token_urlsafe(32), self.monotonic() + SESSION_TTL_S)
