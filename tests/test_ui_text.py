@@ -1,16 +1,22 @@
 """How the status page formats what it shows: texts from Box lose invisible and reordering
 characters and are bounded; durations read as a person says them; a progress bar's segments
-add up to the batch. And its one setting, `http.ui_token`."""
+add up to the batch; a store that does not answer is a 503, not a traceback. And its one
+setting, `http.ui_token`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from monitor.config import load_config
 from monitor.errors import ConfigError
 from monitor.store.base import BatchSummary
+from monitor.store.sqlite import SQLiteStore
+from monitor.ui import PollingHealth, StatusPage, StatusSources
 from monitor.ui.page import MAX_TEXT_CHARS, duration, untrusted
 from monitor.ui.view import BatchView
 
@@ -62,3 +68,33 @@ def test_an_empty_ui_token_is_refused_rather_than_leaving_the_page_open(tmp_path
     (problem,) = info.value.problems
     assert problem.startswith("http.ui_token: ") and "must not be empty" in problem
     assert load_config(path, env={"UI_TOKEN": "s3cret"}).http.ui_token is not None
+
+
+async def test_a_store_that_does_not_answer_gets_a_503_page_that_names_no_path(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore.from_url(f"sqlite:///{tmp_path / 'secret-place' / 'state.db'}")
+    await store.open()
+    await store.close()  # every read now raises StoreError
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    sources = StatusSources(
+        store=store,
+        polling=lambda: PollingHealth(True, 1.0, 6.0, "normal", 2.0, 5.0),
+        active=dict,
+        notifiers=list,
+        retry_dead=nothing,  # type: ignore[arg-type]
+        baseline_at=nothing,
+    )
+    app = web.Application()
+    StatusPage(sources).add_routes(app)
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        for path in ("/", "/ui/live"):
+            async with http.get(server.make_url(path)) as resp:
+                body = await resp.text()
+                assert resp.status == 503, path
+                assert "The state store does not answer" in body
+                assert "secret-place" not in body
+                assert "unsafe-inline" not in resp.headers["Content-Security-Policy"]

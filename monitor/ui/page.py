@@ -30,11 +30,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import jinja2
+import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
 from monitor.config import parse_duration_s
-from monitor.errors import InvalidInput
+from monitor.errors import InvalidInput, StoreError
 from monitor.notify.silences import new_silence, parse_matchers
 from monitor.safe_text import clean
 from monitor.ui.view import StatusSources, gather, status_class
@@ -76,6 +77,16 @@ NOTICES = {
 PAGE_AUTHOR = "status page"
 # Zero-width characters that hide text in a name; control and bidi characters go by `clean`.
 _INVISIBLE = {c: None for c in (0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x00AD)}
+
+log = structlog.get_logger(__name__)
+
+#: The answer while the state store cannot be read (the live script keeps the last good view
+#: and says it cannot reach the monitor).
+STORE_DOWN = (
+    "<!doctype html><title>docgen-monitor</title><h1>docgen-monitor</h1>"
+    "<p>The state store does not answer: the status page cannot be shown. "
+    "<a href=\"/readyz\">/readyz</a> and the daemon's log say more.</p>"
+)
 
 SOURCES_KEY = web.AppKey("ui_sources", StatusSources)
 UI_KEY = web.AppKey("ui", object)
@@ -248,11 +259,20 @@ class StatusPage:
         )
 
     async def _page(self, request: web.Request) -> web.Response:
-        body = await self._render("page.html.j2", request)
-        return web.Response(text=body, content_type="text/html", charset="utf-8")
+        return await self._answer("page.html.j2", request)
 
     async def _live(self, request: web.Request) -> web.Response:
-        body = await self._render("live.html.j2", request)
+        return await self._answer("live.html.j2", request)
+
+    async def _answer(self, template: str, request: web.Request) -> web.Response:
+        try:
+            body = await self._render(template, request)
+        except StoreError as exc:
+            # The store's message may name hosts and paths: the log has it, the page does not.
+            log.error("status_page_store_failed", error=str(exc))
+            return web.Response(
+                status=503, text=STORE_DOWN, content_type="text/html", charset="utf-8"
+            )
         return web.Response(text=body, content_type="text/html", charset="utf-8")
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
