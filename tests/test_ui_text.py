@@ -5,6 +5,7 @@ setting, `http.ui_token`."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -14,11 +15,12 @@ from aiohttp.test_utils import TestServer
 
 from monitor.config import load_config
 from monitor.errors import ConfigError
+from monitor.model import JobState, SnapshotChanges
 from monitor.store.base import BatchSummary
 from monitor.store.sqlite import SQLiteStore
 from monitor.ui import PollingHealth, StatusPage, StatusSources
 from monitor.ui.page import MAX_TEXT_CHARS, duration, untrusted
-from monitor.ui.view import BatchView
+from monitor.ui.view import BatchView, gather
 
 
 @pytest.mark.parametrize(("text", "shown"), [
@@ -98,3 +100,34 @@ async def test_a_store_that_does_not_answer_gets_a_503_page_that_names_no_path(
                 assert "The state store does not answer" in body
                 assert "secret-place" not in body
                 assert "unsafe-inline" not in resp.headers["Content-Security-Policy"]
+
+
+async def test_a_batch_has_run_since_box_created_its_first_job(tmp_path: Path) -> None:
+    """Elapsed counts from Box's `created_at` (a batch the monitor met late is not young);
+    without a readable one, from when the monitor first saw a job."""
+    now = 1_800_000_000.0
+    store = SQLiteStore.from_url(f"sqlite:///{tmp_path / 'state.db'}")
+    async with store:
+        jobs = (
+            JobState("j1", "b1", "submitted", "t1", "pdf", created_at="2027-01-15T07:58:20Z",
+                     first_seen_at=now - 5),
+            JobState("j2", "b1", "pending", "t1", "pdf", created_at="2027-01-15T07:59:00Z",
+                     first_seen_at=now - 5),
+            JobState("j3", "b2", "pending", "t1", "pdf", created_at="not a time",
+                     first_seen_at=now - 7),
+        )
+        await store.commit(SnapshotChanges(upserts=jobs), [])
+
+        async def nothing(*_: object) -> None:
+            return None
+
+        view = await gather(StatusSources(
+            store=store,
+            polling=lambda: PollingHealth(True, 1.0, 6.0, "normal", 2.0, 5.0),
+            active=dict, notifiers=list, retry_dead=nothing,  # type: ignore[arg-type]
+            baseline_at=nothing, clock=lambda: now,
+        ))
+    elapsed = {b.batch_id: b.elapsed_s for b in view.batches}
+    assert datetime(2027, 1, 15, 7, 58, 20, tzinfo=UTC).timestamp() == now - 100
+    assert elapsed == {"b1": 100.0, "b2": 7.0}
+    assert [b.batch_id for b in view.batches] == ["b1", "b2"]  # the longest-running first

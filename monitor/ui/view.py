@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from monitor.failures import FailureGroup, group_failures
 from monitor.model import KNOWN_STATUSES, TERMINAL_STATUSES
@@ -164,12 +165,26 @@ async def _batches(sources: StatusSources, now: float) -> tuple[list[BatchView],
             batch_id=batch_id,
             watched=watched,
             summary=summaries.get(batch_id),
-            elapsed_s=now - summaries[batch_id].first_seen_at if batch_id in summaries else None,
+            elapsed_s=_elapsed_s(summaries[batch_id], now) if batch_id in summaries else None,
         )
         for batch_id, watched in active.items()
     ]
     views.sort(key=lambda b: (b.summary is not None, -(b.elapsed_s or 0.0), b.batch_id))
     return views[:MAX_BATCHES], max(0, len(views) - MAX_BATCHES)
+
+
+def _elapsed_s(summary: BatchSummary, now: float) -> float:
+    """Since Box created the batch's first job, when Box said so in a form that reads as a
+    time in the past; else since the monitor first saw one of its jobs."""
+    since = summary.first_seen_at
+    if summary.created_at is not None:
+        try:
+            created = datetime.fromisoformat(summary.created_at)
+        except ValueError:
+            created = None
+        if created is not None and created.tzinfo is not None:
+            since = min(since, created.timestamp())
+    return max(0.0, now - since)
 
 
 async def _notifiers(sources: StatusSources) -> list[NotifierView]:
