@@ -39,6 +39,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 CONFIG_ENV = CONFIG_PATH_ENV
 
 log = structlog.get_logger("monitor.cli")
+ACCOUNT_HELP = "the Box account (its name under accounts:); needed when several are configured"
 
 
 def _with_config(parser: argparse.ArgumentParser) -> None:
@@ -76,10 +77,12 @@ def _parser() -> argparse.ArgumentParser:
 
     once = sub.add_parser("once", help="one sweep; print its events as JSON lines; exit")
     _with_config(once)
+    once.add_argument("--account", default=None, help=ACCOUNT_HELP)
 
     watch = sub.add_parser("watch", help="put a batch into the running daemon's active set")
     watch.add_argument("batch_id")
     _with_config(watch)
+    watch.add_argument("--account", default=None, help=ACCOUNT_HELP)
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     default = os.environ.get(CONFIG_ENV) or None
@@ -106,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="drop: every dead letter (without a filter, drop asks first)")
     dead.add_argument("--output", choices=("table", "json"), default="table",
                       help="list: a table, or one JSON object a line")
+    dead.add_argument("--account", default=None, help=ACCOUNT_HELP)
 
     state = sub.add_parser("state", help="work on a state store as a whole")
     state_sub = state.add_subparsers(dest="state_command", required=True)
@@ -186,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load(args.config, registry)
         configure_logging(config.log.level, config.log.format)
         if args.command == "watch":
-            return asyncio.run(_watch(config, args.batch_id))
+            return asyncio.run(_watch(config, args.batch_id, args.account))
         if args.command == "once":
-            return asyncio.run(_once(config, registry))
+            return asyncio.run(_once(config, registry, args.account))
         if args.command == "test-notify":
             return asyncio.run(_test_notify(config, registry, args.name))
         if args.command == "silence":
@@ -255,6 +259,7 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
     import time
 
     from monitor.store import OutboxState, open_store
+    from monitor.store.registry import account_url
 
     notifier, event_id = args.notifier, args.event
     unfiltered = notifier is None and event_id is None and not args.all
@@ -262,7 +267,8 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
         print("docgen-monitor: dead-letters drop: name --event and/or --notifier, or give "
               "--all to drop every one", file=sys.stderr)
         return EXIT_CONFIG
-    async with open_store(config.state.url) as store:
+    url = account_url(config.state.url, config.account(args.account).name)
+    async with open_store(url) as store:
         if args.action == "retry":
             n = await store.requeue_dead(time.time(), event_id=event_id, notifier=notifier)
             print(f"{n} dead letter(s) queued again")
@@ -389,7 +395,7 @@ async def _run(
     return EXIT_OK
 
 
-async def _once(config: Config, registry: NotifierRegistry) -> int:
+async def _once(config: Config, registry: NotifierRegistry, name: str | None = None) -> int:
     from monitor.box.connect import make_box_client
     from monitor.identity import IdentityGuard
     from monitor.metrics import Metrics
@@ -397,19 +403,28 @@ async def _once(config: Config, registry: NotifierRegistry) -> int:
     from monitor.poller import Poller
     from monitor.recorder import Recorder
     from monitor.store import open_store
+    from monitor.store.registry import account_url
 
+    account = config.account(name)
+    assert account.poll is not None and account.routes is not None  # settled by the config
     metrics = Metrics()
-    auth, box = make_box_client(config.box, metrics)
-    async with open_store(config.state.url) as store, box:
+    auth, box = make_box_client(account.box, metrics)
+    async with open_store(account_url(config.state.url, account.name)) as store, box:
         try:
-            recorder = Recorder(store, Router(config.routes), metrics, baseline=config.baseline)
+            recorder = Recorder(
+                store,
+                Router(account.routes),
+                metrics,
+                baseline=config.baseline,
+                account=account.name,
+            )
             poller = Poller(
                 box,
                 store,
                 recorder,
                 metrics,
-                page_size=config.box.page_size,
-                vanish_confirm_max=config.poll.vanish_confirm_max,
+                page_size=account.box.page_size,
+                vanish_confirm_max=account.poll.vanish_confirm_max,
                 identity=IdentityGuard(box, store, metrics),
             )
             result = await poller.sweep()
@@ -425,7 +440,7 @@ async def _once(config: Config, registry: NotifierRegistry) -> int:
     return EXIT_OK
 
 
-async def _watch(config: Config, batch_id: str) -> int:
+async def _watch(config: Config, batch_id: str, account: str | None = None) -> int:
     """Ask the daemon configured in `config` (its `http.listen`) to watch a batch now."""
     import aiohttp
     from yarl import URL
@@ -437,6 +452,8 @@ async def _watch(config: Config, batch_id: str) -> int:
         return EXIT_CONFIG
     host = f"[{config.http.host}]" if ":" in config.http.host else config.http.host
     path = WATCH_ROUTE.format(batch_id=quote(batch_id, safe=""))
+    if account is not None:
+        path += f"?account={quote(config.account(account).name, safe='')}"
     url = URL(f"http://{host}:{config.http.port}{path}", encoded=True)
     headers = {"Authorization": f"Bearer {config.http.api_token.get_secret_value()}"}
     try:

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from monitor.errors import ConfigError
-from monitor.model import BOX_OUTPUT_TYPES, KNOWN_STATUSES, EventType
+from monitor.model import BOX_OUTPUT_TYPES, DEFAULT_ACCOUNT, KNOWN_STATUSES, EventType
 from monitor.store.registry import check_url
 from monitor.yaml_input import YAMLInputError, parse_yaml, read_config_text
 
@@ -214,6 +214,7 @@ class RouteMatch(_Model):
     template_id: StrList = None
     output_type: StrList = None
     creator: StrList = None  # the job's created_by user id
+    account: StrList = None  # the Box account's name (`accounts[].name`; `default` for `box:`)
 
     @field_validator("type", mode="before")
     @classmethod
@@ -303,8 +304,23 @@ class LogConfig(_Model):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class Config(_Model):
+#: A name that is safe as a file name part, a PostgreSQL schema suffix and a metric label.
+ACCOUNT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class AccountConfig(_Model):
+    """One Box account the deployment watches: its own credentials, request budget, token,
+    snapshot and identity. `poll` and `routes`, when given, replace the top-level ones for it."""
+
+    name: str = Field(pattern=ACCOUNT_NAME_PATTERN)
     box: BoxConfig
+    poll: PollConfig | None = None
+    routes: list[Route] | None = None
+
+
+class Config(_Model):
+    box: BoxConfig | None = None  # one account named `default`; or `accounts:`, not both
+    accounts: list[AccountConfig] | None = None
     poll: PollConfig = PollConfig()
     state: StateConfig = StateConfig()
     baseline: Literal["silent", "notify"] = "silent"
@@ -317,10 +333,38 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Config:
-        problems = reference_problems(self.model_dump(include={"notifiers", "routes"}))
+        problems = reference_problems(self.model_dump(include={"notifiers", "routes", "accounts"}))
+        problems += account_problems(self.model_dump(include={"box", "accounts"}))
         if problems:
             raise ConfigError(problems)
         return self
+
+    @property
+    def account_configs(self) -> list[AccountConfig]:
+        """Every account, each with its own poll and routes settled (its override or the
+        top-level section): the top-level `box:` is one account named `default`."""
+        accounts = self.accounts or []
+        if self.box is not None:
+            accounts = [AccountConfig(name=DEFAULT_ACCOUNT, box=self.box)]
+        return [
+            a.model_copy(update={
+                "poll": a.poll if a.poll is not None else self.poll,
+                "routes": a.routes if a.routes is not None else self.routes,
+            })
+            for a in accounts
+        ]
+
+    def account(self, name: str | None) -> AccountConfig:
+        """The account called `name`; None for the only one. `ConfigError` otherwise."""
+        accounts = {a.name: a for a in self.account_configs}
+        if name is None and len(accounts) == 1:
+            return next(iter(accounts.values()))
+        if name in accounts:
+            return accounts[name]
+        known = ", ".join(accounts)
+        if name is None:
+            raise ConfigError([f"accounts: several are configured; name one of: {known}"])
+        raise ConfigError([f"accounts: no account named {name!r} (configured: {known})"])
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as JSON-able data with every secret masked. Notifier settings not
@@ -335,23 +379,49 @@ class Config(_Model):
 
 
 def reference_problems(data: Mapping[str, Any]) -> list[str]:
-    """Duplicate notifier names and routes naming no notifier. Works on raw data too, so it is
-    reported alongside every other problem, not only once the rest validates."""
+    """Duplicate notifier names and routes (top-level or an account's) naming no notifier.
+    Works on raw data too, so it is reported alongside every other problem, not only once the
+    rest validates."""
     notifiers = data.get("notifiers") or []
-    routes = data.get("routes") or []
-    if not isinstance(notifiers, list) or not isinstance(routes, list):
+    if not isinstance(notifiers, list):
         return []
     names = [n.get("name") if isinstance(n, Mapping) else None for n in notifiers]
     problems = []
     for i, name in enumerate(names):
         if name is not None and name in names[:i]:
             problems.append(f"notifiers[{i}].name: duplicate notifier name {name!r}")
-    for i, route in enumerate(routes):
-        notify = route.get("notify") if isinstance(route, Mapping) else None
-        for j, name in enumerate(notify if isinstance(notify, list) else []):
-            if name not in names:
-                problems.append(f"routes[{i}].notify[{j}]: no notifier named {name!r}")
+    route_lists = [("routes", data.get("routes"))]
+    accounts = data.get("accounts")
+    for i, account in enumerate(accounts if isinstance(accounts, list) else []):
+        if isinstance(account, Mapping):
+            route_lists.append((f"accounts[{i}].routes", account.get("routes")))
+    for path, routes in route_lists:
+        for i, route in enumerate(routes if isinstance(routes, list) else []):
+            notify = route.get("notify") if isinstance(route, Mapping) else None
+            for j, name in enumerate(notify if isinstance(notify, list) else []):
+                if name not in names:
+                    problems.append(f"{path}[{i}].notify[{j}]: no notifier named {name!r}")
     return problems
+
+
+def account_problems(data: Mapping[str, Any]) -> list[str]:
+    """Exactly one of `box:` (one account, `default`) and `accounts:` (a non-empty list of
+    uniquely named accounts). Works on raw data, like `reference_problems`."""
+    box, accounts = data.get("box"), data.get("accounts")
+    if box is not None and accounts is not None:
+        return ["accounts: give either box (one account) or accounts (a list), not both"]
+    if box is None and accounts is None:
+        return ["box: field required (or accounts: a list of accounts, each with its own box)"]
+    if box is not None or not isinstance(accounts, list):
+        return []
+    if not accounts:
+        return ["accounts: list at least one account"]
+    names = [a.get("name") if isinstance(a, Mapping) else None for a in accounts]
+    return [
+        f"accounts[{i}].name: duplicate account name {name!r}"
+        for i, name in enumerate(names)
+        if isinstance(name, str) and name in names[:i]
+    ]
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -527,7 +597,7 @@ def load_config(
     data, set_by, env_problems = apply_env_overrides(data, env, notifier_models)
     problems += env_problems
     config: Config | None = None
-    problems += reference_problems(data)
+    problems += reference_problems(data) + account_problems(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

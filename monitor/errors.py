@@ -108,3 +108,12 @@ class IdentityMismatch(MonitorError):
             "`docgen-monitor run --adopt-identity` (its next sweep records a new silent "
             "baseline)."
         )
+
+
+class WatchRefused(MonitorError):
+    """The watch API cannot act for the account asked (unknown, ambiguous, not run here);
+    `status` is the HTTP answer. The message never repeats the caller's text."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        super().__init__(reason)

@@ -10,6 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: The account a single-account configuration (top-level `box:`) watches; its state keeps
+#: `state.url` as it is.
+DEFAULT_ACCOUNT = "default"
 TERMINAL_STATUSES = frozenset({"completed", "completed_with_error", "failed"})
 KNOWN_STATUSES = frozenset({"pending", "submitted"}) | TERMINAL_STATUSES
 #: The output types Box documents for a Doc Gen job (`box-api/FACTS.md`).
@@ -145,6 +148,7 @@ class Event(BaseModel):
     id: str
     type: EventType
     detected_at: datetime
+    account: str = DEFAULT_ACCOUNT  # the Box account (configuration name) it happened in
     from_status: str | None = None
     to_status: str | None = None
     job: EventJob | None = None
@@ -163,12 +167,14 @@ class Event(BaseModel):
 
     def wire(self) -> dict[str, Any]:
         """The documented JSON body: `job` absent for batch events, `batch` only for batch ones.
-        Added keys (receivers ignore unknown keys): `job.created_by_id` and `job.failures`
+        Added keys (receivers ignore unknown keys): `account`, `job.created_by_id` and
+        `job.failures`
         (`{"errors": [...], "warnings": [...]}`, or null when Box reported none)."""
         body: dict[str, Any] = {
             "id": self.id,
             "type": self.type.value,
             "detected_at": self.detected_at.isoformat().replace("+00:00", "Z"),
+            "account": self.account,
             "from_status": self.from_status,
             "to_status": self.to_status,
         }

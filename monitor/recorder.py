@@ -23,7 +23,15 @@ import structlog
 from monitor.diff import events_for, snapshot_changes
 from monitor.errors import StoreError
 from monitor.metrics import Metrics
-from monitor.model import Event, EventType, JobState, Observation, SnapshotChanges, is_terminal
+from monitor.model import (
+    DEFAULT_ACCOUNT,
+    Event,
+    EventType,
+    JobState,
+    Observation,
+    SnapshotChanges,
+    is_terminal,
+)
 from monitor.notify.router import Router
 from monitor.store.base import RecorderStore, RoutedEvent
 from monitor.stuck import StuckPolicy, stuck_events
@@ -75,8 +83,11 @@ class Recorder:
         stuck: StuckPolicy | None = None,
         wake: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        account: str = DEFAULT_ACCOUNT,
     ) -> None:
+        """`account` names the Box account every event of this store happens in."""
         self.store = store
+        self.account = account
         self.metrics = metrics
         self.baseline = baseline
         self.stuck = stuck or StuckPolicy()
@@ -153,6 +164,7 @@ class Recorder:
             meta = {META_LAST_SWEEP_AT: repr(now), META_LAST_RUNNING_AT: repr(now)}
             if sweep.baseline:
                 meta[META_BASELINE_AT] = repr(now)
+            events = self._stamp(events)
             routed = self._route(events)
             await self._write(
                 self.store.commit_sweep(
@@ -199,6 +211,7 @@ class Recorder:
             if self.stuck.enabled:
                 marks = await self.store.stuck_marks(list(after))
                 events += stuck_events(after.values(), marks, self.stuck, now)
+            events = self._stamp(events)
             routed = self._route(events)
             if changes.upserts or routed:
                 meta = {META_LAST_RUNNING_AT: repr(now)}
@@ -243,6 +256,12 @@ class Recorder:
                 self.metrics.observe_job_duration(job.status, max(0.0, job.changed_at - started))
 
     # -- shared -----------------------------------------------------------------------------
+
+    def _stamp(self, events: tuple[Event, ...]) -> tuple[Event, ...]:
+        """Every event names its account (`diff` and `stuck` know none)."""
+        if self.account == DEFAULT_ACCOUNT:
+            return events  # the model's default already
+        return tuple(e.model_copy(update={"account": self.account}) for e in events)
 
     def _route(self, events: tuple[Event, ...]) -> list[RoutedEvent]:
         return [RoutedEvent(e, self._router.route(e)) for e in events]

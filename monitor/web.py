@@ -1,10 +1,12 @@
 """The daemon's HTTP server: /metrics (Prometheus text), /healthz (the process answers and can
 still do its work: 503 with the reason when only a restart can help),
 /readyz (the store answers and polling is fresh), with details as JSON, and the HTTP API:
-`POST /api/v1/watch/batches/{batch_id}`, `GET/POST /api/v1/silences`,
+`POST /api/v1/watch/batches/{batch_id}[?account=NAME]`, `GET/POST /api/v1/silences`,
 `DELETE /api/v1/silences/{id}` and `GET /api/v1/events` (bearer token; absent when no token is
-configured). A batch id is a Box id, digits only (400 otherwise); a watch the monitor has no
-room for is 429. The status page (`GET /` and `/ui/...`, `/static/...`) lives in `monitor/ui/`."""
+configured; `account` is needed only when several accounts are configured). A batch id is a Box
+id, digits only (400 otherwise); a watch the monitor has no room for is 429; an account not
+configured is 404, one this process does not poll (a standby) is 503. The status page (`GET /`
+and `/ui/...`, `/static/...`) lives in `monitor/ui/`."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import SecretStr
 
 from monitor.config import parse_duration_s
-from monitor.errors import InvalidInput, ListenError
+from monitor.errors import InvalidInput, ListenError, WatchRefused
 from monitor.notify.silences import match_data, new_silence
 from monitor.store.base import EventQuery, SilenceStore
 from monitor.ui import StatusPage
@@ -45,8 +47,9 @@ BATCH_ID = re.compile(rf"[0-9]{{1,{MAX_BATCH_ID_CHARS}}}")
 WATCH_ROUTE = "/api/v1/watch/batches/{batch_id}"
 # Matches any rest of the path, empty and `..%2F..` included, so each gets a 400, not a 404.
 _WATCH_PATTERN = "/api/v1/watch/batches/{batch_id:.*}"
-#: `watch(batch_id)` answers False when the monitor has no room for another watched batch.
-WatchFn = Callable[[str], bool]
+#: `watch(batch_id, account)` answers False when the monitor has no room for another watched
+#: batch, and raises `WatchRefused` for an account it cannot act for.
+WatchFn = Callable[[str, str | None], bool]
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -99,11 +102,19 @@ async def _watch(request: web.Request) -> web.Response:
             status=400,
         )
     watch: WatchFn = request.app[WATCH_KEY]  # type: ignore[assignment]
-    if not watch(batch_id):
+    account = request.query.get("account")
+    try:
+        watched = watch(batch_id, account)
+    except WatchRefused as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
+    if not watched:
         return web.json_response(
             {"error": "too many watched batches (http.max_watched_batches)"}, status=429
         )
-    return web.json_response({"batch_id": batch_id, "watched": True}, status=202)
+    body = {"batch_id": batch_id, "watched": True}
+    if account is not None:
+        body["account"] = account
+    return web.json_response(body, status=202)
 
 
 def _store(request: web.Request) -> SilenceStore:

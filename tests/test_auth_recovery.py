@@ -239,7 +239,7 @@ async def test_a_reload_names_each_restart_only_box_key_and_changes_nothing(
     running: tuple[Daemon, Path],
 ) -> None:
     daemon, path = running
-    auth = daemon.box.auth
+    auth = daemon.units["default"].box.auth
     new = _edit(path, timeout="5s", page_size=100,
                 auth={"method": "ccg", "client_id": CLIENT_ID, "client_secret": "rotated",
                       "subject_id": ENTERPRISE})
@@ -249,7 +249,7 @@ async def test_a_reload_names_each_restart_only_box_key_and_changes_nothing(
 
     (refused,) = [e for e in logs if e["event"] == "config_reload_refused"]
     assert refused["settings"] == ["box.timeout", "box.page_size"]
-    assert daemon.box.auth is auth
+    assert daemon.units["default"].box.auth is auth
     assert "rotated" not in repr(logs)
 
 
@@ -257,7 +257,7 @@ async def test_a_reload_with_a_broken_jwt_file_keeps_the_running_credentials(
     running: tuple[Daemon, Path], tmp_path: Path,
 ) -> None:
     daemon, path = running
-    auth, config = daemon.box.auth, daemon.config
+    auth, config = daemon.units["default"].box.auth, daemon.config
     broken = tmp_path / "box-config.json"
     broken.write_text("{}")
     new = _edit(path, auth={"method": "jwt", "config_file": str(broken)})
@@ -267,7 +267,7 @@ async def test_a_reload_with_a_broken_jwt_file_keeps_the_running_credentials(
 
     (failed,) = [e for e in logs if e["event"] == "config_reload_failed"]
     assert "box.auth.config_file" in failed["error"] and "not a Box config.json" in failed["error"]
-    assert daemon.box.auth is auth and daemon.config is config
+    assert daemon.units["default"].box.auth is auth and daemon.config is config
     assert (await daemon.readiness())[1]["auth"] == "ok"
 
 
@@ -275,18 +275,18 @@ async def test_a_reload_with_new_credentials_closes_the_old_auth_and_uses_the_ne
     running: tuple[Daemon, Path],
 ) -> None:
     daemon, path = running
-    old = daemon.box.auth
+    old = daemon.units["default"].box.auth
     token = await old.token()
     new = _edit(path, auth={"method": "ccg", "client_id": "unknown-app", "client_secret": SECRET,
                             "subject_id": ENTERPRISE})
 
     assert await daemon.reload(new) is True
 
-    assert daemon.box.auth is not old
+    assert daemon.units["default"].box.auth is not old
     await old.invalidate(token)
     with pytest.raises(BoxConnectionError):  # closed: a late caller retries with the new one
         await old.token()
     with pytest.raises(BoxAuthError):
-        await daemon.box.auth.token()
+        await daemon.units["default"].box.auth.token()
     ready, details = await daemon.readiness()
     assert not ready and details["auth"] == "refused: invalid_client, next try in 5s"

@@ -307,3 +307,115 @@ def test_http_listen_must_name_an_ip_address_or_a_host_name(tmp_path: Path, list
 def test_http_listen_accepts_addresses_and_host_names(tmp_path: Path, listen: str) -> None:
     text = VALID.replace('listen: "127.0.0.1:9464"', f'listen: "{listen}"')
     assert load_config(write(tmp_path, text), env={"BOX_TOKEN": "t"}).http.listen == listen
+
+
+# -- several Box accounts ------------------------------------------------------------------
+
+ACCOUNTS = """
+accounts:
+  - name: eu
+    box:
+      base_url: http://127.0.0.1:8900
+      auth: {method: developer_token, token: "${EU_TOKEN}"}
+      requests_per_minute: 300
+    poll: {sweep_interval: 30s}
+    routes:
+      - {match: {to_status: failed}, notify: [sink]}
+  - name: us-east
+    box:
+      auth: {method: developer_token, token: us-token}
+state: {url: "sqlite:////tmp/x/state.db"}
+poll: {sweep_interval: 2s}
+notifiers:
+  - {name: sink, type: webhook, url: "http://127.0.0.1:9000/hook", secret: "s3cret"}
+routes:
+  - {match: {account: us-east}, notify: [sink]}
+"""
+
+
+def test_accounts_load_each_with_its_own_box_and_overrides_or_the_top_level_ones(
+    tmp_path: Path,
+) -> None:
+    config = load_config(write(tmp_path, ACCOUNTS), env={"EU_TOKEN": "eu-secret"},
+                         notifier_models=models())
+    eu, us = config.account_configs
+    assert (eu.name, us.name) == ("eu", "us-east")
+    assert eu.box.requests_per_minute == 300 and us.box.requests_per_minute == 600
+    assert eu.poll is not None and eu.poll.sweep_interval == 30.0
+    assert us.poll is not None and us.poll.sweep_interval == 2.0  # the top-level poll
+    assert eu.routes is not None and eu.routes[0].match.to_status == ["failed"]
+    assert us.routes == config.routes  # the top-level routes
+    assert config.account("eu") is eu or config.account("eu") == eu
+    with pytest.raises(ConfigError, match="several are configured; name one of: eu, us-east"):
+        config.account(None)
+    rendered = str(config.redacted())
+    assert "eu-secret" not in rendered and "us-token" not in rendered
+
+
+def test_the_top_level_box_is_one_account_named_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID), env={"BOX_TOKEN": "t"})
+    (account,) = config.account_configs
+    assert account.name == "default" and account.box == config.box
+    assert config.account(None) is not None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (VALID.replace("${BOX_TOKEN}", "x") + ACCOUNTS.split("state:")[0].replace("${EU_TOKEN}", "x"),
+     "accounts: give either box (one account) or accounts (a list), not both"),
+    ("state: {url: 'sqlite:////tmp/x/state.db'}\n",
+     "box: field required (or accounts: a list of accounts, each with its own box)"),
+    ("accounts: []\n", "accounts: list at least one account"),
+])
+def test_both_box_and_accounts_neither_or_an_empty_list_exit_2(
+    tmp_path: Path, text: str, expected: str,
+) -> None:
+    assert_one_clean_problem(check_config(write(tmp_path, text)), expected)
+
+
+def test_account_names_must_be_unique_and_safe_and_their_routes_resolve(
+    tmp_path: Path,
+) -> None:
+    text = """
+accounts:
+  - name: eu
+    box: {auth: {method: developer_token, token: x}}
+    routes: [{match: {}, notify: [pager]}]
+  - name: eu
+    box: {auth: {method: developer_token, token: x}}
+  - name: "../etc"
+    box: {auth: {method: developer_token, token: x}}
+  - name: Prod
+    box: {auth: {method: developer_token}}
+notifiers:
+  - {name: sink, type: webhook, url: "http://127.0.0.1:9000/hook"}
+"""
+    out = check_config(write(tmp_path, text))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    for problem in (
+        "accounts[1].name: duplicate account name 'eu'",
+        "accounts[0].routes[0].notify[0]: no notifier named 'pager'",
+        "accounts[2].name: String should match pattern",
+        "accounts[3].name: String should match pattern",
+        "accounts[3].box.auth.token: Field required",
+    ):
+        assert problem in out.stderr, out.stderr
+
+
+def test_environment_overrides_reach_an_account_by_index(tmp_path: Path) -> None:
+    env = {"EU_TOKEN": "t",
+           "DOCGEN_MONITOR_ACCOUNTS__1__BOX__REQUESTS_PER_MINUTE": "120",
+           "DOCGEN_MONITOR_ACCOUNTS__0__BOX__AUTH__TOKEN": "from-env"}
+    config = load_config(write(tmp_path, ACCOUNTS), env=env)
+    eu, us = config.account_configs
+    assert us.box.requests_per_minute == 120
+    assert eu.box.auth.token.get_secret_value() == "from-env"  # type: ignore[union-attr]
+    bad = load_config_problems(tmp_path, ACCOUNTS, {
+        **env, "DOCGEN_MONITOR_ACCOUNTS__1__BOX__REQUESTS_PER_MINUTE": "lots"})
+    assert any(p.startswith("accounts[1].box.requests_per_minute: ")
+               and "DOCGEN_MONITOR_ACCOUNTS__1__BOX__REQUESTS_PER_MINUTE" in p for p in bad), bad
+
+
+def load_config_problems(tmp_path: Path, text: str, env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env=env)
+    return info.value.problems

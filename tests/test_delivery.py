@@ -75,6 +75,7 @@ async def test_webhook_posts_the_documented_wire_format(receiver: WebhookReceive
     assert delivery.body == {
         "id": "j1:2:submitted:failed", "type": "job.status_changed",
         "detected_at": "2026-11-28T12:00:00Z", "from_status": "submitted", "to_status": "failed",
+        "account": "default",  # the Box account it happened in (configuration name)
         "job": {"id": "j1", "batch_id": "b1", "status": "failed", "template_file_id": "t1",
                 "output_file_id": None, "output_type": "pdf",
                 # added keys (documented in the README; receivers ignore unknown keys)

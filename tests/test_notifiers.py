@@ -62,6 +62,20 @@ def test_a_route_matches_when_every_given_key_matches(match: dict[str, object],
     assert router.route(job_event()) == (("a",) if expected else ())
 
 
+def test_a_route_can_match_the_account_an_event_happened_in() -> None:
+    router = routes(
+        {"match": {"account": "eu"}, "notify": ["eu-chat"]},
+        {"match": {"account": ["us", "default"], "to_status": "failed"}, "notify": ["pager"]},
+        {"match": {}, "notify": ["audit"]},
+    )
+    eu = job_event("failed").model_copy(update={"account": "eu"})
+    us = job_event("failed").model_copy(update={"account": "us"})
+    assert router.route(eu) == ("eu-chat",)
+    assert router.route(us) == ("pager",)
+    assert router.route(job_event("failed")) == ("pager",)  # `box:` is account `default`
+    assert router.route(BATCH_EVENT.model_copy(update={"account": "eu"})) == ("eu-chat",)
+
+
 def test_first_matching_route_wins_unless_it_says_continue() -> None:
     router = routes(
         {"match": {"to_status": "failed"}, "notify": ["oncall"], "continue": True},
@@ -169,7 +183,7 @@ async def test_console_json_format_prints_the_wire_body() -> None:
     await notifier.send([BATCH_EVENT])
     assert orjson.loads(out.getvalue()) == {
         "id": "b1:completed:3", "type": "batch.completed", "detected_at": "2026-11-28T09:30:00Z",
-        "from_status": None, "to_status": None,
+        "from_status": None, "to_status": None, "account": "default",
         "batch": {"id": "b1", "counts": {"completed": 2, "failed": 1}, "duration_s": 12.5},
     }
 

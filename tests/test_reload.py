@@ -207,14 +207,14 @@ async def test_reload_keeps_everything_when_a_new_notifier_fails_to_start(
     load = functools.partial(load_config, path, notifier_models=registry.config_models())
     try:
         async with Daemon(load(), registry=registry) as daemon:
-            running, dispatcher = daemon.config, daemon.dispatcher
+            running, dispatcher = daemon.config, daemon.units["default"].dispatcher
             raw = yaml.safe_load(path.read_text())
             raw["notifiers"].append({"name": "mail", "type": "unreachable"})
             raw["routes"] = [{"match": {}, "notify": ["sink", "mail"]}]
             path.write_text(yaml.safe_dump(raw))
             with capture_logs() as logs:
                 assert await daemon.reload(load()) is False
-            assert daemon.config is running and daemon.dispatcher is dispatcher
+            assert daemon.config is running and daemon.units["default"].dispatcher is dispatcher
             (failed,) = [e for e in logs if e["event"] == "config_reload_failed"]
             assert "ConnectionRefusedError" in failed["error"]
 
@@ -223,8 +223,8 @@ async def test_reload_keeps_everything_when_a_new_notifier_fails_to_start(
             path.write_text(yaml.safe_dump(raw))
             daemon.metrics.outbox_pending.labels("sink").set(3)
             assert await daemon.reload(load()) is True
-            assert list(daemon.dispatcher.notifiers) == ["out"]
-            assert daemon.recorder.router.routes == tuple(daemon.config.routes)
+            assert list(daemon.units["default"].dispatcher.notifiers) == ["out"]
+            assert daemon.units["default"].recorder.router.routes == tuple(daemon.config.routes)
             exposed = generate_latest(daemon.metrics.registry).decode()
             assert 'notifier="sink"' not in exposed  # a removed notifier leaves no stale gauge
     finally:

@@ -72,14 +72,15 @@ async def test_a_backward_wall_clock_step_of_an_hour_does_not_stall_polling(
 
             await wait_until(completed, 15, "the batch's outcome delivered after the step")
 
-            daemon.poller.watch("999999999")  # unknown to Box: active until its watch expires
+            # unknown to Box: active until its watch expires
+            daemon.units["default"].poller.watch("999999999")
             active_before = sample({"kind": "active", "outcome": "ok"}) or 0.0
 
             async def active_polled() -> bool:
                 return (sample({"kind": "active", "outcome": "ok"}) or 0.0) >= active_before + 2
 
             await wait_until(active_polled, 20, "two active rounds after the step")
-            assert "999999999" in daemon.poller.active
+            assert "999999999" in daemon.units["default"].poller.active
             ready, details = await daemon.readiness()
             assert ready, details
             assert 0 <= details["last_sweep_age_s"] < 5

@@ -55,3 +55,22 @@ async def test_one_registry_line_makes_a_backend_configurable_and_openable(
 def test_a_malformed_sqlite_url_names_the_expected_form() -> None:
     with pytest.raises(ValidationError, match=r"expected sqlite:///relative/path"):
         StateConfig(url="sqlite:///")
+
+
+@pytest.mark.parametrize(("url", "account", "expected"), [
+    ("sqlite:////var/lib/m/state.db", "default", "sqlite:////var/lib/m/state.db"),
+    ("sqlite:////var/lib/m/state.db", "eu", "sqlite:////var/lib/m/state.eu.db"),
+    ("sqlite:///rel/state", "us-east", "sqlite:///rel/state.us-east"),
+    ("postgresql://u:p@db:5432/m", "default", "postgresql://u:p@db:5432/m"),
+    ("postgresql://u:p@db:5432/m", "eu", "postgresql://u:p@db:5432/m?schema=public_eu"),
+    ("postgresql://u:p@db/m?sslmode=require&schema=mon", "eu",
+     "postgresql://u:p@db/m?sslmode=require&schema=mon_eu"),
+])
+def test_each_account_has_its_own_state_beside_the_configured_one(
+    url: str, account: str, expected: str,
+) -> None:
+    """`default` keeps `state.url` (a single-account store keeps its state); another account
+    gets a sibling SQLite file or a PostgreSQL schema derived from the configured one."""
+    from monitor.store.registry import account_url
+
+    assert account_url(url, account) == expected

@@ -12,7 +12,9 @@ from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 
 
-def make_auth(box: BoxConfig, metrics: Metrics | None) -> Auth:
+def make_auth(box: BoxConfig, metrics: Metrics | None, where: str = "box") -> Auth:
+    """The auth `box.auth` describes; `where` is the section's path, for a problem's message
+    (`accounts[1].box` for an account's)."""
     if isinstance(box.auth, CCGAuthConfig):
         return CCGAuth(
             f"{box.base_url}/oauth2/token",
@@ -33,13 +35,15 @@ def make_auth(box: BoxConfig, metrics: Metrics | None) -> Auth:
                 metrics=metrics,
             )
         except ValueError as exc:
-            raise ConfigError([f"box.auth.config_file: {exc}"]) from None
+            raise ConfigError([f"{where}.auth.config_file: {exc}"]) from None
     return DeveloperTokenAuth(box.auth.token)
 
 
-def make_box_client(box: BoxConfig, metrics: Metrics | None) -> tuple[Auth, BoxClient]:
+def make_box_client(
+    box: BoxConfig, metrics: Metrics | None, where: str = "box"
+) -> tuple[Auth, BoxClient]:
     """The client and its auth, which the caller closes (after a reload: `client.auth`)."""
-    auth = make_auth(box, metrics)
+    auth = make_auth(box, metrics, where)
     budget = RequestBudget(
         box.requests_per_minute, max_retry_after_s=box.max_retry_after, metrics=metrics
     )

@@ -17,6 +17,7 @@ def matches(match: RouteMatch, event: Event) -> bool:
         (match.template_id, event.template_file_id),
         (match.output_type, event.job.output_type if event.job else None),
         (match.creator, event.job.created_by_id if event.job else None),
+        (match.account, event.account),
     ]
     return all(wanted is None or actual in wanted for wanted, actual in checks)
 

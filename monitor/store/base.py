@@ -749,6 +749,13 @@ class Store(
         """A store for `url` (its registered scheme), not yet opened. Raises `ValueError`
         saying what is wrong with a malformed URL; touches nothing on disk or network."""
 
+    @classmethod
+    @abstractmethod
+    def account_url(cls, url: str, account: str) -> str:
+        """The URL of the state of Box account `account` (a safe name: `[a-z][a-z0-9_-]*`)
+        beside the one `url` names, separate from it and from every other account's. The
+        `default` account's is `url` itself, so a single-account store keeps its state."""
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self

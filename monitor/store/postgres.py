@@ -69,7 +69,15 @@ from asyncpg.transaction import Transaction
 
 from monitor.config import url_without_password
 from monitor.errors import SchemaTooNew, StoreError, StoreNotEmpty
-from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, Observed, SnapshotChanges
+from monitor.model import (
+    DEFAULT_ACCOUNT,
+    TERMINAL_STATUSES,
+    Event,
+    EventType,
+    JobState,
+    Observed,
+    SnapshotChanges,
+)
 from monitor.store import rows
 from monitor.store.base import (
     COPIED_TABLES,
@@ -640,6 +648,18 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
     def from_url(cls, url: str) -> Self:
         """`postgresql://user:password@host:port/database[?sslmode=...&schema=...]`."""
         return cls(url)
+
+    @classmethod
+    def account_url(cls, url: str, account: str) -> str:
+        """A schema of its own: `<schema>_<account>`, the URL's `schema=` (or `public`) as the
+        base (`default` keeps the URL's own schema). The lease table stays in the base schema."""
+        if account == DEFAULT_ACCOUNT:
+            return url
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        base = next((value for key, value in query if key == "schema"), None) or "public"
+        query = [(k, v) for k, v in query if k != "schema"] + [("schema", f"{base}_{account}")]
+        return urlunsplit(parts._replace(query=urlencode(query)))
 
     def __repr__(self) -> str:
         return f"PostgresStore({url_without_password(self.url)!r})"

@@ -39,6 +39,11 @@ def open_store(url: str) -> Store:
     return backend_class(url).from_url(url)
 
 
+def account_url(url: str, account: str) -> str:
+    """The state URL of Box account `account` beside `url` (its backend decides how)."""
+    return backend_class(url).account_url(url, account)
+
+
 def check_url(url: str) -> None:
     """Raise `ValueError` saying what is wrong with `url` (unknown scheme, malformed)."""
     try:

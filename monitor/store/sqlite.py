@@ -49,7 +49,15 @@ import aiosqlite
 import structlog
 
 from monitor.errors import SchemaTooNew, StoreError, StoreLocked, StoreNotEmpty
-from monitor.model import TERMINAL_STATUSES, Event, EventType, JobState, Observed, SnapshotChanges
+from monitor.model import (
+    DEFAULT_ACCOUNT,
+    TERMINAL_STATUSES,
+    Event,
+    EventType,
+    JobState,
+    Observed,
+    SnapshotChanges,
+)
 from monitor.store import rows
 from monitor.store.base import (
     COPIED_TABLES,
@@ -451,6 +459,15 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         if not path:
             raise ValueError("expected sqlite:///relative/path or sqlite:////absolute/path")
         return cls(path)
+
+    @classmethod
+    def account_url(cls, url: str, account: str) -> str:
+        """A sibling file: `state.db` -> `state.<account>.db` (`default` keeps `state.db`)."""
+        path = cls.from_url(url).path
+        if account == DEFAULT_ACCOUNT or path == ":memory:":
+            return url
+        base = Path(path)
+        return "sqlite:///" + str(base.with_name(f"{base.stem}.{account}{base.suffix}"))
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"

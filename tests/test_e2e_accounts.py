@@ -1,0 +1,148 @@
+"""Two Box accounts watched by one daemon (a subprocess, real sockets): one simulator with two
+users, each account with its own token. Each account's events carry its name, each has its own
+state file, and another user's token given to one account by SIGHUP refuses that account only:
+the other keeps delivering."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from monitor.simulator import SimulatorConfig, TimelineConfig, UserConfig
+from tests.harness import TOKEN, World, wait_until, webhook_world
+
+pytestmark = pytest.mark.e2e
+
+OWN_USER = "20000001"  # the simulator's default user, behind TOKEN
+BETA_TOKEN, BETA_USER = "e2e-beta-token", "30000088"
+THIRD_TOKEN, THIRD_USER = "e2e-third-token", "30000099"
+
+
+def accounts_config(path: Path) -> dict[str, Any]:
+    """The world's single-account config turned into two accounts on the same simulator."""
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    box = data.pop("box")
+    data["accounts"] = [
+        {"name": "alpha", "box": box},
+        {"name": "beta", "box": {**box, "auth": {"method": "developer_token",
+                                                 "token": BETA_TOKEN}}},
+    ]
+    return data
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    sim_config = SimulatorConfig(
+        seed=45, developer_tokens=[SecretStr(TOKEN)],
+        users=[UserConfig(id=BETA_USER, enterprise_id="beta-enterprise",
+                          developer_tokens=[SecretStr(BETA_TOKEN)]),
+               UserConfig(id=THIRD_USER, enterprise_id="third-enterprise",
+                          developer_tokens=[SecretStr(THIRD_TOKEN)])],
+        timeline=TimelineConfig(submitted_after_s=0.3, min_duration_s=1.0, max_duration_s=3.0),
+    )
+    async for w in webhook_world(tmp_path, sim_config, World):
+        w.config_path.write_text(yaml.safe_dump(accounts_config(w.config_path)))
+        yield w
+
+
+def job_events(w: World, batch_id: str) -> list[dict[str, Any]]:
+    return [e for e in w.receiver.events().values()
+            if e.get("job", {}).get("batch_id") == batch_id]
+
+
+async def wait_terminal_events(w: World, batch_id: str, jobs: int) -> list[dict[str, Any]]:
+    async def done() -> bool:
+        finals = [e for e in job_events(w, batch_id)
+                  if e["to_status"] in ("completed", "completed_with_error", "failed")]
+        return len(finals) == jobs
+
+    await wait_until(done, 60, f"every job of batch {batch_id} delivered as final",
+                     interval_s=0.3)
+    return job_events(w, batch_id)
+
+
+def snapshot_job_ids(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM jobs")}
+
+
+async def test_each_account_delivers_its_own_events_named_and_keeps_its_own_state(
+    world: World,
+) -> None:
+    w = world
+    await w.control.call("POST", "/_sim/seed", {"count": 20})
+    await w.control.call("POST", "/_sim/seed", {"count": 10, "created_by_id": BETA_USER})
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    alpha = await w.control.start_batch(4)
+    beta = await w.control.start_batch(3, created_by_id=BETA_USER)
+    alpha_events = await wait_terminal_events(w, alpha["batch_id"], 4)
+    beta_events = await wait_terminal_events(w, beta["batch_id"], 3)
+    assert {e["account"] for e in alpha_events} == {"alpha"}
+    assert {e["account"] for e in beta_events} == {"beta"}
+    assert w.receiver.bad_signatures == 0
+
+    # Separate snapshots: `alpha` (not `default`) has a sibling file, as `beta` does.
+    state = w.config_path.parent
+    jobs = await w.control.jobs()
+    alpha_jobs = snapshot_job_ids(state / "state.alpha.db")
+    beta_jobs = snapshot_job_ids(state / "state.beta.db")
+    assert alpha_jobs == {j for j, v in jobs.items() if v.get("created_by_id") != BETA_USER}
+    assert beta_jobs == {j for j, v in jobs.items() if v.get("created_by_id") == BETA_USER}
+    assert not (state / "state.db").exists()  # no account is named `default`
+
+    status, body = await w.daemon.get("/readyz")
+    assert status == 200, body
+    assert set(json.loads(body)["accounts"]) == {"alpha", "beta"}
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_another_users_token_for_one_account_refuses_that_account_only(
+    world: World,
+) -> None:
+    """SIGHUP gives `beta` the token of a third user: beta's next sweep refuses (`/readyz` 503
+    naming beta and both users), while alpha keeps polling and delivering its events."""
+    w = world
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    assert w.daemon.proc is not None
+    mine = w.config_path.read_text()
+    w.config_path.write_text(mine.replace(BETA_TOKEN, THIRD_TOKEN))
+    w.daemon.proc.send_signal(signal.SIGHUP)
+
+    last = ""
+
+    async def beta_refused() -> bool:
+        nonlocal last
+        status, body = await w.daemon.get("/readyz")
+        last = body
+        if status != 503:
+            return False
+        accounts = json.loads(body)["accounts"]
+        beta = json.dumps(accounts["beta"])
+        return (not accounts["beta"]["ready"] and THIRD_USER in beta and BETA_USER in beta
+                and accounts["alpha"]["ready"])
+
+    try:
+        await wait_until(beta_refused, 30, "/readyz to refuse beta's store for the third user")
+    except AssertionError:
+        raise AssertionError(f"last /readyz: {last}") from None
+    alpha = await w.control.start_batch(3)
+    alpha_events = await wait_terminal_events(w, alpha["batch_id"], 3)
+    assert {e["account"] for e in alpha_events} == {"alpha"}
+    mismatches = [json.loads(line) for line in w.daemon.logs().splitlines()
+                  if '"identity_mismatch"' in line]
+    assert [m["account"] for m in mismatches] == ["beta"]
+
+    w.config_path.write_text(mine)
+    w.daemon.proc.send_signal(signal.SIGHUP)
+    await w.daemon.wait_ready()
+    assert await w.daemon.stop(signal.SIGTERM) == 0
