@@ -142,6 +142,9 @@ class PollConfig(_Model):
     sweep_interval: PositiveDurationS = 60.0
     max_backoff: PositiveDurationS = 600.0  # a failing sweep is retried less often, up to this
     active_interval: PositiveDurationS = 5.0  # batches with non-terminal jobs, polled one by one
+    # The head of the listing is read this often (None: the active interval) to find new jobs
+    # in seconds; the sweep stays the reconciliation and the only source of `job.vanished`.
+    discover_interval: PositiveDurationS | None = None
     stuck_after: PositiveDurationS | None = None  # job.stuck after this long in one status
     stuck_after_by_template: dict[str, PositiveDurationS] = {}
     watch_ttl: PositiveDurationS = 600.0  # a watched batch Box does not know yet is kept this long

@@ -131,6 +131,16 @@ class Metrics:
             "The budget's current rate: the configured ceiling, shrunk after 429s (AIMD).",
             registry=r,
         )
+        self.discovery_lag = Gauge(
+            "box_docgen_discovery_lag_seconds",
+            "Seconds since the listing's head was last read (discovery or sweep).",
+            registry=r,
+        )
+        self.listing_newest_first = Gauge(
+            "box_docgen_listing_newest_first",
+            "1 if the last discovery read proved the listing newest-first, else 0 (head only).",
+            registry=r,
+        )
         self.degradation = Gauge(
             "box_docgen_degradation_level",
             "0 normal, 1 sweep interval stretched, 2 active interval stretched too.",

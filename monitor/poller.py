@@ -29,6 +29,7 @@ from monitor.box.errors import BoxAuthError, BoxError, BoxNotFound
 from monitor.box.listing import InvalidEntry, ListingPage
 from monitor.box.models import DocGenJob, ListedJob
 from monitor.diff import drop_regressions, snapshot_changes
+from monitor.discovery import NewestFirst
 from monitor.identity import IdentityGuard
 from monitor.metrics import Metrics
 from monitor.model import KNOWN_STATUSES, Event, JobState, Observation, Observed, is_terminal
@@ -55,6 +56,9 @@ WATCH_POLLS_PER_ROUND = 4
 #: The delay between two polls of one such batch doubles from the first to the last value.
 WATCH_RETRY_FIRST_S = 1.0
 WATCH_RETRY_MAX_S = 60.0
+#: Pages one discovery reads at most (a flood of new jobs beyond them waits for the next read,
+#: which starts at the head again, or for the sweep).
+DISCOVER_MAX_PAGES = 20
 #: An unknown status is logged cut to this many characters, and only the first this many.
 MAX_STATUS_LOG_CHARS = 64
 MAX_UNKNOWN_LOGGED = 50
@@ -116,6 +120,13 @@ class SweepResult:
     baseline: bool  # this sweep recorded the silent baseline
 
 
+@dataclass(frozen=True, slots=True)
+class DiscoverResult:
+    events: tuple[Event, ...]
+    requests: int
+    newest_first: bool  # the listing proved newest-first over what this read saw
+
+
 @dataclass(slots=True)
 class _Active:
     """One batch of the active set. `observed_at` is when it was last polled successfully
@@ -175,6 +186,8 @@ class Poller:
         #: Why the last complete sweep was refused as a mass change (None: it was not).
         self.refusal: str | None = None
         self._baseline_done = False
+        self._head_read_at = monotonic()  # the listing's head last read (or start)
+        self._newest_first: bool | None = None  # as the last discovery found the listing
         self._unknown_statuses: set[str] = set()
         self._invalid_logged: set[str] = set()
 
@@ -210,6 +223,7 @@ class Poller:
         events = await self.recorder.record_sweep(staged_sweep)
         now = self.monotonic()
         self._baseline_done = True
+        self._head_read_at = max(self._head_read_at, now)
         self.last_sweep_requests = requests
         for batch_id in await self.store.active_batch_ids():
             self.active.setdefault(batch_id, _Active(observed_at=now))
@@ -394,6 +408,71 @@ class Poller:
         self._note_unknown_statuses((j.status, j.id) for j in jobs)
         stored = await self.store.load_jobs(list(found))
         await self._stage(sweep, jobs, stored, [(j.id, j.status) for j in jobs], keep=keep)
+
+    # -- discovery: the head of the listing -------------------------------------------------
+
+    async def discover(self) -> DiscoverResult:
+        """Read the head of the listing and record what it shows, to find new jobs in seconds
+        without the whole history. Further pages are read only while the listing proves
+        newest-first (`monitor.discovery`) and holds no job already known: past the first known
+        job, a newest-first listing shows only older ones. New batches join the active set.
+        Raises on a failed read (what earlier pages showed is recorded)."""
+        if not self._baseline_done:
+            return DiscoverResult((), 0, True)  # the first sweep records the baseline
+        started = time.perf_counter()
+        proof = NewestFirst()
+        events: list[Event] = []
+        requests = 0
+        pages = self.box.iter_job_listing(self.page_size, priority=Priority.ACTIVE)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                requests += 1
+                self._note_invalid(page.invalid)
+                ordered = proof.check(page.entries)
+                found, reached_known = await self._record_head(page.entries)
+                events += found
+                if not ordered or reached_known or requests >= DISCOVER_MAX_PAGES:
+                    break
+        self._head_read_at = self.monotonic()
+        if proof.holds != self._newest_first:
+            log.info("listing_order", newest_first=proof.holds,
+                     effect=None if proof.holds else "discovery reads the head page only")
+        self._newest_first = proof.holds
+        self.metrics.listing_newest_first.set(1 if proof.holds else 0)
+        self.metrics.poll_duration.labels("discover").observe(time.perf_counter() - started)
+        return DiscoverResult(tuple(events), requests, proof.holds)
+
+    async def _record_head(self, entries: Sequence[ListedJob]) -> tuple[tuple[Event, ...], bool]:
+        """Record the jobs of one page of the head that are new or changed; (their events,
+        whether the page holds a job that was known before this read). An id listed twice is
+        left to the sweep, which reads it by id."""
+        self._note_unknown_statuses((e["status"], e["id"]) for e in entries)
+        counts: dict[str, int] = {}
+        for entry in entries:
+            counts[entry["id"]] = counts.get(entry["id"], 0) + 1
+        stored = await self.store.load_jobs(list(counts))
+        changed = (
+            listed_job_state(e)
+            for e in entries
+            if counts[e["id"]] == 1 and not _unchanged(stored.get(e["id"]), e)
+        )
+        fresh, behind = drop_regressions(stored, changed)
+        if behind:
+            self.metrics.listing_regressions.inc(len(behind))
+        if not fresh:
+            return (), bool(stored)
+        recorded = await self.recorder.record_head(fresh)
+        now = self.monotonic()
+        for job in recorded.snapshot.values():
+            if not is_terminal(job.status):
+                self.active.setdefault(job.batch_id, _Active(observed_at=now))
+        self.metrics.active_batches.set(len(self.active))
+        return recorded.events, bool(stored)
+
+    def discovery_lag_s(self) -> float:
+        """Seconds since the head of the listing was last read (by discovery or a
+        sweep; since start before either)."""
+        return max(0.0, self.monotonic() - self._head_read_at)
 
     # -- the active set -----------------------------------------------------------------------
 

@@ -182,11 +182,17 @@ class Recorder:
     async def record_batch(self, batch_id: str, jobs: Sequence[JobState]) -> Recorded:
         """Every job Box lists for one batch (none when Box does not know it): a partial
         observation, so no job of it can vanish."""
-        return await self._record_poll(batch_id, jobs, "batch")
+        return await self._record_poll([batch_id], jobs, "batch")
 
     async def record_job(self, job: JobState) -> Recorded:
         """One job read by its id: a partial observation of its batch."""
-        return await self._record_poll(job.batch_id, [job], "job")
+        return await self._record_poll([job.batch_id], [job], "job")
+
+    async def record_head(self, jobs: Sequence[JobState]) -> Recorded:
+        """What the head of the listing showed (discovery): a partial observation of each
+        batch it touches, recorded in one commit."""
+        batch_ids = sorted({j.batch_id for j in jobs})
+        return await self._record_poll(batch_ids, jobs, "discover")
 
     @property
     def catching_up(self) -> frozenset[str]:
@@ -198,15 +204,17 @@ class Recorder:
         """`batch_id` left the active set: nothing to remember about it."""
         self._caught_up.discard(batch_id)
 
-    async def _record_poll(self, batch_id: str, jobs: Sequence[JobState], kind: str) -> Recorded:
+    async def _record_poll(
+        self, batch_ids: Sequence[str], jobs: Sequence[JobState], kind: str
+    ) -> Recorded:
         async with self._lock:
             now = self.clock()
-            snapshot = await self.store.load_batches([batch_id])
+            snapshot = await self.store.load_batches(list(batch_ids))
             observation = Observation(tuple(jobs), complete=False, observed_at=now, kind=kind)
             unknown = [j.id for j in jobs if j.id not in snapshot]
             vanished = await self.store.vanished_seqs(unknown) if unknown else {}
             changes = snapshot_changes(snapshot, observation, now, vanished)
-            events = self._mark_late(events_for(snapshot, changes, now), batch_id)
+            events = self._mark_late(events_for(snapshot, changes, now), batch_ids)
             after = {**snapshot, **{j.id: j for j in changes.upserts}}
             if self.stuck.enabled:
                 marks = await self.store.stuck_marks(list(after))
@@ -217,7 +225,7 @@ class Recorder:
                 meta = {META_LAST_RUNNING_AT: repr(now)}
                 await self._write(self.store.commit(changes, routed, meta=meta, now=now))
         if not self._swept:
-            self._caught_up.add(batch_id)
+            self._caught_up.update(batch_ids)
         self._count(events, changes, snapshot)
         if routed:
             self._wake()
@@ -266,15 +274,20 @@ class Recorder:
     def _route(self, events: tuple[Event, ...]) -> list[RoutedEvent]:
         return [RoutedEvent(e, self._router.route(e)) for e in events]
 
-    def _mark_late(self, events: tuple[Event, ...], batch_id: str | None) -> tuple[Event, ...]:
-        """Events of the first look at something after a restart may be about the downtime."""
-        if self.last_running_at is None:
+    def _mark_late(
+        self, events: tuple[Event, ...], batch_ids: Sequence[str] | None
+    ) -> tuple[Event, ...]:
+        """Events of the first look at something after a restart may be about the downtime:
+        those of a sweep (`batch_ids` None), or of a batch not looked at since the start."""
+        if self.last_running_at is None or self._swept:
             return events
-        if self._swept or (batch_id is not None and batch_id in self._caught_up):
-            return events
+        caught_up = self._caught_up if batch_ids is not None else set()
         since = datetime.fromtimestamp(self.last_running_at, UTC).isoformat()
         extra = {"late": True, "last_running_at": since.replace("+00:00", "Z")}
-        return tuple(e.model_copy(update={"extra": {**e.extra, **extra}}) for e in events)
+        return tuple(
+            e if e.batch_id in caught_up else e.model_copy(update={"extra": {**e.extra, **extra}})
+            for e in events
+        )
 
 
 def _created_s(created_at: str | None) -> float | None:

@@ -65,8 +65,11 @@ class PollSchedule:
         self._next_sweep_at = float("-inf")
         self._last_sweep_started = float("-inf")
         self._last_active_started = float("-inf")
+        self._last_discover_started = float("-inf")
+        self._discover_requests = 1  # the head page, until a read says more
         self._sweep_task: asyncio.Task[Any] | None = None
         self._active_task: asyncio.Task[Any] | None = None
+        self._discover_task: asyncio.Task[Any] | None = None
         self._clock_watch: asyncio.Task[None] | None = None
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -88,6 +91,10 @@ class PollSchedule:
             self._active_tick, "interval", seconds=self.config.active_interval, id="active",
             **common,
         )
+        scheduler.add_job(
+            self._discover_tick, "interval", seconds=self.discover_interval_s, id="discover",
+            **common,
+        )
         self.update_plan()
         scheduler.start()
         self._clock_watch = asyncio.create_task(self._follow_clock_steps(scheduler))
@@ -96,7 +103,7 @@ class PollSchedule:
     async def _stop(self, scheduler: AsyncIOScheduler) -> None:
         scheduler.shutdown(wait=False)
         # An unfinished poll has committed nothing; a commit, if started, is shielded.
-        for task in (self._clock_watch, self._sweep_task, self._active_task):
+        for task in (self._clock_watch, self._sweep_task, self._active_task, self._discover_task):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -123,9 +130,13 @@ class PollSchedule:
         """Fit the intervals to the budget (stretch the sweep first, then active polls)."""
         poll = self.config
         rate = self.budget.rate_rpm if self.budget is not None else float("inf")
+        # Discovery's reads, spread over active rounds, count like that many more batches.
+        discover_per_round = self._discover_requests * poll.active_interval / (
+            self.discover_interval_s
+        )
         plan = plan_intervals(
             rate,
-            self.poller.batches_per_round,
+            self.poller.batches_per_round + discover_per_round,
             self.poller.last_sweep_requests,
             poll.sweep_interval,
             poll.active_interval,
@@ -142,6 +153,12 @@ class PollSchedule:
         self.metrics.degradation.set(plan.level)
         self.metrics.effective_interval.labels("sweep").set(plan.sweep_interval_s)
         self.metrics.effective_interval.labels("active").set(plan.active_interval_s)
+
+    @property
+    def discover_interval_s(self) -> float:
+        """The configured discover interval (default: the active interval)."""
+        configured = self.config.discover_interval
+        return configured if configured is not None else self.config.active_interval
 
     def _due(self, last_started: float, interval_s: float, tick_s: float) -> bool:
         # Ticks come every `tick_s`; a stretched interval skips ticks until it has passed.
@@ -165,6 +182,33 @@ class PollSchedule:
         finally:
             self._active_task = None
             self.metrics.detection_lag.set(self.poller.detection_lag_s())
+
+    async def _discover_tick(self) -> None:
+        """Read the head of the listing; stretched as much as the active interval is."""
+        self.metrics.discovery_lag.set(self.poller.discovery_lag_s())
+        tick_s = self.discover_interval_s
+        stretch = self.plan.active_interval_s / self.config.active_interval
+        if not self._due(self._last_discover_started, tick_s * max(1.0, stretch), tick_s):
+            return
+        self._last_discover_started = self.monotonic()
+        self._discover_task = asyncio.current_task()
+        started = time.perf_counter()
+        try:
+            result = await self.poller.discover()
+        except asyncio.CancelledError:
+            return  # stopping: what was recorded is committed, the rest waits for a next read
+        except Exception as exc:
+            self.metrics.polls.labels("discover", "error").inc()
+            self.metrics.poll_duration.labels("discover").observe(time.perf_counter() - started)
+            if not isinstance(exc, BoxAuthError):  # the auth logs each refused token once
+                log.warning("discovery_failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            if result.requests:
+                self._discover_requests = result.requests
+                self.metrics.polls.labels("discover", "ok").inc()
+        finally:
+            self._discover_task = None
+            self.metrics.discovery_lag.set(self.poller.discovery_lag_s())
 
     async def _sweep_tick(self) -> None:
         if self.monotonic() < self._next_sweep_at:
@@ -232,6 +276,7 @@ class PollSchedule:
         details["sweep_interval_s"] = round(self.plan.sweep_interval_s, 3)
         details["active_interval_s"] = round(self.plan.active_interval_s, 3)
         details["active_batches"] = len(self.poller.active)
+        details["discovery_lag_s"] = round(self.poller.discovery_lag_s(), 3)
         if self.budget is not None:
             details["budget_rate_per_minute"] = round(self.budget.rate_rpm, 1)
         return fresh, details

@@ -67,7 +67,9 @@ class World(harness.World):
         raise AssertionError(f"{name} not in /metrics")
 
 
-async def make_world(tmp_path: Path, **box: Any) -> AsyncIterator[World]:
+async def make_world(
+    tmp_path: Path, poll: dict[str, Any] | None = None, **box: Any
+) -> AsyncIterator[World]:
     sim_config = SimulatorConfig(
         seed=3, developer_tokens=[SecretStr("e2e-token")], frozen_clock=True,
         timeline=TimelineConfig(submitted_after_s=10, min_duration_s=20, max_duration_s=40),
@@ -75,7 +77,7 @@ async def make_world(tmp_path: Path, **box: Any) -> AsyncIterator[World]:
     async for w in harness.webhook_world(
         tmp_path, sim_config, World, box=box, http={"api_token": API_TOKEN},
         poll={"sweep_interval": "1h", "active_interval": f"{ACTIVE_INTERVAL_S}s",
-              "max_backoff": "2s"},
+              "max_backoff": "2s", **(poll or {})},
     ):
         yield w
 
@@ -88,7 +90,11 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 @pytest.fixture
 async def tight_world(tmp_path: Path) -> AsyncIterator[World]:
-    async for w in make_world(tmp_path, requests_per_minute=60):
+    # A 60/min budget: 3 active batches at the 1 s interval exceed it. Discovery is read every
+    # 5 s here (its default is the active interval, 1 s in these tests, which alone would take
+    # the whole budget): this test is about active polls degrading and recovering.
+    async for w in make_world(tmp_path, poll={"discover_interval": "5s"},
+                              requests_per_minute=60):
         yield w
 
 
@@ -115,7 +121,10 @@ async def test_a_watched_batch_is_detected_within_the_active_interval(world: Wor
     for event in finals:
         detected = datetime.fromisoformat(event["detected_at"]).timestamp()
         assert detected - changed_at <= ACTIVE_INTERVAL_S + 0.5, event
-    assert world.sim.state.stats.count("list_jobs") == listings  # no listing was needed
+    # No sweep was needed: the listing was read only at its head (discovery, one page each
+    # active interval), never in full.
+    heads = world.sim.state.stats.count("list_jobs") - listings
+    assert heads <= (time.time() - changed_at) / ACTIVE_INTERVAL_S + 2
     assert await world.metric("box_docgen_active_batches") == 0
     assert await world.metric("box_docgen_request_budget_used_total") >= 3
     assert await world.daemon.stop() == 0
@@ -165,4 +174,30 @@ async def test_degradation_and_recovery_show_in_metrics_and_readiness(
     await wait_until(lambda: level_is(0), 10, "recovery")
     _, ready = await world.daemon.get("/readyz")
     assert json.loads(ready)["degradation"] == "normal"
+    assert await world.daemon.stop() == 0
+
+
+async def test_a_new_batch_is_announced_within_two_active_intervals_without_a_sweep(
+    world: World,
+) -> None:
+    """Nobody watches it and the next sweep is an hour away: discovery reads the head of the
+    listing (one page of the three the history fills) every interval, so the batch's jobs are
+    announced within two active intervals and the batch is followed from then on."""
+    await world.control.call("POST", "/_sim/seed", {"count": 2500})
+    world.daemon.start()
+    await world.daemon.wait_ready()
+    listings = world.sim.state.stats.count("list_jobs")
+    started = time.monotonic()
+    batch = await world.control.start_batch(5)
+    await world.receiver.wait_for(
+        lambda r: len(world.of("job.discovered", batch["batch_id"])) == 5, 10)
+    took_s = time.monotonic() - started
+    assert took_s <= 2 * ACTIVE_INTERVAL_S + 1.0, took_s  # two intervals, plus delivery
+    heads = world.sim.state.stats.count("list_jobs") - listings
+    assert 1 <= heads <= took_s / ACTIVE_INTERVAL_S + 2  # one page a read, never the history
+    await world.advance(60)
+    await world.receiver.wait_for(
+        lambda r: len(world.of("batch.completed", batch["batch_id"])) == 1, 10)
+    assert await world.metric("box_docgen_discovery_lag_seconds") <= 2 * ACTIVE_INTERVAL_S
+    assert await world.metric("box_docgen_listing_newest_first") == 1
     assert await world.daemon.stop() == 0

@@ -180,7 +180,7 @@ class Plan:
 
 def plan_intervals(
     rate_rpm: float,
-    active_batches: int,
+    active_batches: float,
     sweep_requests: int,
     sweep_interval_s: float,
     active_interval_s: float,

@@ -190,18 +190,19 @@ class BoxClient:
                 yield page
 
     async def iter_job_listing(
-        self, page_size: int | None = None
+        self, page_size: int | None = None, *, priority: Priority = Priority.SWEEP
     ) -> AsyncGenerator[ListingPage, None]:
         """`iter_job_pages` validated against the sweep's projection (`JobListingPage`): only
         the fields a sweep reads, as plain dicts, at about a third of the cost. An entry that
-        breaks the projection is set aside in `ListingPage.invalid`, not a failed page."""
+        breaks the projection is set aside in `ListingPage.invalid`, not a failed page.
+        Discovery reads the head at active `priority`."""
         pages = self._pages(
             EP_JOBS,
             "/2.0/docgen_jobs",
             parse_listing,
             page_size,
             self._log,
-            Priority.SWEEP,
+            priority,
         )
         async with aclosing(pages):
             async for page in pages:
