@@ -1,17 +1,23 @@
-"""Benchmark: steady state (run by hand, not in the test suite).
+"""Benchmark: steady state, the daemon beside a naive poller run for real (run by hand).
 
     python bench/steady.py --history 100000 --batches 50 --jobs-per-batch 200
 
-N historic jobs plus a constant number of active batches that keep moving: as each batch ends,
-the driver starts another and, like the application that submits it, tells the daemon through
-the watch API. The daemon (`docgen-monitor run`, a subprocess) delivers events to a webhook
-receiver in this process. Reported over the measurement window:
-  - Box requests per minute made by the daemon (the simulator's own request counts), against a
-    naive poller that re-lists everything every `active_interval` (pages x polls, computed from
-    the listing's size: its cost is exact, so it is not run);
-  - latency, p50 / p99, from the simulator's status change (`/_sim/transitions`) to the event's
-    `detected_at` (detection: what polling controls) and to its webhook delivery (end to end,
-    through the outbox and the webhook notifier).
+One simulator process holds N historic jobs plus a constant number of active batches that keep
+moving: as each batch ends, the driver starts another (nobody watches it: the daemon must find
+it). `docgen-monitor run` (a subprocess, every default but `poll.active_interval`) delivers
+every event to a webhook receiver in this process. During the measurement window a naive poller
+(bench/naive_poller.py, its own process, not our code) re-lists every job every active interval
+against the same simulator. The window lasts at least `--window` seconds and until the daemon
+has completed `--sweeps` sweeps inside it (at most `--max-window`). Reported:
+  - Box requests per minute by route: the daemon's (the simulator's counts less the naive
+    poller's own) and the naive poller's;
+  - for every job status change in the window, p50 / p99 from the change (`/_sim/transitions`)
+    to the daemon's commit (the event's `detected_at`) and to the webhook's arrival. A status
+    that passed between two polls (never reported as such) is counted apart, with the time
+    until the job's next reported change; the naive poller's detection beside them;
+  - the first event of each batch started in the window: p50 / p99 from its creation to the
+    daemon's commit and to the webhook's arrival;
+  - the daemon's degradation level and intervals in force at the end, and its peak RSS.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
+import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,9 +44,9 @@ from aiohttp import web
 from simproc import start_simulator_process
 
 TOKEN = "bench-token"  # noqa: S105 - the local simulator's throwaway token
-API_TOKEN = "bench-watch"  # noqa: S105 - the local daemon's throwaway API token
 SUBMITTED_AFTER_S = 2.0
 TERMINAL = frozenset({"completed", "completed_with_error", "failed"})
+HERE = Path(__file__).resolve().parent
 
 
 class Receiver:
@@ -77,177 +85,240 @@ def free_port() -> int:
         return port
 
 
-async def wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(f"{url}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.5)
-    raise SystemExit(f"daemon not ready within {timeout_s}s")
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
 
 
-async def run(args: argparse.Namespace, sim_url: str, daemon_url: str, hook_port: int) -> None:
-    receiver = Receiver()
-    runner = await start_receiver(receiver, hook_port)
-    try:
-        async with aiohttp.ClientSession() as session:
-            await wait_ready(session, daemon_url, 600)
-            await measure(args, session, sim_url, daemon_url, receiver)
-    finally:
-        await runner.cleanup()
+def row(name: str, values: list[float]) -> str:
+    if not values:
+        return f"  {name:<44} (none)"
+    return (f"  {name:<44} n {len(values):6d}  p50 {statistics.median(values):6.2f}s  "
+            f"p99 {pct(values, 0.99):6.2f}s  max {max(values):6.2f}s")
+
+
+class Daemon:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.session.get(f"{self.url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.5)
+        raise SystemExit(f"daemon not ready within {timeout_s}s")
+
+    async def metrics(self) -> dict[str, float]:
+        async with self.session.get(f"{self.url}/metrics") as resp:
+            text = await resp.text()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+        return out
+
+    async def sweeps(self) -> float:
+        return (await self.metrics()).get(
+            'box_docgen_polls_total{kind="sweep",outcome="ok"}', 0.0)
 
 
 def daemon_config(
     args: argparse.Namespace, sim_url: str, state_dir: str, http_port: int, hook_port: int
 ) -> dict[str, Any]:
+    """Every default but the active interval (and the log going to a file)."""
     return {
-        "box": {
-            "base_url": sim_url,
-            "auth": {"method": "developer_token", "token": TOKEN},
-            "requests_per_minute": args.requests_per_minute,
-        },
-        "poll": {
-            "sweep_interval": f"{args.sweep_interval}s",
-            "active_interval": f"{args.active_interval}s",
-        },
+        "box": {"base_url": sim_url, "auth": {"method": "developer_token", "token": TOKEN}},
+        "poll": {"active_interval": f"{args.active_interval}s"},
         "state": {"url": f"sqlite:///{state_dir}/state.db"},
         "notifiers": [
             {"name": "sink", "type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}
         ],
         "routes": [{"match": {}, "notify": ["sink"]}],
-        "http": {"listen": f"127.0.0.1:{http_port}", "api_token": API_TOKEN},
-        "log": {"level": "warning", "format": "json"},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "log": {"format": "json"},
     }
 
 
-async def measure(
-    args: argparse.Namespace,
-    session: aiohttp.ClientSession,
-    sim_url: str,
-    daemon_url: str,
-    receiver: Receiver,
-) -> None:
-    created = 0
-    life_s = SUBMITTED_AFTER_S + args.max_duration + 1  # a batch is over by then
-    timeline = {
-        "submitted_after_s": SUBMITTED_AFTER_S,
-        "min_duration_s": args.min_duration,
-        "max_duration_s": args.max_duration,
-    }
+class Load:
+    """The driver: `batches` slots, each starting a new batch as its previous one ends."""
 
-    async def start_batch() -> str:
-        nonlocal created
-        created += 1
-        async with session.post(
-            f"{sim_url}/_sim/batches", json={"jobs": args.jobs_per_batch, **timeline}
-        ) as resp:
-            batch_id: str = (await resp.json())["batch_id"]
-        async with session.post(
-            f"{daemon_url}/api/v1/watch/batches/{batch_id}",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-        ) as resp:
-            assert resp.status == 202, await resp.text()
-        return batch_id
+    def __init__(self, args: argparse.Namespace, session: aiohttp.ClientSession,
+                 sim_url: str) -> None:
+        self.args = args
+        self.session = session
+        self.sim_url = sim_url
+        self.created: dict[str, float] = {}  # batch id -> wall time it was started
+        self.stop = asyncio.Event()
+        self.life_s = SUBMITTED_AFTER_S + args.max_duration + 1  # a batch is over by then
 
-    async def stats() -> dict[str, int]:
-        async with session.get(f"{sim_url}/_sim/stats") as resp:
+    async def start_batch(self) -> None:
+        body = {"jobs": self.args.jobs_per_batch, "submitted_after_s": SUBMITTED_AFTER_S,
+                "min_duration_s": self.args.min_duration,
+                "max_duration_s": self.args.max_duration}
+        at = time.time()
+        async with self.session.post(f"{self.sim_url}/_sim/batches", json=body) as resp:
+            self.created[(await resp.json())["batch_id"]] = at
+
+    async def slot(self, n: int) -> None:
+        # Staggered over one batch life so that batches end (and start) evenly.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), n * self.life_s / self.args.batches)
+        while not self.stop.is_set():
+            await self.start_batch()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.life_s)
+
+    async def stats(self) -> dict[str, int]:
+        async with self.session.get(f"{self.sim_url}/_sim/stats") as resp:
             body = await resp.json()
         return {route: sum(codes.values()) for route, codes in body["requests"].items()}
 
-    stop = asyncio.Event()
+    async def transitions(self, batch_ids: list[str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for batch_id in batch_ids:
+            async with self.session.get(f"{self.sim_url}/_sim/transitions",
+                                        params={"batch_id": batch_id}) as resp:
+                out += (await resp.json())["entries"]
+        return out
 
-    async def driver(slot: int) -> None:
-        # Staggered over one batch life so that batches end (and start) evenly.
-        await asyncio.sleep(slot * life_s / args.batches)
-        while not stop.is_set():
-            await start_batch()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), life_s)
 
-    drivers = [asyncio.create_task(driver(i)) for i in range(args.batches)]
-    print(
-        f"warming up {life_s:.0f}s ({args.batches} batches of {args.jobs_per_batch} jobs)...",
-        file=sys.stderr,
-    )
-    await asyncio.sleep(life_s + 5)
-    window_start, before = time.time(), await stats()
-    await asyncio.sleep(args.window)
-    window_end, after = time.time(), await stats()
-    listed_jobs = args.history + created * args.jobs_per_batch  # what a re-list reads by now
-    stop.set()
-    await asyncio.gather(*drivers)
+def start_naive(args: argparse.Namespace, sim_url: str, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(HERE / "naive_poller.py"), "--url", sim_url,
+                             "--token", TOKEN, "--interval", str(args.active_interval),
+                             "--out", str(out)])
+
+
+async def measure(args: argparse.Namespace, sim_url: str, daemon: Daemon, receiver: Receiver,
+                  naive_out: Path) -> dict[str, Any]:
+    load = Load(args, daemon.session, sim_url)
+    slots = [asyncio.create_task(load.slot(i)) for i in range(args.batches)]
+    print(f"warming up {load.life_s + 5:.0f}s ({args.batches} batches of "
+          f"{args.jobs_per_batch} jobs)...", file=sys.stderr)
+    await asyncio.sleep(load.life_s + 5)
+    naive = start_naive(args, sim_url, naive_out)
+    await asyncio.sleep(2 * args.active_interval)  # its first listing, to diff the next ones
+    window_start, before, sweeps_before = time.time(), await load.stats(), await daemon.sweeps()
+    while True:
+        await asyncio.sleep(5)
+        elapsed = time.time() - window_start
+        done = await daemon.sweeps() - sweeps_before
+        if (elapsed >= args.window and done >= args.sweeps) or elapsed >= args.max_window:
+            break
+    after, window_end = await load.stats(), time.time()
+    naive.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(naive.wait, 120)
+    metrics = await daemon.metrics()
+    load.stop.set()
+    await asyncio.gather(*slots)
     # Let the window's last changes arrive: until deliveries stop coming (bounded).
     count, deadline = -1, time.monotonic() + 300
     while len(receiver.received) != count and time.monotonic() < deadline:
         count = len(receiver.received)
         await asyncio.sleep(args.active_interval + 3)
+    batch_ids = [b for b, at in load.created.items() if at <= window_end]
+    return {
+        "window": (window_start, window_end), "before": before, "after": after,
+        "sweeps": await daemon.sweeps() - sweeps_before, "metrics": metrics,
+        "created": load.created, "transitions": await load.transitions(batch_ids),
+    }
 
-    async with session.get(f"{sim_url}/_sim/transitions") as resp:
-        transitions = (await resp.json())["entries"]
-    # A job may pass a status between two polls (pending for 2 s, polled every 5 s): the daemon
-    # then reports pending -> completed. So a change is matched by (job, status reached).
-    seen: dict[tuple[str, str], tuple[float, float]] = {}
+
+def latencies(result: dict[str, Any], receiver: Receiver,
+              naive: dict[str, Any]) -> dict[str, list[float]]:
+    """Every change in the window, matched to what the daemon reported (and the naive poller
+    saw) about its job."""
+    start, end = result["window"]
+    reported: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+    first_of_batch: dict[str, tuple[float, float]] = {}
     for received_at, body in receiver.received.values():
-        if body["type"] == "job.status_changed":
-            key = (body["job"]["id"], body["to_status"])
-            detected_at = datetime.fromisoformat(body["detected_at"]).timestamp()
-            seen[key] = (detected_at, received_at)
-    detection: list[float] = []
-    delivery: list[float] = []
-    passed = missing = 0
-    for t in transitions:
-        if not window_start <= t["at"] <= window_end:
+        if body.get("job") is None:
             continue
-        got = seen.get((t["job_id"], t["to_status"]))
-        if got is not None:
-            detection.append(got[0] - t["at"])
-            delivery.append(got[1] - t["at"])
-        elif t["to_status"] in TERMINAL:
-            missing += 1  # an outcome never reported: a lost change
+        detected_at = datetime.fromisoformat(body["detected_at"]).timestamp()
+        reported[body["job"]["id"]].append((body["to_status"], detected_at, received_at))
+        batch = body["job"]["batch_id"]
+        old = first_of_batch.get(batch)
+        first_of_batch[batch] = (detected_at, received_at) if old is None else (
+            min(old[0], detected_at), min(old[1], received_at))
+    naive_seen = {(job, status): at for job, status, at in naive["sightings"]}
+    out: dict[str, list[float]] = defaultdict(list)
+    for t in result["transitions"]:
+        if not start <= t["at"] <= end:
+            continue
+        events = reported.get(t["job_id"], [])
+        exact = [e for e in events if e[0] == t["to_status"]]
+        later = sorted(e for e in events if e[1] >= t["at"] - 1)
+        if exact:
+            out["detected"].append(exact[0][1] - t["at"])
+            out["delivered"].append(exact[0][2] - t["at"])
+        elif later:  # passed between two polls: reported by the job's next change
+            out["passed_detected"].append(min(e[1] for e in later) - t["at"])
+            out["passed_delivered"].append(min(e[2] for e in later) - t["at"])
         else:
-            passed += 1  # an intermediate status left before any poll saw it
-    minutes = (window_end - window_start) / 60
-    daemon_rpm = sum(after.get(r, 0) - before.get(r, 0) for r in after) / minutes
+            out["missing" if t["to_status"] in TERMINAL else "missing_intermediate"].append(0)
+        if (t["job_id"], t["to_status"]) in naive_seen:
+            out["naive_detected"].append(naive_seen[(t["job_id"], t["to_status"])] - t["at"])
+        else:
+            out["naive_passed"].append(0)
+    for batch, created in result["created"].items():
+        if start <= created <= end and batch in first_of_batch:
+            detected_at, received_at = first_of_batch[batch]
+            out["first_detected"].append(detected_at - created)
+            out["first_delivered"].append(received_at - created)
+        elif start <= created <= end:
+            out["first_missing"].append(0)
+    return out
+
+
+def report(args: argparse.Namespace, result: dict[str, Any], lat: dict[str, list[float]],
+           naive: dict[str, Any], rss_mb: float) -> None:
+    start, end = result["window"]
+    minutes = (end - start) / 60
+    before, after = result["before"], result["after"]
     by_route = {r: (after.get(r, 0) - before.get(r, 0)) / minutes for r in after}
-    pages = math.ceil(listed_jobs / 1000)
-    naive_rpm = pages * 60 / args.active_interval
-
-    def pct(values: list[float], p: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-    print(
-        f"steady state: {args.history:,} historic jobs + {args.batches} active batches of "
-        f"{args.jobs_per_batch} jobs (durations {args.min_duration:.0f}-{args.max_duration:.0f}s); "
-        f"active_interval {args.active_interval}s, sweep_interval {args.sweep_interval}s, "
-        f"window {args.window}s"
-    )
-    print(f"{'poller':<28} {'Box requests/min':>17}")
-    print(
-        f"{'daemon (measured)':<28} {daemon_rpm:>17.0f}   "
-        + ", ".join(f"{r} {v:.0f}" for r, v in sorted(by_route.items()) if v)
-    )
-    print(
-        f"{'naive re-list (computed)':<28} {naive_rpm:>17.0f}   "
-        f"{pages} pages every {args.active_interval}s"
-    )
-    print(f"daemon / naive: {daemon_rpm / naive_rpm:.2f} (target <= 0.10)")
-    print(
-        f"latency over {len(delivery)} status changes in the window ({missing} outcomes not "
-        f"delivered; {passed} intermediate statuses passed between two polls), "
-        f"target p99 <= {args.active_interval + 1:.0f}s:"
-    )
-    for name, values in (("change -> detected", detection), ("change -> delivered", delivery)):
-        print(
-            f"  {name:<20} p50 {statistics.median(values):6.2f}s  p99 {pct(values, 0.99):6.2f}s"
-            f"  max {max(values):6.2f}s"
-        )
-    events_per_s = len(receiver.received) / (time.time() - window_start)
-    print(f"events delivered per second since the window opened: {events_per_s:.0f}")
+    naive_rpm = sum(1 for at in naive["requests"] if start <= at <= end) / minutes
+    by_route["list_jobs"] = by_route.get("list_jobs", 0.0) - naive_rpm
+    daemon_rpm = sum(by_route.values())
+    m = result["metrics"]
+    print(f"steady state: {args.history:,} historic jobs + {args.batches} active batches of "
+          f"{args.jobs_per_batch} jobs (durations {args.min_duration:.0f}-"
+          f"{args.max_duration:.0f}s), active_interval {args.active_interval:g}s, every other "
+          f"setting default; window {end - start:.0f}s holding {result['sweeps']:.0f} daemon "
+          f"sweeps")
+    level = m.get("box_docgen_degradation_level", -1)
+    sweep_s = m.get('box_docgen_effective_interval_seconds{kind="sweep"}', 0)
+    active_s = m.get('box_docgen_effective_interval_seconds{kind="active"}', 0)
+    print(f"daemon at the end: degradation level {level:.0f}, sweep every {sweep_s:.0f}s, "
+          f"active every {active_s:.1f}s, peak RSS {rss_mb:.0f} MB")
+    print(f"{'Box requests/min':<28} {'total':>8}  by route")
+    print(f"{'daemon':<28} {daemon_rpm:8.0f}  " + ", ".join(
+        f"{r} {v:.0f}" for r, v in sorted(by_route.items()) if v >= 0.5))
+    listing_s = naive["listing_s"]
+    print(f"{'naive re-list (run)':<28} {naive_rpm:8.0f}  list_jobs {naive_rpm:.0f} "
+          f"({naive['listings']} listings, median {statistics.median(listing_s or [0]):.1f}s "
+          f"each)")
+    print(f"daemon / naive: {daemon_rpm / naive_rpm if naive_rpm else float('nan'):.2f}")
+    print(f"every job status change in the window (targets: delivery p99 <= "
+          f"{args.active_interval + 1:g}s; first event of a new batch p99 <= "
+          f"{2 * args.active_interval:g}s):")
+    print(row("change -> daemon commit", lat["detected"]))
+    print(row("change -> webhook received", lat["delivered"]))
+    print(row("passed between polls -> next commit", lat["passed_detected"]))
+    print(row("passed between polls -> next webhook", lat["passed_delivered"]))
+    print(row("all changes -> webhook received", lat["delivered"] + lat["passed_delivered"]))
+    print(row("naive: change -> seen in a listing", lat["naive_detected"]))
+    print(f"  naive: {len(lat['naive_passed'])} changes never seen as such (passed between "
+          f"listings); daemon: {len(lat['missing'])} outcomes and "
+          f"{len(lat['missing_intermediate'])} intermediate changes never reported")
+    print(row("new batch created -> first commit", lat["first_detected"]))
+    print(row("new batch created -> first webhook", lat["first_delivered"]))
+    if lat["first_missing"]:
+        print(f"  {len(lat['first_missing'])} batches started in the window got no event")
 
 
 def main() -> None:
@@ -256,9 +327,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--jobs-per-batch", type=int, default=200)
     parser.add_argument("--active-interval", type=float, default=5.0)
-    parser.add_argument("--sweep-interval", type=float, default=300.0)
-    parser.add_argument("--requests-per-minute", type=float, default=1000.0)
-    parser.add_argument("--window", type=float, default=120.0, help="measurement window, s")
+    parser.add_argument("--window", type=float, default=120.0, help="shortest window, s")
+    parser.add_argument("--sweeps", type=int, default=2, help="daemon sweeps the window holds")
+    parser.add_argument("--max-window", type=float, default=1500.0, help="longest window, s")
     parser.add_argument("--min-duration", type=float, default=10.0, help="job duration, min s")
     parser.add_argument("--max-duration", type=float, default=120.0, help="job duration, max s")
     args = parser.parse_args()
@@ -266,22 +337,35 @@ def main() -> None:
     sim, sim_url = start_simulator_process(sim_port, args.history, TOKEN)
     with tempfile.TemporaryDirectory() as state_dir:
         config_path = Path(state_dir) / "config.yaml"
-        config = daemon_config(args, sim_url, state_dir, http_port, hook_port)
-        config_path.write_text(yaml.safe_dump(config))
+        config_path.write_text(yaml.safe_dump(
+            daemon_config(args, sim_url, state_dir, http_port, hook_port)))
+        naive_out = Path(state_dir) / "naive.json"
         with (Path(state_dir) / "daemon.log").open("wb") as log:
-            daemon = subprocess.Popen(
+            daemon_proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor.cli", "run", "--config", str(config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
             try:
-                asyncio.run(run(args, sim_url, f"http://127.0.0.1:{http_port}", hook_port))
-                print(f"daemon peak RSS: {peak_rss_mb(daemon.pid):.0f} MB")
+                receiver = Receiver()
+
+                async def go() -> dict[str, Any]:
+                    runner = await start_receiver(receiver, hook_port)
+                    try:
+                        async with aiohttp.ClientSession() as session:
+                            daemon = Daemon(session, f"http://127.0.0.1:{http_port}")
+                            await daemon.wait_ready(900)
+                            return await measure(args, sim_url, daemon, receiver, naive_out)
+                    finally:
+                        await runner.cleanup()
+
+                result = asyncio.run(go())
+                rss_mb = peak_rss_mb(daemon_proc.pid)
             finally:
-                daemon.terminate()
-                daemon.wait(timeout=60)
+                daemon_proc.terminate()
+                daemon_proc.wait(timeout=60)
                 sim.terminate()
                 sim.wait(timeout=60)
+        naive = orjson.loads(naive_out.read_bytes())
+    report(args, result, latencies(result, receiver, naive), naive, rss_mb)
 
 
 if __name__ == "__main__":
