@@ -446,28 +446,31 @@ class Poller:
         """Record the jobs of one page of the head that are new or changed; (their events,
         whether the page holds a job that was known before this read). An id listed twice is
         left to the sweep, which reads it by id."""
-        self._note_unknown_statuses((e["status"], e["id"]) for e in entries)
+        self._note_unknown_statuses(
+            (e["status"], e["id"]) for e in entries if e["status"] not in KNOWN_STATUSES
+        )
         counts: dict[str, int] = {}
         for entry in entries:
             counts[entry["id"]] = counts.get(entry["id"], 0) + 1
-        stored = await self.store.load_jobs(list(counts))
-        changed = (
-            listed_job_state(e)
-            for e in entries
-            if counts[e["id"]] == 1 and not _unchanged(stored.get(e["id"]), e)
-        )
-        fresh, behind = drop_regressions(stored, changed)
+        observed = await self.store.load_observed(list(counts))
+        changed = [
+            e for e in entries
+            if counts[e["id"]] == 1 and observed.get(e["id"]) != listed_observed(e)
+        ]
+        known = [e["id"] for e in changed if e["id"] in observed]  # the rest are new
+        stored = await self.store.load_jobs(known) if known else {}
+        fresh, behind = drop_regressions(stored, (listed_job_state(e) for e in changed))
         if behind:
             self.metrics.listing_regressions.inc(len(behind))
         if not fresh:
-            return (), bool(stored)
+            return (), bool(observed)
         recorded = await self.recorder.record_head(fresh)
         now = self.monotonic()
         for job in recorded.snapshot.values():
             if not is_terminal(job.status):
                 self.active.setdefault(job.batch_id, _Active(observed_at=now))
         self.metrics.active_batches.set(len(self.active))
-        return recorded.events, bool(stored)
+        return recorded.events, bool(observed)
 
     def discovery_lag_s(self) -> float:
         """Seconds since the head of the listing was last read (by discovery or a
