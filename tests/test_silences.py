@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from monitor.config import DeliveryConfig
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.model import Event, EventJob, EventType, SnapshotChanges
 from monitor.notify.dispatcher import Dispatcher
-from monitor.notify.silences import new_silence, parse_matchers
+from monitor.notify.silences import Silencer, new_silence, parse_matchers
 from monitor.store import open_store
 from monitor.store.base import EventQuery, RoutedEvent, Store
 from tests.receiver import WebhookReceiver
@@ -66,6 +68,20 @@ def test_bad_matchers_are_refused_with_every_problem() -> None:
     assert "match.colour" in text and "match.type" in text
     with pytest.raises(ConfigError, match="at least one"):
         parse_matchers([])
+
+
+def test_a_stored_silence_this_build_cannot_read_mutes_nothing_and_stops_nothing() -> None:
+    now = time.time()
+    unreadable = new_silence({"template_id": ("123",)}, duration_s=60, comment="c",
+                             created_by="t", now=now)
+    unreadable = replace(unreadable, match={"colour": ("red",)})
+    good = new_silence({"template_id": ("123",)}, duration_s=60, comment="c", created_by="t",
+                       now=now)
+    with capture_logs() as logs:
+        silencer = Silencer([unreadable, good])
+    assert silencer.silencing(event("j1", now), now) == good
+    assert logs == [{"event": "silence_unreadable", "silence_id": unreadable.id,
+                     "log_level": "warning"}]
 
 
 def test_a_silence_needs_a_duration_and_a_comment() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 
+import structlog
 from pydantic import ValidationError
 
 from monitor.config import RouteMatch, validation_problems
@@ -17,6 +18,7 @@ from monitor.notify.router import matches
 from monitor.store.base import Silence
 
 MAX_COMMENT_CHARS = 1000
+log = structlog.get_logger(__name__)
 
 
 def parse_matchers(pairs: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -87,7 +89,16 @@ class Silencer:
     """Decides, for one set of silences read from the store, which events they mute."""
 
     def __init__(self, silences: Sequence[Silence]) -> None:
-        self._silences = [(s, RouteMatch.model_validate(dict(s.match))) for s in silences]
+        self._silences: list[tuple[Silence, RouteMatch]] = []
+        for silence in silences:
+            try:
+                match = RouteMatch.model_validate(dict(silence.match))
+            except ValidationError:
+                # Stored by a build that accepted more: it mutes nothing rather than stopping
+                # every delivery. `silence expire` removes it.
+                log.warning("silence_unreadable", silence_id=silence.id)
+                continue
+            self._silences.append((silence, match))
 
     def silencing(self, event: Event, now: float) -> Silence | None:
         """The first silence that mutes `event`: it matches, and it is active now or was
