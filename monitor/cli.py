@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import shtab
 import structlog
 
 from monitor import __version__, cli_ops
-from monitor.config import CONFIG_PATH_ENV, Config, load_config
+from monitor.config import ACCOUNT_NAME_PATTERN, CONFIG_PATH_ENV, Config, load_config
 from monitor.errors import (
     ConfigError,
     IdentityMismatch,
@@ -29,6 +30,7 @@ from monitor.errors import (
     StoreNotEmpty,
 )
 from monitor.logging import configure_logging
+from monitor.model import DEFAULT_ACCOUNT
 from monitor.notify.base import NotifierRegistry
 from monitor.simulator.options import add_arguments as add_simulate_arguments
 from monitor.store.base import OutboxEntry
@@ -123,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--from", dest="from_url", required=True, metavar="URL")
     migrate.add_argument("--to", dest="to_url", required=True, metavar="URL")
     migrate.add_argument(
+        "--account",
+        dest="accounts",
+        action="append",
+        metavar="NAME",
+        help="move this Box account's state (repeat for each; default: `default`, the only "
+        "one of a configuration without `accounts:`)",
+    )
+    migrate.add_argument(
         "--replace",
         action="store_true",
         help="the target already holds state: delete it first (by default it is refused)",
@@ -181,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args)
         if args.command == "state":
             configure_logging(level="warning")
-            return _state_migrate(args.from_url, args.to_url, args.replace)
+            return _state_migrate(
+                args.from_url, args.to_url, args.accounts or [DEFAULT_ACCOUNT], args.replace
+            )
         if args.command == "demo":
             from monitor.demo import run_demo
 
@@ -321,7 +333,7 @@ def _confirmed(what: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _state_migrate(from_arg: str, to_arg: str, replace: bool) -> int:
+def _state_migrate(from_arg: str, to_arg: str, accounts: list[str], replace: bool) -> int:
     """`state migrate`: exit 2 for a URL that cannot be used or a refused copy (every problem
     listed by flag), 1 when a store fails. No output carries a password: every message goes
     through `redact`."""
@@ -329,7 +341,7 @@ def _state_migrate(from_arg: str, to_arg: str, replace: bool) -> int:
 
     from monitor.config import expand_vars, url_without_password
     from monitor.errors import StoreLocked
-    from monitor.store.migrate import NothingToMigrate, StoreInUse, migrate_state
+    from monitor.store.migrate import NothingToMigrate, StoreInUse, migrate_accounts
     from monitor.store.registry import check_url
 
     urls: dict[str, str] = {}
@@ -342,6 +354,11 @@ def _state_migrate(from_arg: str, to_arg: str, replace: bool) -> int:
         except ValueError as exc:
             problems.append(f"{flag}: {exc}")
         urls[flag] = url
+    problems += [
+        f"--account: {name!r} is not an account name ({ACCOUNT_NAME_PATTERN})"
+        for name in accounts
+        if not re.fullmatch(ACCOUNT_NAME_PATTERN, name)
+    ]
     secrets = [p for p in (urlsplit(u).password for u in urls.values()) if p]
 
     def redact(text: str) -> str:
@@ -356,17 +373,21 @@ def _state_migrate(from_arg: str, to_arg: str, replace: bool) -> int:
     if problems:
         return fail(EXIT_CONFIG, "\n  ".join(["invalid arguments:", *problems]))
     try:
-        copied = asyncio.run(migrate_state(urls["--from"], urls["--to"], replace=replace))
+        copied = asyncio.run(
+            migrate_accounts(urls["--from"], urls["--to"], accounts, replace=replace)
+        )
     except (StoreNotEmpty, NothingToMigrate, StoreLocked, StoreInUse) as exc:
         return fail(EXIT_CONFIG, str(exc))
     except MonitorError as exc:
         return fail(EXIT_FAILURE, str(exc))
-    for table, rows in copied.items():
-        print(f"{table}\t{rows}")
+    for account, tables in copied.items():
+        for table, rows in tables.items():
+            print(f"{account}\t{table}\t{rows}")
+    total = sum(sum(tables.values()) for tables in copied.values())
     print(
         redact(
-            f"copied {sum(copied.values())} row(s) from {url_without_password(urls['--from'])} "
-            f"to {url_without_password(urls['--to'])}"
+            f"copied {total} row(s) of {len(copied)} account(s) from "
+            f"{url_without_password(urls['--from'])} to {url_without_password(urls['--to'])}"
         ),
         file=sys.stderr,
     )

@@ -212,8 +212,9 @@ async def test_sqlite_to_postgres_copies_every_table_and_the_daemon_reads_it_the
     assert code == 0, err
     assert PASSWORD not in out + err
     assert "postgres:**********@" in err
-    rows = dict(line.split("\t") for line in out.splitlines())
-    assert set(rows) == set(COPIED_TABLES) and int(rows["jobs"]) == 39 and int(rows["outbox"]) > 80
+    rows = {table: int(n) for account, table, n in (line.split("\t") for line in out.splitlines())
+            if account == "default"}
+    assert set(rows) == set(COPIED_TABLES) and rows["jobs"] == 39 and rows["outbox"] > 80
 
     source_tables = sqlite_tables(populated)
     target_tables = await postgres_tables(pg_backend.schema)
@@ -332,3 +333,31 @@ async def test_a_store_a_daemon_runs_on_is_refused_sqlite_by_its_lock_postgresql
         await running.release_lease(fence)
     code, _, err = await migrate("--from", f"sqlite:///{populated}", "--to", pg_backend.url)
     assert code == 0, err
+
+
+async def test_each_named_account_moves_into_its_own_store_beside_the_target(
+    populated: Path, pg_backend: PostgresBackend, tmp_path: Path
+) -> None:
+    """With `accounts:`, each account's state is its own store (a sibling file, a schema of
+    its own): `--account` moves each into the target's place for it."""
+    acme = tmp_path / "state.acme.db"  # SQLiteStore.account_url's sibling of state.db
+    async with SQLiteStore(str(acme)) as store:
+        await claim(store, BoxIdentity("acme-user"), adopt=False, now=T0)
+    code, out, err = await migrate("--from", f"sqlite:///{populated}", "--to", pg_backend.url,
+                                   "--account", "default", "--account", "acme")
+    assert code == 0, err
+    assert {line.split("\t")[0] for line in out.splitlines()} == {"default", "acme"}
+    acme_schema = f"{pg_backend.schema}_acme"  # PostgresStore.account_url's schema
+    try:
+        assert copied(await postgres_tables(acme_schema)) == copied(sqlite_tables(acme))
+        assert copied(await postgres_tables(pg_backend.schema)) == copied(sqlite_tables(populated))
+    finally:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{acme_schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    code, _, err = await migrate("--from", f"sqlite:///{populated}", "--to", pg_backend.url,
+                                 "--account", "Bad Name")
+    assert code == 2 and "--account: 'Bad Name' is not an account name" in err

@@ -10,14 +10,14 @@ transaction and the target written in one: a copy that fails leaves the target a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 
 from monitor.config import url_without_password
 from monitor.errors import StoreError
 from monitor.store.base import TableChunk
-from monitor.store.registry import open_store
+from monitor.store.registry import account_url, open_store
 from monitor.store.sqlite import SQLiteStore
 
 CHUNK_ROWS = 5_000  # rows read and written at a time: bounded memory for a million jobs
@@ -36,15 +36,41 @@ class StoreInUse(StoreError):
         )
 
 
+async def migrate_accounts(
+    from_url: str, to_url: str, accounts: Sequence[str], *, replace: bool = False
+) -> dict[str, dict[str, int]]:
+    """`migrate_state` for the state of each Box account in turn (`account_url`: the
+    `default` account's is the URL itself), each in its own transactions; rows per table by
+    account. A failure stops there: the accounts before it are copied, the rest are not."""
+    return {
+        account: await migrate_state(
+            account_url(from_url, account),
+            account_url(to_url, account),
+            replace=replace,
+            leases_of=(from_url, to_url),
+        )
+        for account in accounts
+    }
+
+
 async def migrate_state(
-    from_url: str, to_url: str, *, replace: bool = False, chunk_rows: int = CHUNK_ROWS
+    from_url: str,
+    to_url: str,
+    *,
+    replace: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+    leases_of: tuple[str, str] | None = None,
 ) -> dict[str, int]:
     """Copy every table `COPIED_TABLES` names from the store at `from_url` into the one at
     `to_url`; returns rows per table. Raises `StoreNotEmpty` when the target holds state and
     not `replace`, `NothingToMigrate` for a missing or empty source or one URL for both,
     `StoreLocked` or `StoreInUse` while a daemon runs on either, `StoreError` when either
-    store fails (then the target is unchanged)."""
+    store fails (then the target is unchanged). `leases_of`: the base stores (source, target)
+    whose lease tables an account's stores share."""
     source, target = open_store(from_url), open_store(to_url)
+    if leases_of is not None:
+        source.share_leases_of(leases_of[0])
+        target.share_leases_of(leases_of[1])
     if from_url == to_url:
         raise NothingToMigrate(url_without_password(from_url), "is also the target")
     # Opening a SQLite file that is not there would create it (a misspelt path copies nothing).
