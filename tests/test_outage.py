@@ -17,6 +17,7 @@ from monitor.notify.dispatcher import MAX_RETRY_AFTER_S, Dispatcher
 from monitor.notify.webhook import WebhookNotifier
 from monitor.store import open_store
 from monitor.store.base import OutboxState, Store
+from monitor.views import iso
 from tests.harness import free_port, wait_until, write_config
 from tests.receiver import WebhookReceiver
 from tests.test_cli import run_cli
@@ -124,11 +125,12 @@ async def test_a_25_hour_outage_is_dead_visible_and_retryable(rig: Rig, tmp_path
     # The operator sees them with `dead-letters list` and queues them again once it is fixed.
     config = write_config(tmp_path / "c.yaml", box_url="http://127.0.0.1:9",
                           hook_url=rig.receiver.url, http_port=free_port())
-    code, out, err = await run_cli("dead-letters", "list", "--config", str(config))
+    code, out, err = await run_cli("dead-letters", "list", "--config", str(config),
+                                   "--output", "json")
     assert code == 0, err
     listed = [json.loads(line) for line in out.splitlines()]
     assert sorted(r["event_id"] for r in listed) == sorted(e.id for e in EVENTS)
-    assert {r["failing_since"] for r in listed} == {rig.clock.start}
+    assert {r["failing_since"] for r in listed} == {iso(rig.clock.start)}
     rig.receiver.fail_status = None
     code, out, err = await run_cli("dead-letters", "retry", "--config", str(config))
     assert (code, out.strip()) == (0, "3 dead letter(s) queued again"), err
