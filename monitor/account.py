@@ -44,7 +44,7 @@ from monitor.poller import Poller
 from monitor.recorder import META_BASELINE_AT, META_LAST_SWEEP_AT, Recorder
 from monitor.schedule import PollSchedule
 from monitor.store import open_store
-from monitor.store.base import Fence, Store
+from monitor.store.base import Fence, SilenceReader, Store
 from monitor.store.registry import account_url
 from monitor.stuck import StuckPolicy
 from monitor.ui import PollingHealth
@@ -107,9 +107,12 @@ class AccountUnit:
         monotonic: Callable[[], float] = time.monotonic,
         adopt_identity: bool = False,
         accept_mass_vanish: bool = False,
+        silences: SilenceReader | None = None,
     ) -> None:
         """`account` has its poll and routes settled (`Config.account_configs`); `config`
-        gives what every account shares (state, delivery, notifiers, baseline, http)."""
+        gives what every account shares (state, delivery, notifiers, baseline, http);
+        `silences` is where silences are read (None: this account's store, which is then
+        `state.url` itself)."""
         self.name = account.name
         self.account = account
         self.config = config
@@ -119,6 +122,7 @@ class AccountUnit:
         self.monotonic = monotonic
         self.adopt_identity = adopt_identity
         self.accept_mass_vanish = accept_mass_vanish
+        self.silences = silences
         self.state = RunState.NEW
         self._stack: AsyncExitStack | None = None
         self._notifiers: dict[str, Notifier] = {}
@@ -207,7 +211,9 @@ class AccountUnit:
         await self._check_identity()
 
         self._notifiers = await self.open_notifiers(cfg)
-        self.dispatcher = Dispatcher(self.store, self._notifiers, cfg.delivery, self.metrics)
+        self.dispatcher = Dispatcher(
+            self.store, self._notifiers, cfg.delivery, self.metrics, silences=self.silences
+        )
         self.dispatcher.start()
         stack.push_async_callback(self._stop_delivery)
 
@@ -322,7 +328,8 @@ class AccountUnit:
             await close_all(old_notifiers.values())
             self._notifiers = prepared.notifiers
             self.dispatcher = Dispatcher(
-                self.store, prepared.notifiers, new.delivery, self.metrics
+                self.store, prepared.notifiers, new.delivery, self.metrics,
+                silences=self.silences,
             )
             self.dispatcher.start()
             self.recorder.set_wake(self.dispatcher.wake)

@@ -22,6 +22,7 @@ from monitor.notify.router import Router
 from monitor.notify.silences import match_data, new_silence, parse_matchers
 from monitor.store import open_store
 from monitor.store.base import EventQuery
+from monitor.store.registry import account_url
 from monitor.views import event_json, iso, match_text, parse_since, silence_json
 
 EXIT_OK, EXIT_FAILURE = 0, 1
@@ -70,6 +71,8 @@ def add_parsers(
     ev.add_argument("--job", default=None, help="only this job id")
     ev.add_argument("--type", default=None, help="only this event type, e.g. job.status_changed")
     ev.add_argument("--status", default=None, help="only events to this job status")
+    ev.add_argument("--account", default=None,
+                    help="the Box account whose history (default: the first configured)")
     ev.add_argument("--limit", type=int, default=DEFAULT_EVENTS)
     ev.add_argument("--output", choices=("table", "json"), default="table")
 
@@ -166,7 +169,12 @@ async def events_command(config: Config, args: argparse.Namespace) -> int:
         raise InvalidInput(["events list: --limit must be at least 1"])
     query = EventQuery(since=since, batch_id=args.batch, job_id=args.job, type=args.type,
                        status=args.status, limit=args.limit)
-    async with open_store(config.state.url) as store:
+    accounts = [a.name for a in config.account_configs]
+    account = args.account or accounts[0]
+    if account not in accounts:
+        raise InvalidInput([f"events list: no account named {account!r} (configured: "
+                            f"{', '.join(accounts)})"])
+    async with open_store(account_url(config.state.url, account)) as store:
         records = await store.list_events(query)
     views = [event_json(r) for r in records]
     if args.output == "json":

@@ -23,11 +23,13 @@ import structlog
 
 from monitor.account import AccountUnit, PreparedReload, RunState, account_path
 from monitor.config import AccountConfig, Config
-from monitor.errors import ConfigError, WatchRefused
+from monitor.errors import ConfigError, InvalidInput, WatchRefused
 from monitor.looplag import LoopLagSampler
 from monitor.metrics import Metrics
 from monitor.model import DEFAULT_ACCOUNT
 from monitor.notify.base import NotifierRegistry
+from monitor.store import open_store
+from monitor.store.base import EventQuery, EventRecord, SilenceStore, Store
 from monitor.ui import StatusPage, StatusSources
 from monitor.web import WebServer, build_app
 
@@ -95,6 +97,12 @@ class Daemon:
         # A reload swaps several parts; stopping waits for one in progress instead of racing it.
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[bool]] = set()
+        # Silences live in the store of `state.url`, which every account and replica shares.
+        # With one account that store is the account's own; with several, the daemon opens it
+        # for the silences alone (read by every account's dispatcher, written by the API).
+        self.silence_store: Store | None = (
+            None if config.accounts is None else open_store(config.state.url)
+        )
         self.units: dict[str, AccountUnit] = {
             account.name: AccountUnit(
                 account,
@@ -105,6 +113,7 @@ class Daemon:
                 monotonic=monotonic,
                 adopt_identity=adopt_identity,
                 accept_mass_vanish=accept_mass_vanish,
+                silences=self.silence_store,
             )
             for account in config.account_configs
         }
@@ -142,6 +151,9 @@ class Daemon:
         lag = LoopLagSampler(self.metrics.event_loop_lag)
         lag.start()
         self._stack.push_async_callback(lag.stop)
+        if self.silence_store is not None:
+            await self.silence_store.open()
+            self._stack.push_async_callback(self.silence_store.close)
         # Units stop together: each drains its own deliveries within the same deadline.
         self._stack.push_async_callback(self._stop_units)
         for unit in self.units.values():
@@ -155,7 +167,8 @@ class Daemon:
                 api_token=cfg.http.api_token,
                 live=self.liveness,
                 ui=self._status_page(),
-                store=self._page_unit().store,
+                silences=self._silences(),
+                events=self._events,
             ),
             cfg.http.host,
             cfg.http.port,
@@ -274,6 +287,20 @@ class Daemon:
         first configured (one page per account is the status page's own work to come)."""
         return next(iter(self.units.values()))
 
+    def _silences(self) -> SilenceStore:
+        """Where silences are kept: `state.url`'s store (see `silence_store`)."""
+        if self.silence_store is not None:
+            return self.silence_store
+        return self.units[DEFAULT_ACCOUNT].store
+
+    async def _events(self, query: EventQuery, account: str | None) -> list[EventRecord]:
+        """The history of one account's store (the first configured by default)."""
+        unit = self._page_unit() if account is None else self.units.get(account)
+        if unit is None:
+            known = ", ".join(self.units)
+            raise InvalidInput([f"query.account: no account named {account!r} (known: {known})"])
+        return await unit.store.list_events(query)
+
     def _status_page(self) -> StatusPage:
         """The status page of the first configured account (`_page_unit`)."""
         unit = self._page_unit()
@@ -285,8 +312,11 @@ class Daemon:
             retry_dead=unit.retry_dead,
             baseline_at=unit.baseline_at,
             clock=unit.clock,
-            add_silence=unit.store.add_silence,
-            expire_silence=lambda silence_id: unit.store.expire_silence(silence_id, unit.clock()),
+            silences=self._silences(),
+            add_silence=self._silences().add_silence,
+            expire_silence=lambda silence_id: self._silences().expire_silence(
+                silence_id, unit.clock()
+            ),
         )
         return StatusPage(
             sources,

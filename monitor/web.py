@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from monitor.config import parse_duration_s
 from monitor.errors import InvalidInput, ListenError, WatchRefused
 from monitor.notify.silences import match_data, new_silence
-from monitor.store.base import EventQuery, SilenceStore
+from monitor.store.base import EventQuery, EventRecord, SilenceStore
 from monitor.ui import StatusPage
 from monitor.views import event_json, parse_since, silence_json
 
@@ -37,7 +37,10 @@ READY_KEY = web.AppKey("ready", object)
 LIVE_KEY = web.AppKey("live", object)
 WATCH_KEY = web.AppKey("watch", object)
 TOKEN_KEY = web.AppKey("api_token", SecretStr)
-STORE_KEY = web.AppKey("store", object)
+SILENCES_KEY = web.AppKey("silences", object)
+EVENTS_KEY = web.AppKey("events", object)
+#: The event history of one Box account's store (None: the first configured account's).
+EventsFn = Callable[[EventQuery, str | None], Awaitable[list[EventRecord]]]
 #: `GET /api/v1/events` pages: this many events unless `limit` asks for fewer (or more, to MAX).
 EVENTS_PAGE, MAX_EVENTS_PAGE = 100, 1000
 MAX_BODY_BYTES = 64 * 1024
@@ -118,7 +121,7 @@ async def _watch(request: web.Request) -> web.Response:
 
 
 def _store(request: web.Request) -> SilenceStore:
-    store: SilenceStore = request.app[STORE_KEY]  # type: ignore[assignment]
+    store: SilenceStore = request.app[SILENCES_KEY]  # type: ignore[assignment]
     return store
 
 
@@ -181,11 +184,12 @@ async def _expire_silence(request: web.Request) -> web.Response:
 
 
 async def _list_events(request: web.Request) -> web.Response:
-    """Newest first, filtered like `events list` (`since`, `batch`, `job`, `type`, `status`);
-    `next` is the URL of the following page, null on the last."""
+    """Newest first, filtered like `events list` (`since`, `batch`, `job`, `type`, `status`),
+    of one Box account (`account`, default the first configured); `next` is the URL of the
+    following page, null on the last."""
     q = request.query
-    problems = [f"query.{key}: unknown filter" for key in q
-                if key not in ("since", "batch", "job", "type", "status", "limit", "before")]
+    problems = [f"query.{key}: unknown filter" for key in q if key not in
+                ("since", "batch", "job", "type", "status", "limit", "before", "account")]
     limit, before, since = EVENTS_PAGE, None, None
     try:
         limit = min(int(q.get("limit", EVENTS_PAGE)), MAX_EVENTS_PAGE)
@@ -204,7 +208,8 @@ async def _list_events(request: web.Request) -> web.Response:
     query = EventQuery(since=since, batch_id=q.get("batch"), job_id=q.get("job"),
                        type=q.get("type"), status=q.get("status"), before_seq=before,
                        limit=limit)
-    records = await _store(request).list_events(query)
+    events: EventsFn = request.app[EVENTS_KEY]  # type: ignore[assignment]
+    records = await events(query, q.get("account"))
     following = None
     if len(records) == limit:
         following = str(request.rel_url.update_query(before=records[-1].seq))
@@ -219,7 +224,8 @@ def build_app(
     api_token: SecretStr | None = None,
     live: LiveCheck = lambda: None,
     ui: StatusPage | None = None,
-    store: SilenceStore | None = None,
+    silences: SilenceStore | None = None,
+    events: EventsFn | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_api_auth])
     app[REGISTRY_KEY] = registry
@@ -236,11 +242,13 @@ def build_app(
     if watch is not None:
         app[WATCH_KEY] = watch
         app.router.add_post(_WATCH_PATTERN, _watch)
-    if store is not None:
-        app[STORE_KEY] = store
+    if silences is not None:
+        app[SILENCES_KEY] = silences
         app.router.add_get("/api/v1/silences", _list_silences)
         app.router.add_post("/api/v1/silences", _add_silence)
         app.router.add_delete("/api/v1/silences/{silence_id}", _expire_silence)
+    if events is not None:
+        app[EVENTS_KEY] = events
         app.router.add_get("/api/v1/events", _list_events)
     return app
 

@@ -5,9 +5,12 @@ the other keeps delivering."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,13 @@ async def wait_terminal_events(w: World, batch_id: str, jobs: int) -> list[dict[
     return job_events(w, batch_id)
 
 
+def cli(w: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "monitor.cli", *args, "--config", str(w.config_path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+
+
 def snapshot_job_ids(db: Path) -> set[str]:
     with sqlite3.connect(db) as conn:
         return {row[0] for row in conn.execute("SELECT id FROM jobs")}
@@ -97,7 +107,9 @@ async def test_each_account_delivers_its_own_events_named_and_keeps_its_own_stat
     beta_jobs = snapshot_job_ids(state / "state.beta.db")
     assert alpha_jobs == {j for j, v in jobs.items() if v.get("created_by_id") != BETA_USER}
     assert beta_jobs == {j for j, v in jobs.items() if v.get("created_by_id") == BETA_USER}
-    assert not (state / "state.db").exists()  # no account is named `default`
+    # No account is named `default`: `state.db` holds only what every account shares
+    # (silences), never a job.
+    assert snapshot_job_ids(state / "state.db") == set()
 
     status, body = await w.daemon.get("/readyz")
     assert status == 200, body
@@ -145,4 +157,38 @@ async def test_another_users_token_for_one_account_refuses_that_account_only(
     w.config_path.write_text(mine)
     w.daemon.proc.send_signal(signal.SIGHUP)
     await w.daemon.wait_ready()
+    assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_a_silence_of_one_account_mutes_that_account_only(world: World) -> None:
+    """Silences live in `state.url`'s store, which every account's dispatcher reads: one that
+    matches `account: beta` mutes beta's events and leaves alpha's alone; `events list
+    --account` reads each account's own history."""
+    w = world
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    added = await asyncio.to_thread(
+        cli, w, "silence", "add", "--match", "account=beta", "--for", "1h",
+        "--comment", "beta's templates are being fixed")
+    assert added.returncode == 0, added.stderr
+    alpha = await w.control.start_batch(2)
+    beta = await w.control.start_batch(2, created_by_id=BETA_USER)
+    await wait_terminal_events(w, alpha["batch_id"], 2)
+
+    async def beta_silenced() -> bool:
+        done = await asyncio.to_thread(cli, w, "events", "list", "--account", "beta",
+                                       "--batch", beta["batch_id"], "--output", "json")
+        assert done.returncode == 0, done.stderr
+        events = json.loads(done.stdout)
+        return bool(events) and all(d["outcome"] == "silenced" for e in events
+                                    for d in e["deliveries"]) and any(
+            e["type"] == "batch.completed" for e in events)
+
+    await wait_until(beta_silenced, 30, "beta's batch recorded, every event silenced",
+                     interval_s=0.5)
+    assert job_events(w, beta["batch_id"]) == []
+    alpha_history = await asyncio.to_thread(cli, w, "events", "list", "--account", "alpha",
+                                            "--batch", alpha["batch_id"], "--output", "json")
+    assert {d["outcome"] for e in json.loads(alpha_history.stdout)
+            for d in e["deliveries"]} == {"delivered"}
     assert await w.daemon.stop(signal.SIGTERM) == 0

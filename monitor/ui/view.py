@@ -18,6 +18,7 @@ from monitor.store.base import (
     OutboxEntry,
     OutboxState,
     Silence,
+    SilenceReader,
     StatusReader,
 )
 
@@ -127,6 +128,7 @@ class StatusSources:
     retry_dead: Callable[[str, str | None], Awaitable[int]]
     baseline_at: Callable[[], Awaitable[float | None]]
     clock: Callable[[], float] = time.time
+    silences: SilenceReader | None = None  # where silences are read (None: `store`)
     add_silence: Callable[[Silence], Awaitable[None]] | None = None
     expire_silence: Callable[[str], Awaitable[Silence | None]] | None = None
 
@@ -149,7 +151,7 @@ async def gather(sources: StatusSources) -> StatusView:
         failed_jobs=len(failed),
         failures_capped=len(failed) >= MAX_FAILED_JOBS,
         notifiers=await _notifiers(sources),
-        silences=await sources.store.list_silences(ended_after=now),
+        silences=await (sources.silences or sources.store).list_silences(ended_after=now),
     )
 
 
