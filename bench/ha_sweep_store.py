@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -90,13 +91,17 @@ def main() -> None:
             raise SystemExit(f"{backend} {kind} read {[r.jobs for r in found]}, not {args.jobs}")
     print(f"one sweep of {args.jobs:,} jobs from bench/pageserver.py, `docgen-monitor once` as a "
           f"whole process; median of {args.runs} interleaved runs")
-    print(f"{'backend':<9} {'sweep':<9} {'wall s':>7} {'jobs/s':>9} {'peak RSS MB':>12}  runs s")
+    print("(CPU: the monitor process's own, every thread; PostgreSQL's server work is not in it)")
+    print(f"{'backend':<9} {'sweep':<9} {'wall s':>7} {'jobs/s':>9} {'CPU s':>6} "
+          f"{'peak RSS MB':>12}  runs s")
     for (backend, kind), found in runs.items():
         wall_s = statistics.median(r.wall_s for r in found)
+        cpu_s = statistics.median(r.cpu_s for r in found)
         rss_mb = statistics.median(r.rss_mb for r in found)
         each = " ".join(f"{r.wall_s:.2f}" for r in found)
-        print(f"{backend:<9} {kind:<9} {wall_s:>7.2f} {args.jobs / wall_s:>9,.0f} "
+        print(f"{backend:<9} {kind:<9} {wall_s:>7.2f} {args.jobs / wall_s:>9,.0f} {cpu_s:>6.2f} "
               f"{rss_mb:>12.0f}  {each}")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
