@@ -262,6 +262,9 @@ async def one_throughput_run(
             finally:
                 for replica in replicas:
                     replica.stop()
+                if args.keep_logs:
+                    for replica in replicas:
+                        print(replica.log.read_text()[-3000:], file=sys.stderr)
     times = sorted(receiver.first_at.values())
     return (len(times) - 1) / (times[-1] - times[0]), receiver.posts - len(times)
 
@@ -308,6 +311,7 @@ def main() -> None:
                         help="wait after a takeover before the next kill")
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep-logs", action="store_true", help="print the replicas' log tails")
     args = parser.parse_args()
     asyncio.run(failover(args) if args.scenario == "failover" else throughput(args))
 
