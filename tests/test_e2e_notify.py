@@ -10,6 +10,7 @@ delivered leaves each failure in the thread once."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from pydantic import SecretStr
 
 from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
 from tests import harness
-from tests.fake_slack import FakeSlack, untrusted_leaks
+from tests.fake_slack import FakeSlack, Message, untrusted_leaks
 from tests.harness import TOKEN, DaemonProcess, SimControl, free_port, wait_until, write_config
 from tests.smtp_sink import SmtpSink, parts
 from tests.test_slack import CHANNEL, INJECTIONS
@@ -98,10 +99,16 @@ async def terminal_count(w: World, batch_id: str) -> int:
                for j in jobs.values() if j["batch_id"] == batch_id)
 
 
+def announced(reply: Message) -> list[str]:
+    """The job ids a thread reply announces, from its metadata's event ids."""
+    assert reply.metadata is not None
+    return [e.split(":")[0] for e in json.loads(reply.metadata["event_payload"]["event_ids"])]
+
+
 async def wait_done(w: World, batch_id: str, timeout_s: float = 45) -> None:
     async def done() -> bool:
         parents = w.slack.parents()
-        replied = sum(len(r.blocks or []) for p in parents for r in w.slack.replies(p.ts))
+        replied = sum(len(announced(r)) for p in parents for r in w.slack.replies(p.ts))
         return (len(parents) >= 1 and f"{JOBS}/{JOBS} jobs done" in parents[0].text
                 and replied >= FAILURES and len(w.smtp.received()) >= 1)
 
@@ -122,11 +129,14 @@ def check_outcome(w: World, batch_id: str, failures: dict[str, str]) -> dict[str
     replies = w.slack.replies(parent.ts)
     assert 1 <= len(replies) <= 5
     reply_text = "\n".join(b["text"]["text"] for r in replies for b in r.blocks or [])
-    mentioned = re.findall(r"\*Job (\d+)\*", reply_text)
+    mentioned = [job_id for r in replies for job_id in announced(r)]
     assert set(mentioned) == set(failures), "every failure in the thread, nothing else"
     # A reply is recorded as started before it is posted and its events delivered once Slack
     # accepts it; a reply in doubt after a SIGKILL is found in the thread, never posted twice.
     assert sorted(mentioned) == sorted(failures), "each failure exactly once"
+    # Listed by signature: the three injection texts (numbered) are three lines a reply at most.
+    counted = [int(n) for n in re.findall(r"^\*(\d+) jobs?\* \(", reply_text, re.MULTILINE)]
+    assert sum(counted) == FAILURES and len(counted) <= 3 * len(replies)
     assert untrusted_leaks(reply_text) == []
     assert "&lt;!channel&gt; render failed" in reply_text
     # Every request the daemon made was accepted or retried: the last answer for the thread
@@ -137,8 +147,9 @@ def check_outcome(w: World, batch_id: str, failures: dict[str, str]) -> dict[str
     assert mail["Subject"] == (f"[docgen-monitor] Batch {batch_id}: {JOBS}/{JOBS} done, "
                                f"{FAILURES} failed (completed)")
     text, html = parts(mail)
-    for job_id in failures:
-        assert f"Job {job_id} (" in text and f"Job {job_id} (" in html
+    # One entry per signature: the three injection texts, numbered, are three kinds of failure.
+    counted = [int(n) for n in re.findall(r"^- (\d+) jobs? \(", text, re.MULTILINE)]
+    assert sorted(counted) == [6, 7, 7], text
     assert "<script>" not in html and "&lt;script&gt;" in html
     return {
         "slack_calls": len(w.slack.requests),

@@ -19,7 +19,7 @@ from monitor.store import open_store
 from monitor.store.base import Store
 from tests.harness import free_port
 from tests.smtp_sink import SmtpSink, make_cert, parts
-from tests.test_slack import INJECTIONS, changed, completed, job
+from tests.test_slack import INJECTIONS, changed, completed, forty_two_failures, job
 
 
 @pytest.fixture
@@ -93,7 +93,32 @@ async def test_a_completed_batch_split_across_sends_gets_one_whole_digest(
     assert first.ok and later.ok and not first.held and not later.held
     [mail] = smtp.received()
     text, _ = parts(mail)
-    assert all(f"    error of j{n}\n" in text for n in range(3))  # the whole batch, once
+    # The whole batch, once: one line for the one signature of its three failures.
+    assert "- 3 jobs (failed): error of j<n>\n    error of j0\n    jobs j0, j1, j2\n" in text
+
+
+async def test_a_42_failure_digest_lists_failures_by_signature_with_escaped_examples(
+    smtp: SmtpSink, store: Store
+) -> None:
+    bad = forty_two_failures()
+    await store.commit(SnapshotChanges(upserts=tuple(bad)), [])
+    notifier = mailer(store, smtp.port)
+    result = await notifier.send([*(changed(j) for j in bad), completed("b1", {"failed": 42})])
+    assert result.ok and not result.held
+    [mail] = smtp.received()
+    text, html = parts(mail)
+    assert ("Failures by kind (42 jobs):\n"
+            "- 30 jobs (failed): The tag '…' was not provided"
+            " — e.g. customer_name, city, <!channel>\n"
+            "    The tag 'customer_name' was not provided\n"
+            "    jobs j0, j1, j10, j11, j12 and 25 more\n"  # the snapshot's rows, by id
+            "- 12 jobs (failed): Image <file> could not be read (error <n>)"
+            " — e.g. photo_30.png, photo_31.png, photo_32.png, photo_33.png, photo_34.png\n"
+            ) in text
+    assert text.count("\n- ") == 2  # one line per signature, not one per job
+    assert ("<li><b>30 jobs</b> (failed): The tag &#39;…&#39; was not provided"
+            " — e.g. customer_name, city, &lt;!channel&gt;") in html
+    assert "<!channel>" not in html and html.count("<li><b>") == 2
 
 
 async def test_window_digest_sends_what_the_group_holds(smtp: SmtpSink, store: Store) -> None:

@@ -118,8 +118,11 @@ async def test_bot_mode_one_parent_per_batch_edited_in_place_and_failures_in_the
     assert parent.edits == 1
     assert "10/10 jobs done" in parent.text and "failed: *4*" in parent.text
     replies = slack.replies(parent.ts)
-    assert [len(section_texts(r.blocks)) for r in replies] == [3, 1]  # 3 per reply, rest at end
-    assert "error j6" in section_texts(replies[0].blocks)[0]
+    # 3 jobs per reply, the rest at the end; each reply one line for their one signature.
+    assert [section_texts(r.blocks) for r in replies] == [
+        ["*3 jobs* (failed): error j&lt;n&gt;\n> error j6\n_jobs j6, j7, j8_"],
+        ["*1 job* (failed): error j&lt;n&gt;\n> error j9\n_job j9_"],
+    ]
     # What went over the wire: bearer auth, utf-8 JSON, no mention parsing, no unfurling,
     # thread_ts as a string, the update naming the channel id and ts.
     posts = slack.calls("chat.postMessage", ok=True)
@@ -186,10 +189,11 @@ async def test_injection_corpus_arrives_as_literal_text_in_every_slack_payload(
             assert untrusted_leaks(raw) == [], (key, raw)
     [reply] = slack.replies(slack.parents()[0].ts)
     texts = section_texts(reply.blocks)
+    assert len(texts) == 3  # three signatures: one line each, escaped
     for n, expected in enumerate(ESCAPED):
-        assert texts[n] == (
-            f"*Job j{n}* failed (pdf, template t9, by &lt;@U999&gt;)\n> {expected}"
-        )
+        [line] = [t for t in texts if f"_job j{n}_" in t]
+        assert line.startswith("*1 job* (failed): ") and expected in line
+    assert all("e.g." not in t for t in texts)  # no quoted name or file name varies
     assert "Doc Gen batch &lt;!channel&gt;" in slack.parents()[0].text
 
 
@@ -206,9 +210,46 @@ async def test_huge_and_numerous_failures_stay_within_slack_limits(
         await notifier.close()
     assert all(r.status == 200 and r.answer["ok"] for r in slack.requests)
     replies = slack.replies(slack.parents()[0].ts)
-    assert [len(r.blocks or []) for r in replies] == [40, 5]
+    assert [len(r.blocks or []) for r in replies] == [1, 1]  # 40 + 5 jobs, one signature
     assert all(len(r.text) <= 4000 for r in replies)
-    assert "… and 2 more" in section_texts(replies[0].blocks)[0]
+    assert section_texts(replies[0].blocks)[0].startswith("*40 jobs* (failed): xxx")
+    assert all(len(t) <= 3000 for r in replies for t in section_texts(r.blocks))
+
+
+def forty_two_failures() -> list[JobState]:
+    """42 failed jobs of two kinds: 30 missing tags (three names, one of them hostile) and 12
+    unreadable images (file names vary)."""
+    tags = ("customer_name", "city", "<!channel>")
+    missing = [replace(job(n), status="failed",
+                       errors=(f"The tag '{tags[n % 3]}' was not provided",)) for n in range(30)]
+    images = [replace(job(n), status="failed",
+                      errors=(f"Image photo_{n}.png could not be read (error {n})",))
+              for n in range(30, 42)]
+    return missing + images
+
+
+async def test_a_42_failure_batch_is_one_thread_reply_with_one_line_per_signature(
+    slack: FakeSlack, store: Store
+) -> None:
+    bad = forty_two_failures()
+    await store.commit(SnapshotChanges(upserts=tuple(bad)), [])
+    notifier = bot(slack, store)  # the defaults: up to 50 jobs in one reply
+    try:
+        result = await notifier.send([*(changed(j) for j in bad),
+                                      completed("b1", {"failed": 42})])
+        assert result.ok and not result.held
+    finally:
+        await notifier.close()
+    [reply] = slack.replies(slack.parents()[0].ts)
+    assert reply.text.startswith("42 failed job(s) in batch b1:")
+    assert untrusted_leaks(json.dumps([reply.text, reply.blocks], ensure_ascii=False)) == []
+    tags, images = section_texts(reply.blocks)
+    assert tags.splitlines()[0] == ("*30 jobs* (failed): The tag '…' was not provided"
+                                    " — e.g. customer_name, city, &lt;!channel&gt;")
+    assert tags.splitlines()[-1] == "_jobs j0, j1, j2, j3, j4 and 25 more_"
+    assert images.splitlines()[0] == (
+        "*12 jobs* (failed): Image &lt;file&gt; could not be read (error &lt;n&gt;)"
+        " — e.g. photo_30.png, photo_31.png, photo_32.png, photo_33.png, photo_34.png")
 
 
 FAULTS = [
@@ -271,8 +312,11 @@ async def test_webhook_mode_posts_one_escaped_summary_per_send(
     assert hook.status == 200 and "Authorization" not in hook.headers
     text = hook.args["text"]
     assert untrusted_leaks(text) == []
-    assert f"• Job j0 failed: {ESCAPED[0]}" in text
-    assert "… and 1 more failed jobs" in text
+    assert text.count("• 1 job failed: ") == 2  # three signatures, the first two shown
+    # Equal groups: the most recent first (j2's, then j1's), each escaped.
+    assert "• 1 job failed: &lt;https://evil.example|click here&gt; &lt;script&gt;" in text
+    assert "• 1 job failed: file &lt;@U&lt;n&gt;&gt; &amp; &lt;!here&gt;" in text
+    assert "… and 1 more kinds of failure" in text
 
 
 async def test_a_revoked_webhook_is_a_failed_delivery(slack: FakeSlack) -> None:
@@ -317,7 +361,8 @@ async def test_a_failing_parent_edit_does_not_stop_the_replies_and_is_retried_on
         result = await notifier.send([*(changed(j) for j in (*done, *bad)),
                                       completed("b1", {"completed": 3, "failed": 3})])
         assert result.ok and not result.held, result
-        assert [len(section_texts(r.blocks)) for r in slack.replies(parent.ts)] == [2, 1]
+        replies = slack.replies(parent.ts)
+        assert [section_texts(r.blocks)[0][:9] for r in replies] == ["*2 jobs* ", "*1 job* ("]
         assert "6/6 jobs done" not in parent.text
         [pending] = await store.pending_edits("team-slack")
         assert pending.thread == ThreadRef(CHANNEL, parent.ts)
@@ -441,9 +486,10 @@ async def test_a_reply_whose_answer_never_came_is_found_in_the_thread_not_posted
         await after.close()
     replies = slack.replies(parent.ts)
     assert len(replies) == 2 and replies[0] is lost
-    assert ["boom j0" in t or "boom j1" in t for t in section_texts(lost.blocks)] == [True] * 2
+    assert section_texts(lost.blocks)[0].startswith("*2 jobs* (failed): boom j&lt;n&gt;")
+    assert section_texts(lost.blocks)[0].endswith("_jobs j0, j1_")
     [rest] = section_texts(replies[1].blocks)
-    assert "boom j2" in rest
+    assert "boom j2" in rest and rest.endswith("_job j2_")
     assert lost.metadata is not None and lost.metadata["event_type"] == "docgen_batch_reply"
     assert json.loads(lost.metadata["event_payload"]["event_ids"]) == [events[0].id, events[1].id]
     assert lost.metadata["event_payload"]["batch_id"] == "b1"

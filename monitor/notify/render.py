@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from monitor.failures import FailureGroup, group_failures
 from monitor.model import Event, EventType, JobState, is_terminal
 
 if TYPE_CHECKING:
@@ -70,6 +71,52 @@ class FailedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class FailureLine:
+    """One group of failed jobs sharing an error signature (`monitor.failures`), as a
+    message shows it: "42 jobs (failed): The tag '…' was not provided — e.g. customer_name,
+    city". Texts are capped here and escaped by the template's environment."""
+
+    jobs: int
+    signature: str
+    statuses: str  # "failed", or "2 failed, 1 completed_with_error"
+    examples: tuple[str, ...]  # the values that vary (tag names, file names)
+    text: str  # one raw error text of the group, whole (capped)
+    job_ids: tuple[str, ...]  # a few of its jobs, to look up
+
+    @property
+    def more_jobs(self) -> int:
+        return self.jobs - len(self.job_ids)
+
+    @classmethod
+    def of(cls, group: FailureGroup) -> FailureLine:
+        statuses = sorted(group.statuses.items(), key=lambda kv: (-kv[1], kv[0]))
+        return cls(
+            jobs=group.jobs,
+            signature=cap(group.signature),
+            statuses=(statuses[0][0] if len(statuses) == 1
+                      else ", ".join(f"{n} {s}" for s, n in statuses)),
+            examples=tuple(group.examples),
+            text=cap(group.texts[0]) if group.texts else "",
+            job_ids=tuple(cap(j, 80) for j in group.job_ids),
+        )
+
+
+def failure_lines(jobs: Iterable[JobState]) -> tuple[FailureLine, ...]:
+    """Failed jobs grouped by signature, largest group first."""
+    return tuple(FailureLine.of(g) for g in group_failures(jobs))
+
+
+def event_state(event: Event) -> JobState:
+    """The job a failure event announces, as `group_failures` takes it."""
+    assert event.job is not None
+    job = event.job
+    return JobState(job.id, job.batch_id, event.to_status or job.status or "",
+                    job.template_file_id, job.output_type, job.output_file_id,
+                    created_by_id=job.created_by_id, changed_at=event.detected_at.timestamp(),
+                    errors=job.errors, warnings=job.warnings)
+
+
+@dataclass(frozen=True, slots=True)
 class BatchView:
     """One batch as a message shows it: counts and failures from the stored snapshot (the
     truth, whatever events this message carries)."""
@@ -83,6 +130,7 @@ class BatchView:
     template_file_ids: tuple[str, ...]
     output_types: tuple[str, ...]
     failures: tuple[FailedJob, ...] = ()
+    failure_groups: tuple[FailureLine, ...] = ()
     events: tuple[Event, ...] = field(default=())
 
     @property
@@ -103,6 +151,7 @@ class BatchView:
             "percent": round(100 * self.done / self.total) if self.total else 0,
             "elapsed": format_duration(self.elapsed_s),
             "failures": self.failures,
+            "failure_groups": self.failure_groups,
             "events": [e.wire() for e in self.events],
             **extra,
         }
@@ -165,13 +214,15 @@ def batch_view(
     (a sample event from `test-notify`)."""
     rows = sorted((j for j in jobs if j.batch_id == batch_id), key=lambda j: j.id)
     failures = tuple(failed_job(e) for e in events if is_failure(e))
+    groups = failure_lines(event_state(e) for e in events if is_failure(e))
     if rows:
+        failed = [j for j in rows if j.status in FAILED_STATUSES]
         failures = tuple(
             _failed(j.id, j.status, j.errors, j.warnings, j.output_type, j.template_file_id,
                     j.created_by_id)
-            for j in rows
-            if j.status in FAILED_STATUSES
+            for j in failed
         )
+        groups = failure_lines(failed)
         counts = Counter(j.status for j in rows)
         complete = all(is_terminal(j.status) for j in rows)
         started = min(j.first_seen_at for j in rows)
@@ -202,6 +253,7 @@ def batch_view(
         template_file_ids=tuple(templates),
         output_types=tuple(outputs),
         failures=failures,
+        failure_groups=groups,
         events=tuple(events),
     )
 

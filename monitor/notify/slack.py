@@ -57,7 +57,8 @@ from monitor.notify.render import (
     by_batch,
     cap,
     escape_mrkdwn,
-    failed_job,
+    event_state,
+    failure_lines,
     is_failure,
     load_batch_view,
     sample_context,
@@ -127,7 +128,9 @@ class SlackConfig(NotifierConfig):
     api_url: str = "https://slack.com/api/"
     webhook_url: SecretStr | None = None  # the URL is the credential
     template_dir: str | None = None
-    failures_per_reply: int = Field(10, ge=1, le=40)  # one section block per job, < 50 blocks
+    # Failed jobs a thread reply announces, listed by error signature (one section block per
+    # signature). At most 100: the reply's metadata names each job's event (~50 bytes a job).
+    failures_per_reply: int = Field(50, ge=1, le=100)
     reply_wait: DurationS = 60.0  # how long a failure may wait for company in a reply
     post_interval: DurationS = 1.0  # between posts to the channel
     max_failures_in_summary: int = Field(10, ge=1, le=40)  # webhook mode
@@ -199,8 +202,8 @@ class SlackNotifier(HttpNotifier):
         context = sample_context(max_failures=1)
         names = ["slack_title.j2", "slack_parent.j2", "slack_summary.j2"]
         problems = self.templates.check([("mrkdwn", n) for n in names], context)
-        for job in context["failures"]:
-            problems += self.templates.check([("mrkdwn", "slack_failure.j2")], {"job": job})
+        for group in context["failure_groups"]:
+            problems += self.templates.check([("mrkdwn", "slack_failure.j2")], {"group": group})
         return problems
 
     async def start(self) -> None:
@@ -482,13 +485,17 @@ class SlackNotifier(HttpNotifier):
             "event_payload": {"batch_id": batch_id, "notifier": self.name, "reply_key": key,
                               "event_ids": orjson.dumps(event_ids).decode()},
         }
-        # The jobs these events announce: each failure reaches the thread exactly once.
+        # The jobs these events announce, one line per error signature: each failure reaches
+        # the thread exactly once.
         parts = [
-            self.templates.render("mrkdwn", "slack_failure.j2", {"job": failed_job(e)})
-            for e in chunk
+            self.templates.render("mrkdwn", "slack_failure.j2", {"group": group})
+            for group in failure_lines(event_state(e) for e in chunk)
         ]
-        blocks = [section(p) for p in parts[:MAX_BLOCKS]]
-        text = cap(f"{len(parts)} failed job(s) in batch {escape_mrkdwn(view.id)}:\n"
+        if len(parts) > MAX_BLOCKS:
+            more = len(parts) - MAX_BLOCKS + 1
+            parts[MAX_BLOCKS - 1 :] = [f"_… and {more} more kinds of failure_"]
+        blocks = [section(p) for p in parts]
+        text = cap(f"{len(chunk)} failed job(s) in batch {escape_mrkdwn(view.id)}:\n"
                    + "\n".join(parts), MAX_TEXT_CHARS)
         try:
             await self._api(
