@@ -47,6 +47,7 @@ from monitor.store import open_store
 from monitor.store.base import Fence, SilenceReader, Store
 from monitor.store.registry import account_url
 from monitor.stuck import StuckPolicy
+from monitor.template_rates import policy_of
 from monitor.ui import PollingHealth
 
 log = structlog.get_logger(__name__)
@@ -223,6 +224,7 @@ class AccountUnit:
             self.metrics,
             baseline=cfg.baseline,
             stuck=StuckPolicy(poll.stuck_after, dict(poll.stuck_after_by_template)),
+            rates=policy_of(cfg.template_failures),
             wake=self.dispatcher.wake,
             clock=self.clock,
             account=self.name,

@@ -425,6 +425,7 @@ async def _once(config: Config, registry: NotifierRegistry, name: str | None = N
     from monitor.recorder import Recorder
     from monitor.store import open_store
     from monitor.store.registry import account_url
+    from monitor.template_rates import policy_of
 
     account = config.account(name)
     assert account.poll is not None and account.routes is not None  # settled by the config
@@ -437,6 +438,7 @@ async def _once(config: Config, registry: NotifierRegistry, name: str | None = N
                 Router(account.routes),
                 metrics,
                 baseline=config.baseline,
+                rates=policy_of(config.template_failures),
                 account=account.name,
             )
             poller = Poller(

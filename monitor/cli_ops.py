@@ -17,7 +17,7 @@ import orjson
 
 from monitor.config import Config, parse_duration_s
 from monitor.errors import InvalidInput
-from monitor.model import Event, EventBatch, EventJob, EventType
+from monitor.model import Event, EventBatch, EventJob, EventTemplate, EventType
 from monitor.notify.router import Router
 from monitor.notify.silences import match_data, new_silence, parse_matchers
 from monitor.store import open_store
@@ -208,6 +208,13 @@ def sample_event(args: argparse.Namespace) -> Event:
     if kind is EventType.BATCH_COMPLETED:
         return Event(id="routes-test", type=kind, detected_at=datetime.now(UTC),
                      batch=EventBatch(id=args.batch, counts={}))
+    if kind is EventType.TEMPLATE_FAILURE_RATE_ROSE:  # about a template: no batch, no job
+        return Event(id="routes-test", type=kind, detected_at=datetime.now(UTC),
+                     template=EventTemplate(
+                         id=args.template or "routes-test", version_id="2", failure_ratio=0.5,
+                         jobs=20, failed_jobs=10, previous_version_id="1",
+                         previous_failure_ratio=0.0, previous_jobs=20, previous_failed_jobs=0,
+                         window_s=86400.0))
     return Event(
         id="routes-test", type=kind, detected_at=datetime.now(UTC),
         from_status=args.from_status, to_status=args.to_status,

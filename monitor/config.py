@@ -163,6 +163,19 @@ def url_without_password(url: str) -> str:
     return parts._replace(netloc=f"{user}:**********@{netloc[2]}").geturl()
 
 
+class TemplateFailuresConfig(_Model):
+    """`template.failure_rate_rose` (monitor/template_rates.py): per template version, the
+    share of finished jobs that failed over `window`; an event when the newest version with at
+    least `min_jobs` finished jobs fails `min_increase` more (absolute: 0.1 is ten points) and
+    at least `min_factor` times as often as the version before it."""
+
+    enabled: bool = True
+    window: PositiveDurationS = 86400.0
+    min_jobs: int = Field(20, ge=1)
+    min_increase: float = Field(0.1, gt=0, le=1)
+    min_factor: float = Field(2.0, ge=1)
+
+
 class StateConfig(_Model):
     url: str = "sqlite:///docgen-monitor.db"
 
@@ -325,6 +338,7 @@ class Config(_Model):
     box: BoxConfig | None = None  # one account named `default`; or `accounts:`, not both
     accounts: list[AccountConfig] | None = None
     poll: PollConfig = PollConfig()
+    template_failures: TemplateFailuresConfig = TemplateFailuresConfig()
     state: StateConfig = StateConfig()
     baseline: Literal["silent", "notify"] = "silent"
     notifiers: list[NotifierSpec] = []

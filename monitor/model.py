@@ -46,6 +46,10 @@ class JobState:
     # Box's `failures` texts (untrusted: written by whoever built the template and data).
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # Box's `template_file_version.id`: which version of the template the job was built from
+    # (None for rows stored before the snapshot kept it). Not part of `same_observation`: a
+    # job's template version never changes.
+    template_file_version_id: str | None = None
 
     def booked(self, seq: int, first_seen_at: float, changed_at: float) -> JobState:
         """This observation with the snapshot's bookkeeping fields set: `dataclasses.replace`,
@@ -53,7 +57,7 @@ class JobState:
         return JobState(
             self.id, self.batch_id, self.status, self.template_file_id, self.output_type,
             self.output_file_id, self.created_at, self.created_by_id, seq, first_seen_at,
-            changed_at, self.errors, self.warnings,
+            changed_at, self.errors, self.warnings, self.template_file_version_id,
         )
 
     def same_observation(self, other: JobState) -> bool:
@@ -115,6 +119,7 @@ class EventType(StrEnum):
     JOB_VANISHED = "job.vanished"
     JOB_REAPPEARED = "job.reappeared"
     BATCH_COMPLETED = "batch.completed"
+    TEMPLATE_FAILURE_RATE_ROSE = "template.failure_rate_rose"
 
 
 class EventJob(BaseModel):
@@ -139,6 +144,25 @@ class EventBatch(BaseModel):
     duration_s: float | None = None
 
 
+class EventTemplate(BaseModel):
+    """A template whose new version fails markedly more than the previous one, over the
+    window (`monitor/template_rates.py`). A failure is a `failed` or `completed_with_error`
+    job; the ratios are failures / finished jobs of each version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    version_id: str
+    failure_ratio: float
+    jobs: int  # finished jobs of this version in the window
+    failed_jobs: int
+    previous_version_id: str
+    previous_failure_ratio: float
+    previous_jobs: int
+    previous_failed_jobs: int
+    window_s: float
+
+
 class Event(BaseModel):
     """A change worth telling someone about. `id` is stable: the same change always yields the
     same id, which receivers use as an idempotency key."""
@@ -153,6 +177,7 @@ class Event(BaseModel):
     to_status: str | None = None
     job: EventJob | None = None
     batch: EventBatch | None = None
+    template: EventTemplate | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -163,10 +188,13 @@ class Event(BaseModel):
 
     @property
     def template_file_id(self) -> str | None:
-        return self.job.template_file_id if self.job is not None else None
+        if self.job is not None:
+            return self.job.template_file_id
+        return self.template.id if self.template is not None else None
 
     def wire(self) -> dict[str, Any]:
-        """The documented JSON body: `job` absent for batch events, `batch` only for batch ones.
+        """The documented JSON body: `job` absent for batch and template events, `batch` only
+        for batch ones, `template` only for `template.failure_rate_rose`.
         Added keys (receivers ignore unknown keys): `account`, `job.created_by_id` and
         `job.failures`
         (`{"errors": [...], "warnings": [...]}`, or null when Box reported none)."""
@@ -195,5 +223,7 @@ class Event(BaseModel):
             }
         if self.batch is not None:
             body["batch"] = self.batch.model_dump(exclude_none=True)
+        if self.template is not None:
+            body["template"] = self.template.model_dump()
         body.update(self.extra)
         return body

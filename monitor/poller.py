@@ -77,6 +77,7 @@ def job_state(job: DocGenJob) -> JobState:
         created_by_id=created_by.id if created_by is not None else None,
         errors=tuple(job.failures.errors) if job.failures is not None else (),
         warnings=tuple(job.failures.warnings) if job.failures is not None else (),
+        template_file_version_id=job.template_file_version.id,
     )
 
 
@@ -94,6 +95,7 @@ def listed_job_state(job: ListedJob) -> JobState:
         job["created_by_id"],
         errors=tuple(failures["errors"]) if failures else (),
         warnings=tuple(failures["warnings"]) if failures else (),
+        template_file_version_id=job.get("template_file_version_id"),
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +35,13 @@ from monitor.model import (
 from monitor.notify.router import Router
 from monitor.store.base import RecorderStore, RoutedEvent
 from monitor.stuck import StuckPolicy, stuck_events
+from monitor.template_rates import (
+    RatePolicy,
+    VersionCounts,
+    finished_templates,
+    fold,
+    rises,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +50,8 @@ META_LAST_SWEEP_AT = "last_sweep_at"
 META_LAST_RUNNING_AT = "last_running_at"
 #: Set when a store is adopted for another Box identity: the next sweep records a new baseline.
 META_REBASELINE = "rebaseline_requested"
+#: Set with each `template.failure_rate_rose` committed (the key ends with its id).
+META_RISE_PREFIX = "rise:"
 
 
 @dataclass(slots=True)
@@ -81,6 +90,7 @@ class Recorder:
         *,
         baseline: str = "silent",
         stuck: StuckPolicy | None = None,
+        rates: RatePolicy | None = None,
         wake: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         account: str = DEFAULT_ACCOUNT,
@@ -91,6 +101,7 @@ class Recorder:
         self.metrics = metrics
         self.baseline = baseline
         self.stuck = stuck or StuckPolicy()
+        self.rates = rates or RatePolicy()
         self.clock = clock
         self._router = router
         self._wake = wake
@@ -162,6 +173,8 @@ class Recorder:
                 snapshot = {**before, **gone, **await self.store.load_batches(touched)}
                 events = self._mark_late(events_for(snapshot, changes, now), None)
             meta = {META_LAST_SWEEP_AT: repr(now), META_LAST_RUNNING_AT: repr(now)}
+            if not silent:
+                events += await self._template_rises(changes, before, gone.values(), now, meta)
             if sweep.baseline:
                 meta[META_BASELINE_AT] = repr(now)
             events = self._stamp(events)
@@ -219,10 +232,11 @@ class Recorder:
             if self.stuck.enabled:
                 marks = await self.store.stuck_marks(list(after))
                 events += stuck_events(after.values(), marks, self.stuck, now)
+            meta = {META_LAST_RUNNING_AT: repr(now)}
+            events += await self._template_rises(changes, snapshot, (), now, meta)
             events = self._stamp(events)
             routed = self._route(events)
             if changes.upserts or routed:
-                meta = {META_LAST_RUNNING_AT: repr(now)}
                 await self._write(self.store.commit(changes, routed, meta=meta, now=now))
         if not self._swept:
             self._caught_up.update(batch_ids)
@@ -230,6 +244,32 @@ class Recorder:
         if routed:
             self._wake()
         return Recorded(events, changes, after)
+
+    async def _template_rises(
+        self,
+        changes: SnapshotChanges,
+        before: Mapping[str, JobState],
+        removed: Iterable[JobState],
+        now: float,
+        meta: dict[str, str],
+    ) -> tuple[Event, ...]:
+        """`template.failure_rate_rose` for the templates a job of this commit finished,
+        counted as the snapshot will be after it; each rise once (a meta key commits with it,
+        and its id is stable should a replay get past that)."""
+        templates = finished_templates(changes.upserts, before) if self.rates.enabled else set()
+        if not templates:
+            return ()
+        since = now - self.rates.window_s
+        stored = await self.store.template_version_counts(sorted(templates), since)
+        counts = {key: VersionCounts(*value) for key, value in stored.items()}
+        fold(counts, templates, changes.upserts, removed, before, since)
+        found = []
+        for event in rises(counts, self.rates, now):
+            key = f"{META_RISE_PREFIX}{event.id}"
+            if await self.store.get_meta(key) is None:
+                meta[key] = repr(now)
+                found.append(event)
+        return tuple(found)
 
     async def _write(self, commit: Awaitable[int]) -> None:
         """Run one commit, counting consecutive failures: a store that cannot be written makes

@@ -169,6 +169,8 @@ class ListedJob(TypedDict):
     type: Literal["docgen_job"]
     batch_id: Annotated[str, _id_of("batch")]
     template_file_id: Annotated[str, _id_of("template_file")]
+    # Required by Box's spec; read leniently (a listing without it still sweeps).
+    template_file_version_id: NotRequired[Annotated[str, _id_of("template_file_version")]]
     output_file: NotRequired[IdRef | None]
     status: str
     output_type: str

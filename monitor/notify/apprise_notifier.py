@@ -17,7 +17,17 @@ from pydantic import Field, SecretStr
 from monitor.config import DurationS
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, GroupField, Notifier, NotifierConfig
-from monitor.notify.render import Templates, by_batch, load_batch_view, sample_context
+from monitor.notify.render import (
+    RISE_TEMPLATE,
+    Templates,
+    by_batch,
+    load_batch_view,
+    rise_context,
+    rise_subject,
+    sample_context,
+    sample_rise,
+    template_events,
+)
 
 MISSING = "apprise is not installed: pip install 'docgen-monitor[apprise]'"
 
@@ -44,27 +54,34 @@ class AppriseNotifier(Notifier):
         if importlib.util.find_spec("apprise") is None:
             return [MISSING]
         names = [("text", "email_subject.j2"), ("text", "email_body.txt.j2")]
-        return self.templates.check(names, sample_context())
+        problems = self.templates.check(names, sample_context())
+        return problems + self.templates.check([("text", RISE_TEMPLATE)],
+                                               rise_context(sample_rise()))
 
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
         try:
             import apprise
         except ImportError:
             return DeliveryResult.failed(MISSING)
-        groups = by_batch(events)
+        # One notification per batch, and one per template event (no batch).
+        messages: list[tuple[str, str, list[Event]]] = []
+        for batch_id, batch_events in by_batch(events).items():
+            context = (await load_batch_view(self.store, batch_id, batch_events)).context()
+            messages.append((self.templates.render("text", "email_subject.j2", context),
+                             self.templates.render("text", "email_body.txt.j2", context),
+                             batch_events))
+        for event in template_events(events):
+            assert event.template is not None
+            body = self.templates.render("text", RISE_TEMPLATE, rise_context(event.template))
+            messages.append((rise_subject(event.template), body, [event]))
         settled: set[str] = set()
-        for batch_id, batch_events in groups.items():
-            view = await load_batch_view(self.store, batch_id, batch_events)
-            context = view.context()
+        for title, body, sent in messages:
             client: Any = apprise.Apprise()
             for url in self.config.urls:
                 client.add(url.get_secret_value())
-            ok = await client.async_notify(
-                title=self.templates.render("text", "email_subject.j2", context),
-                body=self.templates.render("text", "email_body.txt.j2", context),
-            )
+            ok = await client.async_notify(title=title, body=body)
             if not ok:
                 # Apprise logs the per-service cause; its URLs are secrets, so none here.
                 return DeliveryResult.failed("apprise: a service refused", settled=settled)
-            settled |= {e.id for e in batch_events}
-        return DeliveryResult.delivered(f"{len(groups)} notification(s)")
+            settled |= {e.id for e in sent}
+        return DeliveryResult.delivered(f"{len(messages)} notification(s)")

@@ -27,6 +27,12 @@ def describe(event: Event) -> str:
         counts = ", ".join(f"{n} {status}" for status, n in event.batch.counts.items())
         took = f" in {event.batch.duration_s:.1f}s" if event.batch.duration_s is not None else ""
         return f"{when} batch {event.batch.id} completed{took}: {counts}"
+    if event.template is not None:
+        t = event.template
+        return (f"{when} template {t.id} version {t.version_id} fails "
+                f"{t.failed_jobs}/{t.jobs} finished jobs ({100 * t.failure_ratio:.0f}%), "
+                f"version {t.previous_version_id} failed {t.previous_failed_jobs}/"
+                f"{t.previous_jobs} ({100 * t.previous_failure_ratio:.0f}%)")
     job = event.job
     where = f"job {job.id} (batch {job.batch_id}, {job.output_type})" if job else "job ?"
     if event.type is EventType.JOB_DISCOVERED:

@@ -24,7 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from monitor.config import DurationS
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, GroupField, Notifier, NotifierConfig
-from monitor.notify.render import Templates, by_batch, cap, load_batch_view, sample_context
+from monitor.notify.render import (
+    RISE_TEMPLATE,
+    Templates,
+    by_batch,
+    cap,
+    load_batch_view,
+    rise_context,
+    rise_subject,
+    sample_context,
+    sample_rise,
+    template_events,
+)
 
 
 class SmtpConfig(BaseModel):
@@ -73,7 +84,10 @@ class EmailNotifier(Notifier):
     def check_templates(self) -> list[str]:
         names = [("text", "email_subject.j2"), ("text", "email_body.txt.j2"),
                  ("html", "email_body.html.j2")]
-        return self.templates.check(names, sample_context())
+        problems = self.templates.check(names, sample_context())
+        rise = rise_context(sample_rise())
+        return problems + self.templates.check([("text", RISE_TEMPLATE),
+                                                ("html", RISE_TEMPLATE)], rise)
 
     async def send(self, events: Sequence[Event]) -> DeliveryResult:
         groups = by_batch(events)
@@ -105,16 +119,43 @@ class EmailNotifier(Notifier):
                 await self.store.set_group_flushed(self.name, marker, time.time())
             settled |= {e.id for e in batch_events}
             sent += 1
+        for event in template_events(events):  # a mail of its own, at once (no batch to wait on)
+            try:
+                await self._mail(self.rise_message(event))
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                return DeliveryResult.failed(
+                    f"smtp: {type(exc).__name__}: {cap(str(exc), 200)}", settled=settled,
+                    held=held,
+                )
+            settled.add(event.id)
+            sent += 1
         return DeliveryResult.delivered(f"{sent} mail(s)", held=held)
 
-    def message(self, context: dict[str, object], batch_id: str,
-                events: Sequence[Event]) -> EmailMessage:
+    def rise_message(self, event: Event) -> EmailMessage:
+        """A `template.failure_rate_rose` mail: text and HTML from `template_rise.j2`."""
+        assert event.template is not None
+        context = rise_context(event.template)
+        msg = self._envelope(rise_subject(event.template))
+        digest = hashlib.sha256(event.id.encode()).hexdigest()[:16]
+        msg["Message-ID"] = f"<rise.{digest}@{self.domain}>"
+        msg.set_content(self.templates.render("text", RISE_TEMPLATE, context) + "\n")
+        msg.add_alternative(
+            "<html><body>" + self.templates.render("html", RISE_TEMPLATE, context)
+            + "</body></html>\n", subtype="html",
+        )
+        return msg
+
+    def _envelope(self, subject: str) -> EmailMessage:
         msg = EmailMessage()
-        subject = self.templates.render("text", "email_subject.j2", context)
         msg["Subject"] = cap(" ".join(subject.split()), 200)  # one line, bounded
         msg["From"] = self.config.from_
         msg["To"] = ", ".join(self.config.to)
         msg["Date"] = formatdate(localtime=False)
+        return msg
+
+    def message(self, context: dict[str, object], batch_id: str,
+                events: Sequence[Event]) -> EmailMessage:
+        msg = self._envelope(self.templates.render("text", "email_subject.j2", context))
         # Stable per content: a re-sent mail (crash after send) keeps its Message-ID.
         digest = hashlib.sha256("\n".join(e.id for e in events).encode()).hexdigest()[:16]
         safe_batch = "".join(c for c in batch_id if c.isalnum() or c in "-_") or "none"

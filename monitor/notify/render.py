@@ -24,7 +24,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefine
 from jinja2.sandbox import SandboxedEnvironment
 
 from monitor.failures import FailureGroup, group_failures
-from monitor.model import Event, EventType, JobState, is_terminal
+from monitor.model import Event, EventTemplate, EventType, JobState, is_terminal
 
 if TYPE_CHECKING:
     from monitor.store.base import SnapshotReader
@@ -307,11 +307,51 @@ async def load_batch_view(
 
 
 def by_batch(events: Sequence[Event]) -> dict[str, list[Event]]:
-    """Events by batch id, in order (a message is about one batch)."""
+    """Events by batch id, in order (a message is about one batch). Template events
+    (`template.failure_rate_rose`) belong to no batch: `template_events` takes them."""
     out: dict[str, list[Event]] = {}
     for event in events:
-        out.setdefault(event.batch_id or "", []).append(event)
+        if event.template is None:
+            out.setdefault(event.batch_id or "", []).append(event)
     return out
+
+
+def template_events(events: Sequence[Event]) -> list[Event]:
+    """The events about a template rather than a batch: each is a message of its own."""
+    return [e for e in events if e.template is not None]
+
+
+#: The template that renders a `template.failure_rate_rose` (every notifier, its own escaping).
+RISE_TEMPLATE = "template_rise.j2"
+
+
+def rise_context(template: EventTemplate) -> dict[str, Any]:
+    """The variables of `template_rise.j2`."""
+    return {
+        "template": template,
+        "percent": _percent(template.failure_ratio),
+        "previous_percent": _percent(template.previous_failure_ratio),
+        "window": format_duration(template.window_s),
+    }
+
+
+def rise_subject(template: EventTemplate) -> str:
+    """A mail subject (or chat title) for a rise: one line, capped."""
+    return cap(f"[docgen-monitor] Template {template.id}: failure rate rose to "
+               f"{_percent(template.failure_ratio)}% (version {template.version_id})", 200)
+
+
+def _percent(ratio: float) -> str:
+    return f"{100 * ratio:.0f}"
+
+
+def sample_rise() -> EventTemplate:
+    """The rise `check-config` renders `template_rise.j2` against."""
+    return EventTemplate(
+        id="sample-template <!channel>", version_id="2", failure_ratio=0.35, jobs=40,
+        failed_jobs=14, previous_version_id="1", previous_failure_ratio=0.05, previous_jobs=60,
+        previous_failed_jobs=3, window_s=86400.0,
+    )
 
 
 def sample_context(**extra: Any) -> dict[str, Any]:

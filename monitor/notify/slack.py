@@ -52,6 +52,7 @@ from monitor.config import DurationS
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, GroupField, HttpNotifier, NotifierConfig
 from monitor.notify.render import (
+    RISE_TEMPLATE,
     BatchView,
     Templates,
     by_batch,
@@ -61,7 +62,10 @@ from monitor.notify.render import (
     failure_lines,
     is_failure,
     load_batch_view,
+    rise_context,
     sample_context,
+    sample_rise,
+    template_events,
 )
 from monitor.notify.webhook import parse_retry_after_s
 from monitor.store.base import ThreadRef
@@ -204,6 +208,7 @@ class SlackNotifier(HttpNotifier):
         problems = self.templates.check([("mrkdwn", n) for n in names], context)
         for group in context["failure_groups"]:
             problems += self.templates.check([("mrkdwn", "slack_failure.j2")], {"group": group})
+        problems += self.templates.check([("mrkdwn", RISE_TEMPLATE)], rise_context(sample_rise()))
         return problems
 
     async def start(self) -> None:
@@ -227,6 +232,7 @@ class SlackNotifier(HttpNotifier):
         settled: set[str] = set()
         held: set[str] = set()
         details = []
+        rises: list[str] = []
         for batch_id, batch_events in by_batch(events).items():
             try:
                 if self.bot:
@@ -243,7 +249,34 @@ class SlackNotifier(HttpNotifier):
                     held=held,
                 )
             details.append(batch_id)
-        return DeliveryResult.delivered(f"batch(es) {', '.join(details)}", held=held)
+        for event in template_events(events):
+            try:
+                await self._rise(event)
+            except SlackError as exc:
+                return DeliveryResult.failed(exc.detail, exc.retry_after_s,
+                                             rate_limited=exc.limited, settled=settled,
+                                             held=held)
+            settled.add(event.id)
+            rises.append(event.template_file_id or "")
+        detail = f"batch(es) {', '.join(details)}" if details else ""
+        if rises:
+            detail += f"{'; ' if detail else ''}template(s) {', '.join(rises)}"
+        return DeliveryResult.delivered(detail, held=held)
+
+    async def _rise(self, event: Event) -> None:
+        """A `template.failure_rate_rose`: a message of its own in the channel (no batch,
+        no thread). Slack offers no idempotency key: a post whose answer was lost is posted
+        again on retry (at least once)."""
+        assert event.template is not None
+        text = self.templates.render("mrkdwn", RISE_TEMPLATE, rise_context(event.template))
+        text = cap(f":chart_with_upwards_trend: {text}", MAX_TEXT_CHARS)
+        if self.bot:
+            await self._api("chat.postMessage", {"channel": self.config.channel, "text": text,
+                                                 "blocks": [section(text)]})
+        else:
+            assert self.config.webhook_url is not None
+            await self._pace()
+            await self._post(self.config.webhook_url.get_secret_value(), {"text": text}, None)
 
     async def _bot_batch(self, batch_id: str, events: list[Event], settled: set[str]) -> set[str]:
         """Parent post or edit, then thread replies; returns the failures held for later."""

@@ -253,6 +253,14 @@ class SnapshotReader(Protocol):
         it (`commit` records it; removing the job forgets it)."""
 
     @abstractmethod
+    async def template_version_counts(
+        self, template_ids: Sequence[str], since: float
+    ) -> dict[tuple[str, str], tuple[int, int, float]]:
+        """For each (template, template version) of `template_ids` with finished jobs changed
+        at or after `since`: (finished jobs, failed or completed-with-error jobs, the earliest
+        `first_seen_at` among them). Rows without a version are left out."""
+
+    @abstractmethod
     async def get_meta(self, key: str) -> str | None:
         """A value set by `commit(meta=...)`, or None."""
 

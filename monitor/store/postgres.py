@@ -336,6 +336,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX silences_ends_at ON silences (ends_at)",
         "ALTER TABLE outbox ADD COLUMN silence_id TEXT",
     ),
+    # v11: the template version a job was built from (the staging table follows `jobs`), and
+    # the jobs of a template by time (failure ratios per template version).
+    (
+        "ALTER TABLE jobs ADD COLUMN template_file_version_id TEXT",
+        "ALTER TABLE sweep_stage ADD COLUMN template_file_version_id TEXT",
+        "CREATE INDEX jobs_template_changed ON jobs (template_file_id, changed_at)",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -1525,6 +1532,24 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
             return {row[0]: row[1] for row in rows}
 
         return await self._read("stuck_marks", fn)
+
+    async def template_version_counts(
+        self, template_ids: Sequence[str], since: float
+    ) -> dict[tuple[str, str], tuple[int, int, float]]:
+        ids = list(dict.fromkeys(template_ids))
+
+        async def fn(conn: _Conn) -> dict[tuple[str, str], tuple[int, int, float]]:
+            found = await conn.fetch(
+                "SELECT template_file_id, template_file_version_id, COUNT(*), "
+                "COUNT(*) FILTER (WHERE status = ANY($3::text[])), MIN(first_seen_at) FROM jobs "
+                "WHERE template_file_id = ANY($1::text[]) AND changed_at >= $2 "
+                "AND status = ANY($4::text[]) AND template_file_version_id IS NOT NULL "
+                "GROUP BY template_file_id, template_file_version_id",
+                ids, since, list(rows.FAILED_STATUSES), sorted(TERMINAL_STATUSES),
+            )
+            return {(r[0], r[1]): (r[2], r[3], r[4]) for r in found}
+
+        return await self._read("template_version_counts", fn)
 
     # -- leases (schema v8) ---------------------------------------------------------------------
 

@@ -288,6 +288,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX silences_ends_at ON silences (ends_at)",
         "ALTER TABLE outbox ADD COLUMN silence_id TEXT",
     ),
+    # Version 11: the template version a job was built from, and the jobs of a template by
+    # time (failure ratios per template version, monitor/template_rates.py).
+    (
+        "ALTER TABLE jobs ADD COLUMN template_file_version_id TEXT",
+        "CREATE INDEX jobs_template_changed ON jobs (template_file_id, changed_at)",
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -1287,6 +1293,30 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             return {row[0]: row[1] for row in await _rows_in(conn, sql, ids)}
 
         return await self._read("stuck_marks", fn)
+
+    async def template_version_counts(
+        self, template_ids: Sequence[str], since: float
+    ) -> dict[tuple[str, str], tuple[int, int, float]]:
+        ids = list(dict.fromkeys(template_ids))
+
+        async def fn(conn: aiosqlite.Connection) -> dict[tuple[str, str], tuple[int, int, float]]:
+            out = {}
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                sql = (
+                    "SELECT template_file_id, template_file_version_id, COUNT(*), "  # noqa: S608
+                    "SUM(status IN (?, ?)), MIN(first_seen_at) FROM jobs "
+                    f"WHERE template_file_id IN ({', '.join('?' for _ in chunk)}) "
+                    f"AND changed_at >= ? AND status IN ({_TERMINAL_SQL}) "
+                    "AND template_file_version_id IS NOT NULL "
+                    "GROUP BY template_file_id, template_file_version_id"
+                )
+                args = (*rows.FAILED_STATUSES, *chunk, since)
+                for row in await conn.execute_fetchall(sql, args):
+                    out[(row[0], row[1])] = (row[2], row[3], row[4])
+            return out
+
+        return await self._read("template_version_counts", fn)
 
     # -- vanish bookkeeping (schema v4) --------------------------------------------------------
 
