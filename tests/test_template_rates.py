@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from monitor.config import NotifierSpec, Route, TemplateFailuresConfig
 from monitor.metrics import Metrics
@@ -244,3 +245,22 @@ async def test_a_rise_in_slack_email_and_console_is_one_escaped_sentence(
     assert out.getvalue().endswith(
         "template t1 <!channel> version v2 fails 14/40 finished jobs (35%), "
         "version v1 failed 3/60 (5%)\n")
+
+
+# -- documentation ------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_docs_name_the_event_and_its_thresholds() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for event_type in EventType:  # the events table has a row for every type
+        assert f"| `{event_type.value}` |" in readme, event_type
+    assert '"template": {"id", "version_id", "failure_ratio"' in readme  # the webhook body
+    for key in TemplateFailuresConfig.model_fields:
+        assert f"| `template_failures.{key}` |" in readme, key
+    assert "template.failure_rate_rose" in (ROOT / "docs" / "notifications.md").read_text()
+    # The example configuration shows the thresholds, with the defaults a user gets.
+    example = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    assert TemplateFailuresConfig.model_validate(example["template_failures"]) == (
+        TemplateFailuresConfig())
