@@ -2,14 +2,14 @@
 every notifier type through the entry point group `docgen_monitor.notifiers`.
 
 Built-ins are registered through that same group in pyproject.toml, exactly as a third-party
-package would register its own."""
+package would register its own. A type's module is imported when the type is first asked for:
+a process loads only the notifiers its configuration names (`once` names none)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import aiohttp
@@ -20,6 +20,8 @@ from monitor.errors import UnknownNotifierType
 from monitor.model import Event
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from monitor.store.base import NotifierStore
 
 ENTRY_POINT_GROUP = "docgen_monitor.notifiers"
@@ -156,25 +158,70 @@ class HttpNotifier(Notifier):
         return self._session
 
 
+class EntryPointTypes(Mapping[str, type[Notifier]]):
+    """Notifier types by name: those of the entry point group (read on first use) and `extra`
+    (which win over a name the group also has). A type's class is imported when first looked
+    up; one that is not a Notifier raises TypeError then."""
+
+    def __init__(self, group: str, extra: Mapping[str, type[Notifier]] | None = None) -> None:
+        self.group = group
+        self._loaded: dict[str, type[Notifier]] = dict(extra or {})
+        self._points: dict[str, EntryPoint] | None = None
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        if self._points is None:
+            from importlib.metadata import entry_points
+
+            self._points = {ep.name: ep for ep in entry_points(group=self.group)}
+        return self._points
+
+    def __getitem__(self, name: str) -> type[Notifier]:
+        if name not in self._loaded:
+            ep = self._entry_points()[name]  # KeyError: no such type
+            loaded: Any = ep.load()
+            if not (isinstance(loaded, type) and issubclass(loaded, Notifier)):
+                raise TypeError(f"entry point {ep.name!r} does not name a Notifier class")
+            self._loaded[name] = loaded
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:  # without importing the type
+        return name in self._loaded or name in self._entry_points()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self._entry_points()), **dict.fromkeys(self._loaded)})
+
+    def __len__(self) -> int:
+        return len(self._entry_points().keys() | self._loaded.keys())
+
+
+class _ConfigModels(Mapping[str, type[NotifierSpec]]):
+    """Each type's config model, read through the types (so imported on first look-up)."""
+
+    def __init__(self, types: Mapping[str, type[Notifier]]) -> None:
+        self._types = types
+
+    def __getitem__(self, name: str) -> type[NotifierSpec]:
+        return self._types[name].config_model
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._types)
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+
 class NotifierRegistry:
     """Notifier types by name. Not a process-wide singleton: each daemon builds its own."""
 
     def __init__(self, types: Mapping[str, type[Notifier]]) -> None:
-        self.types = dict(types)
+        self.types = types if isinstance(types, EntryPointTypes) else dict(types)
 
     @classmethod
     def from_entry_points(cls, extra: Mapping[str, type[Notifier]] | None = None) -> Self:
-        types: dict[str, type[Notifier]] = {}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            loaded: Any = ep.load()
-            if not (isinstance(loaded, type) and issubclass(loaded, Notifier)):
-                raise TypeError(f"entry point {ep.name!r} does not name a Notifier class")
-            types[ep.name] = loaded
-        types.update(extra or {})
-        return cls(types)
+        return cls(EntryPointTypes(ENTRY_POINT_GROUP, extra))
 
-    def config_models(self) -> dict[str, type[NotifierSpec]]:
-        return {name: t.config_model for name, t in self.types.items()}
+    def config_models(self) -> Mapping[str, type[NotifierSpec]]:
+        return _ConfigModels(self.types)
 
     def create(self, spec: NotifierSpec, *, timeout_s: float) -> Notifier:
         try:
