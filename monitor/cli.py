@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import orjson
-import shtab
 import structlog
 
 from monitor import __version__, cli_ops
@@ -52,7 +51,7 @@ def _with_config(parser: argparse.ArgumentParser) -> None:
         default=Path(default) if default else None,
         required=default is None,
         help=f"the configuration file (default: ${CONFIG_ENV})",
-    ).complete = shtab.FILE  # type: ignore[attr-defined]
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,6 +160,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _complete_paths(parser: argparse.ArgumentParser, files: object) -> None:
+    """Every argument that takes a path (`--config`, check-config's file) completes file names
+    (shtab reads an action's `complete`), in every subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _complete_paths(sub, files)
+        elif action.type is Path:
+            action.complete = files  # type: ignore[attr-defined]
+
+
 def load(path: Path, registry: NotifierRegistry) -> Config:
     """The configuration at `path`, validated and with every notifier's templates rendered
     against sample events: what `check-config` accepts, `run` starts with and a SIGHUP reload
@@ -175,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "completion":
+        import shtab  # here only: importing it costs every other command ~50 ms
+
+        _complete_paths(parser, shtab.FILE)
         print(shtab.complete(parser, shell=args.shell))
         return EXIT_OK
     registry = NotifierRegistry.from_entry_points()

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
-from monitor.simulator.config import SimulatorConfig
+if TYPE_CHECKING:  # imported when used: every command builds the parser, only `simulate` runs
+    from monitor.simulator.config import SimulatorConfig
 
 MAX_CONFIG_BYTES = 1 << 20
 _PEM_START = "-----BEGIN"
@@ -163,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             )
     if problems:
         raise SimulateConfigError(problems)
+    from monitor.simulator.config import SimulatorConfig
+
     try:
         return SimulatorConfig.model_validate(data)
     except ValidationError as exc:
