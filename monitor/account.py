@@ -29,12 +29,14 @@ from monitor.box.budget import RequestBudget
 from monitor.box.client import BoxClient
 from monitor.box.connect import make_auth, make_box_client
 from monitor.box.errors import BoxError
+from monitor.box.webhooks import SignatureKeys, Verifier
 from monitor.config import (
     AccountConfig,
     BoxConfig,
     Config,
     JWTAuthConfig,
 )
+from monitor.hints import BoxHints
 from monitor.identity import IdentityGuard
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier, NotifierRegistry
@@ -142,6 +144,7 @@ class AccountUnit:
         self.poller: Poller
         self.schedule: PollSchedule
         self.dispatcher: Dispatcher
+        self.hints: BoxHints | None = None  # Box webhooks, when `box.webhook` has a key
 
     @property
     def state_url(self) -> str:
@@ -245,6 +248,7 @@ class AccountUnit:
         )
         await self.poller.start()
         await self.recorder.refresh_job_gauge()
+        self.hints = self._box_hints(stack)
         self.schedule = PollSchedule(
             self.poller,
             poll,
@@ -253,6 +257,7 @@ class AccountUnit:
             last_success_at=_float_or_none(await self.store.get_meta(META_LAST_SWEEP_AT)),
             clock=self.clock,
             monotonic=self.monotonic,
+            webhooks_healthy=self.hints.healthy if self.hints is not None else None,
         )
         gauges = asyncio.create_task(self._refresh_gauges(), name=f"gauges:{self.name}")
         stack.push_async_callback(cancel, gauges)
@@ -262,6 +267,26 @@ class AccountUnit:
             )
             stack.push_async_callback(cancel, pruner)
         await self.schedule.start(stack)
+
+    def _box_hints(self, stack: AsyncExitStack) -> BoxHints | None:
+        """Box's webhooks as hints to poll (`monitor/hints.py`), when a signature key is set;
+        gone with the unit's stop (`hints` is None while it is stopped)."""
+        hook = self.account.box.webhook
+        if not hook.enabled or hook.primary_key is None:
+            return None
+        hints = BoxHints(
+            self.poller,
+            Verifier(SignatureKeys(hook.primary_key, hook.secondary_key), clock=self.clock),
+            self.metrics,
+            healthy_within_s=hook.healthy_within,
+            monotonic=self.monotonic,
+        )
+        stack.push_async_callback(self._close_hints, hints)
+        return hints
+
+    async def _close_hints(self, hints: BoxHints) -> None:
+        self.hints = None
+        await hints.close()
 
     async def _check_identity(self) -> None:
         """Whose jobs the credentials see, against the store's record: another identity stops

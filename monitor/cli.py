@@ -1,5 +1,5 @@
 """`docgen-monitor`: run, demo, simulate, once, watch, check-config, test-notify, dead-letters,
-state, silence, events, routes.
+state, silence, events, routes, box-webhooks.
 
 Exit codes: 0 clean stop, 2 configuration error (every problem listed with its path), 1 any
 other failure."""
@@ -137,6 +137,17 @@ def _parser() -> argparse.ArgumentParser:
         help="the target already holds state: delete it first (by default it is refused)",
     )
 
+    hooks = sub.add_parser(
+        "box-webhooks", help="install, list or remove Box webhooks on Doc Gen templates"
+    )
+    hooks.add_argument("action", choices=("install", "list", "remove"))
+    hooks.add_argument("--config", required=True, type=Path)
+    hooks.add_argument("--template", help="install: the template's Box file id")
+    hooks.add_argument("--address", help="install: the daemon's public HTTPS URL of "
+                       "/api/v1/box/webhook")
+    hooks.add_argument("--id", dest="webhook_id", help="remove: the webhook's id")
+    hooks.add_argument("--account", default=None, help=ACCOUNT_HELP)
+
     demo = sub.add_parser("demo", help="run against a built-in simulator; no setup needed")
     demo.add_argument(
         "--duration",
@@ -226,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cli_ops.events_command(config, args))
         if args.command == "routes":
             return cli_ops.routes_test(config, args)
+        if args.command == "box-webhooks":
+            return asyncio.run(_box_webhooks(config, args))
         if args.command == "dead-letters":
             return asyncio.run(_dead_letters(config, args))
         return asyncio.run(
@@ -404,6 +417,41 @@ def _state_migrate(from_arg: str, to_arg: str, accounts: list[str], replace: boo
         ),
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+async def _box_webhooks(config: Config, args: argparse.Namespace) -> int:
+    """`POST`, `GET` or `DELETE /2.0/webhooks` with the daemon's own Box credentials; one
+    JSON line per webhook on stdout."""
+    from monitor.box.connect import make_box_client
+    from monitor.box.errors import BoxError
+
+    if args.action == "install" and not (args.template and args.address):
+        raise ConfigError(["box-webhooks install: --template FILE_ID and --address URL"])
+    if args.action == "remove" and not args.webhook_id:
+        raise ConfigError(["box-webhooks remove: --id WEBHOOK_ID"])
+    account = config.account(args.account)
+    auth, box = make_box_client(account.box, None)
+    async with box:
+        try:
+            if args.action == "install":
+                hooks = [await box.create_webhook(args.template, args.address)]
+            elif args.action == "list":
+                hooks = await box.list_webhooks()
+            else:
+                await box.delete_webhook(args.webhook_id)
+                print(f"webhook {args.webhook_id} removed", file=sys.stderr)
+                hooks = []
+        except BoxError as exc:
+            print(f"docgen-monitor: Box refused: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            await auth.aclose()
+    for hook in hooks:
+        sys.stdout.write(hook.model_dump_json(exclude_none=True) + "\n")
+    if args.action == "install" and not account.box.webhook.enabled:
+        print("note: set box.webhook.primary_key (and secondary_key) in the configuration, "
+              "or the daemon will not take the notifications", file=sys.stderr)
     return EXIT_OK
 
 

@@ -120,6 +120,29 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+class BoxWebhookConfig(_Model):
+    """Box's V2 webhooks as a hint to poll: `POST /api/v1/box/webhook` is served only when
+    `primary_key` is set. Both keys are the app's signature keys (Developer Console, Webhooks);
+    `secondary_key` lets one of them be rotated without refusing a notification."""
+
+    primary_key: SecretStr | None = None
+    secondary_key: SecretStr | None = None
+    # Webhooks are "healthy" (the active interval may stretch to
+    # `poll.active_interval_with_webhooks`) while a verified notification is younger than this
+    # and no poll in this window found a change that no notification had announced.
+    healthy_within: PositiveDurationS = 300.0
+
+    @model_validator(mode="after")
+    def _primary_first(self) -> BoxWebhookConfig:
+        if self.secondary_key is not None and not self.enabled:
+            raise ValueError("secondary_key is set but primary_key is not: set both, or neither")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.primary_key is not None and bool(self.primary_key.get_secret_value())
+
+
 class BoxConfig(_Model):
     base_url: str = "https://api.box.com"
     auth: AuthConfig
@@ -131,6 +154,7 @@ class BoxConfig(_Model):
     requests_per_minute: float = Field(600.0, gt=0)
     # The longest Box `retry-after` honoured; a longer one is cut to this, logged and counted.
     max_retry_after: DurationS = 120.0
+    webhook: BoxWebhookConfig = BoxWebhookConfig()
 
     @field_validator("base_url")
     @classmethod
@@ -145,6 +169,9 @@ class PollConfig(_Model):
     # The head of the listing is read this often (None: the active interval) to find new jobs
     # in seconds; the sweep stays the reconciliation and the only source of `job.vanished`.
     discover_interval: PositiveDurationS | None = None
+    # The active interval while Box's webhooks are healthy (`box.webhook`): a notification
+    # polls its batches at once, and these polls only reconcile.
+    active_interval_with_webhooks: PositiveDurationS = 30.0
     stuck_after: PositiveDurationS | None = None  # job.stuck after this long in one status
     stuck_after_by_template: dict[str, PositiveDurationS] = {}
     watch_ttl: PositiveDurationS = 600.0  # a watched batch Box does not know yet is kept this long

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
@@ -22,8 +22,10 @@ from typing import Any, Self
 import structlog
 
 from monitor.account import AccountUnit, PreparedReload, RunState, account_path
+from monitor.box.webhooks import Verdict
 from monitor.config import AccountConfig, Config
 from monitor.errors import ConfigError, InvalidInput, WatchRefused
+from monitor.hints import ingest
 from monitor.looplag import LoopLagSampler
 from monitor.metrics import Metrics
 from monitor.model import DEFAULT_ACCOUNT
@@ -169,6 +171,7 @@ class Daemon:
                 ui=self._status_page(),
                 silences=self._silences(),
                 events=self._events,
+                box_webhook=self.box_webhook if self._takes_box_webhooks() else None,
             ),
             cfg.http.host,
             cfg.http.port,
@@ -279,6 +282,14 @@ class Daemon:
         if not unit.running:
             raise WatchRefused(503, f"account {unit.name} is not polled by this process")
         return unit
+
+    def _takes_box_webhooks(self) -> bool:
+        return any(a.box.webhook.enabled for a in self.config.account_configs)
+
+    def box_webhook(self, body: bytes, headers: Mapping[str, str]) -> Verdict:
+        """A Box notification, for every running account whose signature keys verify it."""
+        accounts = [u.hints for u in self.units.values() if u.running and u.hints is not None]
+        return ingest(accounts, body, headers, self.metrics)
 
     # -- health ---------------------------------------------------------------------------
 

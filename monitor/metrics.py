@@ -13,6 +13,7 @@ from monitor.model import KNOWN_STATUSES
 
 _JOB_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 _DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_DETECTION_BUCKETS_S = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300, 600)
 _LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -216,6 +217,33 @@ class Metrics:
             "Changes of this replica's role for an account, by reason (acquired, released, "
             "rebalanced, lost, expired, fenced).",
             ["account", "reason"],
+            registry=r,
+        )
+        self.detection_latency = Histogram(
+            "box_docgen_detection_latency_seconds",
+            "Per job change, seconds to its commit by what found it: since the previous look "
+            "(sweep, active_poll) or since the Box notification (webhook_hint).",
+            ["found_by"],
+            buckets=_DETECTION_BUCKETS_S,
+            registry=r,
+        )
+        self.box_webhooks = Counter(
+            "box_docgen_box_webhooks",
+            "Box webhook notifications received, by trigger (`unknown` when not verified) and "
+            "outcome (accepted, bad_signature, stale, replayed).",
+            ["trigger", "outcome"],
+            registry=r,
+        )
+        self.box_webhook_polls = Counter(
+            "box_docgen_box_webhook_polls",
+            "Batch polls asked for by verified Box notifications, by outcome "
+            "(polled, coalesced, failed; unrelated: no active batch).",
+            ["outcome"],
+            registry=r,
+        )
+        self.box_webhooks_healthy = Gauge(
+            "box_docgen_box_webhooks_healthy",
+            "1 while Box webhooks are healthy (the active interval is stretched), else 0.",
             registry=r,
         )
         self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)

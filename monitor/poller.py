@@ -32,7 +32,15 @@ from monitor.diff import drop_regressions, snapshot_changes
 from monitor.discovery import NewestFirst
 from monitor.identity import IdentityGuard
 from monitor.metrics import Metrics
-from monitor.model import KNOWN_STATUSES, Event, JobState, Observation, Observed, is_terminal
+from monitor.model import (
+    KNOWN_STATUSES,
+    Event,
+    EventType,
+    JobState,
+    Observation,
+    Observed,
+    is_terminal,
+)
 from monitor.recorder import Recorder, StagedSweep
 from monitor.store.base import PollStore
 from monitor.store.rows import NO_TEXTS, texts_json
@@ -62,6 +70,17 @@ DISCOVER_MAX_PAGES = 20
 #: An unknown status is logged cut to this many characters, and only the first this many.
 MAX_STATUS_LOG_CHARS = 64
 MAX_UNKNOWN_LOGGED = 50
+#: What found a change (`found_by` of the detection latency): the sweep, a periodic poll of an
+#: active batch, or a poll a Box webhook notification asked for.
+FOUND_BY_SWEEP = "sweep"
+FOUND_BY_ACTIVE = "active_poll"
+FOUND_BY_HINT = "webhook_hint"
+#: Events that say a job changed at Box (stuck, vanished and batch events are derived).
+_CHANGE_EVENTS = frozenset(
+    {EventType.JOB_DISCOVERED, EventType.JOB_STATUS_CHANGED, EventType.JOB_REAPPEARED}
+)
+#: Called with (batch id, status changes) after a periodic active poll found some.
+ChangesFound = Callable[[str, int], None]
 
 
 def job_state(job: DocGenJob) -> JobState:
@@ -138,6 +157,7 @@ class _Active:
     watched_until: float | None = None  # a watched batch Box does not list yet, kept until then
     tries: int = 0  # polls of such a batch that found nothing
     next_try_at: float = 0.0
+    templates: frozenset[str] = frozenset()  # its jobs' template files (empty: not polled yet)
 
     @property
     def pending(self) -> bool:
@@ -190,6 +210,9 @@ class Poller:
         self._baseline_done = False
         self._head_read_at = monotonic()  # the listing's head last read (or start)
         self._newest_first: bool | None = None  # as the last discovery found the listing
+        self._last_sweep_at: float | None = None  # monotonic start of the last committed sweep
+        #: Told about changes a periodic active poll found (the webhook health check).
+        self.on_changes_found: ChangesFound | None = None
         self._unknown_statuses: set[str] = set()
         self._invalid_logged: set[str] = set()
 
@@ -208,6 +231,7 @@ class Poller:
         """One complete listing, staged page by page, then recorded in one commit. Raises (and
         commits nothing) on failure."""
         started = time.perf_counter()
+        started_at = self.monotonic()
         if self.identity is not None:
             await self.identity.verify()  # no-op once verified
         first = await self.recorder.needs_baseline()
@@ -224,6 +248,8 @@ class Poller:
             requests += await self._judge_missing(staged_sweep, keep=not silent)
         events = await self.recorder.record_sweep(staged_sweep)
         now = self.monotonic()
+        self._observe_found(FOUND_BY_SWEEP, events, self._last_sweep_at)
+        self._last_sweep_at = started_at
         self._baseline_done = True
         self._head_read_at = max(self._head_read_at, now)
         self.last_sweep_requests = requests
@@ -514,7 +540,7 @@ class Poller:
         pending = self.watched_count
         return len(self.active) - pending + min(pending, WATCH_POLLS_PER_ROUND)
 
-    def _round(self, now: float) -> list[str]:
+    def _round(self, now: float, fresh_s: float = 0.0) -> list[str]:
         """This round's batches: every listed one (oldest observation first), then the pending
         watches that are due, in `_Active.turn` order, up to `WATCH_POLLS_PER_ROUND`. A watch past
         its TTL leaves first, polled or not: a sweep still finds the batch if Box lists it."""
@@ -522,19 +548,22 @@ class Poller:
             if entry.watched_until is not None and now >= entry.watched_until:
                 del self.active[batch_id]
                 self.recorder.forget(batch_id)
-        listed = [b for b, a in self.active.items() if not a.pending]
+        listed = [
+            b for b, a in self.active.items() if not a.pending and now - a.observed_at >= fresh_s
+        ]
         listed.sort(key=lambda b: self.active[b].observed_at)
         due = [b for b, a in self.active.items() if a.pending and a.next_try_at <= now]
         due.sort(key=lambda b: self.active[b].turn)
         return listed + due[:WATCH_POLLS_PER_ROUND]
 
-    async def poll_active(self) -> int:
-        """Poll every active batch once (oldest observation first); returns how many were
-        polled. A batch that fails stays active and is tried again next round."""
+    async def poll_active(self, *, fresh_s: float = 0.0) -> int:
+        """Poll every active batch once (oldest observation first), except those observed
+        less than `fresh_s` ago (a hinted poll did); returns how many were polled. A batch that
+        fails stays active and is tried again next round."""
         if not self._baseline_done:
             return 0  # the first sweep records the baseline; nothing to compare against yet
         started = time.perf_counter()
-        order = self._round(self.monotonic())
+        order = self._round(self.monotonic(), fresh_s)
         gate = asyncio.Semaphore(ACTIVE_CONCURRENCY)
 
         async def one(batch_id: str) -> bool:
@@ -557,10 +586,17 @@ class Poller:
         self.metrics.active_batches.set(len(self.active))
         return sum(results)
 
-    async def poll_batch(self, batch_id: str) -> tuple[Event, ...]:
+    async def poll_batch(
+        self, batch_id: str, *, found_by: str = FOUND_BY_ACTIVE, since: float | None = None
+    ) -> tuple[Event, ...]:
         """One batch: list its jobs and record them (diff, stuck events, commit).
         A lone straggler (one job of a known batch still running) is read by its own id: one
-        small answer instead of the whole batch's pages."""
+        small answer instead of the whole batch's pages. `found_by` and `since` (monotonic:
+        the change happened after it) feed the detection latency; `since` defaults to the
+        batch's previous poll."""
+        entry = self.active.get(batch_id)
+        if since is None and entry is not None:
+            since = entry.observed_at
         straggler = _lone_straggler(await self.store.load_batches([batch_id]))
         try:
             if straggler is not None:
@@ -575,7 +611,34 @@ class Poller:
         else:
             recorded = await self.recorder.record_batch(batch_id, jobs)
         self._settle(batch_id, recorded.snapshot.values(), self.monotonic())
+        self._observe_found(found_by, recorded.events, since)
+        if found_by == FOUND_BY_ACTIVE and self.on_changes_found is not None:
+            # A new job is no status change (Box notifies when generation starts): only
+            # status changes tell whether notifications keep up.
+            moved = sum(1 for e in recorded.events if e.type is EventType.JOB_STATUS_CHANGED)
+            if moved:
+                self.on_changes_found(batch_id, moved)
         return recorded.events
+
+    def _observe_found(self, found_by: str, events: Sequence[Event], since: float | None) -> int:
+        """Detection latency of each job change in `events`, from `since` (monotonic) to now:
+        for polls an upper bound, as Box does not say when a job changed. Returns how many."""
+        changed = sum(1 for e in events if e.type in _CHANGE_EVENTS)
+        if changed and since is not None:
+            latency_s = max(0.0, self.monotonic() - since)
+            histogram = self.metrics.detection_latency.labels(found_by)
+            for _ in range(changed):
+                histogram.observe(latency_s)
+        return changed
+
+    def related_batches(self, template_file_id: str | None) -> list[str]:
+        """Active batches a Box notification about this template file may concern: those whose
+        jobs use it, and those not polled yet (their template is not known)."""
+        return [
+            batch_id
+            for batch_id, entry in self.active.items()
+            if not entry.templates or template_file_id in entry.templates
+        ]
 
     def _settle(self, batch_id: str, jobs: Iterable[JobState], now: float) -> None:
         """Keep the batch active while any job is not terminal (or a watch has not expired)."""
@@ -584,6 +647,7 @@ class Poller:
         listed = list(jobs)
         if listed:
             entry.watched_until = None  # Box knows it now; its jobs decide
+            entry.templates = frozenset(j.template_file_id for j in listed)
             if all(is_terminal(j.status) for j in listed):
                 del self.active[batch_id]
         elif entry.watched_until is None or now >= entry.watched_until:

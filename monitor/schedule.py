@@ -48,14 +48,18 @@ class PollSchedule:
         last_success_at: float | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        webhooks_healthy: Callable[[], bool] | None = None,
     ) -> None:
         """`last_success_at` is the wall-clock time of the last committed sweep (stored by an
-        earlier run), or None; `clock` is only used to turn it into an age."""
+        earlier run), or None; `clock` is only used to turn it into an age. While
+        `webhooks_healthy()`, active polls only reconcile: every
+        `poll.active_interval_with_webhooks` at the most."""
         self.poller = poller
         self.config = config
         self.metrics = metrics
         self.budget = budget
         self.monotonic = monotonic
+        self.webhooks_healthy = webhooks_healthy
         self.plan = Plan(config.sweep_interval, config.active_interval, Degradation.NORMAL)
         self.last_error: str | None = None
         self._last_success: float | None = None  # monotonic
@@ -164,17 +168,36 @@ class PollSchedule:
         # Ticks come every `tick_s`; a stretched interval skips ticks until it has passed.
         return self.monotonic() - last_started >= interval_s - tick_s / 2
 
+    def active_interval_s(self) -> float:
+        """The planned active interval, stretched while Box webhooks are healthy."""
+        interval_s = self.plan.active_interval_s
+        if self._stretched():
+            interval_s = self.config.active_interval_with_webhooks
+        return interval_s
+
+    def _stretched(self) -> bool:
+        return (
+            self.webhooks_healthy is not None
+            and self.config.active_interval_with_webhooks > self.plan.active_interval_s
+            and self.webhooks_healthy()
+        )
+
     # -- ticks ------------------------------------------------------------------------------
 
     async def _active_tick(self) -> None:
         self.update_plan()
-        interval_s = self.plan.active_interval_s
-        if not self._due(self._last_active_started, interval_s, self.config.active_interval):
+        interval_s = self.active_interval_s()
+        self.metrics.effective_interval.labels("active").set(interval_s)
+        tick_s = self.config.active_interval
+        # Webhooks healthy: every tick polls the batches no poll has seen for the stretched
+        # interval (hinted polls keep most of them fresh); else a round every interval.
+        fresh_s = interval_s - tick_s / 2 if self._stretched() else 0.0
+        if not fresh_s and not self._due(self._last_active_started, interval_s, tick_s):
             return
         self._last_active_started = self.monotonic()
         self._active_task = asyncio.current_task()
         try:
-            await self.poller.poll_active()
+            await self.poller.poll_active(fresh_s=fresh_s)
         except asyncio.CancelledError:
             return  # stopping: nothing half-done was committed
         except Exception:
@@ -274,7 +297,9 @@ class PollSchedule:
             details["last_error"] = self.last_error
         details["degradation"] = self.plan.level.name.lower()
         details["sweep_interval_s"] = round(self.plan.sweep_interval_s, 3)
-        details["active_interval_s"] = round(self.plan.active_interval_s, 3)
+        details["active_interval_s"] = round(self.active_interval_s(), 3)
+        if self.webhooks_healthy is not None:
+            details["box_webhooks"] = "healthy" if self.webhooks_healthy() else "not healthy"
         details["active_batches"] = len(self.poller.active)
         details["discovery_lag_s"] = round(self.poller.discovery_lag_s(), 3)
         if self.budget is not None:

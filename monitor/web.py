@@ -6,14 +6,16 @@ still do its work: 503 with the reason when only a restart can help),
 configured; `account` is needed only when several accounts are configured). A batch id is a Box
 id, digits only (400 otherwise); a watch the monitor has no room for is 429; an account not
 configured is 404, one this process does not poll (a standby) is 503. The status page (`GET /`
-and `/ui/...`, `/static/...`) lives in `monitor/ui/`."""
+and `/ui/...`, `/static/...`) lives in `monitor/ui/`.
+`POST /api/v1/box/webhook` takes Box's webhook notifications (absent unless an account has
+`box.webhook.primary_key`): Box's signature is its only authentication, no bearer."""
 
 from __future__ import annotations
 
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -21,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import SecretStr
 
+from monitor.box.webhooks import MAX_NOTIFICATION_BYTES, Verdict
 from monitor.config import parse_duration_s
 from monitor.errors import InvalidInput, ListenError, WatchRefused
 from monitor.notify.silences import match_data, new_silence
@@ -53,6 +56,10 @@ _WATCH_PATTERN = "/api/v1/watch/batches/{batch_id:.*}"
 #: `watch(batch_id, account)` answers False when the monitor has no room for another watched
 #: batch, and raises `WatchRefused` for an account it cannot act for.
 WatchFn = Callable[[str, str | None], bool]
+BOX_WEBHOOK_ROUTE = "/api/v1/box/webhook"
+#: Verifies one Box notification (body, headers) and acts on it if it is Box's.
+BoxWebhookFn = Callable[[bytes, Mapping[str, str]], Verdict]
+BOX_WEBHOOK_KEY = web.AppKey("box_webhook", object)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -81,7 +88,11 @@ async def _api_auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Every `/api/` route needs the bearer token; bad input is a 400 listing the problems."""
-    if request.path.startswith("/api/") and TOKEN_KEY in request.app:
+    if (
+        request.path.startswith("/api/")
+        and request.path != BOX_WEBHOOK_ROUTE  # Box signs; it sends no bearer token
+        and TOKEN_KEY in request.app
+    ):
         expected = request.app[TOKEN_KEY].get_secret_value().encode()
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
         if not secrets.compare_digest(given, expected):
@@ -214,6 +225,19 @@ async def _list_events(request: web.Request) -> web.Response:
     if len(records) == limit:
         following = str(request.rel_url.update_query(before=records[-1].seq))
     return web.json_response({"events": [event_json(r) for r in records], "next": following})
+async def _box_webhook(request: web.Request) -> web.Response:
+    """200 for a verified notification (and for a replay of one: Box stops retrying it, and it
+    does nothing); 401 for a bad or stale signature, which does nothing but count."""
+    if request.content_length is not None and request.content_length > MAX_NOTIFICATION_BYTES:
+        return web.json_response({"error": "body too large"}, status=413)
+    body = await request.content.read(MAX_NOTIFICATION_BYTES + 1)
+    if len(body) > MAX_NOTIFICATION_BYTES:
+        return web.json_response({"error": "body too large"}, status=413)
+    ingest: BoxWebhookFn = request.app[BOX_WEBHOOK_KEY]  # type: ignore[assignment]
+    verdict = ingest(body, request.headers)
+    if verdict in (Verdict.BAD_SIGNATURE, Verdict.STALE):
+        return web.json_response({"error": "signature refused"}, status=401)
+    return web.json_response({"status": verdict.value})
 
 
 def build_app(
@@ -226,6 +250,7 @@ def build_app(
     ui: StatusPage | None = None,
     silences: SilenceStore | None = None,
     events: EventsFn | None = None,
+    box_webhook: BoxWebhookFn | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_api_auth])
     app[REGISTRY_KEY] = registry
@@ -236,6 +261,9 @@ def build_app(
     app.router.add_get("/readyz", _readyz)
     if ui is not None:
         ui.add_routes(app)
+    if box_webhook is not None:
+        app[BOX_WEBHOOK_KEY] = box_webhook
+        app.router.add_post(BOX_WEBHOOK_ROUTE, _box_webhook)
     if api_token is None or not api_token.get_secret_value():
         return app
     app[TOKEN_KEY] = api_token

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -54,7 +54,10 @@ from monitor.box.models import (
     DocGenJobs,
     DocGenJobsFull,
     User,
+    Webhook,
+    Webhooks,
 )
+from monitor.box.webhooks import DOCGEN_TRIGGERS
 from monitor.metrics import Metrics
 
 __all__ = [
@@ -77,6 +80,8 @@ EP_JOB = "/2.0/docgen_jobs/{job_id}"
 EP_BATCH_JOBS = "/2.0/docgen_batch_jobs/{batch_id}"
 EP_BATCHES = "/2.0/docgen_batches"
 EP_USER_ME = "/2.0/users/me"
+EP_WEBHOOKS = "/2.0/webhooks"
+EP_WEBHOOK = "/2.0/webhooks/{webhook_id}"
 # What `GET /users/me` is asked for: the enterprise is sent only when asked.
 _USER_FIELDS = "id,type,name,login,enterprise"
 
@@ -271,6 +276,48 @@ class BoxClient:
             ok=(200, 202),
             idempotent=False,
             log=self._log.bind(template_file_id=template_file_id),
+        )
+
+    # -- webhooks (unversioned API: no box-version) ------------------------------------------
+
+    async def create_webhook(
+        self, file_id: str, address: str, triggers: Sequence[str] = DOCGEN_TRIGGERS
+    ) -> Webhook:
+        """`POST /2.0/webhooks` on a file (the Doc Gen triggers exist on files only)."""
+        body = {"target": {"id": file_id, "type": "file"}, "address": address,
+                "triggers": list(triggers)}
+        return await self._call(
+            "POST", EP_WEBHOOKS, EP_WEBHOOKS, Webhook.model_validate_json,
+            body=orjson.dumps(body), ok=(200, 201), idempotent=False,
+            log=self._log.bind(file_id=file_id), versioned=False,
+        )
+
+    async def list_webhooks(self) -> list[Webhook]:
+        """Every webhook of the calling user and app (`GET /2.0/webhooks`, marker-paged)."""
+        hooks: list[Webhook] = []
+        marker: str | None = None
+        for _ in range(10_000):  # a marker that never ends is Box's bug, not an endless loop
+            params = {"limit": "200"} if marker is None else {"limit": "200", "marker": marker}
+            page = await self._call(
+                "GET", EP_WEBHOOKS, EP_WEBHOOKS, Webhooks.model_validate_json,
+                params=params, log=self._log, versioned=False,
+            )
+            hooks.extend(page.entries)
+            marker = page.next_marker
+            if not marker:
+                break
+        return hooks
+
+    async def get_webhook(self, webhook_id: str) -> Webhook:
+        path = f"/2.0/webhooks/{_segment(webhook_id)}"
+        return await self._call(
+            "GET", EP_WEBHOOK, path, Webhook.model_validate_json, log=self._log, versioned=False
+        )
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        path = f"/2.0/webhooks/{_segment(webhook_id)}"
+        await self._call(
+            "DELETE", EP_WEBHOOK, path, lambda _: None, ok=(204,), log=self._log, versioned=False
         )
 
     # -- paging ------------------------------------------------------------------------------

@@ -201,6 +201,33 @@ class User(BoxModel):
     enterprise: EnterpriseRef | None = None
 
 
+# -- webhooks (Box's unversioned API) ------------------------------------------------------------
+
+
+class WebhookTarget(BoxModel):
+    id: str
+    type: str  # file or folder
+
+
+class Webhook(BoxModel):
+    """`Webhook` / `Webhook--Mini`. `triggers` is a list of strings: Box's spec enum (and the
+    SDK's model) omit the Doc Gen triggers that Box's trigger table lists (FACTS §10)."""
+
+    id: str
+    type: Literal["webhook"]
+    target: WebhookTarget | None = None
+    address: str | None = None
+    triggers: list[str] | None = None
+    created_at: str | None = None
+
+
+class Webhooks(BoxModel):
+    """`Webhooks`: one page of `GET /2.0/webhooks`."""
+
+    entries: list[Webhook] = []
+    next_marker: str | None = None
+
+
 # -- errors and tokens -----------------------------------------------------------------------
 
 

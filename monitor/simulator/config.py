@@ -120,6 +120,10 @@ class SimulatorConfig(BaseModel):
     frozen_clock: bool = False
     # Box renders created_at in a local offset (its example is -07:00); fixed, so no tz database.
     created_at_utc_offset_min: int = Field(default=-420, ge=-720, le=840)
+    # The app's webhook signature keys (Developer Console > Webhooks): every notification is
+    # signed with both; `POST /_sim/webhooks/settings` rotates them.
+    webhook_primary_key: str = "sim-webhook-primary-key"
+    webhook_secondary_key: str = "sim-webhook-secondary-key"
 
     @model_validator(mode="after")
     def _distinct_apps_and_users(self) -> SimulatorConfig:

@@ -55,6 +55,21 @@ class PinRequest(_Body):
     warnings: list[str] | None = None
 
 
+class WebhookFaultRequest(_Body):
+    kind: Literal["drop", "late", "duplicate", "bad_signature"]
+    rate: float = Field(default=1.0, ge=0, le=1)
+    count: int | None = Field(default=None, ge=1)
+    delay_s: float = Field(default=5.0, ge=0, le=3600)
+
+
+class WebhookSettingsRequest(_Body):
+    primary_key: str | None = Field(default=None, min_length=1)
+    secondary_key: str | None = Field(default=None, min_length=1)
+    retry_first_s: float | None = Field(default=None, ge=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0, le=20)
+
+
 class AdvanceRequest(_Body):
     seconds: float = Field(ge=0)
 
@@ -338,6 +353,35 @@ async def clear_distortions(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def add_webhook_fault(request: web.Request) -> web.Response:
+    body = await _parse(WebhookFaultRequest, request)
+    fault = _state(request).webhooks.add_fault(body.kind, body.rate, body.count, body.delay_s)
+    return json_response({"fault_id": fault.id})
+
+
+async def list_webhook_faults(request: web.Request) -> web.Response:
+    faults = _state(request).webhooks.faults.values()
+    return json_response({"entries": [f.public() for f in faults]})
+
+
+async def clear_webhook_faults(request: web.Request) -> web.Response:
+    _state(request).webhooks.faults.clear()
+    return web.Response(status=204)
+
+
+async def webhook_deliveries(request: web.Request) -> web.Response:
+    return json_response({"entries": list(_state(request).webhooks.deliveries)})
+
+
+async def webhook_settings(request: web.Request) -> web.Response:
+    body = await _parse(WebhookSettingsRequest, request)
+    settings = _state(request).webhooks.settings
+    for name, value in body.model_dump(exclude_none=True).items():
+        setattr(settings, name, value)
+    return json_response({"retry_first_s": settings.retry_first_s,
+                          "timeout_s": settings.timeout_s, "max_retries": settings.max_retries})
+
+
 async def get_stats(request: web.Request) -> web.Response:
     state = _state(request)
     return json_response(
@@ -374,5 +418,10 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_sim/listing/malformed", malform_jobs, name="sim_listing_malformed")
     r.add_get("/_sim/listing", get_distortions, name="sim_listing")
     r.add_delete("/_sim/listing", clear_distortions, name="sim_listing_clear")
+    r.add_post("/_sim/webhooks/faults", add_webhook_fault, name="sim_webhook_faults_add")
+    r.add_get("/_sim/webhooks/faults", list_webhook_faults, name="sim_webhook_faults")
+    r.add_delete("/_sim/webhooks/faults", clear_webhook_faults, name="sim_webhook_faults_clear")
+    r.add_get("/_sim/webhooks/deliveries", webhook_deliveries, name="sim_webhook_deliveries")
+    r.add_post("/_sim/webhooks/settings", webhook_settings, name="sim_webhook_settings")
     r.add_get("/_sim/stats", get_stats, name="sim_stats")
     r.add_delete("/_sim/stats", reset_stats, name="sim_stats_reset")

@@ -273,6 +273,17 @@ class JobTable:
             batch = self.batch_of(row)
             self._pin_log.append(Transition(now_s, self._ids[row], batch.id, before, status))
 
+    @property
+    def pin_log(self) -> Sequence[Transition]:
+        """Every change a pin made, in order (append-only)."""
+        return self._pin_log
+
+    def follows_timeline(self, row: int, at_s: float) -> bool:
+        """True when neither a pin nor a deletion had stopped the job's timeline by `at_s`."""
+        if self._flags[row] & _PINNED and self._pins[row].first_at_s <= at_s:
+            return False
+        return not (self._flags[row] & _DELETED and self._deleted_at_s[row] <= at_s)
+
     def delete(self, row: int, now_s: float) -> None:
         if not self._flags[row] & _DELETED:
             self._flags[row] |= _DELETED

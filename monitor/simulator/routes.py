@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from monitor.simulator import faults, listing, paging, wire
+from monitor.simulator import faults, listing, paging, webhooks, wire
 from monitor.simulator.auth import ISSUED_TOKEN_TYPE, GrantError, Principal, parse_form
 from monitor.simulator.state import STATE_KEY
 
@@ -20,7 +20,10 @@ VERSION_HELP_URL = "https://developer.box.com/reference/error-codes/invalid-api-
 DOCGEN_ROUTES = frozenset({"create_batch", "list_jobs", "get_job", "batch_jobs"})
 # Routes behind a bearer token; /users/me exists in the unversioned API (2024.0), so it needs
 # no box-version header (but accepts 2025.0, which a Doc Gen client sends everywhere).
-TOKEN_ROUTES = DOCGEN_ROUTES | {"users_me"}
+WEBHOOK_ROUTES = frozenset({"webhooks_create", "webhooks_list", "webhook_get", "webhook_delete"})
+# Unversioned routes (2024.0): no box-version needed, 2025.0 accepted.
+UNVERSIONED_ROUTES = WEBHOOK_ROUTES | {"users_me"}
+TOKEN_ROUTES = DOCGEN_ROUTES | UNVERSIONED_ROUTES
 USERS_VERSIONS = frozenset({None, "2024.0", BOX_VERSION})
 UNMATCHED = "unmatched"
 PRINCIPAL_KEY = web.RequestKey("docgen_simulator_principal", Principal)
@@ -98,7 +101,7 @@ def _gate(route: str, handler: faults.Handler) -> faults.Handler:
         if route not in TOKEN_ROUTES:
             return await handler(request)
         version = request.headers.get("box-version")
-        problem = None if route == "users_me" and version in USERS_VERSIONS else (
+        problem = None if route in UNVERSIONED_ROUTES and version in USERS_VERSIONS else (
             box_version_problem(version)
         )
         if problem is not None:
@@ -274,6 +277,101 @@ async def get_users_me(request: web.Request) -> web.Response:
     )
 
 
+def _webhook(hook: webhooks.Webhook) -> dict[str, Any]:
+    return {
+        "id": hook.id,
+        "type": "webhook",
+        "target": {"id": hook.target_id, "type": hook.target_type},
+        "created_by": {"type": "user", "id": hook.created_by_id},
+        "created_at": wire.created_at_text(hook.created_at_s, 0),
+        "address": hook.address,
+        "triggers": list(hook.triggers),
+    }
+
+
+def _webhook_problems(raw: Any) -> list[dict[str, str]]:
+    """Box's checks of `POST /2.0/webhooks` that the simulator makes: a file or folder target
+    with an id, an http(s) address, a non-empty list of triggers; Doc Gen triggers on files
+    only (Box's trigger table). Box also wants HTTPS on port 443; the simulator takes plain
+    http, so that tests and the demo can receive on loopback."""
+    if not isinstance(raw, dict):
+        return [{"reason": "invalid_request_body", "name": "body", "message": "Invalid JSON."}]
+    problems = []
+    target = raw.get("target")
+    if not (isinstance(target, dict) and isinstance(target.get("id"), str) and target["id"]
+            and target.get("type") in ("file", "folder")):
+        problems.append({"reason": "invalid_parameter", "name": "target",
+                         "message": "target needs an id and a type of file or folder"})
+    address = raw.get("address")
+    if not (isinstance(address, str) and address.startswith(("https://", "http://"))):
+        problems.append({"reason": "invalid_parameter", "name": "address",
+                         "message": "address must be an https URL"})
+    triggers = raw.get("triggers")
+    if not (isinstance(triggers, list) and triggers and all(isinstance(t, str) for t in triggers)):
+        problems.append({"reason": "invalid_parameter", "name": "triggers",
+                         "message": "triggers must be a non-empty list"})
+    elif isinstance(target, dict) and target.get("type") == "folder" and (
+            set(triggers) & webhooks.DOCGEN_TRIGGERS):
+        problems.append({"reason": "invalid_parameter", "name": "triggers",
+                         "message": "Doc Gen triggers are available on files only"})
+    return problems
+
+
+async def post_webhook(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        raw: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raw = None
+    problems = _webhook_problems(raw)
+    if problems:
+        return _bad_request(problems)
+    hook = state.webhooks.create(
+        raw["target"]["id"], raw["target"]["type"], raw["address"], raw["triggers"],
+        _owner(request), state.now(),
+    )
+    if hook is None:
+        return wire.client_error(409, "conflict", "Webhook already exists for this target")
+    return wire.json_response(_webhook(hook), status=201)
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    """The caller's webhooks, marker-paged (the marker is the index to start from)."""
+    state = request.app[STATE_KEY]
+    mine = [h for h in state.webhooks.hooks.values() if h.created_by_id == _owner(request)]
+    try:
+        limit = min(int(request.query.get("limit", "100")), 200)
+        start = int(request.query.get("marker") or 0)
+    except ValueError:
+        return _bad_request([{"reason": "invalid_parameter", "name": "limit",
+                              "message": "limit and marker are numbers"}])
+    page = mine[start:start + max(limit, 1)]
+    next_marker = str(start + len(page)) if start + len(page) < len(mine) else None
+    entries = [{"id": h.id, "type": "webhook",
+                "target": {"id": h.target_id, "type": h.target_type}} for h in page]
+    return wire.json_response({"entries": entries, "limit": limit, "next_marker": next_marker})
+
+
+def _own_webhook(request: web.Request) -> webhooks.Webhook | None:
+    hook = request.app[STATE_KEY].webhooks.hooks.get(request.match_info["webhook_id"])
+    return hook if hook is not None and hook.created_by_id == _owner(request) else None
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    hook = _own_webhook(request)
+    if hook is None:
+        return _not_found("webhook_id", request.match_info["webhook_id"], "webhook")
+    return wire.json_response(_webhook(hook))
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    hook = _own_webhook(request)
+    if hook is None:
+        return _not_found("webhook_id", request.match_info["webhook_id"], "webhook")
+    del request.app[STATE_KEY].webhooks.hooks[hook.id]
+    return web.Response(status=204)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/oauth2/token", post_token, name="token")
     app.router.add_post("/2.0/docgen_batches", post_batch, name="create_batch")
@@ -283,3 +381,9 @@ def add_routes(app: web.Application) -> None:
         "/2.0/docgen_batch_jobs/{batch_id}", list_batch_jobs, name="batch_jobs", allow_head=False
     )
     app.router.add_get("/2.0/users/me", get_users_me, name="users_me", allow_head=False)
+    app.router.add_post("/2.0/webhooks", post_webhook, name="webhooks_create")
+    app.router.add_get("/2.0/webhooks", list_webhooks, name="webhooks_list", allow_head=False)
+    app.router.add_get(
+        "/2.0/webhooks/{webhook_id}", get_webhook, name="webhook_get", allow_head=False
+    )
+    app.router.add_delete("/2.0/webhooks/{webhook_id}", delete_webhook, name="webhook_delete")

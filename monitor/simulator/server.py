@@ -13,6 +13,7 @@ from monitor.simulator import control, routes
 from monitor.simulator.config import SimulatorConfig
 from monitor.simulator.state import STATE_KEY, SimulatorState
 from monitor.simulator.stream import stream_context
+from monitor.simulator.webhooks import sender_context
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +28,7 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     routes.add_routes(app)
     control.add_routes(app)
     app.cleanup_ctx.append(stream_context)
+    app.cleanup_ctx.append(sender_context)
     return app
 
 

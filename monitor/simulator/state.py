@@ -16,6 +16,7 @@ from monitor.simulator.faults import FaultRegistry
 from monitor.simulator.jobs import Batch, BatchPlan, JobTable, JobView
 from monitor.simulator.stats import RequestStats
 from monitor.simulator.users import Directory
+from monitor.simulator.webhooks import Settings, Webhooks
 
 OUTPUT_TYPES = ("pdf", "docx")
 # Seeded history is spread over this window before "now", ending this long ago.
@@ -35,6 +36,11 @@ class SimulatorState:
         self.distortions = Distortions(seed=config.seed)
         self.directory = Directory(config)
         self.stats = RequestStats()
+        self.webhooks = Webhooks(
+            self.jobs,
+            Settings(config.webhook_primary_key, config.webhook_secondary_key),
+            random.Random(f"{config.seed}:webhooks"),
+        )
         self.template_file_ids = tuple(
             str(1_300_000_000_000 + self._rng.randrange(1_000_000_000)) for _ in range(5)
         )
@@ -76,7 +82,7 @@ class SimulatorState:
             max_duration_s=timeline.max_duration_s,
             outcomes=outcomes or timeline.outcomes,
         )
-        return self.jobs.add_batch(
+        batch = self.jobs.add_batch(
             plan,
             created_at_s=self.now(),
             template_file_id=template_file_id or self._rng.choice(self.template_file_ids),
@@ -86,6 +92,8 @@ class SimulatorState:
             errors=errors,
             warnings=warnings,
         )
+        self.webhooks.schedule(batch)
+        return batch
 
     def seed_history(
         self,
