@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pydantic import SecretStr
 
 from monitor.box.webhooks import Notification, SignatureKeys, Verdict, Verifier, signature
-from monitor.hints import MISS_GRACE_S, BoxHints
+from monitor.hints import MISS_GRACE_S, BoxHints, ingest
 from monitor.poller import Poller
 from tests.harness import wait_until
 from tests.test_poller import Rig, rig  # noqa: F401 - the fixture
@@ -103,3 +103,23 @@ async def test_a_change_polling_found_unannounced_suspends_health(rig: Rig) -> N
     assert hints.healthy()
     await asyncio.sleep(0)
     await hints.close()
+
+
+async def test_a_notification_reaches_only_the_accounts_whose_keys_verify_it(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """Several accounts share the route: each gets only what its own keys verify, and a
+    delivery is counted once however many accounts look at it."""
+    mine, _ = make_hints(rig)
+    theirs = BoxHints(rig.make_poller(), Verifier(SignatureKeys(SecretStr("other-app-key"))),
+                      rig.metrics, healthy_within_s=HEALTHY_WITHIN_S, monotonic=rig.clock)
+    body, headers = delivery("999", "d-1")
+    assert ingest([theirs, mine], body, headers, rig.metrics) is Verdict.ACCEPTED
+    assert mine.healthy() and not theirs.healthy()
+    accepted = rig.metrics.box_webhooks.labels("docgen_document_generation_started", "accepted")
+    assert accepted._value.get() == 1
+    forged = {**headers, "box-delivery-id": "d-2", "box-signature-primary": "forged"}
+    assert ingest([theirs, mine], body, forged, rig.metrics) is Verdict.BAD_SIGNATURE
+    assert rig.metrics.box_webhooks.labels("unknown", "bad_signature")._value.get() == 1
+    await mine.close()
+    await theirs.close()
