@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 import yaml
 from simproc import start_simulator_process
-from steady import Receiver, free_port, peak_rss_mb, start_receiver, wait_ready
+from steady import Daemon, Receiver, free_port, pct, peak_rss_mb, start_receiver
 
 TOKEN = "bench-token"  # noqa: S105 - the local simulator's throwaway token
 API_TOKEN = "bench-watch"  # noqa: S105 - the local daemon's throwaway API token
@@ -147,13 +147,12 @@ async def measure(args: argparse.Namespace, webhooks: bool, session: aiohttp.Cli
             elif t["to_status"] in TERMINAL:
                 lost += 1
     minutes = (window_end - window_start) / 60
-    ordered = sorted(latencies)
     by_route = {r: round((after.get(r, 0) - before.get(r, 0)) / minutes) for r in after}
     print(f"  requests/min by route: {by_route}", file=sys.stderr)
     return {
         "rpm": sum(after.get(r, 0) - before.get(r, 0) for r in after) / minutes,
-        "p50": statistics.median(ordered),
-        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "p50": statistics.median(latencies),
+        "p99": pct(latencies, 0.99),
         "changes": len(latencies),
         "lost": lost,
     }
@@ -177,7 +176,7 @@ async def one_run(args: argparse.Namespace, webhooks: bool) -> dict[str, float]:
                 )
             try:
                 async with aiohttp.ClientSession() as session:
-                    await wait_ready(session, daemon_url, 600)
+                    await Daemon(session, daemon_url).wait_ready(600)
                     result = await measure(args, webhooks, session, sim_url, daemon_url,
                                            receiver)
                 result["rss_mb"] = peak_rss_mb(daemon.pid)
