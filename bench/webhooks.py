@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=10_000)
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--jobs-per-batch", type=int, default=20)
-    parser.add_argument("--duration", type=float, default=40.0, help="job run time, s")
+    parser.add_argument("--duration", type=float, default=60.0, help="job run time, s")
     parser.add_argument("--spread", type=float, default=1.0,
                         help="a batch's jobs finish within this many seconds of each other")
     parser.add_argument("--window", type=float, default=60.0, help="measurement window, s")

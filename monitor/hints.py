@@ -3,9 +3,10 @@ active batches it may concern; it never makes an event itself (every event comes
 read that poll makes, through the Recorder), so a forged, lost, late or repeated notification
 changes nothing that polling would not.
 
-Coalescing: a batch is polled at most once per `min_gap_s`; a hint that arrives while a poll of
-its batch is due or running asks for one more poll after it (the running one may have read
-before the change), never more. One task per batch at most.
+Coalescing: a batch is polled `GATHER_S` after a hint (a burst of notifications, one poll), and
+at most once per `min_gap_s`; a hint that arrives while a poll of its batch is due or running
+asks for one more poll after it (the running one may have read before the change), never more.
+One task per batch at most.
 
 Health: webhooks count as healthy while a verified notification is younger than
 `healthy_within_s` and no periodic poll in that window found a change that no notification
@@ -29,6 +30,9 @@ log = structlog.get_logger(__name__)
 
 #: Box asks for no more than one poll per batch this often (a storm costs one poll a second).
 MIN_GAP_S = 1.0
+#: A poll waits this long after the hint that asked for it: Box sends a batch's notifications in
+#: bursts (its jobs start together), and one poll then answers the whole burst.
+GATHER_S = 0.1
 #: A change a periodic poll finds within this long after a hint about its batch is no miss.
 MISS_GRACE_S = 5.0
 #: Times of recent polls kept per batch for the gap; past this many, older ones are dropped.
@@ -122,8 +126,8 @@ class BoxHints:
         """Poll `batch_id` while hints ask for it, at most once per `min_gap_s`."""
         try:
             while batch_id in self._due:
-                wait_s = self._last_start.get(batch_id, float("-inf")) + self.min_gap_s
-                wait_s -= self.monotonic()
+                next_s = self._last_start.get(batch_id, float("-inf")) + self.min_gap_s
+                wait_s = max(GATHER_S, next_s - self.monotonic())
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
                 since = self._due.pop(batch_id)
