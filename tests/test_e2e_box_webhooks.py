@@ -247,8 +247,13 @@ async def test_a_batch_answer_breaking_box_schema_records_nothing_on_the_fast_pa
     world: World,
 ) -> None:
     batch = await started(world)
+    broken = batch["job_ids"][0]
+    # Box's batch answer breaks its schema (the fast path's read), and the job's entry in the
+    # full listing too (discovery reads the listing's head every active interval).
     await world.control.fault(route="batch_jobs", kind="schema")
-    await world.pin(batch["job_ids"][0], "completed")
+    await world.control.call("POST", "/_sim/listing/malformed",
+                             {"job_ids": [broken], "kind": "missing_status"})
+    await world.pin(broken, "completed")
 
     async def failed() -> bool:
         return await world.metric("box_docgen_box_webhook_polls_total", outcome="failed") >= 1
@@ -256,6 +261,7 @@ async def test_a_batch_answer_breaking_box_schema_records_nothing_on_the_fast_pa
     await wait_until(failed, 10, "the hinted poll to fail")
     assert world.changes() == set()
     await world.control.clear_faults()
+    await world.control.call("DELETE", "/_sim/listing")
     await world.pin(batch["job_ids"][1], "completed")  # the next hint polls a sound answer
     await world.receiver.wait_for(lambda r: len(world.changes()) == 2, 10)
     assert world.changes() == await world.transitions()
