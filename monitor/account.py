@@ -308,6 +308,7 @@ class AccountUnit:
         try:
             for spec in config.notifiers:
                 notifier = self.registry.create(spec, timeout_s=config.delivery.timeout)
+                notifier.show_account = len(config.account_configs) > 1
                 await notifier.start()
                 opened[spec.name] = notifier
         except BaseException:
@@ -385,12 +386,11 @@ class AccountUnit:
         fresh, details = self.schedule.status()
         auth = self.box.auth.status()
         requests = errors = 0
-        for family in self.metrics.api_requests.collect():
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    requests += int(sample.value)
-                    if not sample.labels.get("code", "").startswith(("2", "404")):
-                        errors += int(sample.value)
+        for sample in self.metrics.api_requests.samples():
+            if sample.name.endswith("_total"):
+                requests += int(sample.value)
+                if not sample.labels.get("code", "").startswith(("2", "404")):
+                    errors += int(sample.value)
         budget = self.budget
         return PollingHealth(
             ready=fresh and auth.ok and self.poller.refusal is None,

@@ -490,7 +490,7 @@ async def _once(config: Config, registry: NotifierRegistry, name: str | None = N
 
     account = config.account(name)
     assert account.poll is not None and account.routes is not None  # settled by the config
-    metrics = Metrics()
+    metrics = Metrics(account=account.name)
     auth, box = make_box_client(account.box, metrics)
     async with open_store(account_url(config.state.url, account.name)) as store, box:
         try:

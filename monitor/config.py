@@ -378,7 +378,7 @@ class Config(_Model):
     @model_validator(mode="after")
     def _names_resolve(self) -> Config:
         problems = reference_problems(self.model_dump(include={"notifiers", "routes", "accounts"}))
-        problems += account_problems(self.model_dump(include={"box", "accounts"}))
+        problems += account_problems(self.model_dump(include={"box", "accounts", "routes"}))
         if problems:
             raise ConfigError(problems)
         return self
@@ -434,13 +434,8 @@ def reference_problems(data: Mapping[str, Any]) -> list[str]:
     for i, name in enumerate(names):
         if name is not None and name in names[:i]:
             problems.append(f"notifiers[{i}].name: duplicate notifier name {name!r}")
-    route_lists = [("routes", data.get("routes"))]
-    accounts = data.get("accounts")
-    for i, account in enumerate(accounts if isinstance(accounts, list) else []):
-        if isinstance(account, Mapping):
-            route_lists.append((f"accounts[{i}].routes", account.get("routes")))
-    for path, routes in route_lists:
-        for i, route in enumerate(routes if isinstance(routes, list) else []):
+    for path, routes in _route_lists(data):
+        for i, route in enumerate(routes):
             notify = route.get("notify") if isinstance(route, Mapping) else None
             for j, name in enumerate(notify if isinstance(notify, list) else []):
                 if name not in names:
@@ -450,22 +445,52 @@ def reference_problems(data: Mapping[str, Any]) -> list[str]:
 
 def account_problems(data: Mapping[str, Any]) -> list[str]:
     """Exactly one of `box:` (one account, `default`) and `accounts:` (a non-empty list of
-    uniquely named accounts). Works on raw data, like `reference_problems`."""
+    uniquely named accounts), and routes that match only configured accounts. Works on raw
+    data, like `reference_problems`."""
     box, accounts = data.get("box"), data.get("accounts")
     if box is not None and accounts is not None:
         return ["accounts: give either box (one account) or accounts (a list), not both"]
     if box is None and accounts is None:
         return ["box: field required (or accounts: a list of accounts, each with its own box)"]
-    if box is not None or not isinstance(accounts, list):
+    if box is not None:
+        return _route_account_problems(data, [DEFAULT_ACCOUNT])
+    if not isinstance(accounts, list):
         return []
     if not accounts:
         return ["accounts: list at least one account"]
     names = [a.get("name") if isinstance(a, Mapping) else None for a in accounts]
-    return [
+    problems = [
         f"accounts[{i}].name: duplicate account name {name!r}"
         for i, name in enumerate(names)
         if isinstance(name, str) and name in names[:i]
     ]
+    return problems + _route_account_problems(data, [n for n in names if isinstance(n, str)])
+
+
+def _route_account_problems(data: Mapping[str, Any], names: list[str]) -> list[str]:
+    """A route matching an account that is not configured could never match: refused."""
+    problems = []
+    for path, routes in _route_lists(data):
+        for i, route in enumerate(routes):
+            match = route.get("match") if isinstance(route, Mapping) else None
+            wanted = match.get("account") if isinstance(match, Mapping) else None
+            for name in [wanted] if isinstance(wanted, str) else wanted or []:
+                if isinstance(name, str) and name not in names:
+                    problems.append(
+                        f"{path}[{i}].match.account: no account named {name!r} "
+                        f"(configured: {', '.join(names)})"
+                    )
+    return problems
+
+
+def _route_lists(data: Mapping[str, Any]) -> list[tuple[str, list[Any]]]:
+    """Every list of routes in the raw data with its path: top-level, then each account's."""
+    found = [("routes", data.get("routes"))]
+    accounts = data.get("accounts")
+    for i, account in enumerate(accounts if isinstance(accounts, list) else []):
+        if isinstance(account, Mapping):
+            found.append((f"accounts[{i}].routes", account.get("routes")))
+    return [(path, routes) for path, routes in found if isinstance(routes, list)]
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -92,7 +92,9 @@ class Daemon:
         deadline and backoff (a wall-clock step must not stall polling)."""
         self.config = config
         self.registry = registry or NotifierRegistry.from_entry_points()
-        self.metrics = metrics or Metrics()
+        accounts = config.account_configs
+        # Seen from the first account, so that no series of an account not configured appears.
+        self.metrics = metrics or Metrics(account=accounts[0].name)
         self.state = RunState.NEW
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
@@ -110,14 +112,14 @@ class Daemon:
                 account,
                 config,
                 registry=self.registry,
-                metrics=self.metrics,
+                metrics=self.metrics.for_account(account.name),
                 clock=clock,
                 monotonic=monotonic,
                 adopt_identity=adopt_identity,
                 accept_mass_vanish=accept_mass_vanish,
                 silences=self.silence_store,
             )
-            for account in config.account_configs
+            for account in accounts
         }
         self.web: WebServer
 

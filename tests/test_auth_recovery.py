@@ -90,7 +90,7 @@ async def test_a_wrong_secret_backs_off_shows_in_readyz_and_a_sighup_resumes_pol
     await w.daemon.wait_ready()
 
     async def all_active() -> bool:
-        return await w.metric("box_docgen_active_batches") == BATCHES
+        return await w.metric('box_docgen_active_batches{account="default"}') == BATCHES
 
     await wait_until(all_active, 30, "20 active batches")
     assert await w.daemon.stop() == 0
@@ -121,7 +121,8 @@ async def test_a_wrong_secret_backs_off_shows_in_readyz_and_a_sighup_resumes_pol
     async def one_line_and_one_count_per_request() -> bool:
         """Read together: a step may fall between reading the simulator and the daemon."""
         requests = await w.token_requests() - before
-        counted = await w.metric('box_docgen_auth_failures_total{reason="invalid_grant"}')
+        counted = await w.metric(
+            'box_docgen_auth_failures_total{account="default",reason="invalid_grant"}')
         return len(w.log_events("box_token_refused")) == requests == counted
 
     await wait_until(one_line_and_one_count_per_request, 5,
@@ -170,7 +171,7 @@ async def test_a_secret_rotated_at_box_and_fixed_there_resumes_polling_without_a
     await w.daemon.wait_ready()
 
     async def all_active() -> bool:
-        return await w.metric("box_docgen_active_batches") == len(batches)
+        return await w.metric('box_docgen_active_batches{account="default"}') == len(batches)
 
     await wait_until(all_active, 30, "5 active batches")
     await w.control.call("POST", f"/_sim/clients/{CLIENT_ID}/secret",

@@ -20,6 +20,8 @@ from monitor.box.budget import (
 )
 from monitor.metrics import Metrics
 
+DEFAULT = {"account": "default"}  # the account a `Metrics()` serves
+
 
 class Clock:
     def __init__(self) -> None:
@@ -84,7 +86,7 @@ async def test_a_huge_retry_after_pauses_for_max_retry_after_only() -> None:
     assert budget.blocked_until == clock.now + 120
     clamped = [e for e in logs if e["event"] == "box_retry_after_clamped"]
     assert [(e["retry_after_s"], e["max_retry_after_s"]) for e in clamped] == [(1e9, 120)]
-    sample = metrics.registry.get_sample_value("box_docgen_retry_after_clamped_total")
+    sample = metrics.registry.get_sample_value("box_docgen_retry_after_clamped_total", DEFAULT)
     assert sample == 1
     clock.now += 121
     assert budget.available > 0
@@ -99,7 +101,7 @@ async def test_a_retry_after_within_the_maximum_is_honoured_as_given() -> None:
         await budget.on_rate_limited(30)
     assert budget.blocked_until == clock.now + 30
     assert [e for e in logs if e["event"] == "box_retry_after_clamped"] == []
-    assert metrics.registry.get_sample_value("box_docgen_retry_after_clamped_total") == 0
+    assert metrics.registry.get_sample_value("box_docgen_retry_after_clamped_total", DEFAULT) == 0
 
 
 async def test_retry_after_pauses_every_caller_not_only_the_one_that_got_it() -> None:
@@ -138,7 +140,7 @@ async def test_granted_requests_are_counted_in_metrics() -> None:
     budget = RequestBudget(6000, metrics=metrics)
     for _ in range(3):
         await budget.acquire()
-    assert metrics.registry.get_sample_value("box_docgen_request_budget_used_total") == 3
+    assert metrics.registry.get_sample_value("box_docgen_request_budget_used_total", DEFAULT) == 3
 
 
 def test_a_budget_that_holds_the_intervals_plans_them_unchanged() -> None:

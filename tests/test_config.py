@@ -401,6 +401,19 @@ notifiers:
         assert problem in out.stderr, out.stderr
 
 
+def test_a_route_matching_an_account_not_configured_is_refused_by_path(tmp_path: Path) -> None:
+    text = ACCOUNTS.replace("match: {account: us-east}", "match: {account: [us-east, us]}")
+    text = text.replace("match: {to_status: failed}", "match: {to_status: failed, account: x}")
+    problems = load_config_problems(tmp_path, text, {"EU_TOKEN": "t"})
+    assert problems == [
+        "routes[0].match.account: no account named 'us' (configured: eu, us-east)",
+        "accounts[0].routes[0].match.account: no account named 'x' (configured: eu, us-east)",
+    ]
+    single = VALID.replace("{match: {}, notify: [sink]}", "{match: {account: eu}, notify: [sink]}")
+    assert load_config_problems(tmp_path, single, {"BOX_TOKEN": "t"}) == [
+        "routes[0].match.account: no account named 'eu' (configured: default)"]
+
+
 def test_environment_overrides_reach_an_account_by_index(tmp_path: Path) -> None:
     env = {"EU_TOKEN": "t",
            "DOCGEN_MONITOR_ACCOUNTS__1__BOX__REQUESTS_PER_MINUTE": "120",

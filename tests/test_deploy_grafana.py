@@ -55,7 +55,8 @@ def variable_selectors() -> list[str]:
 
 def for_prometheus(expr: str) -> str:
     """The query as Grafana sends it, every variable at its widest value."""
-    for name, value in {**GRAFANA_VARIABLES, "$job": ".+", "$instance": ".+"}.items():
+    widest = {"$job": ".+", "$instance": ".+", "$account": ".+"}
+    for name, value in {**GRAFANA_VARIABLES, **widest}.items():
         expr = expr.replace(name, value)
     return expr
 

@@ -245,7 +245,8 @@ async def test_faults_on_every_box_route_and_the_receiver_lose_nothing_and_vanis
     assert status == 200
     for endpoint in ("/2.0/docgen_jobs", "/2.0/docgen_batch_jobs/{batch_id}",
                      "/2.0/docgen_jobs/{job_id}"):
-        assert f'box_docgen_api_requests_total{{code="429",endpoint="{endpoint}"}}' in metrics
+        assert ('box_docgen_api_requests_total{account="default",code="429",'
+                f'endpoint="{endpoint}"}}') in metrics
     await w.control.clear_faults()
     assert await w.daemon.stop(signal.SIGTERM) == 0
 
@@ -298,7 +299,7 @@ async def test_live_metrics_pass_promtool_check_metrics(world: World) -> None:
     assert status == 200
     for name in ("box_docgen_jobs{", "box_docgen_job_transitions_total{",
                  "box_docgen_poll_duration_seconds_bucket{", "box_docgen_api_requests_total{",
-                 "box_docgen_poll_last_success_timestamp_seconds ",
+                 "box_docgen_poll_last_success_timestamp_seconds{",
                  "box_docgen_api_request_duration_seconds_bucket{",
                  "box_docgen_notifications_total{", "box_docgen_outbox_pending{",
                  "box_docgen_monitor_build_info{"):

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from monitor.simulator import SimulatorConfig, TimelineConfig, UserConfig
@@ -114,6 +115,19 @@ async def test_each_account_delivers_its_own_events_named_and_keeps_its_own_stat
     status, body = await w.daemon.get("/readyz")
     assert status == 200, body
     assert set(json.loads(body)["accounts"]) == {"alpha", "beta"}
+
+    # Metrics about an account's work are labelled with its name, and only configured names.
+    _, text = await w.daemon.get("/metrics")
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    accounts = {s.labels.get("account") for s in samples if s.name.startswith("box_docgen_")}
+    assert accounts == {"alpha", "beta", None}  # None: the event loop and build info
+    jobs = {(s.labels["account"], s.labels["status"]): s.value for s in samples
+            if s.name == "box_docgen_jobs"}
+    assert sum(v for (a, _), v in jobs.items() if a == "alpha") == len(alpha_jobs)
+    assert sum(v for (a, _), v in jobs.items() if a == "beta") == len(beta_jobs)
+    for name in ("box_docgen_polls_total", "box_docgen_api_requests_total",
+                 "box_docgen_outbox_pending", "box_docgen_poll_last_success_timestamp_seconds"):
+        assert {s.labels["account"] for s in samples if s.name == name} == {"alpha", "beta"}, name
     assert await w.daemon.stop(signal.SIGTERM) == 0
 
 
@@ -153,6 +167,9 @@ async def test_another_users_token_for_one_account_refuses_that_account_only(
     mismatches = [json.loads(line) for line in w.daemon.logs().splitlines()
                   if '"identity_mismatch"' in line]
     assert [m["account"] for m in mismatches] == ["beta"]
+    _, text = await w.daemon.get("/metrics")
+    assert 'box_docgen_mass_change_refused_total{account="beta",reason="identity"}' in text
+    assert 'box_docgen_mass_change_refused_total{account="alpha",reason="identity"}' not in text
 
     w.config_path.write_text(mine)
     w.daemon.proc.send_signal(signal.SIGHUP)

@@ -125,8 +125,8 @@ async def test_a_watched_batch_is_detected_within_the_active_interval(world: Wor
     # active interval), never in full.
     heads = world.sim.state.stats.count("list_jobs") - listings
     assert heads <= (time.time() - changed_at) / ACTIVE_INTERVAL_S + 2
-    assert await world.metric("box_docgen_active_batches") == 0
-    assert await world.metric("box_docgen_request_budget_used_total") >= 3
+    assert await world.metric('box_docgen_active_batches{account="default"}') == 0
+    assert await world.metric('box_docgen_request_budget_used_total{account="default"}') >= 3
     assert await world.daemon.stop() == 0
 
 
@@ -162,12 +162,13 @@ async def test_degradation_and_recovery_show_in_metrics_and_readiness(
         assert (await asyncio.to_thread(world.watch, b["batch_id"])).returncode == 0
 
     async def level_is(level: float) -> bool:
-        return await world.metric("box_docgen_degradation_level") == level
+        return await world.metric('box_docgen_degradation_level{account="default"}') == level
 
     await wait_until(lambda: level_is(2), 10, "degradation to the active interval")
     _, ready = await world.daemon.get("/readyz")
     assert json.loads(ready)["degradation"] == "active_stretched"
-    assert await world.metric('box_docgen_effective_interval_seconds{kind="active"}') > 1
+    assert await world.metric(
+        'box_docgen_effective_interval_seconds{account="default",kind="active"}') > 1
 
     await world.advance(60)  # the batches finish; the active set empties
     await world.receiver.wait_for(lambda r: len(world.of("batch.completed")) == 3, 30)

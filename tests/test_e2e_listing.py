@@ -61,7 +61,8 @@ async def test_hidden_jobs_are_confirmed_by_id_and_a_hidden_third_is_refused(wor
 
     async def misses_counted() -> bool:
         _, text = await w.daemon.get("/metrics")
-        return metric(text, "box_docgen_listing_misses_total") >= len(historic[::20])
+        misses = metric(text, 'box_docgen_listing_misses_total{account="default"}')
+        return misses >= len(historic[::20])
 
     await wait_until(misses_counted, 30, "the hidden jobs to be read by id")
     batch_ids = await start_batches(w, 3, 10)
@@ -75,7 +76,7 @@ async def test_hidden_jobs_are_confirmed_by_id_and_a_hidden_third_is_refused(wor
 
     await wait_until(refused, 30, "/readyz to report the refused mass vanish")
     _, text = await w.daemon.get("/metrics")
-    assert 'box_docgen_mass_change_refused_total{reason="vanish"}' in text
+    assert 'box_docgen_mass_change_refused_total{account="default",reason="vanish"}' in text
     assert w.daemon.logs().count('"mass_vanish_refused"') == 1
     await w.control.call("DELETE", "/_sim/listing")
     await w.daemon.wait_ready()
@@ -195,7 +196,7 @@ async def test_a_reload_to_another_box_users_credentials_is_refused_not_diffed(
 
     await wait_until(refused, 30, "/readyz to refuse the other user's store")
     _, text = await w.daemon.get("/metrics")
-    assert 'box_docgen_mass_change_refused_total{reason="identity"}' in text
+    assert 'box_docgen_mass_change_refused_total{account="default",reason="identity"}' in text
     assert w.daemon.logs().count('"identity_mismatch"') == 1
     w.config_path.write_text(mine)
     w.daemon.proc.send_signal(signal.SIGHUP)

@@ -174,6 +174,29 @@ async def test_console_prints_one_readable_line_per_event() -> None:
     ]
 
 
+async def test_with_several_accounts_console_slack_and_email_name_the_account() -> None:
+    """`show_account` (set by the daemon when several accounts are configured) puts the
+    event's account in the console line and in every built-in Slack and email template."""
+    from monitor.notify.render import Templates
+
+    out = StringIO()
+    notifier = ConsoleNotifier(ConsoleConfig(name="c"), timeout_s=1, stream=out)
+    notifier.show_account = True
+    eu = job_event().model_copy(update={"account": "eu"})
+    await notifier.send([eu])
+    assert out.getvalue() == "09:30:00 [eu] job j1 (batch b1, pdf) submitted -> failed\n"
+
+    templates = Templates()
+    shown = (await notifier.batch_view("b1", [eu])).context(max_failures=10)
+    hidden = (await ConsoleNotifier(ConsoleConfig(name="d"), timeout_s=1).batch_view(
+        "b1", [eu])).context(max_failures=10)
+    for kind, name in [("mrkdwn", "slack_title.j2"), ("mrkdwn", "slack_parent.j2"),
+                       ("mrkdwn", "slack_summary.j2"), ("text", "email_subject.j2"),
+                       ("text", "email_body.txt.j2"), ("html", "email_body.html.j2")]:
+        assert "eu" in templates.render(kind, name, shown), name
+        assert "eu" not in templates.render(kind, name, hidden), name
+
+
 async def test_console_json_format_prints_the_wire_body() -> None:
     out = StringIO()
     spec = NotifierSpec.model_validate({"name": "c", "type": "console", "format": "json"})

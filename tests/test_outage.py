@@ -73,7 +73,7 @@ class Rig:
             self.dispatcher.wake()
 
     def sample(self, name: str, **labels: str) -> float | None:
-        return self.metrics.registry.get_sample_value(name, labels)
+        return self.metrics.registry.get_sample_value(name, {"account": "default", **labels})
 
 
 @pytest.fixture

@@ -132,11 +132,10 @@ async def test_a_watched_batch_is_polled_by_its_own_endpoint_not_by_a_listing(ri
     assert batch["batch_id"] not in poller.active
     stats = rig.sim.state.stats
     assert stats.count("batch_jobs") == 2 and stats.count("list_jobs") == 0
-    sample = rig.metrics.registry.get_sample_value
-    durations = {s: sample("box_docgen_job_duration_seconds_count", {"outcome": s}) or 0
+    durations = {s: sample(rig, "box_docgen_job_duration_seconds_count", {"outcome": s})
                  for s in TERMINAL}
     assert sum(durations.values()) == 5  # one per job that reached its outcome
-    assert sample("box_docgen_active_batches") == 0
+    assert sample(rig, "box_docgen_active_batches") == 0
 
 
 async def test_a_watched_batch_box_does_not_know_yet_stays_until_its_watch_expires(
@@ -394,10 +393,10 @@ async def test_invented_statuses_become_one_unknown_label_and_short_log_lines(ri
     assert 'from_status="unknown",to_status="failed"' in text
     assert len(transitions) <= 6 * 6
     jobs = [line for line in text.splitlines() if line.startswith("box_docgen_jobs{")]
-    assert {line.split('"')[1] for line in jobs} == {
+    assert {line.split('"')[3] for line in jobs} == {
         "pending", "submitted", "completed", "completed_with_error", "failed", "unknown"}
     assert "invented" not in text
-    assert rig.metrics.registry.get_sample_value("box_docgen_unknown_status_total") >= 300
+    assert sample(rig, "box_docgen_unknown_status_total") >= 300
     logged = [e for e in logs if e["event"] == "unknown_job_status"]
     assert 0 < len(logged) <= MAX_UNKNOWN_LOGGED
     assert all(len(e["status"]) <= MAX_STATUS_LOG_CHARS for e in logged)
@@ -455,8 +454,7 @@ async def test_one_malformed_listing_entry_is_set_aside_and_the_rest_is_recorded
     stored = await rig.store.load_jobs([victim, *others])
     assert stored[victim] == before
     assert all(stored[j].status == "failed" for j in others)
-    assert rig.metrics.registry.get_sample_value(
-        "box_docgen_listing_invalid_entries_total") == 2
+    assert sample(rig, "box_docgen_listing_invalid_entries_total") == 2
     lines = [e for e in logs if e["event"] == "listing_entries_invalid"]
     assert len(lines) == 1 and lines[0]["entries"] == 1
     assert lines[0]["samples"][0]["job_id"] in (victim, None)
@@ -468,7 +466,9 @@ async def test_one_malformed_listing_entry_is_set_aside_and_the_rest_is_recorded
 
 
 def sample(r: Rig, name: str, labels: dict[str, str] | None = None) -> float:
-    return r.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+    """A sample of the rig's account (`default`: the one a `Metrics()` serves); 0 if absent."""
+    value = r.metrics.registry.get_sample_value(name, {"account": "default", **(labels or {})})
+    return value or 0.0
 
 
 async def seeded(r: Rig, count: int, **kw: Any) -> tuple[Any, list[str]]:

@@ -49,8 +49,11 @@ async def test_a_backward_wall_clock_step_of_an_hour_does_not_stall_polling(
     wall = SteppedWallClock()
     try:
         async with Daemon(load_config(path), clock=wall) as daemon:
-            sample = functools.partial(daemon.metrics.registry.get_sample_value,
-                                       "box_docgen_polls_total")
+            get = functools.partial(daemon.metrics.registry.get_sample_value,
+                                    "box_docgen_polls_total")
+
+            def sample(labels: dict[str, str]) -> float | None:
+                return get({"account": "default", **labels})
 
             def sweeps() -> float:
                 return sample({"kind": "sweep", "outcome": "ok"}) or 0.0
@@ -124,7 +127,8 @@ async def test_the_daemon_process_keeps_polling_when_its_own_wall_clock_goes_bac
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
                     if (sample.name == "box_docgen_polls_total"
-                            and sample.labels == {"kind": "sweep", "outcome": "ok"}):
+                            and sample.labels == {"account": "default", "kind": "sweep",
+                                                  "outcome": "ok"}):
                         return sample.value
             return 0.0
 

@@ -21,7 +21,6 @@ from monitor.notify.render import (
     RISE_TEMPLATE,
     Templates,
     by_batch,
-    load_batch_view,
     rise_context,
     rise_subject,
     sample_context,
@@ -66,7 +65,7 @@ class AppriseNotifier(Notifier):
         # One notification per batch, and one per template event (no batch).
         messages: list[tuple[str, str, list[Event]]] = []
         for batch_id, batch_events in by_batch(events).items():
-            context = (await load_batch_view(self.store, batch_id, batch_events)).context()
+            context = (await self.batch_view(batch_id, batch_events)).context()
             messages.append((self.templates.render("text", "email_subject.j2", context),
                              self.templates.render("text", "email_body.txt.j2", context),
                              batch_events))

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field
 from monitor.config import DurationS, NotifierSpec, PositiveDurationS
 from monitor.errors import UnknownNotifierType
 from monitor.model import Event
+from monitor.notify.render import BatchView, load_batch_view
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -100,10 +101,18 @@ class Notifier(ABC):
         self.name = config.name
         self.timeout_s = config.timeout if config.timeout is not None else timeout_s
         self.store: NotifierStore | None = None
+        #: Several Box accounts are configured: messages name the account of their events.
+        self.show_account = False
 
     def attach(self, store: NotifierStore) -> None:
         """The state store, for notifiers that keep state (Slack threads, batch counts)."""
         self.store = store
+
+    async def batch_view(self, batch_id: str, events: Sequence[Event]) -> BatchView:
+        """The batch as a message shows it, from the store's snapshot; it names the events'
+        account when several are configured."""
+        account = events[0].account if self.show_account and events else None
+        return await load_batch_view(self.store, batch_id, events, account=account)
 
     @classmethod
     def from_spec(cls, spec: NotifierSpec, *, timeout_s: float) -> Self:

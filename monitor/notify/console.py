@@ -20,9 +20,11 @@ class ConsoleConfig(NotifierConfig):
     format: Literal["text", "json"] = "text"
 
 
-def describe(event: Event) -> str:
-    """A one-line summary a person can read at a glance."""
+def describe(event: Event, *, show_account: bool = False) -> str:
+    """A one-line summary a person can read at a glance (its account first when asked)."""
     when = event.detected_at.strftime("%H:%M:%S")
+    if show_account:
+        when = f"{when} [{event.account}]"
     if event.type is EventType.BATCH_COMPLETED and event.batch is not None:
         counts = ", ".join(f"{n} {status}" for status, n in event.batch.counts.items())
         took = f" in {event.batch.duration_s:.1f}s" if event.batch.duration_s is not None else ""
@@ -61,6 +63,6 @@ class ConsoleNotifier(Notifier):
             if self.config.format == "json":
                 out.write(orjson.dumps(clean_data(event.wire())).decode() + "\n")
             else:
-                out.write(clean(describe(event)) + "\n")
+                out.write(clean(describe(event, show_account=self.show_account)) + "\n")
         out.flush()
         return DeliveryResult.delivered()

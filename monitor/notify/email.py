@@ -29,7 +29,6 @@ from monitor.notify.render import (
     Templates,
     by_batch,
     cap,
-    load_batch_view,
     rise_context,
     rise_subject,
     sample_context,
@@ -95,7 +94,7 @@ class EmailNotifier(Notifier):
         settled: set[str] = set()
         sent = 0
         for batch_id, batch_events in groups.items():
-            view = await load_batch_view(self.store, batch_id, batch_events)
+            view = await self.batch_view(batch_id, batch_events)
             oldest = min(e.detected_at.timestamp() for e in batch_events)
             waiting = time.time() - oldest < self.config.digest_max_wait
             if self.config.digest == "batch" and not view.complete and waiting:

@@ -16,7 +16,7 @@ import html
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +132,7 @@ class BatchView:
     failures: tuple[FailedJob, ...] = ()
     failure_groups: tuple[FailureLine, ...] = ()
     events: tuple[Event, ...] = field(default=())
+    account: str | None = None  # the Box account, shown when several are configured
 
     @property
     def failed_count(self) -> int:
@@ -153,6 +154,7 @@ class BatchView:
             "failures": self.failures,
             "failure_groups": self.failure_groups,
             "events": [e.wire() for e in self.events],
+            "account": self.account,
             **extra,
         }
 
@@ -299,11 +301,17 @@ class Templates:
 
 
 async def load_batch_view(
-    store: SnapshotReader | None, batch_id: str, events: Sequence[Event]
+    store: SnapshotReader | None,
+    batch_id: str,
+    events: Sequence[Event],
+    *,
+    account: str | None = None,
 ) -> BatchView:
-    """`batch_view` over the batch's stored snapshot rows (none without a store)."""
+    """`batch_view` over the batch's stored snapshot rows (none without a store); `account`
+    names the Box account in the message (None: not shown, the only one configured)."""
     jobs = (await store.load_batches([batch_id])).values() if store is not None else ()
-    return batch_view(batch_id, jobs, events, time.time())
+    view = batch_view(batch_id, jobs, events, time.time())
+    return view if account is None else replace(view, account=account)
 
 
 def by_batch(events: Sequence[Event]) -> dict[str, list[Event]]:

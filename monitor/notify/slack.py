@@ -61,7 +61,6 @@ from monitor.notify.render import (
     event_state,
     failure_lines,
     is_failure,
-    load_batch_view,
     rise_context,
     sample_context,
     sample_rise,
@@ -280,7 +279,7 @@ class SlackNotifier(HttpNotifier):
 
     async def _bot_batch(self, batch_id: str, events: list[Event], settled: set[str]) -> set[str]:
         """Parent post or edit, then thread replies; returns the failures held for later."""
-        view = await load_batch_view(self.store, batch_id, events)
+        view = await self.batch_view(batch_id, events)
         content = self._parent_content(view)
         thread = await self.store.get_thread(self.name, batch_id) if self.store else None
         if thread is None:
@@ -571,7 +570,7 @@ class SlackNotifier(HttpNotifier):
         return announced
 
     async def _summary(self, batch_id: str, events: list[Event]) -> None:
-        view = await load_batch_view(self.store, batch_id, events)
+        view = await self.batch_view(batch_id, events)
         context = view.context(max_failures=self.config.max_failures_in_summary)
         text = cap(self.templates.render("mrkdwn", "slack_summary.j2", context), MAX_TEXT_CHARS)
         assert self.config.webhook_url is not None
