@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from monitor.config import Config
+from monitor.config import AccountConfig, Config
 from monitor.metrics import Metrics
 from monitor.notify.base import NotifierRegistry
 
@@ -51,6 +51,9 @@ def model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
     for name, field in model.model_fields.items():
         key = prefix + (field.alias or name)
         is_list, models = nested_models(field.annotation)
+        if name == "accounts":  # an account's box, poll and routes are the sections above
+            keys |= {f"{key}[].{part}" for part in AccountConfig.model_fields}
+            continue
         if name == "notifiers":  # each type brings its own keys
             models = list(NotifierRegistry.from_entry_points().config_models().values())
         if not models:
