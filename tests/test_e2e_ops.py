@@ -86,7 +86,7 @@ async def test_a_silence_from_the_cli_mutes_its_template_across_a_restart_until_
     await wait_until(muted_recorded, 15, "the muted batch's events recorded as silenced")
     assert world.of("job.discovered", muted) == []
     assert await world.metric(
-        'box_docgen_notifications_total{notifier="sink",outcome="silenced"}') == 2
+        'box_docgen_notifications_total{account="default",notifier="sink",outcome="silenced"}') == 2
     table = await asyncio.to_thread(cli, world, "events", "list", "--batch", muted)
     assert table.stdout.count("sink: silenced") == 2
 
