@@ -181,11 +181,13 @@ class _Families:
         self.discovery_lag = Gauge(
             "box_docgen_discovery_lag_seconds",
             "Seconds since the listing's head was last read (discovery or sweep).",
+            labelnames=["account"],
             registry=r,
         )
         self.listing_newest_first = Gauge(
             "box_docgen_listing_newest_first",
             "1 if the last discovery read proved the listing newest-first, else 0 (head only).",
+            labelnames=["account"],
             registry=r,
         )
         self.degradation = Gauge(
@@ -342,6 +344,8 @@ class Metrics:
         self.budget_used = f.budget_used.labels(account)
         self.budget_available = f.budget_available.labels(account)
         self.budget_rate = f.budget_rate.labels(account)
+        self.discovery_lag = f.discovery_lag.labels(account)
+        self.listing_newest_first = f.listing_newest_first.labels(account)
         self.degradation = f.degradation.labels(account)
         self.effective_interval = Labelled(f.effective_interval, account)
         self.event_loop_lag = f.event_loop_lag

@@ -33,6 +33,8 @@ TOKEN = "comparison-token"
 T0 = 1_900_000_000.0
 Entry = dict[str, Any]
 
+ACCOUNT = {"account": "default"}  # the account a `Metrics()` serves
+
 
 def entry(n: int, status: str = "completed", **fields: Any) -> Entry:
     done = status in ("completed", "completed_with_error")
@@ -172,7 +174,7 @@ async def test_a_sweep_makes_the_changes_the_pure_diff_makes_over_every_entry(
     mutate(entries)
     rig.listing.entries = entries
     invalid = "box_docgen_listing_invalid_entries_total"
-    invalid_before = rig.metrics.registry.get_sample_value(invalid) or 0
+    invalid_before = rig.metrics.registry.get_sample_value(invalid, ACCOUNT) or 0
 
     now = T0 + 100
     result = await rig.poller(now).sweep()
@@ -184,4 +186,4 @@ async def test_a_sweep_makes_the_changes_the_pure_diff_makes_over_every_entry(
     expected = events_for(before, changes, now)
     assert sorted(e.id for e in result.events) == sorted(e.id for e in expected)
     assert await rig.store.load_snapshot() == {**before, **{j.id: j for j in changes.upserts}}
-    assert (rig.metrics.registry.get_sample_value(invalid) or 0) - invalid_before == broken
+    assert (rig.metrics.registry.get_sample_value(invalid, ACCOUNT) or 0) - invalid_before == broken
