@@ -277,7 +277,7 @@ class _Families:
             "box_docgen_detection_latency_seconds",
             "Per job change, seconds to its commit by what found it: since the previous look "
             "(sweep, active_poll) or since the Box notification (webhook_hint).",
-            ["found_by"],
+            ["account", "found_by"],
             buckets=_DETECTION_BUCKETS_S,
             registry=r,
         )
@@ -292,12 +292,13 @@ class _Families:
             "box_docgen_box_webhook_polls",
             "Batch polls asked for by verified Box notifications, by outcome "
             "(polled, coalesced, failed; unrelated: no active batch).",
-            ["outcome"],
+            ["account", "outcome"],
             registry=r,
         )
         self.box_webhooks_healthy = Gauge(
             "box_docgen_box_webhooks_healthy",
             "1 while Box webhooks are healthy (the active interval is stretched), else 0.",
+            labelnames=["account"],
             registry=r,
         )
         self.build_info = Info("box_docgen_monitor_build", "Version of docgen-monitor.", registry=r)
@@ -359,6 +360,10 @@ class Metrics:
         self.leader = f.leader
         self.lease_epoch = f.lease_epoch
         self.lease_transitions = f.lease_transitions
+        self.detection_latency = Labelled(f.detection_latency, account)
+        self.box_webhooks = f.box_webhooks  # the endpoint's: a notification may verify for none
+        self.box_webhook_polls = Labelled(f.box_webhook_polls, account)
+        self.box_webhooks_healthy = f.box_webhooks_healthy.labels(account)
         self.build_info = f.build_info
 
     def for_account(self, account: str) -> Metrics:
