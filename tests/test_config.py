@@ -432,3 +432,26 @@ def load_config_problems(tmp_path: Path, text: str, env: dict[str, str]) -> list
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), env=env)
     return info.value.problems
+
+
+def test_the_examples_commented_accounts_block_is_a_valid_configuration(tmp_path: Path) -> None:
+    """config/example.yaml documents `accounts:` as a commented block: uncommented in place of
+    its `box:` section, it loads, with two accounts and their overrides."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "config" / "example.yaml").read_text()
+    commented = re.search(r"^# accounts:\n((?:#.*\n)+)", text, re.M)
+    assert commented is not None
+    block = "accounts:\n" + "".join(line[2:] + "\n" for line in commented[1].splitlines())
+    start, end = text.index("\nbox:\n"), text.index("\npoll:\n")
+    text = text[:start] + "\n" + block + text[end:]
+    # Every variable set (to a value any field takes); those named like an override are
+    # written in place, or they would override keys too.
+    text = re.sub(r"\$\{DOCGEN_MONITOR_\w+\}", "x", text)
+    env = {name: "https://example.com/x" for name in re.findall(r"\$\{(\w+)", text)}
+    config = load_config(write(tmp_path, text), env=env, notifier_models=models())
+    eu, us = config.account_configs
+    assert (eu.name, us.name) == ("eu", "us")
+    assert eu.box.requests_per_minute == 400
+    assert us.poll is not None and us.poll.sweep_interval == 120
+    assert us.routes is not None and [r.notify for r in us.routes] == [["audit"]]
