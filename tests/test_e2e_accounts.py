@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,12 +29,22 @@ pytestmark = pytest.mark.e2e
 OWN_USER = "20000001"  # the simulator's default user, behind TOKEN
 BETA_TOKEN, BETA_USER = "e2e-beta-token", "30000088"
 THIRD_TOKEN, THIRD_USER = "e2e-third-token", "30000099"
+WATCH_TOKEN = "e2e-watch-token"
+
+
+async def post_watch(w: World, batch_id: str, query: str = "") -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{w.daemon.base_url}/api/v1/watch/batches/{batch_id}{query}",
+        headers={"Authorization": f"Bearer {WATCH_TOKEN}"},
+    ) as resp:
+        return resp.status, await resp.json()
 
 
 def accounts_config(path: Path) -> dict[str, Any]:
     """The world's single-account config turned into two accounts on the same simulator."""
     data: dict[str, Any] = yaml.safe_load(path.read_text())
     box = data.pop("box")
+    data["http"]["api_token"] = WATCH_TOKEN  # turns the watch API on
     data["accounts"] = [
         {"name": "alpha", "box": box},
         {"name": "beta", "box": {**box, "auth": {"method": "developer_token",
@@ -115,6 +126,13 @@ async def test_each_account_delivers_its_own_events_named_and_keeps_its_own_stat
     status, body = await w.daemon.get("/readyz")
     assert status == 200, body
     assert set(json.loads(body)["accounts"]) == {"alpha", "beta"}
+
+    # The watch API needs to know the account once there are several.
+    assert (await post_watch(w, beta["batch_id"]))[0] == 400
+    status, answer = await post_watch(w, beta["batch_id"], "?account=gamma")
+    assert status == 404 and "gamma" not in answer["error"]  # the caller's text not echoed
+    assert await post_watch(w, beta["batch_id"], "?account=beta") == (
+        202, {"batch_id": beta["batch_id"], "watched": True, "account": "beta"})
 
     # Metrics about an account's work are labelled with its name, and only configured names.
     _, text = await w.daemon.get("/metrics")

@@ -230,3 +230,33 @@ async def test_reload_keeps_everything_when_a_new_notifier_fails_to_start(
     finally:
         await sim.close()
         await receiver.close()
+
+
+def test_with_accounts_a_reload_refuses_what_only_a_restart_applies_naming_the_account() -> None:
+    """Each account's `box.auth` and `routes` are live; its other `box` keys and its `poll`,
+    and adding or removing an account, are named by path and refused."""
+    from monitor.config import Config
+    from monitor.daemon import _restart_only
+
+    def config(**changes: object) -> Config:
+        accounts: list[dict[str, object]] = [
+            {"name": "eu", "box": {"auth": {"method": "developer_token", "token": "a"}}},
+            {"name": "us", "box": {"auth": {"method": "developer_token", "token": "b"}}},
+        ]
+        for key, value in changes.items():
+            name, _, field = key.partition("__")
+            account = next(a for a in accounts if a["name"] == name)
+            if field == "box":
+                account["box"] = {**account["box"], **value}  # type: ignore[dict-item]
+            else:
+                account[field] = value
+        return Config.model_validate({"accounts": accounts})
+
+    old = config()
+    assert _restart_only(old, config(us__box={"auth": {"method": "developer_token",
+                                                        "token": "c"}})) == []
+    assert _restart_only(old, config(eu__routes=[])) == []
+    assert _restart_only(old, config(us__box={"timeout": "5s"}, eu__poll={"sweep_interval": 5})
+                         ) == ["accounts[0].poll", "accounts[1].box.timeout"]
+    fewer = Config.model_validate({"accounts": [old.model_dump()["accounts"][0]]})
+    assert _restart_only(old, fewer) == ["accounts (added or removed)"]
