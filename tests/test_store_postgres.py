@@ -17,7 +17,7 @@ from monitor.config import StateConfig, load_config
 from monitor.errors import StoreError
 from monitor.model import SnapshotChanges
 from monitor.store import open_store
-from monitor.store.base import OutboxState, Store
+from monitor.store.base import Fence, OutboxState, Store
 from monitor.store.postgres import MIGRATIONS, PostgresStore
 from tests.harness import wait_until
 from tests.store_fixtures import (
@@ -289,3 +289,35 @@ async def test_claimers_in_two_processes_never_hand_out_one_row_twice(
             break
         claimed += batch
     assert sorted(claimed) == [f"e{i:03d}" for i in range(200)]
+
+
+async def test_a_takeover_waits_for_the_holders_write_in_flight_but_a_renewal_does_not(
+    pg_backend: PostgresBackend,
+) -> None:
+    """The fence's row lock (held here by a transaction standing for the holder's write in
+    flight) serialises an acquisition behind it, and never a renewal: a steady stream of the
+    holder's writes must not starve its own renewals."""
+    a, b = PostgresStore(pg_backend.url), PostgresStore(pg_backend.url)
+    await a.open()
+    await b.open()
+    try:
+        fence = await a.acquire_lease("acme", "a", 0.0)  # expired at once: free to take over
+        assert fence is not None
+        writer = await asyncpg.connect(pg_backend.url.split("?")[0], timeout=5)
+        try:
+            in_flight = writer.transaction()
+            await in_flight.start()
+            await writer.execute(
+                f'SELECT 1 FROM "{pg_backend.schema}".leases WHERE account = $1 AND epoch = $2 '  # noqa: S608
+                "FOR KEY SHARE", "acme", fence.epoch)
+            assert await asyncio.wait_for(a.renew_lease(fence, 0.0), 1.0) is True
+            takeover = asyncio.ensure_future(b.acquire_lease("acme", "b", 60.0))
+            await asyncio.sleep(0.5)
+            assert not takeover.done()  # waits for the write in flight
+            await in_flight.commit()
+            assert (await asyncio.wait_for(takeover, 2.0)) == Fence("acme", "b", fence.epoch + 1)
+        finally:
+            await writer.close()
+    finally:
+        await a.close()
+        await b.close()

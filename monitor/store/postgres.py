@@ -28,11 +28,13 @@ again, and a replayed commit mints nothing twice (event ids are unique). A break
 itself leaves the outcome unknown to the client; the replay rule covers that case too.
 
 Leases (schema v8): the lease and replica tables are the store's own, and expiry is judged by
-the server's clock. A fenced write locks its account's lease row `FOR SHARE` inside its
-transaction after checking the epoch, so an acquisition (an UPDATE of that row) waits for the
-writes in flight and every later write sees the new epoch. `lease_schema` names the schema of
-the lease table the check reads (default: this store's), for handles whose own tables live in
-another schema than the leases all accounts share. A holder paused inside a transaction
+the server's clock. A fenced write locks its account's lease row `FOR KEY SHARE` inside its
+transaction after checking the epoch; an acquisition locks the row `FOR UPDATE`, which waits
+for the writes in flight (and every later write waits for it, then sees the new epoch), while
+a renewal, a plain UPDATE of no key column, never waits for the holder's own writes: under a
+steady stream of writes a share lock would starve it until the lease ran out. `lease_schema`
+names the schema of the lease table the check reads (default: this store's), for handles whose
+own tables live in another schema than the leases all accounts share. A holder paused inside a transaction
 (SIGSTOP, a frozen VM) keeps that lock: the server ends a session idle in a transaction after
 `IDLE_IN_TRANSACTION_S`, so a takeover waits at most that long.
 
@@ -487,12 +489,23 @@ _CLAIMS = {
 
 # Leases: times by the server's clock, in unix seconds like every other time column.
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
-# Any acquisition takes the next epoch; a live lease (held, not expired) is left alone.
+# An acquisition: the row made to exist (free, epoch 0), locked FOR UPDATE (behind the
+# holder's writes in flight, see the module docstring), then taken with the next epoch if
+# nobody holds it (never held, released or expired).
+_LEASE_ROW = (
+    "INSERT INTO leases (account, owner, epoch, expires_at) VALUES ($1, NULL, 0, 0) "
+    "ON CONFLICT (account) DO NOTHING"
+)
+_LEASE_LOCK = "SELECT 1 FROM leases WHERE account = $1 FOR UPDATE"
+# A lease another replica holds is seen without a lock, so a standby's rounds never hold up
+# the holder's writes.
+_LEASE_HELD = (
+    f"SELECT owner IS NOT NULL AND expires_at > {_DB_NOW} FROM leases "  # noqa: S608
+    "WHERE account = $1"
+)
 _LEASE_ACQUIRE = (
-    "INSERT INTO leases AS l (account, owner, epoch, expires_at) "  # noqa: S608 (constants)
-    f"VALUES ($1, $2, 1, {_DB_NOW} + $3) ON CONFLICT (account) DO UPDATE SET "
-    "owner = EXCLUDED.owner, epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at "
-    f"WHERE l.owner IS NULL OR l.expires_at <= {_DB_NOW} RETURNING epoch"
+    f"UPDATE leases SET owner = $2, epoch = epoch + 1, expires_at = {_DB_NOW} + $3 "  # noqa: S608
+    f"WHERE account = $1 AND (owner IS NULL OR expires_at <= {_DB_NOW}) RETURNING epoch"
 )
 _LEASE_RENEW = (
     f"UPDATE leases SET expires_at = {_DB_NOW} + $4 "  # noqa: S608 (constants)
@@ -820,7 +833,7 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
         table = "leases" if schema is None else f"{_quote_ident(schema)}.leases"
         held = await conn.fetchval(
             f"SELECT true FROM {table} WHERE account = $1 AND owner = $2 "  # noqa: S608
-            "AND epoch = $3 FOR SHARE",
+            "AND epoch = $3 FOR KEY SHARE",
             fence.account,
             fence.owner,
             fence.epoch,
@@ -1570,6 +1583,10 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
     async def acquire_lease(self, account: str, owner: str, ttl_s: float) -> Fence | None:
         async def fn(conn: _Conn) -> Fence | None:
             await conn.execute(f"SET LOCAL lock_timeout = '{LEASE_LOCK_TIMEOUT_S:.0f}s'")
+            if await conn.fetchval(_LEASE_HELD, account):
+                return None
+            await conn.execute(_LEASE_ROW, account)
+            await conn.execute(_LEASE_LOCK, account)
             epoch = await conn.fetchval(_LEASE_ACQUIRE, account, owner, ttl_s)
             return None if epoch is None else Fence(account, owner, int(epoch))
 
