@@ -197,7 +197,9 @@ class AccountUnit:
     async def _start(self, stack: AsyncExitStack, fence: Fence | None) -> None:
         cfg, account = self.config, self.account
         poll = account.poll or cfg.poll
-        stack.enter_context(self.store.replica_lock())  # SQLite: one replica at a time
+        if self.state_url != cfg.state.url:  # the daemon holds the base store's
+            stack.enter_context(self.store.replica_lock())  # SQLite: one replica at a time
+        self.store.share_leases_of(cfg.state.url)  # fenced by the leases every account shares
         self.store.set_fence(fence)
         self.store.on_lease_lost(self.lease_lost_listener)
         await self.store.open()

@@ -26,6 +26,7 @@ from monitor.box.webhooks import Verdict
 from monitor.config import AccountConfig, Config
 from monitor.errors import ConfigError, InvalidInput, WatchRefused
 from monitor.hints import ingest
+from monitor.lease import LeaseKeeper
 from monitor.looplag import LoopLagSampler
 from monitor.metrics import Metrics
 from monitor.model import DEFAULT_ACCOUNT
@@ -91,6 +92,7 @@ class Daemon:
         """`clock` (wall) stamps what is stored and shown; `monotonic` times every interval,
         deadline and backoff (a wall-clock step must not stall polling)."""
         self.config = config
+        self.monotonic = monotonic
         self.registry = registry or NotifierRegistry.from_entry_points()
         accounts = config.account_configs
         # Seen from the first account, so that no series of an account not configured appears.
@@ -101,12 +103,12 @@ class Daemon:
         # A reload swaps several parts; stopping waits for one in progress instead of racing it.
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[bool]] = set()
-        # Silences live in the store of `state.url`, which every account and replica shares.
-        # With one account that store is the account's own; with several, the daemon opens it
-        # for the silences alone (read by every account's dispatcher, written by the API).
-        self.silence_store: Store | None = (
-            None if config.accounts is None else open_store(config.state.url)
-        )
+        # The base store (`state.url`): every account's lease and the replica registry, open
+        # for the process's life (`_start_keeper`). Silences live there too, shared by every
+        # account and replica: with one account it is the account's own store, which its
+        # dispatcher reads through its own handle; with several, every dispatcher reads it.
+        self.base: Store = open_store(config.state.url)
+        self.silence_store: Store | None = None if config.accounts is None else self.base
         self.units: dict[str, AccountUnit] = {
             account.name: AccountUnit(
                 account,
@@ -122,6 +124,7 @@ class Daemon:
             for account in accounts
         }
         self.web: WebServer
+        self.keeper: LeaseKeeper
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -155,13 +158,7 @@ class Daemon:
         lag = LoopLagSampler(self.metrics.event_loop_lag)
         lag.start()
         self._stack.push_async_callback(lag.stop)
-        if self.silence_store is not None:
-            await self.silence_store.open()
-            self._stack.push_async_callback(self.silence_store.close)
-        # Units stop together: each drains its own deliveries within the same deadline.
-        self._stack.push_async_callback(self._stop_units)
-        for unit in self.units.values():
-            await unit.start()
+        await self._start_keeper(cfg)
 
         self.web = WebServer(
             build_app(
@@ -182,8 +179,22 @@ class Daemon:
         self._stack.push_async_callback(self.web.close)
         log.info("http_listening", url=self.web.url)
 
-    async def _stop_units(self) -> None:
-        await asyncio.gather(*(unit.stop() for unit in self.units.values()))
+    async def _start_keeper(self, cfg: Config) -> None:
+        """The base store (`state.url`: every account's lease, the replica registry) stays
+        open for the process's life, and with SQLite its lock makes this process the file's
+        one replica. The keeper runs the units of the accounts this replica leads: its first
+        round runs now, so a lone replica leads every account before it serves `/readyz`."""
+        self._stack.enter_context(self.base.replica_lock())
+        await self.base.open()
+        self._stack.push_async_callback(self.base.close)
+        self.keeper = LeaseKeeper(
+            self.base, self.units, self.metrics, ttl_s=cfg.ha.lease_ttl, monotonic=self.monotonic
+        )
+        for unit in self.units.values():
+            unit.lease_lost_listener = self.keeper.lease_lost
+        # Leases released, units stopped together (each drains within the same deadline).
+        self._stack.push_async_callback(self.keeper.stop)
+        await self.keeper.start()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -301,10 +312,8 @@ class Daemon:
         return next(iter(self.units.values()))
 
     def _silences(self) -> SilenceStore:
-        """Where silences are kept: `state.url`'s store (see `silence_store`)."""
-        if self.silence_store is not None:
-            return self.silence_store
-        return self.units[DEFAULT_ACCOUNT].store
+        """Where silences are kept: `state.url`'s store, open on a standby too."""
+        return self.base
 
     async def _events(self, query: EventQuery, account: str | None) -> list[EventRecord]:
         """The history of one account's store (the first configured by default)."""
@@ -339,16 +348,27 @@ class Daemon:
         )
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """One account: its details as they are. Several: ready when every account is, with
-        each account's details under `accounts`."""
-        if set(self.units) == {DEFAULT_ACCOUNT} and self.config.accounts is None:
-            return await self.units[DEFAULT_ACCOUNT].readiness()
-        results = await asyncio.gather(*(unit.readiness() for unit in self.units.values()))
+        """Ready when the base store answers and every account this replica leads is ready:
+        a healthy standby is ready too (it serves metrics and can take over). `leading`
+        names the accounts it leads. One account led: its details as they are; several:
+        each led account's details under `accounts`."""
+        role = {"replica": self.keeper.replica, "leading": self.keeper.leading}
+        led = [self.units[name] for name in self.keeper.leading]
+        if set(self.units) == {DEFAULT_ACCOUNT} and self.config.accounts is None and led:
+            ready, details = await led[0].readiness()
+            return ready, {**details, **role}
+        try:
+            await self.base.ping()
+            store = "ok"
+        except Exception as exc:
+            store = f"error: {type(exc).__name__}"
+        results = await asyncio.gather(*(unit.readiness() for unit in led))
         details = {
-            name: {"ready": ready, **detail}
-            for name, (ready, detail) in zip(self.units, results, strict=True)
+            unit.name: {"ready": ready, **detail}
+            for unit, (ready, detail) in zip(led, results, strict=True)
         }
-        return all(ready for ready, _ in results), {"accounts": details}
+        ready = store == "ok" and all(ready for ready, _ in results)
+        return ready, {"store": store, **role, "accounts": details}
 
     def liveness(self) -> str | None:
         """None while alive; the reason when a restart is the only way out (`/healthz`)."""

@@ -8,7 +8,7 @@ ran out. A replica holding more than its share gives one back per round (rebalan
 
 Losing a lease stops that account's work at once: a renewal refused (someone took it), no
 renewal for a whole TTL by this replica's own monotonic clock (expired: the store may already
-have handed it on), or a fenced write refused anywhere (`LeaseLost`, heard through the store's
+have handed it on; a failed renewal steps down a round early rather than a round late), or a fenced write refused anywhere (`LeaseLost`, heard through the store's
 listener). Each step-down is one log line and a count by reason; the replica stays a standby.
 Correctness does not rest on noticing quickly: the fence refuses every write of a lost lease.
 A clean `stop()` releases every lease so a standby takes over at its next round."""
@@ -126,9 +126,8 @@ class LeaseKeeper:
         for task in list(self._step_downs):
             with contextlib.suppress(Exception):
                 await task
-        async with self._lock:
-            for account in list(self._held):
-                await self._give_up(account, RELEASED)
+        async with self._lock:  # every account at once: each drains within the deadline
+            await asyncio.gather(*(self._give_up(a, RELEASED) for a in list(self._held)))
             try:
                 await self.store.leave(self.replica)
             except Exception as exc:
@@ -186,6 +185,8 @@ class LeaseKeeper:
                 log.warning(
                     "lease_renew_failed", account=account, epoch=held.fence.epoch, error=str(exc)
                 )
+                if self.monotonic() + self.round_s >= held.renewed_at + self.ttl_s:
+                    await self._step_down(account, EXPIRED)  # it runs out before next round
                 continue
             if renewed:
                 held.renewed_at = began

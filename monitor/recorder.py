@@ -275,13 +275,15 @@ class Recorder:
         """Run one commit, counting consecutive failures: a store that cannot be written makes
         the daemon reopen it, then report itself not alive."""
         try:
-            await commit
+            rows = await commit
         except StoreError as exc:
             self.write_failures += 1
             self.last_write_error = str(exc)
             raise
         self.write_failures = 0
         self.last_write_error = None
+        if rows:  # what is owed is on record (the twin of the dispatcher's `events_delivered`)
+            log.info("events_committed", outbox_rows=rows)
 
     # -- the metrics of a commit ----------------------------------------------------------
 

@@ -34,9 +34,9 @@ for the writes in flight (and every later write waits for it, then sees the new 
 a renewal, a plain UPDATE of no key column, never waits for the holder's own writes: under a
 steady stream of writes a share lock would starve it until the lease ran out. `lease_schema`
 names the schema of the lease table the check reads (default: this store's), for handles whose
-own tables live in another schema than the leases all accounts share. A holder paused inside a transaction
-(SIGSTOP, a frozen VM) keeps that lock: the server ends a session idle in a transaction after
-`IDLE_IN_TRANSACTION_S`, so a takeover waits at most that long.
+own tables live in another schema than the leases all accounts share. A holder paused inside
+a transaction (SIGSTOP, a frozen VM) keeps that lock: the server ends a session idle in a
+transaction after `IDLE_IN_TRANSACTION_S`, so a takeover waits at most that long.
 
 URL: `postgresql://user:password@host:port/database?sslmode=...&schema=...`. Query parameters
 are libpq's as asyncpg reads them (`sslmode`, `sslrootcert`, `application_name`, ...), plus two
