@@ -372,6 +372,8 @@ class Daemon:
 
     def liveness(self) -> str | None:
         """None while alive; the reason when a restart is the only way out (`/healthz`)."""
+        if self.keeper.unwritable is not None:
+            return self.keeper.unwritable
         for unit in self.units.values():
             reason = unit.liveness()
             if reason is not None:

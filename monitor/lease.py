@@ -8,10 +8,15 @@ ran out. A replica holding more than its share gives one back per round (rebalan
 
 Losing a lease stops that account's work at once: a renewal refused (someone took it), no
 renewal for a whole TTL by this replica's own monotonic clock (expired: the store may already
-have handed it on; a failed renewal steps down a round early rather than a round late), or a fenced write refused anywhere (`LeaseLost`, heard through the store's
-listener). Each step-down is one log line and a count by reason; the replica stays a standby.
-Correctness does not rest on noticing quickly: the fence refuses every write of a lost lease.
-A clean `stop()` releases every lease so a standby takes over at its next round."""
+have handed it on; a failed renewal steps down a round early rather than a round late), or a
+fenced write refused anywhere (`LeaseLost`, heard through the store's listener). Each
+step-down is one log line and a count by reason; the replica stays a standby. Correctness does
+not rest on noticing quickly: the fence refuses every write of a lost lease. A clean `stop()`
+releases every lease so a standby takes over at its next round.
+
+Work that fails to start gives its lease back; in the first round (`start()`) the failure
+propagates, so a replica that cannot work an account at all (another Box user's store, say)
+refuses to start as a single process would."""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from typing import Protocol
 import structlog
 
 from monitor.metrics import Metrics
-from monitor.store.base import Fence, LeaseStore
+from monitor.store.base import Fence, LeaseStore, StoreLifecycle
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +58,10 @@ class AccountWork(Protocol):
     async def stop(self, *, graceful: bool) -> None: ...
 
 
+class KeeperStore(LeaseStore, StoreLifecycle, Protocol):
+    """What the keeper uses: the leases, and a reopen when the store refuses writes."""
+
+
 def replica_id() -> str:
     """This process's name among replicas: host (the pod's name), pid and a random part, so
     a restarted process is a new replica."""
@@ -70,7 +79,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        store: LeaseStore,
+        store: KeeperStore,
         work: Mapping[str, AccountWork],
         metrics: Metrics,
         *,
@@ -85,6 +94,10 @@ class LeaseKeeper:
         self.replica = replica or replica_id()
         self.monotonic = monotonic
         self.live_replicas = 1
+        #: Why the store refuses this replica's writes while it answers reads (a read-only
+        #: state file): a restart is the way out (`/healthz`). None while it can write.
+        self.unwritable: str | None = None
+        self._reopened = False
         self._held: dict[str, _Held] = {}
         self._lock = asyncio.Lock()  # rounds and step-downs never interleave
         self._task: asyncio.Task[None] | None = None
@@ -113,7 +126,7 @@ class LeaseKeeper:
     async def start(self) -> None:
         """Run the first round now (a lone replica leads before this returns), then every
         third of the TTL."""
-        await self.run_round()
+        await self.run_round(first=True)
         self._task = asyncio.create_task(self._run(), name="lease-keeper")
 
     async def stop(self) -> None:
@@ -153,15 +166,18 @@ class LeaseKeeper:
             except Exception:
                 log.exception("lease_round_failed", replica=self.replica)
 
-    async def run_round(self) -> None:
-        """One round: beat, renew, give back beyond the share, take free accounts."""
+    async def run_round(self, *, first: bool = False) -> None:
+        """One round: beat, renew, give back beyond the share, take free accounts. In the
+        `first`, work that fails to start raises (after giving its lease back)."""
         async with self._lock:
             try:
                 self.live_replicas = await self.store.heartbeat(self.replica, self.ttl_s)
             except Exception as exc:
                 log.warning("lease_heartbeat_failed", replica=self.replica, error=str(exc))
                 await self._renew_all()  # only stepping down when they run out
+                await self._check_writable(exc)
                 return
+            self.unwritable, self._reopened = None, False
             await self._renew_all()
             share = math.ceil(len(self.work) / max(self.live_replicas, 1))
             if len(self._held) > share:
@@ -170,8 +186,29 @@ class LeaseKeeper:
                 if len(self._held) >= share:
                     break
                 if account not in self._held:
-                    await self._try_acquire(account)
+                    await self._try_acquire(account, first)
             await self._export_epochs()
+
+    async def _check_writable(self, error: Exception) -> None:
+        """A store that answers but refuses the heartbeat cannot be written (an unreachable
+        one is an outage to wait out): it is closed and opened again, once; if it still
+        refuses, this replica reports itself not alive."""
+        try:
+            await self.store.ping()
+        except Exception:
+            return
+        if not self._reopened:
+            self._reopened = True
+            log.error("store_reopening", error=str(error))
+            try:
+                await self.store.close()
+                await self.store.open()
+            except Exception as exc:
+                log.warning("store_reopen_failed", error=str(exc))
+            return
+        if self.unwritable is None:
+            self.unwritable = f"state store cannot be written: {error}"
+            log.error("store_unwritable", reason=self.unwritable, action="restart the daemon")
 
     async def _renew_all(self) -> None:
         for account, held in list(self._held.items()):
@@ -193,7 +230,7 @@ class LeaseKeeper:
             else:
                 await self._step_down(account, LOST)
 
-    async def _try_acquire(self, account: str) -> None:
+    async def _try_acquire(self, account: str, fatal: bool) -> None:
         began = self.monotonic()
         try:
             fence = await self.store.acquire_lease(account, self.replica, self.ttl_s)
@@ -210,8 +247,10 @@ class LeaseKeeper:
         try:
             await self.work[account].start(fence)
         except Exception:
-            log.exception("account_start_failed", account=account, epoch=fence.epoch)
             await self._give_up(account, RELEASED)
+            if fatal:
+                raise
+            log.exception("account_start_failed", account=account, epoch=fence.epoch)
 
     async def _export_epochs(self) -> None:
         try:
@@ -269,3 +308,4 @@ class LeaseKeeper:
             await self.work[account].stop(graceful=graceful)
         except Exception:
             log.exception("account_stop_failed", account=account)
+        self.metrics.forget_holder_gauges(account)  # the holder exports them

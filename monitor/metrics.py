@@ -6,6 +6,7 @@ five or `unknown`."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -369,6 +370,24 @@ class Metrics:
     def for_account(self, account: str) -> Metrics:
         """The same registry, seen from `account` (its series exist from now on)."""
         return Metrics(account=account, families=self._families)
+
+    def forget_holder_gauges(self, account: str) -> None:
+        """A replica that stops leading `account` exports none of its job, batch or outbox
+        gauges, so a sum over replicas counts the holder's alone."""
+        f = self._families
+        for gauge in (
+            f.jobs, f.outbox_pending, f.outbox_dead, f.active_batches, f.detection_lag,
+            f.vanish_suspects,
+        ):
+            mine = [
+                tuple(sample.labels.values())
+                for family in gauge.collect()
+                for sample in family.samples
+                if sample.labels.get("account") == account
+            ]
+            for values in mine:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*values)
 
     def set_job_counts(self, counts: Mapping[str, int]) -> None:
         """`box_docgen_jobs` from the snapshot's counts per raw status; every status Box does

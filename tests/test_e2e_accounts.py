@@ -120,7 +120,7 @@ async def test_each_account_delivers_its_own_events_named_and_keeps_its_own_stat
     assert alpha_jobs == {j for j, v in jobs.items() if v.get("created_by_id") != BETA_USER}
     assert beta_jobs == {j for j, v in jobs.items() if v.get("created_by_id") == BETA_USER}
     # No account is named `default`: `state.db` holds only what every account shares
-    # (silences), never a job.
+    # (leases, silences), never a job.
     assert snapshot_job_ids(state / "state.db") == set()
 
     status, body = await w.daemon.get("/readyz")

@@ -166,6 +166,9 @@ async def test_a_clean_stop_releases_so_a_standby_takes_over_at_its_next_round(
 async def test_a_refused_renewal_steps_down_as_lost(store_backend: StoreBackend) -> None:
     a, b = await replicas(store_backend, 2, ["acme"])
     await a.keeper.run_round()
+    acme = a.metrics.for_account("acme")  # what the work exported while it led
+    acme.jobs.labels("pending").set(3)
+    acme.active_batches.set(2)
     fence = a.keeper.fence_of("acme")
     assert fence is not None
     await a.store.release_lease(fence)  # as if it ran out and...
@@ -174,6 +177,9 @@ async def test_a_refused_renewal_steps_down_as_lost(store_backend: StoreBackend)
         await a.keeper.run_round()
     assert a.keeper.leading == [] and not a.work["acme"].running
     assert a.value("box_docgen_lease_transitions_total", account="acme", reason="lost") == 1
+    # Only holders export job and batch gauges, so a sum over replicas is right.
+    assert a.value("box_docgen_jobs", account="acme", status="pending") is None
+    assert a.value("box_docgen_active_batches", account="acme") is None
     [line] = [e for e in logs if e["event"] == "lease_lost"]
     assert line["account"] == "acme" and line["reason"] == "lost" and line["role"] == "standby"
 
