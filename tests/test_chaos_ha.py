@@ -36,16 +36,21 @@ from tests.store_fixtures import PostgresBackend
 from tests.tcp_proxy import TcpProxy
 from tests.test_e2e import check_delivered, start_batches
 
-pytestmark = pytest.mark.e2e
+# Minutes of moving jobs, failovers of up to 2 x lease_ttl: longer than the 120 s default.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 LEASE_TTL_S = 15.0  # the default of ha.lease_ttl
 ACCOUNT = "default"  # the one account of a top-level `box:` section
 KILLS = 5
-# Jobs run for up to two minutes, so they keep moving through every kill of a test.
-SIM_CONFIG = SimulatorConfig(
-    seed=11, developer_tokens=[SecretStr(TOKEN)],
-    timeline=TimelineConfig(submitted_after_s=1.0, min_duration_s=5.0, max_duration_s=120.0),
-)
+
+
+def sim_config(max_duration_s: float) -> SimulatorConfig:
+    """Jobs that keep moving for `max_duration_s`: through every kill, pause or cut of a test."""
+    return SimulatorConfig(
+        seed=11, developer_tokens=[SecretStr(TOKEN)],
+        timeline=TimelineConfig(
+            submitted_after_s=1.0, min_duration_s=5.0, max_duration_s=max_duration_s),
+    )
 
 
 class Replica(DaemonProcess):
@@ -156,9 +161,11 @@ class Cluster:
         return Counter({i: n - 1 for i, n in counts.items() if n > 1})
 
 
-async def cluster_on(tmp_path: Path, state_url: str, n: int) -> AsyncIterator[Cluster]:
+async def cluster_on(
+    tmp_path: Path, state_url: str, n: int, max_duration_s: float
+) -> AsyncIterator[Cluster]:
     receiver = await WebhookReceiver().start()
-    sim = await start_simulator(SIM_CONFIG)
+    sim = await start_simulator(sim_config(max_duration_s))
     session = aiohttp.ClientSession()
     replicas = [Replica(tmp_path / f"r{i}", box_url=sim.url, hook_url=receiver.url,
                         state_url=state_url) for i in range(n)]
@@ -175,9 +182,17 @@ async def cluster_on(tmp_path: Path, state_url: str, n: int) -> AsyncIterator[Cl
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, pg_backend: PostgresBackend) -> AsyncIterator[Cluster]:
-    async for c in cluster_on(tmp_path, pg_backend.url, 2):
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_backend: PostgresBackend
+) -> AsyncIterator[Cluster]:
+    """Two replicas; jobs move for as long as the test's `moving_s` mark says."""
+    async for c in cluster_on(tmp_path, pg_backend.url, 2, moving_s(request)):
         yield c
+
+
+def moving_s(request: pytest.FixtureRequest) -> float:
+    mark = request.node.get_closest_marker("moving_s")
+    return float(mark.args[0]) if mark else 60.0
 
 
 @pytest.fixture
@@ -185,7 +200,7 @@ async def proxied_cluster(
     tmp_path: Path, pg_backend: PostgresBackend, pg_proxy: TcpProxy
 ) -> AsyncIterator[Cluster]:
     """Both replicas reach PostgreSQL only through `pg_proxy`, which the test cuts."""
-    async for c in cluster_on(tmp_path, pg_backend.url_through(pg_proxy.port), 2):
+    async for c in cluster_on(tmp_path, pg_backend.url_through(pg_proxy.port), 2, 60.0):
         yield c
 
 
@@ -203,6 +218,7 @@ async def stop_all(c: Cluster) -> None:
             assert await r.stop(signal.SIGTERM) == 0
 
 
+@pytest.mark.moving_s(120)  # five failovers of up to 30 s each, with work between
 async def test_sigkill_of_the_leader_five_times_loses_nothing_and_mints_no_second_id(
     cluster: Cluster,
 ) -> None:
@@ -232,6 +248,7 @@ async def test_sigkill_of_the_leader_five_times_loses_nothing_and_mints_no_secon
     await stop_all(c)
 
 
+@pytest.mark.moving_s(75)  # a pause of 45 s, and work after it
 async def test_a_leader_paused_past_its_lease_commits_and_marks_nothing_when_it_wakes(
     cluster: Cluster,
 ) -> None:
@@ -287,7 +304,7 @@ async def test_postgresql_away_for_20_seconds_crashes_no_replica_and_loses_nothi
 async def test_a_second_replica_on_a_sqlite_file_exits_2_and_the_first_runs_on(
     tmp_path: Path,
 ) -> None:
-    async for c in cluster_on(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", 2):
+    async for c in cluster_on(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", 2, 10.0):
         first, second = c.replicas
         first.start()
         await first.wait_ready()
