@@ -163,6 +163,17 @@ async def test_a_third_party_plugin_is_found_configured_and_sent_through() -> No
     assert type(notifier).sent == [job_event().id]  # type: ignore[attr-defined]
 
 
+@pytest.mark.usefixtures("third_party_plugin")
+def test_a_notifier_module_is_imported_only_when_its_type_is_asked_for() -> None:
+    """`once` names no notifier: it must not pay for importing every installed one."""
+    registry = NotifierRegistry.from_entry_points()
+    models = registry.config_models()
+    assert "pager" in registry.types and "pager" in set(models)
+    assert "pager_plugin" not in sys.modules
+    assert models["pager"].model_fields["routing_key"].annotation is SecretStr
+    assert "pager_plugin" in sys.modules
+
+
 async def test_console_prints_one_readable_line_per_event() -> None:
     out = StringIO()
     notifier = ConsoleNotifier(ConsoleConfig(name="c"),
