@@ -156,6 +156,19 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: until Ctrl-C)",
     )
     demo.add_argument("--port", type=int, default=0, help="metrics port (default: a free one)")
+    demo.add_argument(
+        "--state",
+        default=None,
+        metavar="URL",
+        help="high availability: a postgresql:// URL (${VAR} read from the environment) the "
+        "replicas share (default: a temporary SQLite file, one in-process daemon)",
+    )
+    demo.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="with --state: how many `run` processes to start (default 2)",
+    )
 
     cli_ops.add_parsers(sub, _with_config)
 
@@ -219,9 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.from_url, args.to_url, args.accounts or [DEFAULT_ACCOUNT], args.replace
             )
         if args.command == "demo":
+            configure_logging(level="warning")
+            if args.state is not None:
+                return _ha_demo(args.state, args.replicas, args.duration)
             from monitor.demo import run_demo
 
-            configure_logging(level="warning")
             return asyncio.run(run_demo(args.duration, args.port, registry))
         config = load(args.config, registry)
         configure_logging(config.log.level, config.log.format)
@@ -357,6 +372,31 @@ def _confirmed(what: str) -> bool:
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")
+
+
+def _ha_demo(state_arg: str, replicas: int, duration_s: float | None) -> int:
+    """`demo --state URL`: exit 2 for a URL that is not PostgreSQL's or a count below 1."""
+    import os
+
+    from monitor.config import expand_vars
+    from monitor.demo_ha import run_ha_demo
+    from monitor.store.registry import check_url, scheme_of
+
+    url, problems = expand_vars(state_arg, os.environ, "--state")
+    if not problems:
+        try:
+            check_url(url)
+            if scheme_of(url) not in ("postgresql", "postgres"):
+                problems.append("--state: replicas share a postgresql:// store (SQLite serves "
+                                "one process; leave --state out for that demo)")
+        except ValueError as exc:
+            problems.append(f"--state: {exc}")
+    if replicas < 1:
+        problems.append(f"--replicas: at least 1, not {replicas}")
+    if problems:
+        print("docgen-monitor demo: " + "; ".join(problems), file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(run_ha_demo(url, replicas, duration_s))
 
 
 def _state_migrate(from_arg: str, to_arg: str, accounts: list[str], replace: bool) -> int:

@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -21,34 +22,43 @@ from monitor.simulator.config import SteadyStreamConfig, TimelineConfig
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's own throwaway token
 
 
+def demo_settings(box_url: str, state_url: str, http_port: int) -> dict[str, Any]:
+    """The demo's configuration, as a file would hold it (`demo --replicas` writes it out)."""
+    return {
+        "box": {
+            "base_url": box_url,
+            "auth": {"method": "developer_token", "token": DEMO_TOKEN},
+            "timeout": "5s",
+        },
+        "poll": {"sweep_interval": "2s"},
+        "state": {"url": state_url},
+        "baseline": "silent",
+        "notifiers": [{"name": "console", "type": "console"}],
+        "routes": [{"match": {}, "notify": ["console"]}],
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+    }
+
+
 def demo_config(box_url: str, state_dir: Path, http_port: int) -> Config:
     return Config.model_validate(
-        {
-            "box": {
-                "base_url": box_url,
-                "auth": {"method": "developer_token", "token": DEMO_TOKEN},
-                "timeout": "5s",
-            },
-            "poll": {"sweep_interval": "2s"},
-            "state": {"url": f"sqlite:///{state_dir / 'state.db'}"},
-            "baseline": "silent",
-            "notifiers": [{"name": "console", "type": "console"}],
-            "routes": [{"match": {}, "notify": ["console"]}],
-            "http": {"listen": f"127.0.0.1:{http_port}"},
-        }
+        demo_settings(box_url, f"sqlite:///{state_dir / 'state.db'}", http_port)
     )
 
 
-async def run_demo(duration_s: float | None, http_port: int, registry: NotifierRegistry) -> int:
-    sim_config = SimulatorConfig(
+def demo_simulator_config() -> SimulatorConfig:
+    """A batch of 4 jobs every 4 s, each job done within 10 s."""
+    return SimulatorConfig(
         seed=7,
         developer_tokens=[SecretStr(DEMO_TOKEN)],
         timeline=TimelineConfig(submitted_after_s=1.0, min_duration_s=2.0, max_duration_s=8.0),
         stream=SteadyStreamConfig(every_s=4.0, jobs_per_batch=4),
     )
+
+
+async def run_demo(duration_s: float | None, http_port: int, registry: NotifierRegistry) -> int:
     with tempfile.TemporaryDirectory(prefix="docgen-monitor-demo-") as tmp:
         async with (
-            await start_simulator(sim_config) as sim,
+            await start_simulator(demo_simulator_config()) as sim,
             Daemon(demo_config(sim.url, Path(tmp), http_port), registry=registry) as daemon,
         ):
             print(f"docgen-monitor demo: simulated Box at {sim.url}", flush=True)
