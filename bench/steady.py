@@ -124,8 +124,17 @@ class Daemon:
         return out
 
     async def sweeps(self) -> float:
-        return (await self.metrics()).get(
-            'box_docgen_polls_total{kind="sweep",outcome="ok"}', 0.0)
+        return sample(await self.metrics(), "box_docgen_polls_total", kind="sweep", outcome="ok")
+
+
+def sample(metrics: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of `name`'s series carrying `labels` (others, such as `account`, any value)."""
+    total = 0.0
+    for series, value in metrics.items():
+        base, _, rest = series.partition("{")
+        if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
 
 
 def daemon_config(
@@ -290,9 +299,9 @@ def report(args: argparse.Namespace, result: dict[str, Any], lat: dict[str, list
           f"{args.max_duration:.0f}s), active_interval {args.active_interval:g}s, every other "
           f"setting default; window {end - start:.0f}s holding {result['sweeps']:.0f} daemon "
           f"sweeps")
-    level = m.get("box_docgen_degradation_level", -1)
-    sweep_s = m.get('box_docgen_effective_interval_seconds{kind="sweep"}', 0)
-    active_s = m.get('box_docgen_effective_interval_seconds{kind="active"}', 0)
+    level = sample(m, "box_docgen_degradation_level")
+    sweep_s = sample(m, "box_docgen_effective_interval_seconds", kind="sweep")
+    active_s = sample(m, "box_docgen_effective_interval_seconds", kind="active")
     print(f"daemon at the end: degradation level {level:.0f}, sweep every {sweep_s:.0f}s, "
           f"active every {active_s:.1f}s, peak RSS {rss_mb:.0f} MB")
     print(f"{'Box requests/min':<28} {'total':>8}  by route")
