@@ -19,10 +19,17 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
+from monitor.simulator import (
+    RunningSimulator,
+    SimulatorConfig,
+    TimelineConfig,
+    UserConfig,
+    start_simulator,
+)
 from tests.harness import (
     TOKEN,
     DaemonProcess,
@@ -318,3 +325,63 @@ async def test_a_second_replica_on_a_sqlite_file_exits_2_and_the_first_runs_on(
         status, _ = await first.get("/readyz")
         assert status == 200
         assert await first.stop(signal.SIGTERM) == 0
+
+
+BETA_TOKEN, BETA_USER = "chaos-beta-token", "30000077"
+
+
+async def test_two_accounts_on_three_replicas_have_one_leader_each_on_different_replicas(
+    tmp_path: Path, pg_backend: PostgresBackend
+) -> None:
+    """ceil(2/3) = 1 lease per replica: the accounts go to two different replicas, the third
+    stands by; at every sampled moment each account has exactly one leader."""
+    receiver = await WebhookReceiver().start()
+    sim = await start_simulator(SimulatorConfig(
+        seed=12, developer_tokens=[SecretStr(TOKEN)],
+        users=[UserConfig(id=BETA_USER, enterprise_id="beta-enterprise",
+                          developer_tokens=[SecretStr(BETA_TOKEN)])],
+    ))
+    replicas = [Replica(tmp_path / f"r{i}", box_url=sim.url, hook_url=receiver.url,
+                        state_url=pg_backend.url) for i in range(3)]
+    try:
+        for r in replicas:
+            data = yaml.safe_load(r.config_path.read_text())
+            box = data.pop("box")
+            data["accounts"] = [
+                {"name": "alpha", "box": box},
+                {"name": "beta", "box": {**box, "auth": {"method": "developer_token",
+                                                         "token": BETA_TOKEN}}},
+            ]
+            r.config_path.write_text(yaml.safe_dump(data))
+            r.start()
+        for r in replicas:
+            await r.wait_ready()
+
+        async def leaders() -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {"alpha": [], "beta": []}
+            for r in replicas:
+                samples = await r.metrics()
+                for account, names in found.items():
+                    if samples.get(f"box_docgen_leader{{account={account}}}") == 1:
+                        names.append(r.name)
+            return found
+
+        async def spread() -> bool:
+            found = await leaders()
+            return all(len(n) == 1 for n in found.values()) and found["alpha"] != found["beta"]
+
+        # A replica that started alone may lead both until the others register: it gives
+        # one back within a round or two.
+        await wait_until(spread, 4 * LEASE_TTL_S, "the accounts spread over two replicas", 0.5)
+        for _ in range(20):  # 10 s of samples
+            found = await leaders()
+            assert all(len(names) == 1 for names in found.values()), found
+            assert found["alpha"] != found["beta"], found
+            await asyncio.sleep(0.5)
+        for r in replicas:
+            assert await r.stop(signal.SIGTERM) == 0
+    finally:
+        for r in replicas:
+            r.ensure_stopped()
+        await sim.close()
+        await receiver.close()
