@@ -46,7 +46,7 @@ from monitor.poller import Poller
 from monitor.recorder import META_BASELINE_AT, META_LAST_SWEEP_AT, Recorder
 from monitor.schedule import PollSchedule
 from monitor.store import open_store
-from monitor.store.base import Fence, SilenceReader, Store
+from monitor.store.base import Fence, SilenceReader, SnapshotReader, Store
 from monitor.store.registry import account_url
 from monitor.stuck import StuckPolicy
 from monitor.template_rates import policy_of
@@ -135,8 +135,8 @@ class AccountUnit:
         #: Told of a write the fence refused (the lease keeper steps down at once).
         self.lease_lost_listener: Callable[[Fence], None] | None = None
         self.budget: RequestBudget | None = None
-        # One handle for the unit's life (opened on each start, closed on each stop), so
-        # what reads it (the status page) keeps a valid reference across restarts.
+        # One handle for the unit's life (opened on each start, closed on each stop); the
+        # status page reads the daemon's per-account reader instead, open on a standby too.
         self.store: Store = open_store(self.state_url)
         self.box: BoxClient
         self.identity: IdentityGuard
@@ -379,12 +379,12 @@ class AccountUnit:
         """The active set (batch id -> came through `watch`); empty while stopped."""
         return self.poller.followed() if self.running else {}
 
-    def notifier_names(self) -> list[str]:
-        return list(self._notifiers)
-
-    def polling_health(self) -> PollingHealth:
+    def polling_health(self) -> PollingHealth | None:
         """What the status page says about polling: `/readyz`'s view, the budget, Box's errors
-        (answers other than 2xx, and none at all; a 404 is how Box confirms a job is gone)."""
+        (answers other than 2xx, and none at all; a 404 is how Box confirms a job is gone).
+        None while the unit is stopped: a standby has no figures of its own to show."""
+        if not self.running:
+            return None
         fresh, details = self.schedule.status()
         auth = self.box.auth.status()
         requests = errors = 0
@@ -421,8 +421,6 @@ class AccountUnit:
                 self.dispatcher.wake()
         return count
 
-    async def baseline_at(self) -> float | None:
-        return _float_or_none(await self.store.get_meta(META_BASELINE_AT))
 
     # -- health -------------------------------------------------------------------------------
 
@@ -501,6 +499,11 @@ class AccountUnit:
             except Exception:
                 log.exception("prune_failed")
             await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def baseline_at(store: SnapshotReader) -> float | None:
+    """When the baseline was recorded in `store` (the status page's history starts there)."""
+    return _float_or_none(await store.get_meta(META_BASELINE_AT))
 
 
 async def close_all(notifiers: Iterable[Notifier]) -> None:

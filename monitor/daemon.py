@@ -12,16 +12,17 @@ files or sockets and changes only on a restart. A reload is all or nothing over 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
 import structlog
 
-from monitor.account import AccountUnit, PreparedReload, RunState, account_path
+from monitor.account import AccountUnit, PreparedReload, RunState, account_path, baseline_at
 from monitor.box.webhooks import Verdict
 from monitor.config import AccountConfig, Config
 from monitor.errors import ConfigError, InvalidInput, WatchRefused
@@ -33,7 +34,7 @@ from monitor.model import DEFAULT_ACCOUNT
 from monitor.notify.base import NotifierRegistry
 from monitor.store import open_store
 from monitor.store.base import EventQuery, EventRecord, SilenceStore, Store
-from monitor.ui import StatusPage, StatusSources
+from monitor.ui import AccountSources, StatusPage, StatusSources
 from monitor.web import WebServer, build_app
 
 __all__ = ["AccountUnit", "Daemon", "RunState"]
@@ -123,6 +124,13 @@ class Daemon:
             )
             for account in accounts
         }
+        # What the status page and the events API read, per account: a handle open on every
+        # replica whether or not it leads the account (reads need no lease; the unit's own
+        # handle is closed while it is a standby). `state.url`'s account reads the base store.
+        self.readers: dict[str, Store] = {
+            name: self.base if unit.state_url == config.state.url else open_store(unit.state_url)
+            for name, unit in self.units.items()
+        }
         self.web: WebServer
         self.keeper: LeaseKeeper
 
@@ -187,6 +195,10 @@ class Daemon:
         self._stack.enter_context(self.base.replica_lock())
         await self.base.open()
         self._stack.push_async_callback(self.base.close)
+        for reader in self.readers.values():
+            if reader is not self.base:
+                await reader.open()
+                self._stack.push_async_callback(reader.close)
         self.keeper = LeaseKeeper(
             self.base, self.units, self.metrics, ttl_s=cfg.ha.lease_ttl, monotonic=self.monotonic
         )
@@ -306,45 +318,77 @@ class Daemon:
 
     # -- health ---------------------------------------------------------------------------
 
-    def _page_unit(self) -> AccountUnit:
-        """The account whose store the status page and the silences and events API read: the
-        first configured (one page per account is the status page's own work to come)."""
-        return next(iter(self.units.values()))
-
     def _silences(self) -> SilenceStore:
         """Where silences are kept: `state.url`'s store, open on a standby too."""
         return self.base
 
     async def _events(self, query: EventQuery, account: str | None) -> list[EventRecord]:
-        """The history of one account's store (the first configured by default)."""
-        unit = self._page_unit() if account is None else self.units.get(account)
-        if unit is None:
+        """The history of one account's store (the first configured by default), read
+        through its reader: a standby answers too."""
+        name = next(iter(self.units)) if account is None else account
+        reader = self.readers.get(name)
+        if reader is None:
             known = ", ".join(self.units)
             raise InvalidInput([f"query.account: no account named {account!r} (known: {known})"])
-        return await unit.store.list_events(query)
+        return await reader.list_events(query)
+
+    async def _leaders(self) -> dict[str, str]:
+        """Each account's leader: the owner of its live lease (an account nobody leads is
+        absent)."""
+        leases = await self.base.leases()
+        return {name: lease.owner for name, lease in leases.items() if lease.live and lease.owner}
+
+    def _retry_dead(self, unit: AccountUnit) -> Callable[[str, str | None], Awaitable[int]]:
+        """Requeue dead letters: through the unit where this replica leads the account (its
+        dispatcher wakes at once), else through the reader, unfenced. That is safe: the
+        update only turns `dead` rows `pending`, rows no dispatcher claims or writes, so it
+        cannot cross the leader's fenced claims, whose dispatcher sends them within
+        IDLE_RECHECK_S (as after `docgen-monitor dead-letters retry`)."""
+        reader = self.readers[unit.name]
+
+        async def retry(notifier: str, event_id: str | None) -> int:
+            if unit.running:
+                return await unit.retry_dead(notifier, event_id)
+            count = await reader.requeue_dead(unit.clock(), event_id=event_id, notifier=notifier)
+            if count:
+                log.info("dead_letters_retried", account=unit.name, notifier=notifier,
+                         event_id=event_id, count=count, on="standby")
+            return count
+
+        return retry
 
     def _status_page(self) -> StatusPage:
-        """The status page of the first configured account (`_page_unit`)."""
-        unit = self._page_unit()
+        """The status page: every account, on every replica (a standby reads the store and
+        names the leader)."""
+        clock = next(iter(self.units.values())).clock
+        accounts = [
+            AccountSources(
+                name=name,
+                store=self.readers[name],
+                polling=unit.polling_health,
+                active=unit.followed,
+                retry_dead=self._retry_dead(unit),
+                baseline_at=functools.partial(baseline_at, self.readers[name]),
+            )
+            for name, unit in self.units.items()
+        ]
         sources = StatusSources(
-            store=unit.store,
-            polling=unit.polling_health,
-            active=unit.followed,
-            notifiers=unit.notifier_names,
-            retry_dead=unit.retry_dead,
-            baseline_at=unit.baseline_at,
-            clock=unit.clock,
+            accounts=accounts,
+            notifiers=lambda: [spec.name for spec in self.config.notifiers],
+            leaders=self._leaders,
+            replica=self.keeper.replica,
+            clock=clock,
             silences=self._silences(),
             add_silence=self._silences().add_silence,
             expire_silence=lambda silence_id: self._silences().expire_silence(
-                silence_id, unit.clock()
+                silence_id, clock()
             ),
         )
         return StatusPage(
             sources,
             ui_token=self.config.http.ui_token,
             api_token=self.config.http.api_token,
-            monotonic=unit.monotonic,
+            monotonic=self.monotonic,
         )
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:

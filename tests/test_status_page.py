@@ -8,6 +8,7 @@ hostile texts shown as text (no dialog, no injected element). Each test saves a 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ from pydantic import SecretStr
 
 from monitor.simulator import SimulatorConfig
 from tests.harness import TOKEN, World, webhook_world
+from tests.store_fixtures import PostgresBackend
+from tests.test_chaos_ha import LEASE_TTL_S, cluster_on, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -403,3 +406,46 @@ async def test_silences_are_added_shown_live_and_expired_from_the_page(
     await expect(rows.first).to_contain_text("from a script")
     assert watcher.dialogs == []
     assert await world.daemon.stop() == 0
+
+
+async def test_a_standby_replica_shows_the_page_names_its_leader_and_the_same_batches(
+    browser: Browser, tmp_path: Path, pg_backend: PostgresBackend
+) -> None:
+    """Two `docgen-monitor run` replicas on one PostgreSQL schema (a Service load-balances
+    over both): the standby's page answers 200, says it is a standby and which replica leads,
+    and shows the batches and failures the leader's page shows, read from the shared store."""
+    async with contextlib.asynccontextmanager(cluster_on)(tmp_path, pg_backend.url, 2, LONG_S) as c:
+        await c.start()
+        leader = await c.polling_leader(2 * LEASE_TTL_S)
+        standby = next(r for r in c.replicas if r is not leader)
+        batch = await c.control.start_batch(
+            3, submitted_after_s=0.0, min_duration_s=LONG_S, max_duration_s=LONG_S
+        )
+        await c.control.call("PUT", f"/_sim/jobs/{batch['job_ids'][0]}",
+                             {"status": "failed", "errors": [TAG.format("city")]})
+
+        lead_page = (await open_page(browser, leader.base_url + "/")).page
+        row = f"tr.batch[data-batch-id='{batch['batch_id']}']"
+        await expect(lead_page.locator(row)).to_have_count(1, timeout=WAIT_MS)
+        await expect(lead_page.locator("#polling .role")).to_have_text("leader")
+        leader_name = await lead_page.locator("#replica").inner_text()
+
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        response = await page.goto(standby.base_url + "/")
+        assert response is not None and response.status == 200
+        await expect(page.locator("#polling .role")).to_have_text("standby")
+        await expect(page.locator("#role .leader")).to_have_text(leader_name)
+        await expect(page.locator("#role")).to_contain_text("This replica is a standby")
+        assert await page.locator("#replica").inner_text() != leader_name
+        await expect(page.locator("#last-sweep")).to_have_count(0)  # the leader's figure
+        await expect(page.locator(row).locator(".counts")).to_have_text(
+            "1 failed2 submitted", timeout=WAIT_MS
+        )
+        group = page.locator(".failure-group", has_text="The tag '…' was not provided")
+        await expect(group.locator(".group-count")).to_have_text("1")
+        ids = "els => els.map(e => e.dataset.batchId).sort()"
+        assert await page.locator("tr.batch").evaluate_all(ids) == await lead_page.locator(
+            "tr.batch"
+        ).evaluate_all(ids)
+        await screenshot(page, "status-page-standby")
+        await stop_all(c)

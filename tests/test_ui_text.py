@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,7 +19,7 @@ from monitor.errors import ConfigError
 from monitor.model import JobState, SnapshotChanges
 from monitor.store.base import BatchSummary
 from monitor.store.sqlite import SQLiteStore
-from monitor.ui import PollingHealth, StatusPage, StatusSources
+from monitor.ui import AccountSources, PollingHealth, StatusPage, StatusSources
 from monitor.ui.page import MAX_TEXT_CHARS, duration, untrusted
 from monitor.ui.view import BatchView, gather
 
@@ -83,12 +84,7 @@ async def test_a_store_that_does_not_answer_gets_a_503_page_that_names_no_path(
         return None
 
     sources = StatusSources(
-        store=store,
-        polling=lambda: PollingHealth(True, 1.0, 6.0, "normal", 2.0, 5.0),
-        active=dict,
-        notifiers=list,
-        retry_dead=nothing,  # type: ignore[arg-type]
-        baseline_at=nothing,
+        accounts=[_account(store, nothing)], notifiers=list, leaders=_no_leaders
     )
     app = web.Application()
     StatusPage(sources).add_routes(app)
@@ -122,12 +118,27 @@ async def test_a_batch_has_run_since_box_created_its_first_job(tmp_path: Path) -
             return None
 
         view = await gather(StatusSources(
-            store=store,
-            polling=lambda: PollingHealth(True, 1.0, 6.0, "normal", 2.0, 5.0),
-            active=dict, notifiers=list, retry_dead=nothing,  # type: ignore[arg-type]
-            baseline_at=nothing, clock=lambda: now,
+            accounts=[_account(store, nothing)], notifiers=list, leaders=_no_leaders,
+            clock=lambda: now,
         ))
-    elapsed = {b.batch_id: b.elapsed_s for b in view.batches}
+    batches = view.accounts[0].batches
+    elapsed = {b.batch_id: b.elapsed_s for b in batches}
     assert datetime(2027, 1, 15, 7, 58, 20, tzinfo=UTC).timestamp() == now - 100
     assert elapsed == {"b1": 100.0, "b2": 7.0}
-    assert [b.batch_id for b in view.batches] == ["b1", "b2"]  # the longest-running first
+    assert [b.batch_id for b in batches] == ["b1", "b2"]  # the longest-running first
+
+
+def _account(store: SQLiteStore, nothing: Any) -> AccountSources:
+    """One account led here, its figures fixed: these tests are about the store's part."""
+    return AccountSources(
+        name="default",
+        store=store,
+        polling=lambda: PollingHealth(True, 1.0, 6.0, "normal", 2.0, 5.0),
+        active=dict,
+        retry_dead=nothing,
+        baseline_at=nothing,
+    )
+
+
+async def _no_leaders() -> dict[str, str]:
+    return {}

@@ -3,6 +3,6 @@ gathered (`view.py`), how it is rendered (`templates/`), and its own CSS and scr
 (`static/`: no build step, no CDN)."""
 
 from monitor.ui.page import StatusPage
-from monitor.ui.view import PollingHealth, StatusSources
+from monitor.ui.view import AccountSources, PollingHealth, StatusSources
 
-__all__ = ["PollingHealth", "StatusPage", "StatusSources"]
+__all__ = ["AccountSources", "PollingHealth", "StatusPage", "StatusSources"]

@@ -341,13 +341,15 @@ class StatusPage:
         form = await request.post()
         notifier = str(form.get("notifier", ""))
         event_id = str(form.get("event_id", "")) or None
+        account = self.sources.account(str(form.get("account", "")) or None)
         if not notifier:
             raise web.HTTPBadRequest(text="notifier is required")
-        retried = await self.sources.retry_dead(notifier, event_id)
+        if account is None:  # the caller's text is not echoed
+            raise web.HTTPBadRequest(text="name a configured account (account=)")
+        retried = await account.retry_dead(notifier, event_id)
         if self._bearer_acts(request):
             return web.json_response({"retried": retried})
         return _back("retried" if retried else "nothing")
-
 
     async def _add_silence(self, request: web.Request) -> web.StreamResponse:
         refused = await self._action_refused(request)

@@ -1,12 +1,14 @@
-"""What the status page shows, gathered in one pass: polling health (from the daemon), active
+"""What the status page shows, gathered in one pass, account by account: who leads it (the
+lease table), polling health (from the unit, only where this replica leads it), active
 batches, failure groups, dead letters and notifier health (from the store's read-only
-`StatusReader` role). Plain data: the templates only format it."""
+`StatusReader` role, through a handle open on every replica: reads need no lease). Plain
+data: the templates only format it."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -96,16 +98,20 @@ class NotifierView:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusView:
-    now: float
-    polling: PollingHealth
+class AccountView:
+    """One account's part of the page. `polling` is None where this replica does not lead
+    the account (only the leader polls: its figures are on its own page); `leader` is the
+    replica holding the account's live lease, None when nobody does."""
+
+    name: str
+    leader: str | None
+    polling: PollingHealth | None
     batches: list[BatchView]
     more_batches: int
     failures: list[FailureGroup]
     failed_jobs: int
     failures_capped: bool
     notifiers: list[NotifierView]
-    silences: list[Silence] = field(default_factory=list)  # active and pending
 
     @property
     def dead_total(self) -> int:
@@ -113,28 +119,76 @@ class StatusView:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusSources:
-    """Where the page reads from: the store's read-only role, and the daemon's live state.
-    `active` maps each batch the poller follows to whether it came through the watch API;
-    `retry_dead(notifier, event_id)` requeues dead letters (None: all of the notifier's) and
-    answers how many; `add_silence` and `expire_silence(id)` (None: the page cannot change
-    silences) write to the store; `baseline_at()` is when the baseline was recorded (its jobs
-    are history, not recent failures), or None."""
+class StatusView:
+    now: float
+    replica: str  # this process's name among replicas
+    accounts: list[AccountView]
+    silences: list[Silence] = field(default_factory=list)  # active and pending
 
+    @property
+    def several(self) -> bool:
+        """Several accounts: each section names its account (and element ids carry it)."""
+        return len(self.accounts) > 1
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSources:
+    """Where one account's part is read from. `store`: a handle open whether or not this
+    replica leads the account. `polling()`: None while this replica does not run the
+    account. `active()` maps each batch the poller follows here to whether it came through
+    the watch API (empty on a standby: the snapshot's running batches still show).
+    `retry_dead(notifier, event_id)` requeues dead letters (None: all of the notifier's) and
+    answers how many; `baseline_at()` is when the baseline was recorded (its jobs are
+    history, not recent failures), or None."""
+
+    name: str
     store: StatusReader
-    polling: Callable[[], PollingHealth]
+    polling: Callable[[], PollingHealth | None]
     active: Callable[[], Mapping[str, bool]]
-    notifiers: Callable[[], Collection[str]]
     retry_dead: Callable[[str, str | None], Awaitable[int]]
     baseline_at: Callable[[], Awaitable[float | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSources:
+    """Where the page reads from: each account's sources, and what they share.
+    `leaders()` maps each account to the replica holding its live lease (absent: nobody);
+    `add_silence` and `expire_silence(id)` (None: the page cannot change silences) write to
+    the store silences live in (`silences`; None: the first account's)."""
+
+    accounts: Sequence[AccountSources]
+    notifiers: Callable[[], Collection[str]]
+    leaders: Callable[[], Awaitable[Mapping[str, str]]]
+    replica: str = ""
     clock: Callable[[], float] = time.time
-    silences: SilenceReader | None = None  # where silences are read (None: `store`)
+    silences: SilenceReader | None = None
     add_silence: Callable[[Silence], Awaitable[None]] | None = None
     expire_silence: Callable[[str], Awaitable[Silence | None]] | None = None
+
+    def account(self, name: str | None) -> AccountSources | None:
+        """The account named `name`; with one account, that one when no name is given."""
+        if name is None and len(self.accounts) == 1:
+            return self.accounts[0]
+        return next((a for a in self.accounts if a.name == name), None)
 
 
 async def gather(sources: StatusSources) -> StatusView:
     now = sources.clock()
+    leaders = await sources.leaders()
+    names = sources.notifiers()
+    accounts = [await _account(a, names, leaders.get(a.name), now) for a in sources.accounts]
+    silences = sources.silences or sources.accounts[0].store
+    return StatusView(
+        now=now,
+        replica=sources.replica,
+        accounts=accounts,
+        silences=await silences.list_silences(ended_after=now),
+    )
+
+
+async def _account(
+    sources: AccountSources, notifiers: Collection[str], leader: str | None, now: float
+) -> AccountView:
     batches, more = await _batches(sources, now)
     since = now - FAILURE_WINDOW_S
     baseline_at = await sources.baseline_at()
@@ -142,20 +196,20 @@ async def gather(sources: StatusSources) -> StatusView:
         # A baseline's rows changed at or before it: a failure after it changed later.
         since = max(since, math.nextafter(baseline_at, math.inf))
     failed = await sources.store.recent_failures(since, MAX_FAILED_JOBS)
-    return StatusView(
-        now=now,
+    return AccountView(
+        name=sources.name,
+        leader=leader,
         polling=sources.polling(),
         batches=batches,
         more_batches=more,
         failures=group_failures(failed)[:MAX_FAILURE_GROUPS],
         failed_jobs=len(failed),
         failures_capped=len(failed) >= MAX_FAILED_JOBS,
-        notifiers=await _notifiers(sources),
-        silences=await (sources.silences or sources.store).list_silences(ended_after=now),
+        notifiers=await _notifiers(sources.store, notifiers),
     )
 
 
-async def _batches(sources: StatusSources, now: float) -> tuple[list[BatchView], int]:
+async def _batches(sources: AccountSources, now: float) -> tuple[list[BatchView], int]:
     """The batches the poller follows, and those the snapshot says still run (a restart
     forgets nothing): the longest-running first."""
     active = dict(sources.active())
@@ -189,16 +243,16 @@ def _elapsed_s(summary: BatchSummary, now: float) -> float:
     return max(0.0, now - since)
 
 
-async def _notifiers(sources: StatusSources) -> list[NotifierView]:
-    counts = await sources.store.outbox_counts()
-    activity = await sources.store.notifier_activity()
-    names = sorted(set(sources.notifiers()) | counts.keys())
+async def _notifiers(store: StatusReader, configured: Collection[str]) -> list[NotifierView]:
+    counts = await store.outbox_counts()
+    activity = await store.notifier_activity()
+    names = sorted(set(configured) | counts.keys())
     views = []
     for name in names:
         by_state = counts.get(name, {})
         dead = by_state.get(OutboxState.DEAD, 0)
         letters = (
-            await sources.store.list_outbox(OutboxState.DEAD, name, MAX_DEAD_PER_NOTIFIER)
+            await store.list_outbox(OutboxState.DEAD, name, MAX_DEAD_PER_NOTIFIER)
             if dead
             else []
         )
