@@ -227,3 +227,33 @@ async def test_a_silence_of_one_account_mutes_that_account_only(world: World) ->
     assert {d["outcome"] for e in json.loads(alpha_history.stdout)
             for d in e["deliveries"]} == {"delivered"}
     assert await w.daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_the_status_page_shows_each_accounts_batches_in_its_own_section(
+    world: World,
+) -> None:
+    """With several accounts the page has one set of sections per account, each naming it
+    and saying this replica leads it, each with that account's batches only."""
+    w = world
+    w.daemon.start()
+    await w.daemon.wait_ready()
+    still = {"submitted_after_s": 0.0, "min_duration_s": 3600.0, "max_duration_s": 3600.0}
+    alpha = (await w.control.start_batch(2, **still))["batch_id"]
+    beta = (await w.control.start_batch(3, created_by_id=BETA_USER, **still))["batch_id"]
+    sections: dict[str, str] = {}
+
+    async def both_shown() -> bool:
+        status, body = await w.daemon.get("/")
+        assert status == 200, body
+        for name in ("alpha", "beta"):
+            start = body.index(f'id="batches-{name}"')
+            sections[name] = body[start:body.index(f'id="failures-{name}"', start)]
+        return alpha in sections["alpha"] and beta in sections["beta"]
+
+    await wait_until(both_shown, 20, "each account's batch on the page")
+    assert beta not in sections["alpha"] and alpha not in sections["beta"]
+    _, body = await w.daemon.get("/")
+    for name in ("alpha", "beta"):
+        assert f'id="account-{name}">Account <bdi>{name}</bdi>' in body
+        assert f"This replica leads account <bdi>{name}</bdi>" in body
+    assert await w.daemon.stop(signal.SIGTERM) == 0
