@@ -413,8 +413,15 @@ async def test_a_standby_replica_shows_the_page_names_its_leader_and_the_same_ba
 ) -> None:
     """Two `docgen-monitor run` replicas on one PostgreSQL schema (a Service load-balances
     over both): the standby's page answers 200, says it is a standby and which replica leads,
-    and shows the batches and failures the leader's page shows, read from the shared store."""
+    and shows the batches and failures the leader's page shows, read from the shared store.
+    A dead letter retried on the standby is sent by the leader."""
     async with contextlib.asynccontextmanager(cluster_on)(tmp_path, pg_backend.url, 2, LONG_S) as c:
+        for replica in c.replicas:
+            config = yaml.safe_load(replica.config_path.read_text())
+            config["http"]["api_token"] = API_TOKEN  # actions (retry) are off without it
+            config["notifiers"][0]["max_attempts"] = 1  # dead at the first failure, not in a day
+            replica.config_path.write_text(yaml.safe_dump(config))
+        c.receiver.fail_status = 500
         await c.start()
         leader = await c.polling_leader(2 * LEASE_TTL_S)
         standby = next(r for r in c.replicas if r is not leader)
@@ -448,4 +455,22 @@ async def test_a_standby_replica_shows_the_page_names_its_leader_and_the_same_ba
             "tr.batch"
         ).evaluate_all(ids)
         await screenshot(page, "status-page-standby")
+
+        # Retry on the standby: a requeue in the shared store, which the leader delivers.
+        letter = page.locator("#dead-letters tr.dead-letter").first
+        await expect(letter).to_be_attached(timeout=WAIT_MS)
+        event_id = await letter.get_attribute("data-event-id")
+        assert event_id is not None
+        c.receiver.fail_status = None
+        async with aiohttp.ClientSession() as http, http.post(
+            standby.base_url + "/ui/dead-letters/retry",
+            data={"notifier": "sink", "event_id": event_id},
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as resp:
+            assert resp.status == 200 and await resp.json() == {"retried": 1}
+        assert [line.get("on") for line in standby.log_lines()
+                if line.get("event") == "dead_letters_retried"] == ["standby"]
+        await c.receiver.wait_for(lambda r: event_id in r.ids(), timeout_s=20)
+        await expect(page.locator(f"tr.dead-letter[data-event-id='{event_id}']")).to_have_count(
+            0, timeout=WAIT_MS)
         await stop_all(c)
