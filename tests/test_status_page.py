@@ -473,4 +473,13 @@ async def test_a_standby_replica_shows_the_page_names_its_leader_and_the_same_ba
         await c.receiver.wait_for(lambda r: event_id in r.ids(), timeout_s=20)
         await expect(page.locator(f"tr.dead-letter[data-event-id='{event_id}']")).to_have_count(
             0, timeout=WAIT_MS)
+        # The event history answers on the standby too (the same store handle).
+        async with aiohttp.ClientSession() as http, http.get(
+            standby.base_url + f"/api/v1/events?batch={batch['batch_id']}",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            history = (await resp.json())["events"]
+        assert {e["job_id"] for e in history} == set(batch["job_ids"])
+        assert event_id in {e["id"] for e in history}
         await stop_all(c)
