@@ -1,6 +1,6 @@
 """Benchmark: steady state, the daemon beside a naive poller run for real (run by hand).
 
-    python bench/steady.py --history 100000 --batches 50 --jobs-per-batch 200
+    python bench/steady.py --history 100000 --batches 50 --jobs-per-batch 200 --runs 3
 
 One simulator process holds N historic jobs plus a constant number of active batches that keep
 moving: as each batch ends, the driver starts another (nobody watches it: the daemon must find
@@ -18,6 +18,8 @@ has completed `--sweeps` sweeps inside it (at most `--max-window`). Reported:
   - the first event of each batch started in the window: p50 / p99 from its creation to the
     daemon's commit and to the webhook's arrival;
   - the daemon's degradation level and intervals in force at the end, and its peak RSS.
+`--runs N` (default 3) repeats the whole run N times, each with a fresh simulator, store and
+daemon, and ends with the median of each headline figure.
 """
 
 from __future__ import annotations
@@ -285,7 +287,8 @@ def latencies(result: dict[str, Any], receiver: Receiver,
 
 
 def report(args: argparse.Namespace, result: dict[str, Any], lat: dict[str, list[float]],
-           naive: dict[str, Any], rss_mb: float) -> None:
+           naive: dict[str, Any], rss_mb: float) -> dict[str, float]:
+    """Print one run's tables; return its headline figures (for the medians)."""
     start, end = result["window"]
     minutes = (end - start) / 60
     before, after = result["before"], result["after"]
@@ -328,6 +331,21 @@ def report(args: argparse.Namespace, result: dict[str, Any], lat: dict[str, list
     print(row("new batch created -> first webhook", lat["first_delivered"]))
     if lat["first_missing"]:
         print(f"  {len(lat['first_missing'])} batches started in the window got no event")
+    every = lat["delivered"] + lat["passed_delivered"]
+    return {
+        "daemon requests/min": daemon_rpm,
+        "naive requests/min": naive_rpm,
+        "degradation level at the end": level,
+        "change -> daemon commit p50 s": statistics.median(lat["detected"] or [float("nan")]),
+        "change -> daemon commit p99 s": pct(lat["detected"], 0.99),
+        "change -> webhook received p50 s": statistics.median(lat["delivered"] or [float("nan")]),
+        "change -> webhook received p99 s": pct(lat["delivered"], 0.99),
+        "all changes -> webhook received p99 s": pct(every, 0.99),
+        "new batch -> first commit p99 s": pct(lat["first_detected"], 0.99),
+        "new batch -> first webhook p99 s": pct(lat["first_delivered"], 0.99),
+        "batches with no event": float(len(lat["first_missing"])),
+        "peak RSS MB": rss_mb,
+    }
 
 
 def main() -> None:
@@ -341,7 +359,21 @@ def main() -> None:
     parser.add_argument("--max-window", type=float, default=1500.0, help="longest window, s")
     parser.add_argument("--min-duration", type=float, default=10.0, help="job duration, min s")
     parser.add_argument("--max-duration", type=float, default=120.0, help="job duration, max s")
+    parser.add_argument("--runs", type=int, default=3, help="whole runs; medians reported")
     args = parser.parse_args()
+    figures = [run_once(args, n + 1) for n in range(args.runs)]
+    if args.runs > 1:
+        print(f"\nmedians of {args.runs} runs (each a fresh simulator, store and daemon):")
+        for name in figures[0]:
+            values = [f[name] for f in figures]
+            shown = " ".join(f"{v:.2f}" for v in values)
+            print(f"  {name:<44} {statistics.median(values):9.2f}   runs: {shown}")
+
+
+def run_once(args: argparse.Namespace, n: int) -> dict[str, float]:
+    """One whole run: a fresh simulator, store, daemon and naive poller; its report printed,
+    its headline figures returned."""
+    print(f"\n== run {n} of {args.runs}, load average {os.getloadavg()[0]:.1f} ==")
     sim_port, http_port, hook_port = free_port(), free_port(), free_port()
     sim, sim_url = start_simulator_process(sim_port, args.history, TOKEN)
     with tempfile.TemporaryDirectory() as state_dir:
@@ -374,7 +406,8 @@ def main() -> None:
                 sim.terminate()
                 sim.wait(timeout=60)
         naive = orjson.loads(naive_out.read_bytes())
-    report(args, result, latencies(result, receiver, naive), naive, rss_mb)
+    lat = latencies(result, receiver, naive)
+    return report(args, result, lat, naive, rss_mb)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,13 @@ jobs and staged in the store; `job.vanished` and `batch.completed` are worked ou
 the recorder, and everything lands in ONE transaction (`commit_sweep`). A sweep that fails part
 way commits nothing.
 
-Batches with non-terminal jobs (or watched through the API) form the active set, polled one by
-one (`GET /2.0/docgen_batch_jobs/{id}`) every active interval: the request cost grows with the
-active batches, not with the history. The process keeps only the active set's ids in memory.
+Batches with non-terminal jobs (or watched through the API) form the active set, polled every
+active interval: one by one (`GET /2.0/docgen_batch_jobs/{id}`), or, when the listing proves
+newest-first and its head down to the oldest open job costs fewer pages than the batches would
+cost polls, by reading that head once (`monitor.discovery.HeadWindow`). Either way the request
+cost grows with the active jobs, not with the history. Each batch is still polled on its own
+every `DIRECT_POLL_EVERY_S`, for jobs a listing may not show. The process keeps only the active
+set's ids in memory.
 
 The poller decides what to read and builds complete observations; every commit is the
 `Recorder`'s (`monitor/recorder.py`): the poller's store role cannot commit."""
@@ -20,6 +24,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
@@ -29,7 +34,7 @@ from monitor.box.errors import BoxAuthError, BoxError, BoxNotFound
 from monitor.box.listing import InvalidEntry, ListingPage
 from monitor.box.models import DocGenJob, ListedJob
 from monitor.diff import drop_regressions, snapshot_changes
-from monitor.discovery import NewestFirst
+from monitor.discovery import HeadWindow, NewestFirst, created_s
 from monitor.identity import IdentityGuard
 from monitor.metrics import Metrics
 from monitor.model import (
@@ -41,12 +46,13 @@ from monitor.model import (
     Observed,
     is_terminal,
 )
-from monitor.recorder import Recorder, StagedSweep
+from monitor.recorder import Recorded, Recorder, StagedSweep
 from monitor.store.base import PollStore
 from monitor.store.rows import NO_TEXTS, texts_json
 from monitor.vanish import plan_vanish
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 #: Batches polled at once in one active round (each is one request from the budget).
 ACTIVE_CONCURRENCY = 8
@@ -67,6 +73,11 @@ WATCH_RETRY_MAX_S = 60.0
 #: Pages one discovery reads at most (a flood of new jobs beyond them waits for the next read,
 #: which starts at the head again, or for the sweep).
 DISCOVER_MAX_PAGES = 20
+#: An active round reads at most this many pages of the listing's head in place of batch polls.
+WINDOW_MAX_PAGES = 50
+#: A batch the head window covers is still polled on its own this often (a job of it the
+#: listing does not show would otherwise wait for the batch's end).
+DIRECT_POLL_EVERY_S = 60.0
 #: An unknown status is logged cut to this many characters, and only the first this many.
 MAX_STATUS_LOG_CHARS = 64
 MAX_UNKNOWN_LOGGED = 50
@@ -158,6 +169,11 @@ class _Active:
     tries: int = 0  # polls of such a batch that found nothing
     next_try_at: float = 0.0
     templates: frozenset[str] = frozenset()  # its jobs' template files (empty: not polled yet)
+    #: `created_at` (unix s) of its oldest job not terminal, as stored (None: not known yet)
+    open_since: float | None = None
+    #: When it was last polled on its own, or joined the set from a read of the head
+    #: (monotonic); -inf: it is polled on its own first (its open jobs are not known)
+    direct_at: float = float("-inf")
 
     @property
     def pending(self) -> bool:
@@ -205,6 +221,9 @@ class Poller:
         self.active: dict[str, _Active] = {}
         self.watched: set[str] = set()  # active batches that came through `watch` (the page)
         self.last_sweep_requests = 0
+        self.last_round_requests: int | None = None  # Box requests of the last active round
+        #: When an active round last read the head in a window that held (monotonic).
+        self.window_read_at = float("-inf")
         #: Why the last complete sweep was refused as a mass change (None: it was not).
         self.refusal: str | None = None
         self._baseline_done = False
@@ -459,23 +478,21 @@ class Poller:
                 requests += 1
                 self._note_invalid(page.invalid)
                 ordered = proof.check(page.entries)
-                found, reached_known = await self._record_head(page.entries)
-                events += found
+                recorded, reached_known = await self._record_head(page.entries)
+                events += recorded.events if recorded is not None else ()
                 if not ordered or reached_known or requests >= DISCOVER_MAX_PAGES:
                     break
         self._head_read_at = self.monotonic()
-        if proof.holds != self._newest_first:
-            log.info("listing_order", newest_first=proof.holds,
-                     effect=None if proof.holds else "discovery reads the head page only")
-        self._newest_first = proof.holds
-        self.metrics.listing_newest_first.set(1 if proof.holds else 0)
+        self._note_order(proof.holds)
         self.metrics.poll_duration.labels("discover").observe(time.perf_counter() - started)
         return DiscoverResult(tuple(events), requests, proof.holds)
 
-    async def _record_head(self, entries: Sequence[ListedJob]) -> tuple[tuple[Event, ...], bool]:
-        """Record the jobs of one page of the head that are new or changed; (their events,
-        whether the page holds a job that was known before this read). An id listed twice is
-        left to the sweep, which reads it by id."""
+    async def _record_head(
+        self, entries: Sequence[ListedJob]
+    ) -> tuple[Recorded | None, bool]:
+        """Record the jobs of the head that are new or changed; (what was recorded, None when
+        nothing was, and whether a job listed was known before this read). An id listed twice
+        is left to the sweep, which reads it by id."""
         self._note_unknown_statuses(
             (e["status"], e["id"]) for e in entries if e["status"] not in KNOWN_STATUSES
         )
@@ -493,14 +510,30 @@ class Poller:
         if behind:
             self.metrics.listing_regressions.inc(len(behind))
         if not fresh:
-            return (), bool(observed)
+            return None, bool(observed)
         recorded = await self.recorder.record_head(fresh)
         now = self.monotonic()
-        for job in recorded.snapshot.values():
-            if not is_terminal(job.status):
-                self.active.setdefault(job.batch_id, _Active(observed_at=now))
+        for batch_id, jobs in _grouped(recorded.snapshot.values(), _job_batch).items():
+            if any(not is_terminal(j.status) for j in jobs):
+                active = self.active.setdefault(
+                    batch_id, _Active(observed_at=now, direct_at=now)
+                )
+                active.open_since = _open_since(jobs)
         self.metrics.active_batches.set(len(self.active))
-        return recorded.events, bool(observed)
+        return recorded, bool(observed)
+
+    def _note_order(self, newest_first: bool) -> None:
+        """What the last read of the head proved about the listing's order."""
+        if newest_first != self._newest_first:
+            log.info(
+                "listing_order",
+                newest_first=newest_first,
+                effect=None if newest_first else (
+                    "discovery reads the head page only; active batches are polled one by one"
+                ),
+            )
+        self._newest_first = newest_first
+        self.metrics.listing_newest_first.set(1 if newest_first else 0)
 
     def discovery_lag_s(self) -> float:
         """Seconds since the head of the listing was last read (by discovery or a
@@ -536,9 +569,13 @@ class Poller:
     @property
     def batches_per_round(self) -> int:
         """Polls of one active round at most, for the budget plan: every batch Box lists, and
-        at most `WATCH_POLLS_PER_ROUND` of those it does not list yet."""
+        at most `WATCH_POLLS_PER_ROUND` of those it does not list yet; fewer when the last
+        round's head window stood in for most of them (its pages and the polls beside it)."""
         pending = self.watched_count
-        return len(self.active) - pending + min(pending, WATCH_POLLS_PER_ROUND)
+        direct = len(self.active) - pending + min(pending, WATCH_POLLS_PER_ROUND)
+        if self._newest_first and self.last_round_requests is not None:
+            return min(direct, self.last_round_requests)
+        return direct
 
     def _round(self, now: float, fresh_s: float = 0.0) -> list[str]:
         """This round's batches: every listed one (oldest observation first), then the pending
@@ -564,6 +601,8 @@ class Poller:
             return 0  # the first sweep records the baseline; nothing to compare against yet
         started = time.perf_counter()
         order = self._round(self.monotonic(), fresh_s)
+        covered, window_pages = await self._poll_window(order)
+        order = [b for b in order if b not in covered]
         gate = asyncio.Semaphore(ACTIVE_CONCURRENCY)
 
         async def one(batch_id: str) -> bool:
@@ -581,10 +620,73 @@ class Poller:
                 return True
 
         results = await asyncio.gather(*(one(b) for b in order))
-        if order:
+        if order or covered:
             self.metrics.poll_duration.labels("active").observe(time.perf_counter() - started)
         self.metrics.active_batches.set(len(self.active))
-        return sum(results)
+        self.last_round_requests = window_pages + len(order)
+        return sum(results) + len(covered)
+
+    async def _poll_window(self, order: Sequence[str]) -> tuple[set[str], int]:
+        """Read the listing's head in place of polling this round's batches one by one, when
+        the listing proved newest-first and it can cost fewer requests; (the batches it
+        covered, pages read). Nothing is covered when the read fails or the order breaks: those
+        batches are polled on their own this round."""
+        now = self.monotonic()
+        targets: dict[str, float] = {}
+        for batch_id in order:
+            entry = self.active[batch_id]
+            if (
+                entry.open_since is not None
+                and not entry.pending
+                and now - entry.direct_at < DIRECT_POLL_EVERY_S
+            ):
+                targets[batch_id] = entry.open_since
+        if not self._newest_first or len(targets) < 2:
+            return set(), 0
+        window = HeadWindow(targets, min(WINDOW_MAX_PAGES, len(targets) - 1))
+        entries: list[ListedJob] = []
+        pages = self.box.iter_job_listing(self.page_size, priority=Priority.ACTIVE)
+        try:
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    self._note_invalid(page.invalid)
+                    entries += page.entries
+                    if not window.take(page.entries):
+                        break
+                else:
+                    window.end()
+            recorded, _ = await self._record_head(entries)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.polls.labels("window", "error").inc()
+            if not isinstance(exc, BoxAuthError):
+                log.warning("head_window_failed", error=f"{type(exc).__name__}: {exc}")
+            return set(), window.pages
+        self.metrics.polls.labels("window", "ok").inc()
+        self._note_order(window.proof.holds)
+        self._head_read_at = max(self._head_read_at, now)
+        if window.proof.holds:
+            self.window_read_at = now
+        covered = window.covered()
+        self._settle_covered(covered, recorded, now)
+        return covered, window.pages
+
+    def _settle_covered(self, covered: set[str], recorded: Recorded | None, now: float) -> None:
+        """Batches a head window covered: observed now, with what the window recorded of them
+        (detection latency, the webhook health check, and whether they are done)."""
+        rows = _grouped(recorded.snapshot.values(), _job_batch) if recorded is not None else {}
+        events = _grouped(recorded.events, _event_batch) if recorded is not None else {}
+        for batch_id in covered:
+            entry = self.active.get(batch_id)
+            if entry is None:
+                continue
+            since = entry.observed_at
+            if batch_id in rows:
+                self._settle(batch_id, rows[batch_id], now, direct=False)
+            else:
+                entry.observed_at = now  # read, and unchanged
+            self._found_by_active(batch_id, events.get(batch_id, ()), since)
 
     async def poll_batch(
         self, batch_id: str, *, found_by: str = FOUND_BY_ACTIVE, since: float | None = None
@@ -611,14 +713,20 @@ class Poller:
         else:
             recorded = await self.recorder.record_batch(batch_id, jobs)
         self._settle(batch_id, recorded.snapshot.values(), self.monotonic())
-        self._observe_found(found_by, recorded.events, since)
-        if found_by == FOUND_BY_ACTIVE and self.on_changes_found is not None:
-            # A new job is no status change (Box notifies when generation starts): only
-            # status changes tell whether notifications keep up.
-            moved = sum(1 for e in recorded.events if e.type is EventType.JOB_STATUS_CHANGED)
-            if moved:
-                self.on_changes_found(batch_id, moved)
+        if found_by == FOUND_BY_ACTIVE:
+            self._found_by_active(batch_id, recorded.events, since)
+        else:
+            self._observe_found(found_by, recorded.events, since)
         return recorded.events
+
+    def _found_by_active(self, batch_id: str, events: Sequence[Event], since: float | None) -> None:
+        """What a periodic poll found of one batch: its detection latency, and the status
+        changes told to the webhook health check (a new job is no status change: Box notifies
+        when generation starts)."""
+        self._observe_found(FOUND_BY_ACTIVE, events, since)
+        moved = sum(1 for e in events if e.type is EventType.JOB_STATUS_CHANGED)
+        if moved and self.on_changes_found is not None:
+            self.on_changes_found(batch_id, moved)
 
     def _observe_found(self, found_by: str, events: Sequence[Event], since: float | None) -> int:
         """Detection latency of each job change in `events`, from `since` (monotonic) to now:
@@ -640,14 +748,20 @@ class Poller:
             if not entry.templates or template_file_id in entry.templates
         ]
 
-    def _settle(self, batch_id: str, jobs: Iterable[JobState], now: float) -> None:
-        """Keep the batch active while any job is not terminal (or a watch has not expired)."""
+    def _settle(
+        self, batch_id: str, jobs: Iterable[JobState], now: float, *, direct: bool = True
+    ) -> None:
+        """Keep the batch active while any job is not terminal (or a watch has not expired);
+        `jobs` are all its stored rows, read on its own (`direct`) or by a head window."""
         entry = self.active.setdefault(batch_id, _Active(observed_at=now))
         entry.observed_at = now
+        if direct:
+            entry.direct_at = now
         listed = list(jobs)
         if listed:
             entry.watched_until = None  # Box knows it now; its jobs decide
             entry.templates = frozenset(j.template_file_id for j in listed)
+            entry.open_since = _open_since(listed)
             if all(is_terminal(j.status) for j in listed):
                 del self.active[batch_id]
         elif entry.watched_until is None or now >= entry.watched_until:
@@ -714,6 +828,38 @@ class Poller:
                 treated_as="non-terminal",
                 metric_label="unknown",
             )
+
+
+def _grouped(items: Iterable[_T], batch_of: Callable[[_T], str | None]) -> dict[str, list[_T]]:
+    """`items` by batch id (those of no batch left out)."""
+    grouped: dict[str, list[_T]] = {}
+    for item in items:
+        batch_id = batch_of(item)
+        if batch_id is not None:
+            grouped.setdefault(batch_id, []).append(item)
+    return grouped
+
+
+def _job_batch(job: JobState) -> str:
+    return job.batch_id
+
+
+def _event_batch(event: Event) -> str | None:
+    return event.batch_id
+
+
+def _open_since(jobs: Iterable[JobState]) -> float | None:
+    """`created_at` (unix s) of the oldest job not terminal; None when there is none, or when
+    one has no readable `created_at` (no head window can then tell it was read)."""
+    oldest_s: float | None = None
+    for job in jobs:
+        if is_terminal(job.status):
+            continue
+        at_s = created_s(job.created_at)
+        if at_s is None:
+            return None
+        oldest_s = at_s if oldest_s is None else min(oldest_s, at_s)
+    return oldest_s
 
 
 def _lone_straggler(batch: dict[str, JobState]) -> str | None:

@@ -134,9 +134,10 @@ class PollSchedule:
         """Fit the intervals to the budget (stretch the sweep first, then active polls)."""
         poll = self.config
         rate = self.budget.rate_rpm if self.budget is not None else float("inf")
-        # Discovery's reads, spread over active rounds, count like that many more batches.
-        discover_per_round = self._discover_requests * poll.active_interval / (
-            self.discover_interval_s
+        # Discovery's reads, spread over active rounds, count like that many more batches
+        # (none while the rounds read the head themselves).
+        discover_per_round = 0.0 if self._rounds_read_head() else (
+            self._discover_requests * poll.active_interval / self.discover_interval_s
         )
         plan = plan_intervals(
             rate,
@@ -163,6 +164,12 @@ class PollSchedule:
         """The configured discover interval (default: the active interval)."""
         configured = self.config.discover_interval
         return configured if configured is not None else self.config.active_interval
+
+    def _rounds_read_head(self) -> bool:
+        """Active rounds read the listing's head themselves (a head window in the last
+        round or so): discovery would read it again for nothing."""
+        since_s = self.monotonic() - self.poller.window_read_at
+        return since_s < 1.5 * self.active_interval_s()
 
     def _due(self, last_started: float, interval_s: float, tick_s: float) -> bool:
         # Ticks come every `tick_s`; a stretched interval skips ticks until it has passed.
@@ -211,7 +218,9 @@ class PollSchedule:
         self.metrics.discovery_lag.set(self.poller.discovery_lag_s())
         tick_s = self.discover_interval_s
         stretch = self.plan.active_interval_s / self.config.active_interval
-        if not self._due(self._last_discover_started, tick_s * max(1.0, stretch), tick_s):
+        if self._rounds_read_head() or not self._due(
+            self._last_discover_started, tick_s * max(1.0, stretch), tick_s
+        ):
             return
         self._last_discover_started = self.monotonic()
         self._discover_task = asyncio.current_task()
