@@ -36,6 +36,7 @@ from monitor.box.models import DocGenJob, ListedJob
 from monitor.diff import drop_regressions, snapshot_changes
 from monitor.discovery import HeadWindow, NewestFirst, created_s
 from monitor.identity import IdentityGuard
+from monitor.listed import ListingMatch, listed_job_state, listed_observed, listed_row
 from monitor.metrics import Metrics
 from monitor.model import (
     KNOWN_STATUSES,
@@ -43,12 +44,11 @@ from monitor.model import (
     EventType,
     JobState,
     Observation,
-    Observed,
     is_terminal,
 )
 from monitor.recorder import Recorded, Recorder, StagedSweep
 from monitor.store.base import PollStore
-from monitor.store.rows import NO_TEXTS, texts_json
+from monitor.store.rows import job_to_row
 from monitor.vanish import plan_vanish
 
 log = structlog.get_logger(__name__)
@@ -108,39 +108,6 @@ def job_state(job: DocGenJob) -> JobState:
         errors=tuple(job.failures.errors) if job.failures is not None else (),
         warnings=tuple(job.failures.warnings) if job.failures is not None else (),
         template_file_version_id=job.template_file_version.id,
-    )
-
-
-def listed_job_state(job: ListedJob) -> JobState:
-    output_file = job.get("output_file")
-    failures = job.get("failures")
-    return JobState(  # positional: a baseline builds one per job of the account
-        job["id"],
-        job["batch_id"],
-        job["status"],
-        job["template_file_id"],
-        job["output_type"],
-        output_file["id"] if output_file is not None else None,
-        job.get("created_at"),
-        job["created_by_id"],
-        errors=tuple(failures["errors"]) if failures else (),
-        warnings=tuple(failures["warnings"]) if failures else (),
-        template_file_version_id=job.get("template_file_version_id"),
-    )
-
-
-def listed_observed(job: ListedJob) -> Observed:
-    """`observed_of(listed_job_state(job))`, read on the raw entry (no JobState built)."""
-    output_file = job.get("output_file")
-    failures = job.get("failures")
-    return (
-        job["status"],
-        job["batch_id"],
-        job["template_file_id"],
-        job["output_type"],
-        output_file["id"] if output_file is not None else None,
-        texts_json(failures["errors"]) if failures else NO_TEXTS,
-        texts_json(failures["warnings"]) if failures else NO_TEXTS,
     )
 
 
@@ -256,15 +223,16 @@ class Poller:
         first = await self.recorder.needs_baseline()
         silent = self.recorder.silent(first)
         staged_sweep = StagedSweep(await self.store.sweep_begin(), self.clock(), first)
+        match = ListingMatch(await self.store.sweep_fingerprints())
         jobs_seen = requests = invalid = 0
         async for page in _prefetch(self.box.iter_job_listing(self.page_size), PREFETCH_PAGES):
             requests += 1
             jobs_seen += len(page.entries)
             invalid += self._note_invalid(page.invalid)
-            await self._stage_page(staged_sweep, page.entries, keep=not silent)
-        requests += await self._settle_conflicts(staged_sweep, keep=not silent)
+            await self._stage_page(staged_sweep, page.entries, match, keep=not silent)
+        requests += await self._settle_conflicts(staged_sweep, match, keep=not silent)
         if not invalid:  # a listing with an entry set aside is not complete: it vanishes nothing
-            requests += await self._judge_missing(staged_sweep, keep=not silent)
+            requests += await self._judge_missing(staged_sweep, match, keep=not silent)
         events = await self.recorder.record_sweep(staged_sweep)
         now = self.monotonic()
         self._observe_found(FOUND_BY_SWEEP, events, self._last_sweep_at)
@@ -289,17 +257,37 @@ class Poller:
         return SweepResult(events, jobs_seen, requests, silent)
 
     async def _stage_page(
-        self, sweep: StagedSweep, entries: Sequence[ListedJob], *, keep: bool
+        self,
+        sweep: StagedSweep,
+        entries: Sequence[ListedJob],
+        match: ListingMatch,
+        *,
+        keep: bool,
     ) -> None:
         """Diff one page against the stored rows of its jobs and stage what changed; `keep`
         the changed rows (and their stored rows) when events will be built from them."""
         self._note_unknown_statuses(
             (e["status"], e["id"]) for e in entries if e["status"] not in KNOWN_STATUSES
         )
+        if match.empty and not keep:  # a first silent baseline: every job is new, at seq 1
+            rows = [(listed_row(e, 1, sweep.started_at), 0) for e in entries]
+            listed = [(e["id"], e["status"]) for e in entries]
+            await self.store.sweep_stage(sweep.generation, listed, rows)
+            return
+        # Most jobs of a steady sweep are unchanged: recognised by their fingerprint, they are
+        # neither read nor turned into JobStates. The others are compared with what their
+        # rows hold, and the changed ones go through the pure diff.
+        entries = match.unmatched(entries)
+        if not entries:
+            return
         observed = await self.store.load_observed([e["id"] for e in entries])
-        # Most jobs of a steady sweep are unchanged: recognised by comparing the entry with what
-        # their row holds, they never become JobStates; the rest go through the pure diff.
-        changed = [e for e in entries if observed.get(e["id"]) != listed_observed(e)]
+        changed = []
+        for entry in entries:
+            row = observed.get(entry["id"])
+            if row != listed_observed(entry):
+                changed.append(entry)
+                if row is not None and row[0] != entry["status"]:
+                    match.contest(entry["id"], row)
         seen = [(e["id"], e["status"]) for e in entries]
         if not changed:
             await self.store.sweep_stage(sweep.generation, seen, [])
@@ -335,7 +323,8 @@ class Poller:
             for j in changes.upserts
             if j.id not in sweep.changed
         ]
-        await self.store.sweep_stage(sweep.generation, seen, staged)
+        rows = [(job_to_row(job), base) for job, base in staged]
+        await self.store.sweep_stage(sweep.generation, seen, rows)
         if keep:
             for job, _ in staged:
                 sweep.changed[job.id] = job
@@ -344,11 +333,13 @@ class Poller:
 
     # -- what a listing cannot settle alone ----------------------------------------------------
 
-    async def _settle_conflicts(self, sweep: StagedSweep, *, keep: bool) -> int:
+    async def _settle_conflicts(
+        self, sweep: StagedSweep, match: ListingMatch, *, keep: bool
+    ) -> int:
         """Ids the listing showed with different statuses are read by id (up to the confirm
         cap): Box's answer is recorded, never one of the copies; an id that cannot be read
         stays as it was. Returns the requests made."""
-        conflicts = sorted(await self.store.sweep_conflicts(sweep.generation))
+        conflicts = sorted(await self.store.sweep_conflicts(sweep.generation) | match.conflicts())
         if not conflicts:
             return 0
         self.metrics.listing_conflicts.inc(len(conflicts))
@@ -364,11 +355,17 @@ class Poller:
         )
         return len(to_read)
 
-    async def _judge_missing(self, sweep: StagedSweep, *, keep: bool) -> int:
+    async def _judge_missing(
+        self, sweep: StagedSweep, match: ListingMatch, *, keep: bool
+    ) -> int:
         """The jobs this complete listing missed: read by id (404 = gone, 200 = the listing
         shifted and Box's answer is recorded), held as suspects beyond the cap, or, when too many
         are missing, refused as a mass change. Returns the requests made."""
-        missing = await self.store.sweep_unseen(sweep.generation, sweep.started_at)
+        among = match.unseen_among()
+        missing = (
+            {} if among is None
+            else await self.store.sweep_unseen(sweep.generation, sweep.started_at, among)
+        )
         if sweep.baseline:  # a new baseline records what Box lists now, silently
             sweep.gone, sweep.suspects = set(missing), {}
             self._clear_refusal()

@@ -1,6 +1,8 @@
-"""The sweep recognises unchanged jobs by comparing a listing entry with what the job's row holds
-(`listed_observed` against `load_observed`), without building a JobState; that comparison must
-agree with `JobState.same_observation` on every input, and every field it compares must count."""
+"""The sweep recognises unchanged jobs by a listing entry's fingerprint (or, for a row stored
+without one, by comparing the entry with what the row holds: `listed_observed` against
+`load_observed`), without building a JobState; both must agree with `JobState.same_observation` on
+every input, and every field they compare must count. A first baseline builds its rows straight
+from the entries: they must be the rows of the JobStates."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from hypothesis import strategies as st
 
 from monitor.box.listing import parse_listing
 from monitor.box.models import ListedJob
-from monitor.poller import listed_job_state, listed_observed
-from monitor.store.rows import observed_of
+from monitor.listed import listed_fingerprint, listed_job_state, listed_observed, listed_row
+from monitor.store.rows import fingerprint, job_to_row, observed_of
 
 texts = st.lists(st.sampled_from(["missing tag", "bad template", "<!channel>", "é \"q\""]),
                  max_size=2)
@@ -91,3 +93,26 @@ def test_each_observed_field_makes_the_entry_changed(change: dict[str, Any], cou
     (after,) = read({**BASE, **change})
     assert (listed_observed(after) != observed_of(listed_job_state(before))) is counts
     assert listed_job_state(before).same_observation(listed_job_state(after)) is not counts
+
+
+@given(entries(), entries())
+@settings(max_examples=500)
+def test_fingerprints_are_equal_exactly_when_the_observations_are(
+    stored_entry: dict[str, Any], entry: dict[str, Any]
+) -> None:
+    """What the sweep's fast path relies on: an entry's fingerprint equals its stored row's
+    exactly when nothing it observed differs (a row written by `job_to_row` carries it)."""
+    stored_listed, listed = read(stored_entry, entry)
+    stored = listed_job_state(stored_listed).booked(3, 1.0, 2.0)
+    same = stored.same_observation(listed_job_state(listed))
+    assert (listed_fingerprint(listed) == job_to_row(stored)[-1]) == same
+    assert listed_fingerprint(listed) == fingerprint(listed["id"], listed_observed(listed))
+
+
+@given(entries(), st.integers(1, 5), st.floats(0, 2e9))
+@settings(max_examples=200)
+def test_a_baselines_row_is_the_row_of_the_job_state(
+    entry: dict[str, Any], seq: int, at: float
+) -> None:
+    (listed,) = read(entry)
+    assert listed_row(listed, seq, at) == job_to_row(listed_job_state(listed).booked(seq, at, at))

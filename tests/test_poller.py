@@ -24,6 +24,7 @@ from monitor.notify.router import Router
 from monitor.poller import MAX_STATUS_LOG_CHARS, MAX_UNKNOWN_LOGGED, Poller
 from monitor.recorder import Recorder
 from monitor.simulator import RunningSimulator, SimulatorConfig, TimelineConfig, start_simulator
+from monitor.store.rows import job_to_row
 from monitor.store.sqlite import SQLiteStore
 from monitor.stuck import StuckPolicy
 from tests.harness import TOKEN, SimControl
@@ -293,7 +294,9 @@ async def test_a_sweep_does_not_roll_back_what_an_active_poll_committed_meanwhil
     await poller.poll_batch(batch["batch_id"])
     stored = await rig.store.load_jobs(batch["job_ids"])
     generation = await rig.store.sweep_begin()
-    staged = [(replace(j, status="submitted", seq=j.seq + 1), j.seq) for j in stored.values()]
+    staged = [
+        (job_to_row(replace(j, status="submitted", seq=j.seq + 1)), j.seq) for j in stored.values()
+    ]
     await rig.store.sweep_stage(generation, [(i, "pending") for i in stored], staged)
     await rig.advance_sim(60)
     await poller.poll_batch(batch["batch_id"])  # the outcome, committed while the sweep runs

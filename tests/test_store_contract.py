@@ -7,6 +7,7 @@ database and fails the test if a connection is left open afterwards."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -21,9 +22,10 @@ from monitor.store.base import (
     PendingEdit,
     RoutedEvent,
     Store,
+    TableChunk,
     ThreadRef,
 )
-from monitor.store.rows import observed_of
+from monitor.store.rows import JOB_COLUMNS, ROW_COLUMNS, fingerprint, job_to_row, observed_of
 
 if TYPE_CHECKING:  # the fixture supplies it; no runtime import keeps plain `pytest` working
     from tests.store_fixtures import StoreBackend
@@ -1054,9 +1056,9 @@ async def test_a_staged_sweep_changes_nothing_until_it_commits(store: Store) -> 
     new = job("new", seq=1, first_seen_at=T0 + 10)
     moved = job("kept", status="submitted", seq=2, first_seen_at=T0)
     await store.sweep_stage(generation, [("new", "pending"), ("kept", "submitted")],
-                            [(new, 0), (moved, 1)])
+                            [(job_to_row(new), 0), (job_to_row(moved), 1)])
     await store.sweep_stage(generation, [("kept", "failed")],
-                            [(replace(moved, status="failed"), 1)])
+                            [(job_to_row(replace(moved, status="failed")), 1)])
     assert set(await store.load_snapshot()) == {"old", "kept"}
     assert (await store.load_jobs(["kept"]))["kept"].status == "pending"
     assert set(await store.sweep_unseen(generation, T0 + 10)) == {"old"}
@@ -1072,7 +1074,7 @@ async def test_a_staged_sweep_changes_nothing_until_it_commits(store: Store) -> 
 async def test_a_new_sweep_forgets_an_unfinished_one(store: Store) -> None:
     await store.commit(SnapshotChanges(upserts=(job("a", seq=1, first_seen_at=T0),)), [])
     first = await store.sweep_begin()
-    await store.sweep_stage(first, [("a", "pending")], [(job("b", seq=1), 0)])
+    await store.sweep_stage(first, [("a", "pending")], [(job_to_row(job("b", seq=1)), 0)])
     second = await store.sweep_begin()
     assert second > first
     assert set(await store.sweep_unseen(second, T0 + 1)) == {"a"}  # first's marks do not count
@@ -1084,7 +1086,7 @@ async def test_a_staged_row_whose_job_moved_meanwhile_is_skipped(store: Store) -
     await store.commit(SnapshotChanges(upserts=(job("j", seq=1),)), [])
     generation = await store.sweep_begin()
     await store.sweep_stage(generation, [("j", "submitted")],
-                            [(job("j", status="submitted", seq=2), 1)])
+                            [(job_to_row(job("j", status="submitted", seq=2)), 1)])
     await store.commit(SnapshotChanges(upserts=(job("j", status="completed", seq=2),)), [])
     assert await store.sweep_stale_ids() == {"j"}
     await store.commit_sweep(SnapshotChanges(), [])
@@ -1117,7 +1119,7 @@ async def test_a_sweep_that_stages_a_vanished_job_clears_its_vanish_mark(store: 
     await store.commit(SnapshotChanges(upserts=(job("j1", seq=2),)), [])
     await store.commit(SnapshotChanges(removals=("j1",)), [])
     generation = await store.sweep_begin()
-    await store.sweep_stage(generation, [("j1", "pending")], [(job("j1", seq=4), 0)])
+    await store.sweep_stage(generation, [("j1", "pending")], [(job_to_row(job("j1", seq=4)), 0)])
     await store.commit_sweep(SnapshotChanges(), [])
     assert await store.vanished_seqs(["j1"]) == {}
     assert (await store.load_jobs(["j1"]))["j1"].seq == 4
@@ -1135,11 +1137,11 @@ async def test_a_sweep_reports_ids_listed_twice_with_different_statuses(store: S
 async def test_an_unstaged_row_can_be_staged_again_and_the_new_one_counts(store: Store) -> None:
     await store.commit(SnapshotChanges(upserts=(job("j", seq=1, first_seen_at=T0),)), [])
     generation = await store.sweep_begin()
-    await store.sweep_stage(generation, [("j", "submitted")],
-                            [(job("j", status="submitted", seq=2, first_seen_at=T0), 1)])
+    submitted = job("j", status="submitted", seq=2, first_seen_at=T0)
+    await store.sweep_stage(generation, [("j", "submitted")], [(job_to_row(submitted), 1)])
     await store.sweep_unstage(generation, ["j"])
-    await store.sweep_stage(generation, [], [(job("j", status="failed", seq=2,
-                                                  first_seen_at=T0), 1)])
+    await store.sweep_stage(generation, [], [(job_to_row(job("j", status="failed", seq=2,
+                                                             first_seen_at=T0)), 1)])
     assert set(await store.sweep_unseen(generation, T0 + 1)) == set()  # still seen
     await store.commit_sweep(SnapshotChanges(), [])
     assert (await store.load_jobs(["j"]))["j"].status == "failed"
@@ -1158,3 +1160,51 @@ async def test_commit_sweep_replaces_the_suspects_of_jobs_still_in_the_snapshot(
     assert await store.load_suspects() == {"b": T0 + 1}
     await store.commit_sweep(SnapshotChanges(), [], suspects={"c": T0 + 2})
     assert await store.load_suspects() == {"c": T0 + 2}
+
+
+def fingerprint_of(job: JobState) -> int:
+    return fingerprint(job.id, observed_of(job))
+
+
+async def test_schema_v12_fingerprints_the_rows_an_older_build_wrote(
+    store_backend: StoreBackend,
+) -> None:
+    """Every stored job gets the fingerprint of what its row holds (later writes compute their
+    own), so that the first sweep after the upgrade passes over the unchanged ones."""
+    rows = [job(f"j{i}", status="failed", errors=(f"e{i}",), first_seen_at=T0) for i in range(3)]
+
+    async def chunks() -> AsyncIterator[TableChunk]:
+        yield TableChunk("jobs", JOB_COLUMNS, [job_to_row(j)[: len(JOB_COLUMNS)] for j in rows])
+
+    async with store_backend.build(schema_delta=-1) as older:
+        await older.load_tables(chunks(), replace=False)
+    async with store_backend.build() as store:
+        found = await store.sweep_fingerprints()
+        assert sorted(found.fingerprints) == sorted(map(fingerprint_of, rows))
+        assert (found.without, found.vanish_marks, found.empty) == (0, 0, False)
+        assert await store.load_snapshot() == {j.id: j for j in rows}
+
+
+async def test_the_unseen_are_looked_for_among_the_fingerprints_no_entry_matched(
+    store: Store,
+) -> None:
+    a, b, c, d = (job(i, first_seen_at=T0) for i in "abcd")
+    assert (await store.sweep_fingerprints()).empty
+
+    async def chunks() -> AsyncIterator[TableChunk]:
+        yield TableChunk("jobs", ROW_COLUMNS, [job_to_row(j) for j in (a, b, c)])
+        # A row copied without its fingerprint (from elsewhere) is never matched.
+        yield TableChunk("jobs", JOB_COLUMNS, [job_to_row(d)[: len(JOB_COLUMNS)]])
+
+    await store.load_tables(chunks(), replace=False)
+    await store.commit(SnapshotChanges(upserts=(job("gone"),)), [])
+    await store.commit(SnapshotChanges(removals=("gone",)), [])
+    found = await store.sweep_fingerprints()
+    assert sorted(found.fingerprints) == sorted(map(fingerprint_of, (a, b, c)))
+    assert (found.without, found.vanish_marks, found.empty) == (1, 1, False)
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, [("b", "failed")], [])  # b listed changed, c as stored
+    unmatched = [fingerprint_of(a), fingerprint_of(b)]
+    assert set(await store.sweep_unseen(generation, T0 + 1, unmatched)) == {"a", "d"}
+    assert set(await store.sweep_unseen(generation, T0 + 1, [])) == {"d"}
+    assert set(await store.sweep_unseen(generation, T0 + 1)) == {"a", "c", "d"}

@@ -19,6 +19,7 @@ from monitor.model import SnapshotChanges
 from monitor.store import open_store
 from monitor.store.base import Fence, OutboxState, Store
 from monitor.store.postgres import MIGRATIONS, PostgresStore
+from monitor.store.rows import job_to_row
 from tests.harness import wait_until
 from tests.store_fixtures import (
     POSTGRES_URL,
@@ -67,7 +68,7 @@ async def test_sweep_pages_staged_on_different_pooled_connections_all_count(
     await store.commit(SnapshotChanges(upserts=tuple(
         job(f"old{i}", seq=1, first_seen_at=T0) for i in range(8))), [])
     generation = await store.sweep_begin()
-    pages = [([(f"old{i}", "pending")], [(job(f"new{i}", seq=1, first_seen_at=T0), 0)])
+    pages = [([(f"old{i}", "pending")], [(job_to_row(job(f"new{i}", seq=1, first_seen_at=T0)), 0)])
              for i in range(4)]
     await asyncio.gather(*(store.sweep_stage(generation, seen, rows) for seen, rows in pages))
     used = await postgres_admin(
@@ -87,9 +88,9 @@ async def test_two_stores_on_one_schema_keep_their_sweeps_apart(
     await first.open()
     await second.open()
     mine = await first.sweep_begin()
-    await first.sweep_stage(mine, [("a", "pending")], [(job("a", seq=1), 0)])
+    await first.sweep_stage(mine, [("a", "pending")], [(job_to_row(job("a", seq=1)), 0)])
     theirs = await second.sweep_begin()
-    await second.sweep_stage(theirs, [("b", "pending")], [(job("b", seq=1), 0)])
+    await second.sweep_stage(theirs, [("b", "pending")], [(job_to_row(job("b", seq=1)), 0)])
     await first.commit_sweep(SnapshotChanges(), [])
     assert set(await first.load_snapshot()) == {"a"}
     await second.commit_sweep(SnapshotChanges(), [])

@@ -13,6 +13,7 @@ from pathlib import Path
 STAGE_A_LARGE_SWEEP = r"""
 import asyncio, json, os, sys
 from monitor.model import JobState
+from monitor.store.rows import job_to_row
 from monitor.store.sqlite import SQLiteStore
 
 def temp_files():
@@ -34,7 +35,7 @@ async def main(path):
                              template_file_id="t" * 40, output_type="pdf",
                              errors=("x" * 200,)) for i in range(1000)]
             await store.sweep_stage(generation, [(j.id, j.status) for j in jobs],
-                                    [(j, 0) for j in jobs])
+                                    [(job_to_row(j), 0) for j in jobs])
         print(json.dumps(temp_files()))
 
 asyncio.run(main(sys.argv[1]))

@@ -14,7 +14,15 @@ Dialect differences stay inside the backend."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,6 +34,8 @@ from monitor.model import Event, JobState, Observed, SnapshotChanges
 # `mark_failed` keeps at most this many characters of an error text (receivers' error bodies
 # are untrusted and unbounded).
 MAX_ERROR_CHARS = 500
+#: A snapshot row as every backend writes it: `rows.job_to_row`, in `rows.ROW_COLUMNS` order.
+JobRow = tuple[Any, ...]
 
 
 class OutboxState(StrEnum):
@@ -33,6 +43,23 @@ class OutboxState(StrEnum):
     CLAIMED = "claimed"
     DELIVERED = "delivered"
     DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFingerprints:
+    """What a sweep compares a listing with before it reads any row: the fingerprint of each
+    stored job that has one, how many stored jobs have none (their entries are compared with
+    their rows), and how many vanish marks there are (with none, and no job, every listed job
+    is new at `seq` 1)."""
+
+    fingerprints: list[int]
+    without: int
+    vanish_marks: int
+
+    @property
+    def empty(self) -> bool:
+        """No job and no vanish mark is stored: the first baseline of this store."""
+        return not self.fingerprints and not self.without and not self.vanish_marks
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,16 +349,21 @@ class SweepStaging(Protocol):
         `StoreError`. Staging is never durable: it does not survive `close`."""
 
     @abstractmethod
+    async def sweep_fingerprints(self) -> StoredFingerprints:
+        """The fingerprint of every stored job (`rows.fingerprint`), read at a sweep's start:
+        a listing entry whose fingerprint is among them is an unchanged job."""
+
+    @abstractmethod
     async def sweep_stage(
         self,
         generation: int,
         seen: Sequence[tuple[str, str]],
-        staged: Sequence[tuple[JobState, int]],
+        staged: Sequence[tuple[JobRow, int]],
     ) -> None:
         """Record one page of a sweep: the (job id, status) pairs it listed and the rows
-        to write at the end, each with the `seq` the job had when read (0 when new). The
-        snapshot itself is unchanged until `commit_sweep`; a second staging of a job is
-        ignored (the first sighting counts) until `sweep_unstage` forgets it."""
+        to write at the end (`rows.job_to_row`), each with the `seq` the job had when read (0
+        when new). The snapshot itself is unchanged until `commit_sweep`; a second staging of
+        a job is ignored (the first sighting counts) until `sweep_unstage` forgets it."""
 
     @abstractmethod
     async def sweep_conflicts(self, generation: int) -> set[str]:
@@ -344,8 +376,13 @@ class SweepStaging(Protocol):
         them counts."""
 
     @abstractmethod
-    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
-        """Snapshot rows first seen before `seen_before` that no page of this sweep listed."""
+    async def sweep_unseen(
+        self, generation: int, seen_before: float, unmatched: Collection[int] | None = None
+    ) -> dict[str, JobState]:
+        """Snapshot rows first seen before `seen_before` that no page of this sweep listed.
+        With `unmatched`, only among the rows without a fingerprint or with one of these (the
+        caller saw every other stored fingerprint in the listing, so their jobs were listed
+        without being staged)."""
 
     @abstractmethod
     async def sweep_stale_ids(self) -> set[str]:

@@ -57,6 +57,7 @@ from collections.abc import (
     AsyncIterable,
     Awaitable,
     Callable,
+    Collection,
     Iterable,
     Mapping,
     Sequence,
@@ -87,6 +88,7 @@ from monitor.store.base import (
     EventQuery,
     EventRecord,
     Fence,
+    JobRow,
     Lease,
     NotifierActivity,
     OutboxEntry,
@@ -95,6 +97,7 @@ from monitor.store.base import (
     RoutedEvent,
     Silence,
     Store,
+    StoredFingerprints,
     TableChunk,
     ThreadRef,
 )
@@ -103,11 +106,13 @@ from monitor.store.rows import (
     DELIVERY_COLUMNS,
     JOB_COLUMNS,
     OBSERVED_COLUMNS,
+    ROW_COLUMNS,
     SILENCE_COLUMNS,
     copy_target,
     deliveries_by_event,
     entry_from_row,
     event_filters,
+    fingerprints_of,
     job_from_row,
     job_order_sql,
     job_to_row,
@@ -141,7 +146,29 @@ LEASE_LOCK_TIMEOUT_S = 2.0
 RETRY_DELAYS_S = (0.1, 0.4, 1.5, 5.0)
 _STAGE_MAX_AGE_S = 86_400.0  # no sweep runs a day: older staging was left by a dead process
 
-Migration = tuple[str, ...]
+#: A schema step: SQL statements, or a function of the connection for what SQL cannot say.
+Migration = tuple[str | Callable[[_Conn], Awaitable[None]], ...]
+#: Rows a migration that computes in Python reads (and writes) at once.
+_MIGRATE_CHUNK = 10_000
+
+
+async def _fingerprint_jobs(conn: _Conn) -> None:
+    """v12: the fingerprint of every stored job (`rows.fingerprint`; every later write
+    computes its own), a chunk of rows at a time in id order."""
+    sql = (
+        f"SELECT id, {', '.join(OBSERVED_COLUMNS)} FROM jobs "  # noqa: S608 (constant names)
+        "WHERE id > $1 ORDER BY id LIMIT $2"
+    )
+    after = ""
+    while rows := await conn.fetch(sql, after, _MIGRATE_CHUNK):
+        found = fingerprints_of(tuple(row) for row in rows)
+        await conn.execute(
+            "UPDATE jobs SET fingerprint = f.fp FROM unnest($1::bigint[], $2::text[]) "
+            "AS f (fp, id) WHERE jobs.id = f.id",
+            [fp for fp, _ in found],
+            [job_id for _, job_id in found],
+        )
+        after = rows[-1][0]
 
 # The delivered counter (schema v5): one trigger function keeps `outbox_delivered` in step with
 # the rows that enter or leave the delivered state.
@@ -345,6 +372,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE sweep_stage ADD COLUMN template_file_version_id TEXT",
         "CREATE INDEX jobs_template_changed ON jobs (template_file_id, changed_at)",
     ),
+    # v12: the fingerprint of what each job's row observed (a sweep recognises an unchanged
+    # listing entry by it, without reading the row); the staging table follows `jobs`.
+    (
+        "ALTER TABLE jobs ADD COLUMN fingerprint BIGINT",
+        "ALTER TABLE sweep_stage ADD COLUMN fingerprint BIGINT",
+        _fingerprint_jobs,
+    ),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -352,16 +386,19 @@ _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
     applied_at DOUBLE PRECISION NOT NULL
 )"""
 
-_JOB_TYPES = {"seq": "bigint", "first_seen_at": "float8", "changed_at": "float8"}
-_JOB_LIST = ", ".join(JOB_COLUMNS)
+_JOB_TYPES = {
+    "seq": "bigint", "first_seen_at": "float8", "changed_at": "float8", "fingerprint": "bigint"
+}
+_JOB_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"  # noqa: S608 (constant names)
+# What a write gives each row (`rows.job_to_row`): JobState's fields and the fingerprint.
+_JOB_LIST = ", ".join(ROW_COLUMNS)
 _JOB_ARRAYS = ", ".join(
-    f"${i}::{_JOB_TYPES.get(c, 'text')}[]" for i, c in enumerate(JOB_COLUMNS, start=1)
+    f"${i}::{_JOB_TYPES.get(c, 'text')}[]" for i, c in enumerate(ROW_COLUMNS, start=1)
 )
-_JOB_SELECT = f"SELECT {_JOB_LIST} FROM jobs"  # noqa: S608 (constant names)
 _OBSERVED_SELECT = (
     f"SELECT id, {', '.join(OBSERVED_COLUMNS)} FROM jobs WHERE id = ANY($1::text[])"  # noqa: S608
 )
-_JOB_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in JOB_COLUMNS if c != "id")
+_JOB_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in ROW_COLUMNS if c != "id")
 _JOB_UPSERT = (
     f"INSERT INTO jobs ({_JOB_LIST}) SELECT * FROM unnest({_JOB_ARRAYS}) "  # noqa: S608
     f"ON CONFLICT (id) DO UPDATE SET {_JOB_SET}"
@@ -373,8 +410,8 @@ _JOBS_IN = (
     f"INSERT INTO jobs ({_JOB_LIST}) SELECT {_JOB_LIST} FROM jobs_in "  # noqa: S608
     f"ON CONFLICT (id) DO UPDATE SET {_JOB_SET}",
 )
-_BASE_SEQ_ARG = len(JOB_COLUMNS) + 1
-_GENERATION_ARG = len(JOB_COLUMNS) + 2
+_BASE_SEQ_ARG = len(ROW_COLUMNS) + 1
+_GENERATION_ARG = len(ROW_COLUMNS) + 2
 _STAGE_INSERT = (
     f"INSERT INTO sweep_stage (generation, {_JOB_LIST}, base_seq) "  # noqa: S608
     f"SELECT ${_GENERATION_ARG}::bigint, * FROM unnest({_JOB_ARRAYS}, ${_BASE_SEQ_ARG}::bigint[]) "
@@ -385,7 +422,7 @@ _STAGE_INSERT = (
 _STAGE_FRESH = "COALESCE((SELECT j.seq FROM jobs j WHERE j.id = s.id), 0) = s.base_seq"
 _STAGE_APPLY = (
     f"INSERT INTO jobs ({_JOB_LIST}) "  # noqa: S608 (constant names)
-    f"SELECT {', '.join('s.' + c for c in JOB_COLUMNS)} FROM sweep_stage s "
+    f"SELECT {', '.join('s.' + c for c in ROW_COLUMNS)} FROM sweep_stage s "
     f"WHERE s.generation = $1 AND {_STAGE_FRESH} "
     f"ON CONFLICT (id) DO UPDATE SET {_JOB_SET}"
 )
@@ -561,10 +598,12 @@ _BACKEND_ERRORS: tuple[type[BaseException], ...] = (
 
 def _job_columns(jobs: Iterable[JobState]) -> list[list[Any]]:
     """One array per column of `jobs` (the last sighting of an id wins), for `unnest`."""
-    rows = {job.id: job_to_row(job) for job in jobs}
-    return [list(column) for column in zip(*rows.values(), strict=True)] or [
-        [] for _ in JOB_COLUMNS
-    ]
+    return _row_columns({job.id: job_to_row(job) for job in jobs}.values())
+
+
+def _row_columns(rows: Iterable[JobRow]) -> list[list[Any]]:
+    """One array per column (`ROW_COLUMNS`) of these rows, for `unnest`."""
+    return [list(column) for column in zip(*rows, strict=True)] or [[] for _ in ROW_COLUMNS]
 
 
 def _row_count(status: str) -> int:
@@ -640,7 +679,7 @@ async def _upsert_jobs(conn: _Conn, columns: list[list[Any]]) -> None:
     create, apply = _JOBS_IN
     await conn.execute(create)
     await conn.copy_records_to_table(
-        "jobs_in", records=zip(*columns, strict=True), columns=list(JOB_COLUMNS)
+        "jobs_in", records=zip(*columns, strict=True), columns=list(ROW_COLUMNS)
     )
     await conn.execute(apply)
 
@@ -746,7 +785,10 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
                 if version == known:
                     return
                 for statement in self.migrations[version]:
-                    await conn.execute(statement)
+                    if isinstance(statement, str):
+                        await conn.execute(statement)
+                    else:
+                        await statement(conn)
                 await conn.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
                     version + 1,
@@ -1426,24 +1468,33 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
         if generation != self._sweep_generation:
             raise StoreError(f"sweep {generation} was superseded by {self._sweep_generation}")
 
+    async def sweep_fingerprints(self) -> StoredFingerprints:
+        async def fn(conn: _Conn) -> StoredFingerprints:
+            found = [row[0] for row in await conn.fetch("SELECT fingerprint FROM jobs")]
+            known = [fp for fp in found if fp is not None]
+            marks = int(await conn.fetchval("SELECT COUNT(*) FROM vanished"))
+            return StoredFingerprints(known, len(found) - len(known), marks)
+
+        return await self._read("sweep_fingerprints", fn)
+
     async def sweep_stage(
         self,
         generation: int,
         seen: Sequence[tuple[str, str]],
-        staged: Sequence[tuple[JobState, int]],
+        staged: Sequence[tuple[JobRow, int]],
     ) -> None:
         self._check_generation(generation)
         # One row per id and statement (ON CONFLICT cannot touch a row twice): the first status
         # counts, a repeat with another one within the page is a conflict already.
         listed: dict[str, list[Any]] = {}
         for job_id, status in seen:
-            row = listed.setdefault(job_id, [status, False])
-            row[1] = row[1] or row[0] != status
+            pair = listed.setdefault(job_id, [status, False])
+            pair[1] = pair[1] or pair[0] != status
         # The first staging of a job counts: keep each id's first row.
-        first: dict[str, tuple[JobState, int]] = {}
-        for job, base in staged:
-            first.setdefault(job.id, (job, base))
-        columns = _job_columns(job for job, _ in first.values())
+        first: dict[str, tuple[JobRow, int]] = {}
+        for row, base in staged:
+            first.setdefault(row[0], (row, base))
+        columns = _row_columns(row for row, _ in first.values())
         bases = [base for _, base in first.values()]
 
         async def fn(conn: _Conn) -> None:
@@ -1459,15 +1510,24 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
 
         await self._write("sweep_stage", fn)
 
-    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
+    async def sweep_unseen(
+        self, generation: int, seen_before: float, unmatched: Collection[int] | None = None
+    ) -> dict[str, JobState]:
         self._check_generation(generation)
+        among = ""
+        args: list[Any] = [seen_before, generation]
+        if unmatched is not None:
+            among = (
+                " AND (fingerprint IS NULL OR fingerprint IN (SELECT unnest($3::bigint[])))"
+            )
+            args.append(list(unmatched))
 
         async def fn(conn: _Conn) -> dict[str, JobState]:
             sql = (
-                f"{_JOB_SELECT} WHERE first_seen_at < $1 AND NOT EXISTS "  # noqa: S608
+                f"{_JOB_SELECT} WHERE first_seen_at < $1{among} AND NOT EXISTS "  # noqa: S608
                 "(SELECT 1 FROM sweep_seen s WHERE s.generation = $2 AND s.id = jobs.id)"
             )
-            rows = await conn.fetch(sql, seen_before, generation)
+            rows = await conn.fetch(sql, *args)
             return {row[0]: job_from_row(row) for row in rows}
 
         return await self._read("sweep_unseen", fn)

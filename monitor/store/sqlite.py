@@ -36,6 +36,7 @@ from collections.abc import (
     AsyncIterable,
     Awaitable,
     Callable,
+    Collection,
     Iterable,
     Iterator,
     Mapping,
@@ -65,6 +66,7 @@ from monitor.store.base import (
     EventQuery,
     EventRecord,
     Fence,
+    JobRow,
     Lease,
     NotifierActivity,
     OutboxEntry,
@@ -73,6 +75,7 @@ from monitor.store.base import (
     RoutedEvent,
     Silence,
     Store,
+    StoredFingerprints,
     TableChunk,
     ThreadRef,
 )
@@ -86,8 +89,10 @@ from monitor.store.rows import (
     job_order_sql,
 )
 from monitor.store.rows import JOB_COLUMNS as _JOB_COLUMNS
+from monitor.store.rows import ROW_COLUMNS as _ROW_COLUMNS
 from monitor.store.rows import deliveries_by_event as _deliveries
 from monitor.store.rows import entry_from_row as _entry
+from monitor.store.rows import fingerprints_of as _fingerprints_of
 from monitor.store.rows import job_from_row as _job
 from monitor.store.rows import job_to_row as _job_row
 from monitor.store.rows import silence_from_row as _silence
@@ -102,7 +107,10 @@ BUSY_TIMEOUT_S = 5.0
 # SQLite builds before 3.32 cap bound parameters at 999 per statement.
 _IN_CHUNK = 500
 
-Migration = tuple[str, ...]
+#: A schema step: SQL statements, or a function of the connection for what SQL cannot say.
+Migration = tuple[str | Callable[[aiosqlite.Connection], Awaitable[None]], ...]
+#: Rows a migration that computes in Python reads (and writes) at once.
+_MIGRATE_CHUNK = 10_000
 
 # The delivered counter's two moves (schema v5 triggers).
 _COUNT_IN = (
@@ -112,6 +120,21 @@ _COUNT_IN = (
 # The job an event is about, as the index `events_job_seq` spells it (NULL for batch events).
 _EVENT_JOB_ID = "json_extract(payload, '$.job.id')"
 _COUNT_OUT = "UPDATE outbox_delivered SET n = n - 1 WHERE notifier = old.notifier;"
+
+
+async def _fingerprint_jobs(conn: aiosqlite.Connection) -> None:
+    """v12: the fingerprint of every stored job (`rows.fingerprint`; every later write
+    computes its own), a chunk of rows at a time in id order."""
+    sql = (
+        f"SELECT id, {', '.join(OBSERVED_COLUMNS)} FROM jobs "  # noqa: S608 (constant names)
+        "WHERE id > ? ORDER BY id LIMIT ?"
+    )
+    after = ""
+    while rows := await conn.execute_fetchall(sql, (after, _MIGRATE_CHUNK)):
+        await conn.executemany(
+            "UPDATE jobs SET fingerprint = ? WHERE id = ?", _fingerprints_of(rows)
+        )
+        after = list(rows)[-1][0]
 
 # Ordered schema steps; step i takes the schema from version i to version i + 1, in one
 # transaction. Never edit a released step: append a new one.
@@ -294,6 +317,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE jobs ADD COLUMN template_file_version_id TEXT",
         "CREATE INDEX jobs_template_changed ON jobs (template_file_id, changed_at)",
     ),
+    # Version 12: the fingerprint of what each job's row observed (`rows.fingerprint`): a sweep
+    # recognises an unchanged listing entry by it, without reading the row.
+    ("ALTER TABLE jobs ADD COLUMN fingerprint INTEGER", _fingerprint_jobs),
 )
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -306,10 +332,10 @@ _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
 _JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"  # noqa: S608 (constant names)
 _OBSERVED_SELECT = f"SELECT id, {', '.join(OBSERVED_COLUMNS)} FROM jobs WHERE id IN"  # noqa: S608
 _JOB_UPSERT = (
-    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant names)
-    f"VALUES ({', '.join('?' for _ in _JOB_COLUMNS)}) "
+    f"INSERT INTO jobs ({', '.join(_ROW_COLUMNS)}) "  # noqa: S608 (constant names)
+    f"VALUES ({', '.join('?' for _ in _ROW_COLUMNS)}) "
     f"ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
+    + ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS if c != "id")
 )
 # A streaming sweep stages into TEMP tables (this connection only, never fsynced): what each page
 # listed, and the rows to write at the end. A crash or a failed sweep leaves nothing behind.
@@ -320,22 +346,27 @@ _SWEEP_TEMP = (
     "conflict INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
     # JobState's columns (types are affinities only in SQLite) and the seq the sweep read.
     "CREATE TEMP TABLE IF NOT EXISTS sweep_stage (id TEXT PRIMARY KEY, "
-    + ", ".join(c for c in _JOB_COLUMNS if c != "id")
+    + ", ".join(c for c in _ROW_COLUMNS if c != "id")
     + ", base_seq INTEGER NOT NULL) WITHOUT ROWID",
 )
 _STAGE_INSERT = (
-    f"INSERT INTO temp.sweep_stage ({', '.join(_JOB_COLUMNS)}, base_seq) "  # noqa: S608
-    f"VALUES ({', '.join('?' for _ in _JOB_COLUMNS)}, ?) ON CONFLICT (id) DO NOTHING"
+    f"INSERT INTO temp.sweep_stage ({', '.join(_ROW_COLUMNS)}, base_seq) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in _ROW_COLUMNS)}, ?) ON CONFLICT (id) DO NOTHING"
 )
 # A staged row is stale when the job changed after the sweep read it (an active poll committed
 # in between): applying it would roll the job back.
 _STAGE_FRESH = "COALESCE((SELECT j.seq FROM jobs j WHERE j.id = s.id), 0) = s.base_seq"
 _STAGE_APPLY = (
-    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant names)
-    f"SELECT {', '.join('s.' + c for c in _JOB_COLUMNS)} FROM temp.sweep_stage s "
+    f"INSERT INTO jobs ({', '.join(_ROW_COLUMNS)}) "  # noqa: S608 (constant names)
+    f"SELECT {', '.join('s.' + c for c in _ROW_COLUMNS)} FROM temp.sweep_stage s "
     f"WHERE {_STAGE_FRESH} "
     f"ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id")
+    + ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS if c != "id")
+)
+_FINGERPRINT_SELECT = "SELECT fingerprint FROM jobs"
+# The stored fingerprints a sweep did not see listed (`sweep_unseen`).
+_UNMATCHED_TEMP = (
+    "CREATE TEMP TABLE IF NOT EXISTS sweep_unmatched (fp INTEGER PRIMARY KEY)"
 )
 _SEEN_INSERT = (
     "INSERT INTO temp.sweep_seen (id, status) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET "
@@ -537,7 +568,10 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
                     await conn.commit()
                     return
                 for statement in self.migrations[version]:
-                    await conn.execute(statement)
+                    if isinstance(statement, str):
+                        await conn.execute(statement)
+                    else:
+                        await statement(conn)
                 await conn.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                     (version + 1, time.time()),
@@ -1211,14 +1245,23 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         if generation != self._sweep_generation:
             raise StoreError(f"sweep {generation} was superseded by {self._sweep_generation}")
 
+    async def sweep_fingerprints(self) -> StoredFingerprints:
+        async def fn(conn: aiosqlite.Connection) -> StoredFingerprints:
+            found = [row[0] for row in await conn.execute_fetchall(_FINGERPRINT_SELECT)]
+            known = [fp for fp in found if fp is not None]
+            marks = await conn.execute_fetchall("SELECT COUNT(*) FROM vanished")
+            return StoredFingerprints(known, len(found) - len(known), next(iter(marks))[0])
+
+        return await self._read("sweep_fingerprints", fn)
+
     async def sweep_stage(
         self,
         generation: int,
         seen: Sequence[tuple[str, str]],
-        staged: Sequence[tuple[JobState, int]],
+        staged: Sequence[tuple[JobRow, int]],
     ) -> None:
         self._check_generation(generation)
-        rows = [(*_job_row(j), base) for j, base in staged]
+        rows = [(*row, base) for row, base in staged]
 
         async def fn(conn: aiosqlite.Connection) -> None:
             # Only TEMP tables are written: no lock on the main database, no fsync.
@@ -1234,12 +1277,26 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
 
         await self._read("sweep_stage", fn)
 
-    async def sweep_unseen(self, generation: int, seen_before: float) -> dict[str, JobState]:
+    async def sweep_unseen(
+        self, generation: int, seen_before: float, unmatched: Collection[int] | None = None
+    ) -> dict[str, JobState]:
         self._check_generation(generation)
 
         async def fn(conn: aiosqlite.Connection) -> dict[str, JobState]:
+            among = ""
+            if unmatched is not None:
+                await conn.execute(_UNMATCHED_TEMP)
+                await conn.execute("DELETE FROM temp.sweep_unmatched")
+                await conn.executemany(
+                    "INSERT OR IGNORE INTO temp.sweep_unmatched (fp) VALUES (?)",
+                    [(fp,) for fp in unmatched],
+                )
+                among = (
+                    " AND (fingerprint IS NULL OR fingerprint IN "
+                    "(SELECT fp FROM temp.sweep_unmatched))"
+                )
             sql = (
-                f"{_JOB_SELECT} WHERE first_seen_at < ? AND NOT EXISTS "  # noqa: S608 (constants)
+                f"{_JOB_SELECT} WHERE first_seen_at < ?{among} AND NOT EXISTS "  # noqa: S608
                 "(SELECT 1 FROM temp.sweep_seen s WHERE s.id = jobs.id)"
             )
             async with conn.execute(sql, (seen_before,)) as cur:
