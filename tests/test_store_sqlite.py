@@ -11,8 +11,8 @@ import pytest
 from monitor.errors import StoreLocked
 from monitor.model import SnapshotChanges
 from monitor.store.base import OutboxState
-from monitor.store.sqlite import MIGRATIONS, SQLiteStore
-from tests.test_store_contract import ZERO_COUNTS, routed
+from monitor.store.sqlite import ACTIVE_BATCHES_SQL, MIGRATIONS, SQLiteStore
+from tests.test_store_contract import ZERO_COUNTS, job, routed
 
 
 async def test_the_delivered_counter_starts_from_the_rows_an_older_build_delivered(
@@ -45,3 +45,17 @@ def test_a_state_file_serves_one_replica_until_its_holder_lets_go(tmp_path: Path
             pass  # another file, another replica
     with SQLiteStore(path).replica_lock():
         pass  # released with its holder
+
+
+async def test_the_active_batches_are_read_from_the_status_index(tmp_path: Path) -> None:
+    """Not a scan of every job (the planner's choice for a plain DISTINCT, without statistics):
+    the active set is read after every sweep."""
+    path = tmp_path / "state.db"
+    jobs = tuple(job(f"j{i}", batch_id=f"b{i % 50}", status="completed") for i in range(500))
+    async with SQLiteStore(str(path)) as store:
+        await store.commit(SnapshotChanges(upserts=(*jobs, job("r", batch_id="b7"))), [])
+        assert await store.active_batch_ids() == {"b7"}
+    with sqlite3.connect(path) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {ACTIVE_BATCHES_SQL}")]
+    conn.close()
+    assert not any(step.startswith("SCAN") for step in plan), plan

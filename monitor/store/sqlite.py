@@ -392,6 +392,9 @@ def _non_terminal_sql() -> str:
 
 
 _NON_TERMINAL_SQL = _non_terminal_sql()
+# `+batch_id`: without it the planner walks `jobs_batch_id` for the DISTINCT, a scan of every
+# row (100,000 jobs: ~50 ms after each sweep), instead of the status ranges (~0 ms).
+ACTIVE_BATCHES_SQL = f"SELECT DISTINCT +batch_id FROM jobs WHERE {_NON_TERMINAL_SQL}"  # noqa: S608
 _EVENT_INSERT = (
     "INSERT INTO events (id, type, batch_id, payload, created_at) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
@@ -1206,8 +1209,7 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
 
     async def active_batch_ids(self) -> set[str]:
         async def fn(conn: aiosqlite.Connection) -> set[str]:
-            sql = f"SELECT DISTINCT batch_id FROM jobs WHERE {_NON_TERMINAL_SQL}"  # noqa: S608
-            async with conn.execute(sql) as cur:
+            async with conn.execute(ACTIVE_BATCHES_SQL) as cur:
                 return {row[0] for row in await cur.fetchall()}
 
         return await self._read("active_batch_ids", fn)
