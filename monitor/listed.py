@@ -12,6 +12,9 @@ not show as they were, the only ones that may be unseen."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from hashlib import blake2b
+
+import orjson
 
 from monitor.box.models import ListedJob
 from monitor.model import JobState, Observed
@@ -54,7 +57,18 @@ def listed_observed(job: ListedJob) -> Observed:
 
 def listed_fingerprint(job: ListedJob) -> int:
     """The fingerprint the row of `job` holds when it stores what this entry shows."""
-    return fingerprint(job["id"], listed_observed(job))
+    return listed_fingerprints([job])[0]
+
+
+def listed_fingerprints(jobs: Sequence[ListedJob]) -> list[int]:
+    """`fingerprint(job["id"], listed_observed(job))` of each job, with the hash's names bound
+    once (a sweep computes one for every job of the account)."""
+    dumps, hashed, as_int = orjson.dumps, blake2b, int.from_bytes
+    return [
+        as_int(hashed(dumps((j["id"], listed_observed(j))), digest_size=8).digest(), "big",
+               signed=True)
+        for j in jobs
+    ]
 
 
 def listed_row(job: ListedJob, seq: int, seen_at: float) -> JobRow:
@@ -85,8 +99,7 @@ class ListingMatch:
         (a repeat of one already marked needs nothing more)."""
         marks = self._marks
         rest: list[ListedJob] = []
-        for entry in entries:
-            fp = listed_fingerprint(entry)
+        for entry, fp in zip(entries, listed_fingerprints(entries), strict=True):
             mark = marks.get(fp)
             if mark is None:
                 rest.append(entry)
