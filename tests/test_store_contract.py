@@ -1208,3 +1208,62 @@ async def test_the_unseen_are_looked_for_among_the_fingerprints_no_entry_matched
     assert set(await store.sweep_unseen(generation, T0 + 1, unmatched)) == {"a", "d"}
     assert set(await store.sweep_unseen(generation, T0 + 1, [])) == {"d"}
     assert set(await store.sweep_unseen(generation, T0 + 1)) == {"a", "c", "d"}
+
+
+async def test_a_sweep_begun_on_an_empty_snapshot_lands_whole_at_its_commit(store: Store) -> None:
+    """A store's first baseline (SQLite stages it beside the empty snapshot and swaps it in):
+    nothing shows before the commit, everything after, and the snapshot is queried as usual."""
+    rows = [job(f"j{i}", batch_id=f"b{i % 3}", status="completed", first_seen_at=T0)
+            for i in range(9)]
+    rows[4] = replace(rows[4], status="submitted")
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, [(j.id, j.status) for j in rows[:5]],
+                            [(job_to_row(j), 0) for j in rows[:5]])
+    await store.sweep_stage(generation, [(j.id, j.status) for j in rows[4:]],
+                            [(job_to_row(j), 0) for j in rows[4:]])  # j4 listed twice
+    assert await store.load_snapshot() == {}
+    assert await store.sweep_stale_ids() == set()
+    await store.commit_sweep(SnapshotChanges(), [routed("e1", "a")], meta={"k": "v"})
+    assert await store.load_snapshot() == {j.id: j for j in rows}
+    assert await store.active_batch_ids() == {"b1"}
+    assert set(await store.load_batches(["b2"])) == {"j2", "j5", "j8"}
+    assert await store.status_counts() == {"completed": 8, "submitted": 1}
+    assert sorted((await store.sweep_fingerprints()).fingerprints) == sorted(
+        map(fingerprint_of, rows))
+    # A second sweep over what the first one landed.
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, [("j9", "pending")], [(job_to_row(job("j9")), 0)])
+    await store.commit_sweep(SnapshotChanges(), [])
+    assert set(await store.load_snapshot()) == {j.id for j in rows} | {"j9"}
+
+
+async def test_a_poll_during_a_first_baseline_keeps_what_it_wrote(store: Store) -> None:
+    """A poll commits a job the baseline staged as new: its row stands (the staged one is
+    stale); a job the sweep then read as written is staged against its row and lands."""
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, [("a", "pending"), ("b", "pending")],
+                            [(job_to_row(job("a")), 0), (job_to_row(job("b")), 0)])
+    polled = job("b", status="completed", seq=2, first_seen_at=T0 + 5)
+    later = job("c", seq=1, first_seen_at=T0 + 5)
+    await store.commit(SnapshotChanges(upserts=(polled, later)), [])
+    moved = replace(later, status="failed", seq=2)
+    await store.sweep_stage(generation, [("c", "failed")], [(job_to_row(moved), 1)])
+    await store.sweep_stage(generation, [("d", "pending")], [(job_to_row(job("d")), 0)])
+    assert await store.sweep_stale_ids() == {"b"}
+    await store.sweep_unstage(generation, ["d"])
+    assert set(await store.sweep_unseen(generation, T0 + 10)) == set()  # d stays seen
+    await store.commit_sweep(SnapshotChanges(), [])
+    assert await store.load_snapshot() == {"a": job("a"), "b": polled, "c": moved}
+
+
+async def test_a_first_baseline_superseded_before_its_commit_leaves_nothing(
+    store: Store,
+) -> None:
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, [("a", "pending")], [(job_to_row(job("a")), 0)])
+    again = await store.sweep_begin()  # the first one failed part way
+    await store.sweep_stage(again, [("b", "pending")], [(job_to_row(job("b")), 0)])
+    await store.commit_sweep(SnapshotChanges(), [])
+    assert set(await store.load_snapshot()) == {"b"}
+    with pytest.raises(StoreError):
+        await store.sweep_stage(generation, [("c", "pending")], [])

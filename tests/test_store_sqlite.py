@@ -11,6 +11,7 @@ import pytest
 from monitor.errors import StoreLocked
 from monitor.model import SnapshotChanges
 from monitor.store.base import OutboxState
+from monitor.store.rows import job_to_row
 from monitor.store.sqlite import ACTIVE_BATCHES_SQL, MIGRATIONS, SQLiteStore
 from tests.test_store_contract import ZERO_COUNTS, job, routed
 
@@ -59,3 +60,36 @@ async def test_the_active_batches_are_read_from_the_status_index(tmp_path: Path)
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {ACTIVE_BATCHES_SQL}")]
     conn.close()
     assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+def jobs_schema(path: Path) -> list[tuple[str, str, str]]:
+    """What `jobs` is made of, as stored (names unquoted: a rename quotes them)."""
+    with sqlite3.connect(path) as conn:
+        found = conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'jobs' ORDER BY name"
+        ).fetchall()
+    conn.close()
+    return [(kind, name, " ".join(sql.replace('"jobs"', "jobs").split())) for kind, name, sql
+            in found]
+
+
+async def test_a_first_baseline_swaps_in_a_jobs_table_made_as_the_migrations_make_it(
+    tmp_path: Path,
+) -> None:
+    """Staged beside the empty `jobs` from its stored definition and renamed at the commit:
+    the same columns and indexes, and nothing left beside it; twice in a row too (the renamed
+    table's stored definition is quoted)."""
+    path = tmp_path / "state.db"
+    async with SQLiteStore(str(path)) as store:
+        migrated = jobs_schema(path)
+        for attempt in range(2):
+            generation = await store.sweep_begin()
+            await store.sweep_stage(generation, [("a", "pending")], [(job_to_row(job("a")), 0)])
+            await store.commit_sweep(SnapshotChanges(), [])
+            assert set(await store.load_snapshot()) == {"a"}, attempt
+            assert jobs_schema(path) == migrated
+            await store.commit(SnapshotChanges(removals=("a",)), [])
+        with sqlite3.connect(path) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        conn.close()
+        assert "jobs_next" not in tables

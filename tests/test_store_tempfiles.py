@@ -1,6 +1,7 @@
-"""SQLite's temp files (the sweep's staging tables of a large account) go to the state
-directory, never to TMPDIR: a container's /tmp is small (the Kubernetes manifest caps it) and may
-be shared. Run as a subprocess, so SQLite reads this environment fresh."""
+"""SQLite's temp files (the sweep's staging tables of a large account; a first baseline stages in
+the state file itself) go to the state directory, never to TMPDIR: a container's /tmp is small
+(the Kubernetes manifest caps it) and may be shared. Run as a subprocess, so SQLite reads this
+environment fresh."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 STAGE_A_LARGE_SWEEP = r"""
 import asyncio, json, os, sys
-from monitor.model import JobState
+from monitor.model import JobState, SnapshotChanges
 from monitor.store.rows import job_to_row
 from monitor.store.sqlite import SQLiteStore
 
@@ -29,6 +30,9 @@ def temp_files():
 
 async def main(path):
     async with SQLiteStore(path) as store:
+        # A job stored already: a first baseline would stage in the state file itself.
+        old = JobState("old", "b", "failed", "t", "pdf")
+        await store.commit(SnapshotChanges(upserts=(old,)), [])
         generation = await store.sweep_begin()
         for page in range(30):
             jobs = [JobState(id=f"{page}-{i}", batch_id=f"b{page}", status="pending",

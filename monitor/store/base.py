@@ -737,6 +737,7 @@ NOT_COPIED_TABLES = (
     "sweep_runs",
     "sweep_seen",
     "sweep_stage",
+    "jobs_next",  # a first baseline's rows on SQLite until its commit (store/sqlite_first.py)
     "leases",
     "replicas",
 )

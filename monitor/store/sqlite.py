@@ -59,7 +59,7 @@ from monitor.model import (
     Observed,
     SnapshotChanges,
 )
-from monitor.store import rows
+from monitor.store import rows, sqlite_first
 from monitor.store.base import (
     COPIED_TABLES,
     BatchSummary,
@@ -368,6 +368,8 @@ _FINGERPRINT_SELECT = "SELECT fingerprint FROM jobs"
 _UNMATCHED_TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS sweep_unmatched (fp INTEGER PRIMARY KEY)"
 )
+_UNSTAGE = "DELETE FROM temp.sweep_stage WHERE id = ?"
+_STALE_IDS = f"SELECT s.id FROM temp.sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
 _SEEN_INSERT = (
     "INSERT INTO temp.sweep_seen (id, status) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET "
     "conflict = 1 WHERE sweep_seen.status <> excluded.status"
@@ -491,6 +493,8 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         self._lease_path: str | None = None  # another file whose leases fence this one
         self._lock = asyncio.Lock()
         self._sweep_generation = 0
+        # This sweep began on an empty snapshot: it stages in `jobs_next` (`sqlite_first`).
+        self._first_baseline = False
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -757,6 +761,7 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             for r in events
             if r.event.type is EventType.JOB_STUCK and r.event.job is not None
         ]
+        first_baseline = sweep and self._first_baseline
 
         async def fn(conn: aiosqlite.Connection) -> int:
             if job_rows:
@@ -779,6 +784,8 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             if sweep:
                 for statement in _SWEEP_TEMP:
                     await conn.execute(statement)
+                if first_baseline:
+                    await sqlite_first.apply(conn)
                 await conn.execute(
                     "DELETE FROM vanished WHERE job_id IN (SELECT id FROM temp.sweep_stage)"
                 )
@@ -810,7 +817,10 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
                 )
             return added
 
-        return await self._write("commit_sweep" if sweep else "commit", fn)
+        added = await self._write("commit_sweep" if sweep else "commit", fn)
+        if sweep:
+            self._first_baseline = False  # `jobs_next` is `jobs` now, or gone
+        return added
 
     async def get_meta(self, key: str) -> str | None:
         async def fn(conn: aiosqlite.Connection) -> str | None:
@@ -1238,6 +1248,7 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
                 await conn.execute(statement)
             await conn.execute("DELETE FROM temp.sweep_stage")
             await conn.execute("DELETE FROM temp.sweep_seen")
+            self._first_baseline = await sqlite_first.begin(conn)
             self._sweep_generation += 1
             return self._sweep_generation
 
@@ -1263,19 +1274,28 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         staged: Sequence[tuple[JobRow, int]],
     ) -> None:
         self._check_generation(generation)
-        rows = [(*row, base) for row, base in staged]
+        first = self._first_baseline and all(base == 0 for _, base in staged)
+        rows = [row for row, _ in staged] if first else [(*row, base) for row, base in staged]
 
         async def fn(conn: aiosqlite.Connection) -> None:
-            # Only TEMP tables are written: no lock on the main database, no fsync.
-            await conn.execute("BEGIN")
+            if self._first_baseline and not first:  # a job was read written: go on in TEMP
+                await sqlite_first.to_temp(conn)
+                self._first_baseline = False
+            # TEMP tables, or `jobs_next`, which is nobody's until the commit: no fsync.
+            await conn.execute("PRAGMA synchronous = OFF")
             try:
-                await conn.executemany(_SEEN_INSERT, seen)
-                if rows:
-                    await conn.executemany(_STAGE_INSERT, rows)
-                await conn.commit()
-            except BaseException:
-                await conn.rollback()
-                raise
+                await conn.execute("BEGIN")
+                try:
+                    await conn.executemany(_SEEN_INSERT, seen)
+                    if rows:
+                        insert = sqlite_first.STAGE_INSERT if first else _STAGE_INSERT
+                        await conn.executemany(insert, rows)
+                    await conn.commit()
+                except BaseException:
+                    await conn.rollback()
+                    raise
+            finally:
+                await conn.execute("PRAGMA synchronous = FULL")  # why: the module docstring
 
         await self._read("sweep_stage", fn)
 
@@ -1319,16 +1339,15 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         self._check_generation(generation)
 
         async def fn(conn: aiosqlite.Connection) -> None:
-            await conn.executemany(
-                "DELETE FROM temp.sweep_stage WHERE id = ?", [(i,) for i in job_ids]
-            )
+            sql = sqlite_first.UNSTAGE if self._first_baseline else _UNSTAGE
+            await conn.executemany(sql, [(i,) for i in job_ids])
 
         if job_ids:
             await self._read("sweep_unstage", fn)
 
     async def sweep_stale_ids(self) -> set[str]:
         async def fn(conn: aiosqlite.Connection) -> set[str]:
-            sql = f"SELECT s.id FROM temp.sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
+            sql = sqlite_first.STALE_IDS if self._first_baseline else _STALE_IDS
             async with conn.execute(sql) as cur:
                 return {row[0] for row in await cur.fetchall()}
 
