@@ -43,6 +43,7 @@ from collections.abc import (
     Sequence,
 )
 from itertools import pairwise
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -368,6 +369,7 @@ _FINGERPRINT_SELECT = "SELECT fingerprint FROM jobs"
 _UNMATCHED_TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS sweep_unmatched (fp INTEGER PRIMARY KEY)"
 )
+_BY_ID = itemgetter(0)  # a staged row's or a seen pair's job id
 _UNSTAGE = "DELETE FROM temp.sweep_stage WHERE id = ?"
 _STALE_IDS = f"SELECT s.id FROM temp.sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
 _SEEN_INSERT = (
@@ -1276,6 +1278,12 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         self._check_generation(generation)
         first = self._first_baseline and all(base == 0 for _, base in staged)
         rows = [row for row, _ in staged] if first else [(*row, base) for row, base in staged]
+        # In id order: both tables are keyed by id, and a listing is newest first, so each
+        # page's ids descend; inserting them ascending spares SQLite's B-trees a split at nearly
+        # every row (100,000 jobs: ~0.15 s). The sort is stable: the first sighting of an id
+        # listed twice on one page is still staged first, and its first status seen first.
+        rows.sort(key=_BY_ID)
+        seen = sorted(seen, key=_BY_ID)
 
         async def fn(conn: aiosqlite.Connection) -> None:
             if self._first_baseline and not first:  # a job was read written: go on in TEMP
