@@ -1267,3 +1267,37 @@ async def test_a_first_baseline_superseded_before_its_commit_leaves_nothing(
     assert set(await store.load_snapshot()) == {"b"}
     with pytest.raises(StoreError):
         await store.sweep_stage(generation, [("c", "pending")], [])
+
+
+def listed(*jobs: JobState) -> tuple[list[tuple[str, str]], list[tuple[tuple[object, ...], int]]]:
+    """A page of new jobs as a first baseline stages it: (id, status) pairs and their rows."""
+    return [(j.id, j.status) for j in jobs], [(job_to_row(j), 0) for j in jobs]
+
+
+@pytest.mark.parametrize("then", ["commit", "a job read written"])
+async def test_a_first_baseline_finds_every_id_listed_with_two_statuses(
+    store: Store, then: str
+) -> None:
+    """Whether a sighting was staged as a row or only seen, before or after the other; and the
+    conflicts and sightings outlive unstaging (and, on SQLite, a move of the staging)."""
+    generation = await store.sweep_begin()
+    await store.sweep_stage(generation, *listed(job("a"), job("b", status="failed"), job("c")))
+    await store.sweep_stage(generation, *listed(job("b", status="completed"), job("c"), job("d")))
+    await store.sweep_stage(generation, [("e", "pending")], [])
+    await store.sweep_stage(generation, *listed(job("e", status="failed")))
+    await store.sweep_stage(generation, *listed(job("f", status="failed")))
+    await store.sweep_stage(generation, [("f", "pending"), ("y", "pending")], [])
+    assert await store.sweep_conflicts(generation) == {"b", "e", "f"}
+    await store.sweep_unstage(generation, ["b", "e", "a"])
+    assert await store.sweep_conflicts(generation) == {"b", "e", "f"}
+    polled = (job("y", seq=1, first_seen_at=T0), job("z", seq=1, first_seen_at=T0))
+    await store.commit(SnapshotChanges(upserts=polled), [])  # a poll, during the sweep
+    if then == "a job read written":
+        seen, rows = listed(replace(polled[1], status="failed", seq=2))
+        await store.sweep_stage(generation, seen, [(rows[0][0], 1)])
+    assert await store.sweep_conflicts(generation) == {"b", "e", "f"}
+    unseen = {"z"} if then == "commit" else set()
+    assert set(await store.sweep_unseen(generation, T0 + 1)) == unseen  # a..f, y were listed
+    await store.commit_sweep(SnapshotChanges(), [])
+    staged = {"c", "d", "f"} | ({"z"} if then != "commit" else set())
+    assert set(await store.load_snapshot()) == staged | {"y", "z"}

@@ -370,6 +370,7 @@ _UNMATCHED_TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS sweep_unmatched (fp INTEGER PRIMARY KEY)"
 )
 _BY_ID = itemgetter(0)  # a staged row's or a seen pair's job id
+_CONFLICTS = "SELECT id FROM temp.sweep_seen WHERE conflict = 1"
 _UNSTAGE = "DELETE FROM temp.sweep_stage WHERE id = ?"
 _STALE_IDS = f"SELECT s.id FROM temp.sweep_stage s WHERE NOT ({_STAGE_FRESH})"  # noqa: S608
 _SEEN_INSERT = (
@@ -1294,10 +1295,12 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
             try:
                 await conn.execute("BEGIN")
                 try:
-                    await conn.executemany(_SEEN_INSERT, seen)
-                    if rows:
-                        insert = sqlite_first.STAGE_INSERT if first else _STAGE_INSERT
-                        await conn.executemany(insert, rows)
+                    if first:
+                        if not await sqlite_first.stage(conn, seen, rows):
+                            await conn.executemany(_SEEN_INSERT, seen)
+                    else:
+                        await conn.executemany(_SEEN_INSERT, seen)
+                        await conn.executemany(_STAGE_INSERT, rows)
                     await conn.commit()
                 except BaseException:
                     await conn.rollback()
@@ -1325,6 +1328,8 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
                     " AND (fingerprint IS NULL OR fingerprint IN "
                     "(SELECT fp FROM temp.sweep_unmatched))"
                 )
+            if self._first_baseline:
+                among += sqlite_first.NOT_STAGED
             sql = (
                 f"{_JOB_SELECT} WHERE first_seen_at < ?{among} AND NOT EXISTS "  # noqa: S608
                 "(SELECT 1 FROM temp.sweep_seen s WHERE s.id = jobs.id)"
@@ -1338,7 +1343,8 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         self._check_generation(generation)
 
         async def fn(conn: aiosqlite.Connection) -> set[str]:
-            async with conn.execute("SELECT id FROM temp.sweep_seen WHERE conflict = 1") as cur:
+            sql = sqlite_first.CONFLICTS if self._first_baseline else _CONFLICTS
+            async with conn.execute(sql) as cur:
                 return {row[0] for row in await cur.fetchall()}
 
         return await self._read("sweep_conflicts", fn)
@@ -1347,8 +1353,10 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
         self._check_generation(generation)
 
         async def fn(conn: aiosqlite.Connection) -> None:
-            sql = sqlite_first.UNSTAGE if self._first_baseline else _UNSTAGE
-            await conn.executemany(sql, [(i,) for i in job_ids])
+            if self._first_baseline:
+                await sqlite_first.unstage(conn, job_ids)
+            else:
+                await conn.executemany(_UNSTAGE, [(i,) for i in job_ids])
 
         if job_ids:
             await self._read("sweep_unstage", fn)
