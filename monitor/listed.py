@@ -97,15 +97,13 @@ class ListingMatch:
     def unmatched(self, entries: Sequence[ListedJob]) -> list[ListedJob]:
         """The entries that are not stored jobs shown as stored; the others are marked seen
         (a repeat of one already marked needs nothing more)."""
-        marks = self._marks
-        rest: list[ListedJob] = []
-        for entry, fp in zip(entries, listed_fingerprints(entries), strict=True):
-            mark = marks.get(fp)
-            if mark is None:
-                rest.append(entry)
-            elif not mark:
-                marks[fp] = True
-        return rest
+        fingerprints = listed_fingerprints(entries)
+        # Set operations, not a loop over the page: a steady sweep's every entry is as stored.
+        stored = set(fingerprints) & self._marks.keys()
+        self._marks.update(dict.fromkeys(stored, True))
+        if len(stored) == len(entries):
+            return []
+        return [e for e, fp in zip(entries, fingerprints, strict=True) if fp not in stored]
 
     def contest(self, job_id: str, stored: Observed) -> None:
         """`job_id` was listed with another status than its row (`stored`) holds: if the

@@ -14,6 +14,7 @@ Dialect differences stay inside the backend."""
 from __future__ import annotations
 
 from abc import abstractmethod
+from array import array
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -52,7 +53,7 @@ class StoredFingerprints:
     their rows), and how many vanish marks there are (with none, and no job, every listed job
     is new at `seq` 1)."""
 
-    fingerprints: list[int]
+    fingerprints: array[int]  # 8 bytes each, no object per job (a million: 8 MB)
     without: int
     vanish_marks: int
 

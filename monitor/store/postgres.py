@@ -51,7 +51,9 @@ import asyncio
 import contextlib
 import errno
 import socket
+import sys
 import time
+from array import array
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -431,6 +433,10 @@ _TOMBSTONE_INSERT = (
     "INSERT INTO vanished (job_id, seq, vanished_at) SELECT id, seq + 1, $2::float8 FROM jobs "
     "WHERE id = ANY($1::text[]) ON CONFLICT (job_id) DO UPDATE SET seq = EXCLUDED.seq, "
     "vanished_at = EXCLUDED.vanished_at"
+)
+_FINGERPRINTS = (
+    "SELECT string_agg(int8send(fingerprint), ''::bytea), COUNT(*) - COUNT(fingerprint) "
+    "FROM jobs"
 )
 _SUSPECTS_INSERT = (
     "INSERT INTO suspects (job_id, since) SELECT s.id, s.since "
@@ -1470,10 +1476,14 @@ class PostgresStore(ShieldedWrites, Fencing, Store):
 
     async def sweep_fingerprints(self) -> StoredFingerprints:
         async def fn(conn: _Conn) -> StoredFingerprints:
-            found = [row[0] for row in await conn.fetch("SELECT fingerprint FROM jobs")]
-            known = [fp for fp in found if fp is not None]
+            # One bytea of 8 big-endian bytes a fingerprint: no row or object per job.
+            row = await conn.fetchrow(_FINGERPRINTS)
+            packed, without = (None, 0) if row is None else (row[0], row[1])
+            known = array("q", packed or b"")
+            if sys.byteorder == "little":
+                known.byteswap()
             marks = int(await conn.fetchval("SELECT COUNT(*) FROM vanished"))
-            return StoredFingerprints(known, len(found) - len(known), marks)
+            return StoredFingerprints(known, int(without), marks)
 
         return await self._read("sweep_fingerprints", fn)
 

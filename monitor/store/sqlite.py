@@ -31,6 +31,7 @@ import fcntl
 import os
 import sqlite3
 import time
+from array import array
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -365,6 +366,7 @@ _STAGE_APPLY = (
     + ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS if c != "id")
 )
 _FINGERPRINT_SELECT = "SELECT fingerprint FROM jobs"
+_FINGERPRINT_CHUNK = 10_000
 # The stored fingerprints a sweep did not see listed (`sweep_unseen`).
 _UNMATCHED_TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS sweep_unmatched (fp INTEGER PRIMARY KEY)"
@@ -1263,10 +1265,15 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
 
     async def sweep_fingerprints(self) -> StoredFingerprints:
         async def fn(conn: aiosqlite.Connection) -> StoredFingerprints:
-            found = [row[0] for row in await conn.execute_fetchall(_FINGERPRINT_SELECT)]
-            known = [fp for fp in found if fp is not None]
+            known, without = array("q"), 0
+            async with conn.execute(_FINGERPRINT_SELECT) as cur:
+                # In chunks: a million 1-tuples at once would cost ~60 MB at the peak.
+                while chunk := await cur.fetchmany(_FINGERPRINT_CHUNK):
+                    found = [row[0] for row in chunk]
+                    known.extend(fp for fp in found if fp is not None)
+                    without += found.count(None)
             marks = await conn.execute_fetchall("SELECT COUNT(*) FROM vanished")
-            return StoredFingerprints(known, len(found) - len(known), next(iter(marks))[0])
+            return StoredFingerprints(known, without, next(iter(marks))[0])
 
         return await self._read("sweep_fingerprints", fn)
 
