@@ -286,6 +286,11 @@ def latencies(result: dict[str, Any], receiver: Receiver,
     return out
 
 
+def _mean(metrics: dict[str, float], histogram: str, kind: str) -> float:
+    count = sample(metrics, f"{histogram}_count", kind=kind)
+    return sample(metrics, f"{histogram}_sum", kind=kind) / count if count else float("nan")
+
+
 def report(args: argparse.Namespace, result: dict[str, Any], lat: dict[str, list[float]],
            naive: dict[str, Any], rss_mb: float) -> dict[str, float]:
     """Print one run's tables; return its headline figures (for the medians)."""
@@ -307,6 +312,13 @@ def report(args: argparse.Namespace, result: dict[str, Any], lat: dict[str, list
     active_s = sample(m, "box_docgen_effective_interval_seconds", kind="active")
     print(f"daemon at the end: degradation level {level:.0f}, sweep every {sweep_s:.0f}s, "
           f"active every {active_s:.1f}s, peak RSS {rss_mb:.0f} MB")
+    polls = ", ".join(
+        f"{kind} {sample(m, 'box_docgen_polls_total', kind=kind, outcome='ok'):.0f} ok "
+        f"{sample(m, 'box_docgen_polls_total', kind=kind, outcome='error'):.0f} failed, mean "
+        f"{_mean(m, 'box_docgen_poll_duration_seconds', kind):.2f}s"
+        for kind in ("sweep", "active", "window", "discover")
+    )
+    print(f"daemon polls since start: {polls}")
     print(f"{'Box requests/min':<28} {'total':>8}  by route")
     print(f"{'daemon':<28} {daemon_rpm:8.0f}  " + ", ".join(
         f"{r} {v:.0f}" for r, v in sorted(by_route.items()) if v >= 0.5))
