@@ -7,6 +7,7 @@ only a traceback keeps its newlines."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -21,11 +22,18 @@ _SECRET_KEYS = ("token", "secret", "password", "authorization", "private_key", "
 _MULTI_LINE_KEYS = frozenset({"exception", "stack"})
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_looking(key: str) -> bool:
+    """Log keys are few and repeat on every line: each is judged once."""
+    lowered = key.lower()
+    return any(s in lowered for s in _SECRET_KEYS)
+
+
 def _mask_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in event_dict:
-        if any(s in key.lower() for s in _SECRET_KEYS) and event_dict[key] is not None:
+        if _secret_looking(key) and event_dict[key] is not None:
             event_dict[key] = "**********"
     return event_dict
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 
 from monitor.config import DeliveryConfig, NotifierSpec
 from monitor.metrics import Metrics
@@ -129,3 +130,25 @@ async def test_a_refused_event_holds_its_jobs_later_events_until_its_retry_succe
     assert all(order.index(e) < first_of_held for e in others), (
         "other jobs waited for the refused one")
     assert order[first_of_held:] == [e.id for e in held]
+
+
+async def test_delivered_events_are_logged_once_per_write_of_their_marks(store: Store) -> None:
+    """A stream of hundreds of events a second would drown the log in one line each: every
+    event is counted in an `events_delivered` line, one per write of marks, and such a line
+    names no single event (the first sender's bound fields are not the write's)."""
+    receiver = await WebhookReceiver().start()
+    events = [e for job in range(40) for e in job_events(job)]
+    try:
+        with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs:
+            await deliver_all(store, receiver, events, DeliveryConfig())
+    finally:
+        await receiver.close()
+    lines = [x for x in logs if x["event"] == "events_delivered"]
+    assert sum(x["count"] for x in lines) == len(events)
+    assert len(lines) < len(events)
+    assert all("event_id" not in x and "job_id" not in x for x in lines)
+    per_event = [x for x in logs if x["event"] == "event_delivered"]
+    assert {x["event_id"] for x in per_event} == {e.id for e in events}  # at debug, each one
+    assert {x["log_level"] for x in per_event} == {"debug"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -257,12 +258,14 @@ class Dispatcher:
         sent = [r for r in rows if r.event.id not in result.held]
         delivered = {r.event.id for r in sent if result.ok or r.event.id in result.settled}
         if marks is not None and delivered:
-            await marks.mark(delivered)
+            await marks.mark(delivered)  # one `events_delivered` line per write of marks
+            log.debug("event_delivered", detail=result.detail)
         else:
             await self.store.mark_delivered_many(notifier.name, list(delivered))
+            if delivered:
+                log.info("events_delivered", count=len(delivered), detail=result.detail)
         if delivered:
             self.metrics.notifications.labels(notifier.name, "delivered").inc(len(delivered))
-            log.info("events_delivered", count=len(delivered), detail=result.detail)
         if group is not None and (delivered or held):
             await self.store.set_group_flushed(notifier.name, group, now)
         failed = [r for r in sent if r.event.id not in delivered]
@@ -338,8 +341,9 @@ def group_key(event: Event, group_by: Sequence[str]) -> str:
 class MarkBatcher:
     """Delivered marks written together: while one write runs, the marks of the sends that
     finish meanwhile gather for the next one, so N concurrent sends cost far fewer than N
-    transactions (one fsync each). `mark` returns once its ids are written; the write runs in
-    its own task, so a sender cancelled mid-write does not cancel the record of its send."""
+    transactions (one fsync each) and log lines. `mark` returns once its ids are written; the
+    write runs in its own task, so a sender cancelled mid-write does not cancel the record of
+    its send."""
 
     def __init__(self, store: DeliveryStore, notifier: str) -> None:
         self.store = store
@@ -354,7 +358,10 @@ class MarkBatcher:
             self._written = asyncio.get_running_loop().create_future()
         written = self._written
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name=f"marks:{self.notifier}")
+            # A context of its own: the first sender's bound log fields are not the write's.
+            self._writer = asyncio.create_task(
+                self._write(), name=f"marks:{self.notifier}", context=contextvars.Context()
+            )
         await asyncio.shield(written)
 
     async def _write(self) -> None:
@@ -369,6 +376,9 @@ class MarkBatcher:
                 written.exception()  # retrieved: no "never retrieved" warning if none waits
             else:
                 written.set_result(None)
+                # What is delivered is on record: one line per write, not per event (a
+                # stream of hundreds a second would drown the log); `debug` has each one.
+                log.info("events_delivered", notifier=self.notifier, count=len(ids))
 
 
 class _Stream:
