@@ -62,6 +62,8 @@ MAX_INVALID_LOGGED = 10_000
 CONFIRM_CONCURRENCY = 8
 #: Pages fetched ahead of the one being diffed.
 PREFETCH_PAGES = 2
+#: The sweep waits this long at most for an active round to end before fetching a page.
+SWEEP_YIELD_MAX_S = 5.0
 #: Watched batches Box does not list yet are polled at most this many per active round (fewest
 #: tries first), each less often the longer Box does not know it: a flood of watches for ids
 #: that never appear costs a bounded share of the budget, and real active batches keep their
@@ -191,6 +193,8 @@ class Poller:
         self.last_round_requests: int | None = None  # Box requests of the last active round
         #: When an active round last read the head in a window that held (monotonic).
         self.window_read_at = float("-inf")
+        self._rounds_idle = asyncio.Event()  # set while no active round runs
+        self._rounds_idle.set()
         #: Why the last complete sweep was refused as a mass change (None: it was not).
         self.refusal: str | None = None
         self._baseline_done = False
@@ -225,7 +229,8 @@ class Poller:
         staged_sweep = StagedSweep(await self.store.sweep_begin(), self.clock(), first)
         match = ListingMatch(await self.store.sweep_fingerprints())
         jobs_seen = requests = invalid = 0
-        async for page in _prefetch(self.box.iter_job_listing(self.page_size), PREFETCH_PAGES):
+        pages = self.box.iter_job_listing(self.page_size)
+        async for page in _prefetch(pages, PREFETCH_PAGES, self._rounds_idle):
             requests += 1
             jobs_seen += len(page.entries)
             invalid += self._note_invalid(page.invalid)
@@ -590,12 +595,26 @@ class Poller:
         due.sort(key=lambda b: self.active[b].turn)
         return listed + due[:WATCH_POLLS_PER_ROUND]
 
+    @property
+    def round_running(self) -> bool:
+        """An active round is under way (the sweep fetches no page meanwhile)."""
+        return not self._rounds_idle.is_set()
+
     async def poll_active(self, *, fresh_s: float = 0.0) -> int:
         """Poll every active batch once (oldest observation first), except those observed
         less than `fresh_s` ago (a hinted poll did); returns how many were polled. A batch that
-        fails stays active and is tried again next round."""
+        fails stays active and is tried again next round. While it runs the sweep fetches no
+        page: a round's few requests wait behind no sweep's, at Box or in the store, so a
+        sweep does not stretch the detection of changes in active batches."""
         if not self._baseline_done:
             return 0  # the first sweep records the baseline; nothing to compare against yet
+        self._rounds_idle.clear()
+        try:
+            return await self._poll_active(fresh_s)
+        finally:
+            self._rounds_idle.set()
+
+    async def _poll_active(self, fresh_s: float) -> int:
         started = time.perf_counter()
         order = self._round(self.monotonic(), fresh_s)
         covered, window_pages = await self._poll_window(order)
@@ -866,15 +885,23 @@ def _lone_straggler(batch: dict[str, JobState]) -> str | None:
 
 
 async def _prefetch(
-    pages: AsyncIterator[ListingPage], depth: int
+    pages: AsyncIterator[ListingPage], depth: int, clear: asyncio.Event | None = None
 ) -> AsyncIterator[ListingPage]:
-    """Fetch up to `depth` pages ahead while the caller diffs the current one. A failure of the
-    listing is raised to the caller at the page where it happened."""
+    """Fetch up to `depth` pages ahead while the caller diffs the current one, each once
+    `clear` is set (if given; or after `SWEEP_YIELD_MAX_S`, so that rounds which never end
+    cannot starve the sweep). A failure of the listing is raised to the caller at the page
+    where it happened."""
     queue: asyncio.Queue[ListingPage | BaseException | None] = asyncio.Queue(depth)
 
     async def produce() -> None:
         try:
-            async for page in pages:
+            while True:
+                if clear is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(clear.wait(), SWEEP_YIELD_MAX_S)
+                page = await anext(pages, None)
+                if page is None:
+                    break
                 await queue.put(page)
             await queue.put(None)
         except asyncio.CancelledError:

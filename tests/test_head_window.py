@@ -6,6 +6,7 @@ batch on its own now and then for a job the listing does not show."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from monitor.notify.router import Router
 from monitor.poller import DIRECT_POLL_EVERY_S, Poller
 from monitor.recorder import Recorder
 from monitor.store.sqlite import SQLiteStore
+from tests.harness import wait_until
 from tests.test_poller import Rig, rig, sample, seeded
 
 __all__ = ["rig"]  # the fixture, shared with test_poller
@@ -234,3 +236,27 @@ async def test_a_malformed_entry_in_the_window_is_set_aside_not_recorded(rig: Ri
     stored = await rig.store.load_jobs([broken])
     assert stored[broken].status == "pending"  # its own poll recorded it before; not since
     assert sample(rig, "box_docgen_listing_invalid_entries_total") >= 1
+
+
+async def test_the_sweep_fetches_no_page_while_an_active_round_runs(rig: Rig) -> None:
+    """A round whose batch poll Box answers slowly (a second): a sweep started meanwhile
+    waits, every sample of the round showing no listing request, then lists everything."""
+    poller, _ = await with_batches(rig, [3])
+    await rig.control.fault(route="batch_jobs", kind="latency", latency_s=1.0, count=1)
+    rig.clock.now += 60
+    round_task = asyncio.create_task(poller.poll_active())
+    await wait_until(lambda: _true(poller.round_running), 5, "the round to start")
+    sweep_task = asyncio.create_task(poller.sweep())
+    samples = 0
+    while not round_task.done():
+        assert requests(rig)[0] == 0, "the sweep fetched a page during the round"
+        samples += 1
+        await asyncio.sleep(0.02)  # a sampling interval; each sample asserts
+    assert await round_task == 1
+    assert samples >= 10  # the round lasted its second: the samples cover it
+    result = await asyncio.wait_for(sweep_task, 10)
+    assert result.jobs_seen == 63 and requests(rig)[0] == 9  # 60 + 3 jobs, seven a page
+
+
+async def _true(value: bool) -> bool:
+    return value
