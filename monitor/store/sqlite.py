@@ -792,7 +792,8 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
                 if first_baseline:
                     await sqlite_first.apply(conn)
                 await conn.execute(
-                    "DELETE FROM vanished WHERE job_id IN (SELECT id FROM temp.sweep_stage)"
+                    "DELETE FROM vanished WHERE EXISTS "
+                    "(SELECT 1 FROM temp.sweep_stage s WHERE s.id = vanished.job_id)"
                 )
                 await conn.execute(_STAGE_APPLY)
                 await conn.execute("DELETE FROM temp.sweep_stage")
