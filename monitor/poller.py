@@ -896,7 +896,7 @@ async def _prefetch(
     async def produce() -> None:
         try:
             while True:
-                if clear is not None:
+                if clear is not None and not clear.is_set():  # no task per page when clear
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(clear.wait(), SWEEP_YIELD_MAX_S)
                 page = await anext(pages, None)
