@@ -38,6 +38,7 @@ from monitor.config import (
 )
 from monitor.hints import BoxHints
 from monitor.identity import IdentityGuard
+from monitor.logging import log_failure
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier, NotifierRegistry
 from monitor.notify.dispatcher import Dispatcher
@@ -476,7 +477,7 @@ class AccountUnit:
             try:
                 await self._check_store()
             except Exception:
-                log.exception("store_check_failed")
+                log_failure(log, "store_check_failed")
             try:
                 await self.recorder.heartbeat()
                 self.metrics.detection_lag.set(self.poller.detection_lag_s())
@@ -486,7 +487,7 @@ class AccountUnit:
                     self.metrics.budget_rate.set(self.budget.rate_rpm)
                 await self.dispatcher.refresh_gauges()
             except Exception:
-                log.exception("gauge_refresh_failed")
+                log_failure(log, "gauge_refresh_failed")
             await asyncio.sleep(GAUGE_REFRESH_S)
 
     async def _prune_forever(self, retention_s: float) -> None:
@@ -497,7 +498,7 @@ class AccountUnit:
                 if pruned:
                     log.info("outbox_pruned", events=pruned, retention_s=retention_s)
             except Exception:
-                log.exception("prune_failed")
+                log_failure(log, "prune_failed")
             await asyncio.sleep(PRUNE_EVERY_S)
 
 

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from monitor.errors import LeaseLost
 from monitor.safe_text import clean_data
 
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "private_key", "passphrase")
@@ -91,3 +92,14 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+def log_failure(logger: Any, event: str, **fields: Any) -> None:
+    """Log the exception being handled: a lease lost to another replica is an expected turn
+    of events (the lease keeper stops the account's work), one warning line without a
+    traceback; anything else is an error with its traceback."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, LeaseLost):
+        logger.warning(event, error=str(exc), **fields)
+    else:
+        logger.exception(event, **fields)

@@ -10,10 +10,17 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 
+from monitor.config import DeliveryConfig, NotifierSpec
 from monitor.errors import LeaseLost, MonitorError, StoreError
+from monitor.metrics import Metrics
 from monitor.model import SnapshotChanges
+from monitor.notify.base import NotifierRegistry
+from monitor.notify.dispatcher import Dispatcher
 from monitor.store.base import Fence, Lease, OutboxState, Store
+from tests.harness import wait_until
+from tests.receiver import WebhookReceiver
 from tests.test_store_contract import LEASE_S, T0, emit, job, routed
 
 if TYPE_CHECKING:
@@ -227,3 +234,42 @@ async def test_sharing_its_own_leases_changes_nothing(store_backend: StoreBacken
     store.set_fence(await store.acquire_lease("acme", "a", HELD_S))
     await emit(store, "e1")
     assert len(await store.list_outbox(OutboxState.PENDING)) == 1
+
+
+async def test_a_dispatcher_fenced_out_logs_one_line_without_a_traceback(
+    store_backend: StoreBackend,
+) -> None:
+    """Replica a's dispatcher finds its lease taken at its next claim: an expected turn of
+    events (its lease keeper stops the account's work), one warning naming the lease, not an
+    error with a traceback; b's outbox is untouched."""
+    a, b = await replicas(store_backend)
+    old = await a.acquire_lease("acme", "a", EXPIRED_S)
+    assert old is not None
+    a.set_fence(old)
+    await emit(a, "e1", notifiers=("sink",))
+    assert await b.acquire_lease("acme", "b", HELD_S) is not None
+    receiver = await WebhookReceiver().start()
+    notifier = NotifierRegistry.from_entry_points().create(
+        NotifierSpec.model_validate({"name": "sink", "type": "webhook", "url": receiver.url}),
+        timeout_s=5.0,
+    )
+    dispatcher = Dispatcher(a, {"sink": notifier}, DeliveryConfig(), Metrics())
+    try:
+        with structlog.testing.capture_logs() as logs:
+            dispatcher.start()
+            await wait_until(
+                lambda: _true(any(x["event"] == "delivery_loop_failed" for x in logs)), 10,
+                "the fenced claim")
+            await dispatcher.stop(2)
+    finally:
+        await notifier.close()
+        await receiver.close()
+    [line, *_] = [x for x in logs if x["event"] == "delivery_loop_failed"]
+    assert line["log_level"] == "warning" and "exc_info" not in line
+    assert "lost the lease of account 'acme'" in line["error"]
+    assert receiver.deliveries == []
+    assert (await b.outbox_counts())["sink"][OutboxState.PENDING] == 1
+
+
+async def _true(value: bool) -> bool:
+    return value

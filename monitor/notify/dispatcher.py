@@ -16,6 +16,7 @@ import structlog
 
 from monitor.clock import SteadyWallClock
 from monitor.config import DeliveryConfig
+from monitor.logging import log_failure
 from monitor.metrics import Metrics
 from monitor.model import Event
 from monitor.notify.base import DeliveryResult, Notifier
@@ -130,7 +131,7 @@ class Dispatcher:
         try:
             await self.store.release_claims(notifier.name, self.clock())
         except Exception:
-            log.exception("release_claims_failed", notifier=notifier.name)
+            log_failure(log, "release_claims_failed", notifier=notifier.name)
         # A group is judged on all its due rows at once: claim enough to see a whole batch.
         limit = max(self.claim_limit, GROUP_CLAIM_LIMIT)
         while not self._stopping:
@@ -142,7 +143,7 @@ class Dispatcher:
                     continue
                 next_due = await self.store.next_due_at(notifier.name)
             except Exception:
-                log.exception("delivery_loop_failed", notifier=notifier.name)
+                log_failure(log, "delivery_loop_failed", notifier=notifier.name)
                 next_due = None
             await self._idle(notifier.name, next_due)
 
@@ -416,7 +417,7 @@ class _Stream:
                     if not self.queued and len(self.in_flight) < self.slots:
                         next_due = await d.store.next_due_at(name, job_order=True)
                 except Exception:
-                    log.exception("delivery_loop_failed", notifier=name)
+                    log_failure(log, "delivery_loop_failed", notifier=name)
                 await d._idle(name, next_due)
         except asyncio.CancelledError:
             for task in self.tasks:  # past the drain deadline: their rows come back
@@ -463,7 +464,7 @@ class _Stream:
         try:
             await self.dispatcher._deliver(self.notifier, [row], marks=self.marks, sent=sent)
         except Exception:
-            log.exception("delivery_record_failed", notifier=self.notifier.name)
+            log_failure(log, "delivery_record_failed", notifier=self.notifier.name)
         finally:
             sent()
             self.known.discard(event_id)
@@ -477,4 +478,4 @@ class _Stream:
         try:
             await self.dispatcher.store.defer(self.notifier.name, ids, self.dispatcher.clock())
         except Exception:  # they come back after their lease instead
-            log.exception("release_queued_failed", notifier=self.notifier.name)
+            log_failure(log, "release_queued_failed", notifier=self.notifier.name)
