@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -660,18 +660,13 @@ class Poller:
         if not self._newest_first or len(targets) < 2:
             return set(), 0
         window = HeadWindow(targets, min(WINDOW_MAX_PAGES, len(targets) - 1))
-        entries: list[ListedJob] = []
-        pages = self.box.iter_job_listing(self.page_size, priority=Priority.ACTIVE)
+        rows: dict[str, JobState] = {}
+        events: list[Event] = []
         try:
-            async with contextlib.aclosing(pages):
-                async for page in pages:
-                    self._note_invalid(page.invalid)
-                    entries += page.entries
-                    if not window.take(page.entries):
-                        break
-                else:
-                    window.end()
-            recorded, _ = await self._record_head(entries)
+            async with contextlib.aclosing(self._read_window(window)) as recorded_pages:
+                async for recorded in recorded_pages:
+                    rows.update(recorded.snapshot)
+                    events += recorded.events
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -685,24 +680,55 @@ class Poller:
         if window.proof.holds:
             self.window_read_at = now
         covered = window.covered()
-        self._settle_covered(covered, recorded, now)
+        self._settle_covered(covered, rows, events, now)
         return covered, window.pages
 
-    def _settle_covered(self, covered: set[str], recorded: Recorded | None, now: float) -> None:
+    async def _read_window(self, window: HeadWindow) -> AsyncGenerator[Recorded, None]:
+        """The window's pages, each recorded as it arrives (its events go out while the next
+        page is read), the next page fetched while this one is recorded, and none fetched
+        beyond what the window asks for. Raises on a failed page: what the pages before it
+        showed is recorded, as discovery records it."""
+        pages = self.box.iter_job_listing(self.page_size, priority=Priority.ACTIVE)
+        following: asyncio.Future[ListingPage | None] | None = None
+        async with contextlib.aclosing(pages):
+            try:
+                page = await anext(pages, None)
+                while page is not None:
+                    self._note_invalid(page.invalid)
+                    more = window.take(page.entries)
+                    following = asyncio.ensure_future(anext(pages, None)) if more else None
+                    recorded, _ = await self._record_head(page.entries)
+                    if recorded is not None:
+                        yield recorded
+                    if following is None:
+                        break
+                    page = await following
+                    following = None
+                else:
+                    window.end()
+            finally:
+                if following is not None and not following.done():
+                    following.cancel()
+                    with contextlib.suppress(BaseException):
+                        await following
+
+    def _settle_covered(
+        self, covered: set[str], rows: dict[str, JobState], events: list[Event], now: float
+    ) -> None:
         """Batches a head window covered: observed now, with what the window recorded of them
         (detection latency, the webhook health check, and whether they are done)."""
-        rows = _grouped(recorded.snapshot.values(), _job_batch) if recorded is not None else {}
-        events = _grouped(recorded.events, _event_batch) if recorded is not None else {}
+        by_batch = _grouped(rows.values(), _job_batch)
+        events_of = _grouped(events, _event_batch)
         for batch_id in covered:
             entry = self.active.get(batch_id)
             if entry is None:
                 continue
             since = entry.observed_at
-            if batch_id in rows:
-                self._settle(batch_id, rows[batch_id], now, direct=False)
+            if batch_id in by_batch:
+                self._settle(batch_id, by_batch[batch_id], now, direct=False)
             else:
                 entry.observed_at = now  # read, and unchanged
-            self._found_by_active(batch_id, events.get(batch_id, ()), since)
+            self._found_by_active(batch_id, events_of.get(batch_id, ()), since)
 
     async def poll_batch(
         self, batch_id: str, *, found_by: str = FOUND_BY_ACTIVE, since: float | None = None
