@@ -103,10 +103,7 @@ async def stage(
     """One page's rows, here (a repeat of a staged id is ignored). True when they stand for
     the listed pairs `seen`, in order: the caller then need not write those to `sweep_seen`."""
     inserted = (await conn.executemany(STAGE_INSERT, rows)).rowcount
-    return (
-        inserted == len(rows) == len(seen)
-        and all(p[0] == r[0] and p[1] == r[_STATUS] for p, r in zip(seen, rows, strict=True))
-    )
+    return inserted == len(rows) and list(seen) == [(r[0], r[_STATUS]) for r in rows]
 
 
 async def unstage(conn: aiosqlite.Connection, job_ids: Sequence[str]) -> None:
