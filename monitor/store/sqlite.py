@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import sys
 import time
 from array import array
 from collections.abc import (
@@ -365,8 +366,11 @@ _STAGE_APPLY = (
     f"ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS if c != "id")
 )
-_FINGERPRINT_SELECT = "SELECT fingerprint FROM jobs"
-_FINGERPRINT_CHUNK = 10_000
+_FINGERPRINTS = (
+    "SELECT group_concat(CASE WHEN fingerprint IS NOT NULL "
+    "THEN printf('%016x', fingerprint) END, ''), COUNT(*) - COUNT(fingerprint), "
+    "(SELECT COUNT(*) FROM vanished) FROM jobs"
+)
 # The stored fingerprints a sweep did not see listed (`sweep_unseen`).
 _UNMATCHED_TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS sweep_unmatched (fp INTEGER PRIMARY KEY)"
@@ -1266,15 +1270,14 @@ class SQLiteStore(ShieldedWrites, Fencing, Store):
 
     async def sweep_fingerprints(self) -> StoredFingerprints:
         async def fn(conn: aiosqlite.Connection) -> StoredFingerprints:
-            known, without = array("q"), 0
-            async with conn.execute(_FINGERPRINT_SELECT) as cur:
-                # In chunks: a million 1-tuples at once would cost ~60 MB at the peak.
-                while chunk := await cur.fetchmany(_FINGERPRINT_CHUNK):
-                    found = [row[0] for row in chunk]
-                    known.extend(fp for fp in found if fp is not None)
-                    without += found.count(None)
-            marks = await conn.execute_fetchall("SELECT COUNT(*) FROM vanished")
-            return StoredFingerprints(known, without, next(iter(marks))[0])
+            # One text of 16 hex digits a fingerprint: no row or object per job (a million
+            # 1-tuples would cost ~60 MB at the peak, and ~15 ms more per 100,000).
+            rows = list(await conn.execute_fetchall(_FINGERPRINTS))
+            packed, without, marks = rows[0]
+            known = array("q", bytes.fromhex(packed or ""))
+            if sys.byteorder == "little":
+                known.byteswap()
+            return StoredFingerprints(known, without, marks)
 
         return await self._read("sweep_fingerprints", fn)
 
