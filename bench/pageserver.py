@@ -1,6 +1,6 @@
 """A Box listing that costs nothing to serve: the reference for sweep benchmarks.
 
-    python bench/pageserver.py --jobs 100000 [--port 0] [--token bench-token]
+    python bench/pageserver.py --jobs 100000 [--new 500] [--port 0] [--token bench-token]
 
 prints its URL on the first line of stdout once it listens, then serves until killed:
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import subprocess
@@ -127,9 +128,30 @@ def iter_jobs(jobs: int, seed: int = 0) -> Iterator[dict[str, Any]]:
         created_s -= rng.randint(1, 600)
 
 
-def render_pages(jobs: int, page_size: int = PAGE_SIZE, seed: int = 0) -> Pages:
-    """Every page of the listing of `jobs` jobs, as the bytes each request is answered with."""
-    entries = iter_jobs(jobs, seed)
+def new_head(jobs: int, new: int) -> Iterator[dict[str, Any]]:
+    """`new` jobs of one running batch, newer than the `jobs` of `iter_jobs(jobs)` (ids above
+    theirs), newest first: what a steady listing looks like a little later."""
+    created_at = datetime.fromtimestamp(_NEWEST_AT_S + 60, UTC).isoformat()
+    for k in range(new, 0, -1):
+        yield {
+            "id": str(_FIRST_JOB_ID + jobs * 3 + k), "type": "docgen_job",
+            "batch": {"id": "9000000000", "type": "docgen_batch"},
+            "template_file": {"id": "1700000001", "type": "file"},
+            "template_file_version": {"id": "91700000001", "type": "file_version"},
+            "output_file": None, "output_file_version": None, "status": "pending",
+            "output_type": "pdf", "failures": None,
+            "created_at": created_at.replace("+00:00", "Z"),
+            "created_by": {"id": USER_ID, "type": "user"},
+            "enterprise": {"id": ENTERPRISE_ID, "type": "enterprise"}, "source": "api",
+        }
+
+
+def render_pages(jobs: int, page_size: int = PAGE_SIZE, seed: int = 0, new: int = 0) -> Pages:
+    """Every page of the listing of `jobs` jobs, as the bytes each request is answered with;
+    with `new`, that many newer jobs at its head first (`new_head`), which shifts every page
+    boundary of the same `jobs` by `new`."""
+    entries = itertools.chain(new_head(jobs, new), iter_jobs(jobs, seed))
+    jobs += new
     bodies: list[bytes] = []
     pages = max(1, -(-jobs // page_size))
     for page in range(pages):
@@ -244,8 +266,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--token", default=DEFAULT_TOKEN)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--new", type=int, default=0, help="newer jobs listed first (a later look at --jobs)"
+    )
     args = parser.parse_args()
-    pages = render_pages(args.jobs, seed=args.seed)
+    pages = render_pages(args.jobs, seed=args.seed, new=args.new)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(pages, args.token, args.port))
 
