@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from monitor.poller import DIRECT_POLL_EVERY_S
 from monitor.simulator import SimulatorConfig, TimelineConfig
 from tests.harness import TOKEN, World, wait_until, webhook_world
 
@@ -210,10 +211,13 @@ async def test_faults_on_every_box_route_and_the_receiver_lose_nothing_and_vanis
         for fault in faults:
             await w.control.fault(route=route, **fault)
     batch_ids = await start_batches(w, 10, 20)
-    # Batches that run for longer than an active interval are read through
-    # GET /2.0/docgen_batch_jobs/{id} (shorter ones are all seen by the 500 ms sweeps).
+    # Active rounds read the listing's head in place of batch polls, but each batch is still
+    # read on its own (GET /2.0/docgen_batch_jobs/{id}) every DIRECT_POLL_EVERY_S: batches that
+    # run for longer than that are read through that route whatever else happens.
     for _ in range(2):
-        slow = await w.control.start_batch(4, min_duration_s=30.0, max_duration_s=40.0)
+        slow = await w.control.start_batch(
+            4, min_duration_s=DIRECT_POLL_EVERY_S + 5, max_duration_s=DIRECT_POLL_EVERY_S + 15
+        )
         batch_ids.add(slow["batch_id"])
     # A lone straggler is read by its own id (GET /2.0/docgen_jobs/{id}): hold one job of a
     # batch back until the daemon has read it that way a few times.
