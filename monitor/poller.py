@@ -803,7 +803,8 @@ class Poller:
         if listed:
             entry.watched_until = None  # Box knows it now; its jobs decide
             entry.templates = frozenset(j.template_file_id for j in listed)
-            entry.open_since = _open_since(listed)
+            if direct:  # after a head window, `_record_head` set it from the same rows
+                entry.open_since = _open_since(listed)
             if all(is_terminal(j.status) for j in listed):
                 del self.active[batch_id]
         elif entry.watched_until is None or now >= entry.watched_until:
